@@ -1,0 +1,163 @@
+"""The `federation` command: what site coordinators, data engineers and
+analysts type. Each subcommand is a thin layer over the library."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+
+from federation.exceptions import FederationError
+
+EPILOG = """exit codes: 0 valid, 1 invalid (rules broken), 2 unusable input or usage error.
+Docs: docs/site-coordinator.md, docs/data-dictionary-v1.md"""
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date; write YYYY-MM-DD") from None
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="federation",
+        description="Share statistics of multicenter pediatric oncology trials without pooling patient records.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    v = sub.add_parser(
+        "validate", help="check a site export against the consortium data dictionary",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description=(
+            "Check a folder of CSV files (patients.csv, diagnoses.csv, outcomes.csv, and optionally\n"
+            "treatments.csv, adverse_events.csv) with the same Great Expectations rules the pipeline uses.\n"
+            "The files are read through your site's declared conventions (column names, codes, date format,\n"
+            "delimiter, decimal mark, encoding); problems are reported with your file, line, column and value.\n"
+            "Writes report.html (open it in a browser), report.json and failures.csv."),
+    )
+    v.add_argument("path", type=Path, help="folder holding the export's CSV files")
+    v.add_argument("--site", required=True, help="your site id (reads infra/sites/SITE.yaml) or a site YAML file")
+    v.add_argument("--study", required=True, help="study id from the registry, e.g. PONC-WT-01")
+    v.add_argument("--sites-dir", type=Path, default=None, help="folder of site YAML files (default infra/sites)")
+    v.add_argument("--report-dir", type=Path, default=None,
+                   help="where to write the report (default reports/SITE_STUDY_TIMESTAMP)")
+    v.add_argument("--upload-date", type=_date, default=None,
+                   help="date the export is delivered, YYYY-MM-DD (default today); no date may be after it")
+    v.add_argument("--max-file-mb", type=int, default=1024, help="refuse a single CSV larger than this (default 1024)")
+    v.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
+
+    s = sub.add_parser(
+        "synth", help="write realistic synthetic site exports (optionally with injected errors)",
+        description=(
+            "Write synthetic exports of N sites for one study: OUT/<site>/<study>/*.csv, each site in its own\n"
+            "conventions (site configs in OUT/sites/), and OUT/answers.json listing every injected error with\n"
+            "the file, line, column and rule where validation must report it."),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("--out", type=Path, required=True, help="output folder")
+    s.add_argument("--sites", type=int, default=4, help="number of sites (default 4)")
+    s.add_argument("--study", default="PONC-WT-01", help="study id (default PONC-WT-01)")
+    s.add_argument("--patients", type=int, default=200, help="patients of a mid-sized site (default 200)")
+    s.add_argument("--ae-per-patient", type=float, default=2.0, help="mean adverse events per patient")
+    s.add_argument("--as-of", type=_date, default=None, help="data cut-off date (default today)")
+    s.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    s.add_argument("--inject-errors", action="append", default=[], metavar="SITE",
+                   help="inject every kind of error into SITE (repeatable; 'all' for every site)")
+    s.add_argument("--error-kinds", default=None, help="comma-separated subset of error kinds (see --list-errors)")
+    s.add_argument("--list-errors", action="store_true", help="list the error kinds and exit")
+
+    sc = sub.add_parser("schema", help="generate or check files derived from schemas/")
+    sc.add_argument("action", choices=["generate", "check"],
+                    help="generate: rewrite expectations/ and docs/data-dictionary-v*.md; check: exit 1 on drift")
+
+    d = sub.add_parser("demo", help="run the main job end to end on embedded local storage",
+                       description="Synthesize exports for several sites, validate each, print per-site outcomes.")
+    d.add_argument("--workdir", type=Path, default=Path("demo-output"), help="folder for everything the demo writes")
+    d.add_argument("--sites", type=int, default=5, help="number of sites (default 5)")
+    d.add_argument("--patients", type=int, default=300, help="patients of a mid-sized site (default 300)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        if args.command == "validate":
+            return _validate(args)
+        if args.command == "synth":
+            return _synth(args)
+        if args.command == "schema":
+            return _schema(args)
+        if args.command == "demo":
+            from federation.demo import run_demo
+
+            return run_demo(args.workdir, args.sites, args.patients)
+    except FederationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 2
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from federation.config import load_site
+    from federation.validation.reader import read_progress_printer
+    from federation.validation.runner import ValidationRequest, validate_export
+
+    site = load_site(args.site, args.sites_dir)
+    request = ValidationRequest(path=args.path, site=site, study_id=args.study,
+                                upload_date=args.upload_date or dt.date.today(),
+                                max_file_bytes=args.max_file_mb * 2**20)
+    progress = (lambda _m: None) if args.quiet else read_progress_printer()
+    report = validate_export(request, progress=progress)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    folder = args.report_dir or Path("reports") / f"{site.site_id}_{args.study}_{stamp}"
+    paths = report.write(folder)
+    print(report.summary_text())
+    print(f"report: {paths['html']}  (also {paths['json'].name}, {paths['csv'].name})")
+    return report.exit_code
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from federation.synth import ERROR_KINDS, synthesize
+
+    if args.list_errors:
+        print("\n".join(ERROR_KINDS))
+        return 0
+    kinds = args.error_kinds.split(",") if args.error_kinds else None
+    unknown = [k for k in kinds or [] if k not in ERROR_KINDS]
+    if unknown:
+        print(f"error: unknown error kinds {unknown}; see --list-errors", file=sys.stderr)
+        return 2
+    written = synthesize(args.out, args.sites, args.study, args.patients, args.as_of or dt.date.today(),
+                         seed=args.seed, error_sites=args.inject_errors, error_kinds=kinds,
+                         ae_per_patient=args.ae_per_patient)
+    for w in written:
+        rows = ", ".join(f"{t} {n:,}" for t, n in w.rows.items())
+        inj = f", {len(w.expected)} injected findings" if w.expected else ""
+        print(f"{w.site.site_id:<8} {w.folder}  ({rows}{inj})")
+    print(f"site configs: {args.out / 'sites'}; answer file: {args.out / 'answers.json'}")
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from federation.generate import drift, write_derived
+
+    if args.action == "generate":
+        for path in write_derived():
+            print(f"wrote {path}")
+        return 0
+    stale = drift()
+    for path in stale:
+        print(f"out of date: {path} (run `federation schema generate`)")
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

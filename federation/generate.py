@@ -1,0 +1,97 @@
+"""Everything derived from schemas/: Great Expectations suites, the docs page
+and the harmonized Arrow schema. `federation schema generate` rewrites the
+committed files; `federation schema check` (and a test) fails on drift."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from federation.paths import DOCS_DIR, EXPECTATIONS_DIR
+from federation.schema import Dictionary, available_versions, load_dictionary, load_registry
+from federation.validation.suites import build_suite, render_suite, suite_path, tables_of
+
+_ARROW_TYPES = {
+    "string": pa.string(), "int8": pa.int8(), "int16": pa.int16(), "int32": pa.int32(), "int64": pa.int64(),
+    "float64": pa.float64(), "bool": pa.bool_(),
+}
+
+
+def harmonized_arrow_schema(dictionary: Dictionary, table: str) -> pa.Schema:
+    """The Arrow schema of one harmonized table, provenance columns first."""
+    cols = dictionary.harmonized.common + dictionary.harmonized.tables[table]
+    return pa.schema([pa.field(c.name, _ARROW_TYPES[c.type]) for c in cols],
+                     metadata={b"schema_version": dictionary.schema_version.encode(), b"table": table.encode()})
+
+
+def render_docs(dictionary: Dictionary) -> str:
+    registry = load_registry()
+    v = dictionary.schema_version
+    out = [f"# Data dictionary v{v}", "",
+           f"Generated from `schemas/v{v}/dictionary.yaml` and `schemas/studies.yaml` by "
+           "`federation schema generate`; do not edit by hand.", "", "## Types", "",
+           "| type | meaning |", "|---|---|"]
+    out += [f"| {k} | {m} |" for k, m in dictionary.types.items()]
+    for name, table in dictionary.tables.items():
+        out += ["", f"## {name} ({'required' if table.required else 'optional'})", "", table.description, "",
+                "| column | type | required | rule |", "|---|---|---|---|"]
+        for col in table.columns.values():
+            rule = col.description
+            if col.codes:
+                rule = (rule + "; " if rule else "") + "codes: " + ", ".join(f"`{c}`" for c in col.codes)
+            if col.converts:
+                rule += "; converted on input: " + ", ".join(f"`{k}`->`{c.to}`" for k, c in col.converts.items())
+            if col.pattern:
+                rule += f"; pattern `{col.pattern}`"
+            req = {True: "yes", False: "no"}.get(col.required, "conditional")  # type: ignore[arg-type]
+            out.append(f"| {col.name} | {col.type} | {req} | {rule.replace('|', '/')} |")
+        rules = dictionary.rules_for(name)
+        if rules:
+            out += ["", f"Rules checked on {name}:", ""]
+            out += [f"- `{r.id}`{' (cross-table)' if r.cross_table else ''}: {r.message}" for r in rules]
+    out += ["", "## Harmonized layer (Parquet)", "",
+            "Every harmonized table starts with: " + ", ".join(f"`{c.name}`" for c in dictionary.harmonized.common),
+            ""]
+    for table, cols in dictionary.harmonized.tables.items():
+        out.append(f"- **{table}**: " + ", ".join(f"`{c.name}` ({c.type})" for c in cols))
+    out += ["", "## Studies", "", "| study | title | arms | stages | accrual | optional tables |",
+            "|---|---|---|---|---|---|"]
+    for s in registry.studies:
+        if s.schema_version != v:
+            continue
+        out.append(f"| {s.study_id} | {s.title} | {', '.join(a.code for a in s.arms)} | {', '.join(s.stages)} | "
+                   f"{s.accrual.first} to {s.accrual.last} | {', '.join(s.optional_tables) or '-'} |")
+    return "\n".join(out) + "\n"
+
+
+def derived_files(expectations_dir: Path = EXPECTATIONS_DIR, docs_dir: Path = DOCS_DIR) -> dict[Path, str]:
+    """Every file derived from schemas/, with its expected content."""
+    files: dict[Path, str] = {}
+    registry = load_registry()
+    for version in available_versions():
+        dictionary = load_dictionary(version)
+        files[docs_dir / f"data-dictionary-v{version}.md"] = render_docs(dictionary)
+        for study in registry.studies:
+            if study.schema_version != version:
+                continue
+            for table in tables_of(dictionary, study):
+                files[suite_path(dictionary, study, table, expectations_dir)] = render_suite(
+                    build_suite(dictionary, study, table))
+    return files
+
+
+def write_derived() -> list[Path]:
+    written = []
+    for path, text in derived_files().items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+            written.append(path)
+    return written
+
+
+def drift() -> list[Path]:
+    """Derived files whose committed content differs from what schemas/ gives."""
+    return [p for p, text in derived_files().items()
+            if not p.exists() or p.read_text(encoding="utf-8") != text]

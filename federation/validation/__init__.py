@@ -1,0 +1,1 @@
+"""Validation of a site export against the data dictionary, with Great Expectations."""

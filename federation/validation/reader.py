@@ -1,0 +1,318 @@
+"""Read one export CSV through the site's declared conventions.
+
+The output is the table in dictionary terms (renamed columns, codes mapped
+and canonicalised, dates as day numbers, numbers parsed) plus everything
+needed to report a problem in the site's terms: the physical line of each
+row, the site's column names and the raw values as written.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from federation.config import SiteConventions, date_format_to_strptime
+from federation.exceptions import UnusableInputError
+from federation.schema import Column, Study, Table
+from federation.validation.findings import Finding
+
+LINE = "__line"
+INVALID_SUFFIX = "__invalid"
+EPOCH = pd.Timestamp("1970-01-01")
+DEFAULT_MAX_FILE_BYTES = 1024 * 1024 * 1024  # 1 GiB, see docs/decisions/0004
+_INT_RE = r"^[+-]?[0-9]+$"
+_DECIMAL_RE = r"^[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)$"
+
+ProgressFn = Callable[[str], None]
+
+
+def _no_progress(_: str) -> None:
+    return None
+
+
+@dataclass
+class SourceTable:
+    """One table of an export, read and normalised."""
+
+    table: str
+    file: str
+    frame: pd.DataFrame  # dictionary names, typed values, LINE column, <col>__invalid columns
+    raw: pd.DataFrame  # dictionary names, raw strings as written, index = line
+    local_names: dict[str, str]  # dictionary column -> the site's header name
+    findings: list[Finding] = field(default_factory=list)
+    present: bool = True
+
+    @property
+    def rows(self) -> int:
+        return len(self.frame)
+
+
+def date_to_day(values: pd.Series, formats: list[str]) -> pd.Series:
+    """Parse dates with the site's formats into days since 1970-01-01 (float, NaN if not a date)."""
+    out = pd.Series(np.nan, index=values.index, dtype="float64")
+    todo = values.notna()
+    for fmt in formats:
+        if not todo.any():
+            break
+        parsed = pd.to_datetime(values[todo], format=date_format_to_strptime(fmt), errors="coerce")
+        ok = parsed.notna()
+        days = (parsed[ok] - EPOCH).dt.days.astype("float64")
+        out.loc[days.index] = days
+        todo &= out.isna()
+    return out
+
+
+def day_to_iso(day: float | None) -> str:
+    if day is None or (isinstance(day, float) and np.isnan(day)):
+        return ""
+    return (EPOCH + pd.Timedelta(days=int(day))).strftime("%Y-%m-%d")
+
+
+def _decode(data: bytes, encoding: str, name: str) -> str:
+    if b"\x00" in data[:65536]:
+        raise UnusableInputError(
+            f"{name} is not a text file (it contains NUL bytes): it may be a spreadsheet or a compressed file renamed .csv",
+            file=name, hint="export the table as CSV text from your system or spreadsheet program",
+        )
+    enc = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+    try:
+        text = data.decode(enc)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        bad = data[exc.start:exc.end + 3]
+        raise UnusableInputError(
+            f"{name} line {line}: bytes {bad!r} are not valid {encoding}; the file is in another encoding "
+            "than the site configuration declares",
+            file=name,
+            hint="declare the file's encoding (for example cp1252 or latin-1) under conventions.encoding "
+            "in the site configuration, or save the file as UTF-8",
+        ) from None
+    if text.startswith("\ufeff"):  # a BOM in a file declared as another encoding
+        text = text[1:]
+    return text
+
+
+def _canonical_codes(codes: list[str]) -> dict[str, str]:
+    return {c.upper(): c for c in codes}
+
+
+def read_table(
+    path: Path,
+    table: Table,
+    study: Study,
+    conventions: SiteConventions,
+    *,
+    max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    progress: ProgressFn = _no_progress,
+) -> SourceTable:
+    """Read `path` as `table`; raise UnusableInputError if it is not a readable CSV."""
+    name = path.name
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise UnusableInputError(
+            f"{name} is {size / 2**20:,.0f} MiB, larger than the limit of {max_bytes / 2**20:,.0f} MiB for one file",
+            file=name,
+            hint="split the export (for example by enrollment year) into several uploads, "
+            "or raise the limit with --max-file-mb if this machine has the memory",
+        )
+    if size > 50 * 2**20:
+        progress(f"reading {name} ({size / 2**20:,.0f} MiB)")
+    data = path.read_bytes()
+    text = _decode(data, conventions.encoding, name)
+    del data
+    if not text.strip():
+        raise UnusableInputError(f"{name} is empty: not even a header row", file=name,
+                                 hint="export the table again with its header row")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=conventions.delimiter, strict=False)
+    try:
+        header = next(reader)
+        while not any(h.strip() for h in header):
+            header = next(reader)
+    except StopIteration:  # pragma: no cover - guarded by the strip() check above
+        raise UnusableInputError(f"{name} has no header row", file=name, hint="add the header row") from None
+    except csv.Error as exc:
+        raise UnusableInputError(f"{name}: the header cannot be read as CSV ({exc})", file=name,
+                                 hint="check the quoting of the header row") from None
+    _check_delimiter(header, conventions, name)
+
+    findings: list[Finding] = []
+    ncols = len(header)
+    lines: list[int] = []
+    rows: list[list[str]] = []
+    ragged = 0
+    prev = reader.line_num
+    report_progress = size > 50 * 2**20
+    total_lines = text.count("\n") + 1 if report_progress else 0
+    next_mark = total_lines // 10
+    try:
+        for row in reader:
+            start = prev + 1
+            prev = reader.line_num
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) != ncols:
+                ragged += 1
+                if ragged <= 1000:
+                    findings.append(Finding(
+                        severity="error", rule="row_shape", table=table.name, file=name, line=start,
+                        value=conventions.delimiter.join(row)[:200],
+                        message=f"the row has {len(row)} fields but the header has {ncols}",
+                        hint="quote values that contain the delimiter, and check for a missing or extra field; "
+                        "the row was not validated further",
+                    ))
+                continue
+            rows.append(row)
+            lines.append(start)
+            if report_progress and prev >= next_mark:
+                progress(f"  {name}: {prev / total_lines:4.0%} ({len(rows):,} rows)")
+                next_mark += total_lines // 10
+    except csv.Error as exc:
+        raise UnusableInputError(f"{name} line {prev + 1}: not readable as CSV ({exc})", file=name,
+                                 hint="check the quoting around this line") from None
+    del text
+    total = len(rows) + ragged
+    if ragged and total >= 4 and ragged > total / 2:
+        raise UnusableInputError(
+            f"{name}: {ragged:,} of {total:,} rows have a different number of fields than the header ({ncols}); "
+            f"the delimiter {conventions.delimiter!r} or the quoting does not match the file",
+            file=name, hint="check conventions.delimiter in the site configuration and how values are quoted",
+        )
+    if ragged > 1000:
+        findings.append(Finding(
+            severity="error", rule="row_shape", table=table.name, file=name,
+            message=f"and {ragged - 1000:,} more rows with the wrong number of fields", hint="see above",
+        ))
+    return _normalise(table, study, conventions, name, header, rows, lines, findings)
+
+
+def _check_delimiter(header: list[str], conventions: SiteConventions, name: str) -> None:
+    if len(header) != 1:
+        return
+    for other in (";", ",", "\t", "|"):
+        if other != conventions.delimiter and other in header[0]:
+            shown = "TAB" if other == "\t" else repr(other)
+            raise UnusableInputError(
+                f"{name}: the header is one single column; the file seems to use {shown} as delimiter, "
+                f"but the site configuration declares {conventions.delimiter!r}",
+                file=name,
+                hint="set conventions.delimiter in the site configuration to the delimiter the file uses, "
+                "or export with the declared delimiter",
+            )
+
+
+def _normalise(
+    table: Table,
+    study: Study,
+    conventions: SiteConventions,
+    name: str,
+    header: list[str],
+    rows: list[list[str]],
+    lines: list[int],
+    findings: list[Finding],
+) -> SourceTable:
+    renames = {k.strip().lower(): v for k, v in conventions.column_renames.get(table.name, {}).items()}
+    positions: dict[str, int] = {}
+    local_names: dict[str, str] = {}
+    for pos, raw_name in enumerate(header):
+        local = raw_name.strip()
+        key = local.lower()
+        target = renames.get(key, key)
+        if target not in table.columns:
+            findings.append(Finding(
+                severity="warning", rule="unknown_column", table=table.name, file=name, line=1, column=local,
+                message=f"column {local!r} is not in the data dictionary for {table.name}; it was dropped",
+                hint="remove it from the export, or map it to a dictionary column under "
+                f"conventions.column_renames.{table.name} in the site configuration",
+            ))
+            continue
+        if target in positions:
+            findings.append(Finding(
+                severity="error", rule="duplicate_column", table=table.name, file=name, line=1, column=local,
+                dictionary_column=target,
+                message=f"column {target!r} appears twice in the header "
+                f"({local_names[target]!r} and {local!r})",
+                hint="keep one of the two columns",
+            ))
+            continue
+        positions[target] = pos
+        local_names[target] = local
+
+    index = pd.Index(lines, name=LINE)
+    raw_cols: dict[str, pd.Series] = {}
+    for col, pos in positions.items():
+        raw_cols[col] = pd.Series([r[pos] for r in rows], index=index, dtype="object")
+    raw = pd.DataFrame(raw_cols, index=index)
+
+    frame = pd.DataFrame({LINE: np.asarray(lines, dtype="int64")})
+    code_maps = conventions.code_maps.get(table.name, {})
+    for col_name, column in table.columns.items():
+        if col_name not in raw.columns:
+            if not column.required:
+                frame[col_name] = pd.Series([None] * len(rows), dtype="object")
+                local_names.setdefault(col_name, col_name)
+            continue
+        values = raw[col_name].str.strip()
+        values = values.where(values != "", None).reset_index(drop=True)
+        _convert(frame, column, values, study, conventions, code_maps.get(col_name, {}))
+    if not rows and table.required:
+        findings.append(Finding(
+            severity="error", rule="table_empty", table=table.name, file=name, line=1,
+            message=f"{name} has a header but no data rows; {table.name} is a required table",
+            hint="export the data rows too; a required table cannot be empty",
+        ))
+    return SourceTable(table=table.name, file=name, frame=frame, raw=raw, local_names=local_names,
+                       findings=findings)
+
+
+def _convert(
+    frame: pd.DataFrame,
+    column: Column,
+    values: pd.Series,
+    study: Study,
+    conventions: SiteConventions,
+    code_map: dict[str, str],
+) -> None:
+    """Put the typed column and, for typed columns, its `__invalid` companion into `frame`."""
+    name = column.name
+    if column.type == "string":
+        frame[name] = values
+        return
+    if column.type == "code":
+        if code_map:
+            mapped = values.map(lambda v: code_map.get(v, v) if v is not None else None)
+        else:
+            mapped = values
+        codes = study.codes_for(column) or []
+        canon = _canonical_codes(codes)
+        frame[name] = mapped.map(lambda v: canon.get(v.upper(), v) if isinstance(v, str) else v)
+        return
+    present = values.notna()
+    if column.type == "date":
+        parsed = date_to_day(values, conventions.date_formats)
+    else:
+        text = values
+        if column.type == "decimal" and conventions.decimal_mark == ",":
+            text = values.str.replace(",", ".", regex=False)
+        pattern = _INT_RE if column.type == "int" else _DECIMAL_RE
+        ok = text.str.match(pattern, na=False)
+        parsed = pd.to_numeric(text.where(ok, None), errors="coerce").astype("float64")
+    frame[name] = parsed
+    invalid = present & parsed.isna()
+    frame[name + INVALID_SUFFIX] = values.where(invalid, None)
+
+
+def read_progress_printer(stream: object = sys.stderr) -> ProgressFn:
+    def _print(msg: str) -> None:
+        print(msg, file=stream, flush=True)  # type: ignore[call-overload]
+
+    return _print
+
+
