@@ -27,7 +27,7 @@ def run_demo(workdir: Path, n_sites: int = 5, patients: int = 300) -> int:
     print(f"[1/2] synthesizing exports of {n_sites} sites for {DEMO_STUDY} into {exports} "
           "(site-b gets injected errors)")
     written = synthesize(exports, n_sites, DEMO_STUDY, patients, AS_OF, seed=42, error_sites=["site-b"])
-    print(f"[2/2] validating each site's export with the consortium rules (Great Expectations)")
+    print("[2/2] validating each site's export with the consortium rules (Great Expectations)")
     failed = 0
     for w in written:
         site = SiteConfig.from_yaml(exports / "sites" / f"{w.site.site_id}.yaml")

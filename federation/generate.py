@@ -33,8 +33,8 @@ def render_docs(dictionary: Dictionary) -> str:
            "`federation schema generate`; do not edit by hand.", "", "## Types", "",
            "| type | meaning |", "|---|---|"]
     out += [f"| {k} | {m} |" for k, m in dictionary.types.items()]
-    for name, table in dictionary.tables.items():
-        out += ["", f"## {name} ({'required' if table.required else 'optional'})", "", table.description, "",
+    for tname, table in dictionary.tables.items():
+        out += ["", f"## {tname} ({'required' if table.required else 'optional'})", "", table.description, "",
                 "| column | type | required | rule |", "|---|---|---|---|"]
         for col in table.columns.values():
             rule = col.description
@@ -46,15 +46,15 @@ def render_docs(dictionary: Dictionary) -> str:
                 rule += f"; pattern `{col.pattern}`"
             req = {True: "yes", False: "no"}.get(col.required, "conditional")  # type: ignore[arg-type]
             out.append(f"| {col.name} | {col.type} | {req} | {rule.replace('|', '/')} |")
-        rules = dictionary.rules_for(name)
+        rules = dictionary.rules_for(tname)
         if rules:
-            out += ["", f"Rules checked on {name}:", ""]
+            out += ["", f"Rules checked on {tname}:", ""]
             out += [f"- `{r.id}`{' (cross-table)' if r.cross_table else ''}: {r.message}" for r in rules]
     out += ["", "## Harmonized layer (Parquet)", "",
             "Every harmonized table starts with: " + ", ".join(f"`{c.name}`" for c in dictionary.harmonized.common),
             ""]
-    for table, cols in dictionary.harmonized.tables.items():
-        out.append(f"- **{table}**: " + ", ".join(f"`{c.name}` ({c.type})" for c in cols))
+    for hname, cols in dictionary.harmonized.tables.items():
+        out.append(f"- **{hname}**: " + ", ".join(f"`{c.name}` ({c.type})" for c in cols))
     out += ["", "## Studies", "", "| study | title | arms | stages | accrual | optional tables |",
             "|---|---|---|---|---|---|"]
     for s in registry.studies:
@@ -81,9 +81,14 @@ def derived_files(expectations_dir: Path = EXPECTATIONS_DIR, docs_dir: Path = DO
     return files
 
 
-def write_derived() -> list[Path]:
+def write_derived(expectations_dir: Path = EXPECTATIONS_DIR, docs_dir: Path = DOCS_DIR) -> list[Path]:
     written = []
-    for path, text in derived_files().items():
+    files = derived_files(expectations_dir, docs_dir)
+    for path in sorted(expectations_dir.rglob("*.json")):
+        if path not in files:
+            path.unlink()
+            written.append(path)
+    for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.read_text(encoding="utf-8") != text:
             path.write_text(text, encoding="utf-8")
@@ -91,7 +96,8 @@ def write_derived() -> list[Path]:
     return written
 
 
-def drift() -> list[Path]:
-    """Derived files whose committed content differs from what schemas/ gives."""
-    return [p for p, text in derived_files().items()
-            if not p.exists() or p.read_text(encoding="utf-8") != text]
+def drift(expectations_dir: Path = EXPECTATIONS_DIR, docs_dir: Path = DOCS_DIR) -> list[Path]:
+    """Derived files whose committed content differs from what schemas/ gives, and stale suites."""
+    files = derived_files(expectations_dir, docs_dir)
+    stale = [p for p in sorted(expectations_dir.rglob("*.json")) if p not in files]
+    return stale + [p for p, text in files.items() if not p.exists() or p.read_text(encoding="utf-8") != text]

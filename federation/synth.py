@@ -127,7 +127,7 @@ def _choice(rng: np.random.Generator, pairs: list[tuple[str, float]]) -> str:
     return str(rng.choice(values, p=w / w.sum()))
 
 
-def _days(n: float) -> dt.timedelta:
+def _days(n: float | np.integer[Any]) -> dt.timedelta:
     return dt.timedelta(days=int(n))
 
 

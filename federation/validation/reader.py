@@ -79,7 +79,8 @@ def day_to_iso(day: float | None) -> str:
 def _decode(data: bytes, encoding: str, name: str) -> str:
     if b"\x00" in data[:65536]:
         raise UnusableInputError(
-            f"{name} is not a text file (it contains NUL bytes): it may be a spreadsheet or a compressed file renamed .csv",
+            f"{name} is not a text file (it contains NUL bytes): it may be a spreadsheet "
+            "or a compressed file renamed .csv",
             file=name, hint="export the table as CSV text from your system or spreadsheet program",
         )
     enc = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding

@@ -86,8 +86,8 @@ def validate_export(request: ValidationRequest, progress: ProgressFn = _no_progr
             ))
     for table in wanted:
         t = dictionary.table(table)
-        path = files.get(f"{table}.csv")
-        if path is None:
+        found = files.get(f"{table}.csv")
+        if found is None:
             if t.required:
                 report.findings.append(Finding(
                     severity="error", rule="required_file", table=table, file=f"{table}.csv",
@@ -96,13 +96,13 @@ def validate_export(request: ValidationRequest, progress: ProgressFn = _no_progr
                 ))
             sources[table] = _empty_source(dictionary, table, study, request.site)
             continue
-        progress(f"reading {path.name}")
+        progress(f"reading {found.name}")
         try:
-            src = read_table(path, t, study, request.site.conventions,
+            src = read_table(found, t, study, request.site.conventions,
                              max_bytes=request.max_file_bytes, progress=progress)
         except UnusableInputError as exc:
             report.unusable.append(Finding(severity="error", rule="unusable_file", table=table,
-                                           file=exc.file or path.name, message=str(exc), hint=exc.hint))
+                                           file=exc.file or found.name, message=str(exc), hint=exc.hint))
             continue
         sources[table] = src
         report.findings.extend(src.findings)
