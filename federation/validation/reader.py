@@ -18,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from federation.config import SiteConventions, date_format_to_strptime
 from federation.exceptions import UnusableInputError
@@ -27,7 +30,7 @@ from federation.validation.findings import Finding
 LINE = "__line"
 INVALID_SUFFIX = "__invalid"
 EPOCH = pd.Timestamp("1970-01-01")
-DEFAULT_MAX_FILE_BYTES = 1024 * 1024 * 1024  # 1 GiB, see docs/decisions/0004
+DEFAULT_MAX_FILE_BYTES = 1024 * 1024 * 1024  # 1 GiB, see docs/decisions/0003-reading-site-exports.md
 _INT_RE = r"^[+-]?[0-9]+$"
 _DECIMAL_RE = r"^[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)$"
 
@@ -45,7 +48,8 @@ class SourceTable:
     table: str
     file: str
     frame: pd.DataFrame  # dictionary names, typed values, LINE column, <col>__invalid columns
-    raw: pd.DataFrame  # dictionary names, raw strings as written, index = line
+    raw: pa.Table  # dictionary names, raw strings as written, one row per frame row
+    lines: np.ndarray  # physical line of each row, ascending
     local_names: dict[str, str]  # dictionary column -> the site's header name
     findings: list[Finding] = field(default_factory=list)
     present: bool = True
@@ -53,6 +57,16 @@ class SourceTable:
     @property
     def rows(self) -> int:
         return len(self.frame)
+
+    def raw_value(self, line: int, column: str) -> str | None:
+        """The value as written in the file at `line` in the column the dictionary calls `column`."""
+        if column not in self.raw.column_names:
+            return None
+        idx = int(np.searchsorted(self.lines, line))
+        if idx >= len(self.lines) or self.lines[idx] != line:
+            return None
+        value = self.raw.column(column)[idx].as_py()
+        return None if value is None else str(value)
 
 
 def date_to_day(values: pd.Series, formats: list[str]) -> pd.Series:
@@ -125,25 +139,70 @@ def read_table(
             "or raise the limit with --max-file-mb if this machine has the memory",
         )
     if size > 50 * 2**20:
-        progress(f"reading {name} ({size / 2**20:,.0f} MiB)")
-    data = path.read_bytes()
-    text = _decode(data, conventions.encoding, name)
-    del data
+        progress(f"  reading {name} ({size / 2**20:,.0f} MiB)")
+    text = _decode(path.read_bytes(), conventions.encoding, name)
     if not text.strip():
         raise UnusableInputError(f"{name} is empty: not even a header row", file=name,
                                  hint="export the table again with its header row")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=conventions.delimiter, strict=False)
+    parsed = _parse_fast(text, conventions.delimiter, name)
+    if parsed is None:
+        parsed = _parse_exact(text, table.name, name, conventions.delimiter, size, progress)
+    header, columns, lines, findings = parsed
+    del text
+    return _normalise(table, study, conventions, name, header, columns, lines, findings)
+
+
+Parsed = tuple[list[str], list[pa.Array], np.ndarray, list[Finding]]
+
+
+def _read_header(text: str, delimiter: str, name: str) -> tuple[list[str], int]:
+    """The header fields and the number of physical lines up to and including the header."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=False)
     try:
         header = next(reader)
         while not any(h.strip() for h in header):
             header = next(reader)
-    except StopIteration:  # pragma: no cover - guarded by the strip() check above
+    except StopIteration:  # pragma: no cover - guarded by the strip() check in read_table
         raise UnusableInputError(f"{name} has no header row", file=name, hint="add the header row") from None
     except csv.Error as exc:
         raise UnusableInputError(f"{name}: the header cannot be read as CSV ({exc})", file=name,
                                  hint="check the quoting of the header row") from None
-    _check_delimiter(header, conventions, name)
+    _check_delimiter(header, delimiter, name)
+    return header, reader.line_num
 
+
+def _parse_fast(text: str, delimiter: str, name: str) -> Parsed | None:
+    """Parse with pyarrow when every record is one physical line (the usual case); None otherwise."""
+    if text.startswith(("\n", "\r", " ")) or text.count("\r") != text.count("\r\n"):
+        return None  # leading blank lines or lone CR line ends: let the exact reader count lines
+    header, header_lines = _read_header(text, delimiter, name)
+    if header_lines != 1 or len(set(header)) != len(header):
+        return None
+    physical = text.count("\n") + (0 if text.endswith("\n") else 1)
+    names = [f"c{i}" for i in range(len(header))]
+    try:
+        tbl = pacsv.read_csv(
+            io.BytesIO(text.encode("utf-8")),
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=16 << 20),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=False,
+                                             ignore_empty_lines=False),
+            convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                 strings_can_be_null=False, quoted_strings_can_be_null=False),
+        )
+    except (pa.ArrowInvalid, pa.ArrowException):
+        return None  # ragged rows, bad quoting, ...: the exact reader reports them line by line
+    if tbl.num_rows + 1 != physical:
+        return None  # blank lines or quoted newlines: line numbers need the exact reader
+    columns = [tbl.column(i).combine_chunks() for i in range(len(names))]
+    return header, columns, np.arange(2, tbl.num_rows + 2, dtype="int64"), []
+
+
+def _parse_exact(text: str, table: str, name: str, delimiter: str, size: int, progress: ProgressFn) -> Parsed:
+    """Parse with the csv module, tracking each record's physical line; ragged rows become findings."""
+    header, header_lines = _read_header(text, delimiter, name)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=False)
+    for _ in range(header_lines):
+        next(reader)
     findings: list[Finding] = []
     ncols = len(header)
     lines: list[int] = []
@@ -163,8 +222,8 @@ def read_table(
                 ragged += 1
                 if ragged <= 1000:
                     findings.append(Finding(
-                        severity="error", rule="row_shape", table=table.name, file=name, line=start,
-                        value=conventions.delimiter.join(row)[:200],
+                        severity="error", rule="row_shape", table=table, file=name, line=start,
+                        value=delimiter.join(row)[:200],
                         message=f"the row has {len(row)} fields but the header has {ncols}",
                         hint="quote values that contain the delimiter, and check for a missing or extra field; "
                         "the row was not validated further",
@@ -178,31 +237,31 @@ def read_table(
     except csv.Error as exc:
         raise UnusableInputError(f"{name} line {prev + 1}: not readable as CSV ({exc})", file=name,
                                  hint="check the quoting around this line") from None
-    del text
     total = len(rows) + ragged
     if ragged and total >= 4 and ragged > total / 2:
         raise UnusableInputError(
             f"{name}: {ragged:,} of {total:,} rows have a different number of fields than the header ({ncols}); "
-            f"the delimiter {conventions.delimiter!r} or the quoting does not match the file",
+            f"the delimiter {delimiter!r} or the quoting does not match the file",
             file=name, hint="check conventions.delimiter in the site configuration and how values are quoted",
         )
     if ragged > 1000:
         findings.append(Finding(
-            severity="error", rule="row_shape", table=table.name, file=name,
+            severity="error", rule="row_shape", table=table, file=name,
             message=f"and {ragged - 1000:,} more rows with the wrong number of fields", hint="see above",
         ))
-    return _normalise(table, study, conventions, name, header, rows, lines, findings)
+    columns = [pa.array([r[i] for r in rows], type=pa.string()) for i in range(ncols)]
+    return header, columns, np.asarray(lines, dtype="int64"), findings
 
 
-def _check_delimiter(header: list[str], conventions: SiteConventions, name: str) -> None:
+def _check_delimiter(header: list[str], delimiter: str, name: str) -> None:
     if len(header) != 1:
         return
     for other in (";", ",", "\t", "|"):
-        if other != conventions.delimiter and other in header[0]:
+        if other != delimiter and other in header[0]:
             shown = "TAB" if other == "\t" else repr(other)
             raise UnusableInputError(
                 f"{name}: the header is one single column; the file seems to use {shown} as delimiter, "
-                f"but the site configuration declares {conventions.delimiter!r}",
+                f"but the site configuration declares {delimiter!r}",
                 file=name,
                 hint="set conventions.delimiter in the site configuration to the delimiter the file uses, "
                 "or export with the declared delimiter",
@@ -215,8 +274,8 @@ def _normalise(
     conventions: SiteConventions,
     name: str,
     header: list[str],
-    rows: list[list[str]],
-    lines: list[int],
+    columns: list[pa.Array],
+    lines: np.ndarray,
     findings: list[Finding],
 ) -> SourceTable:
     renames = {k.strip().lower(): v for k, v in conventions.column_renames.get(table.name, {}).items()}
@@ -246,37 +305,38 @@ def _normalise(
         positions[target] = pos
         local_names[target] = local
 
-    index = pd.Index(lines, name=LINE)
-    raw_cols: dict[str, pd.Series] = {}
-    for col, pos in positions.items():
-        raw_cols[col] = pd.Series([r[pos] for r in rows], index=index, dtype="object")
-    raw = pd.DataFrame(raw_cols, index=index)
-
-    frame = pd.DataFrame({LINE: np.asarray(lines, dtype="int64")})
+    nrows = len(lines)
+    raw = pa.table({col: columns[pos] for col, pos in positions.items()}) if positions else pa.table({})
+    frame = pd.DataFrame({LINE: lines})
     code_maps = conventions.code_maps.get(table.name, {})
     for col_name, column in table.columns.items():
-        if col_name not in raw.columns:
+        if col_name not in positions:
             if not column.required:
-                frame[col_name] = pd.Series([None] * len(rows), dtype="object")
+                frame[col_name] = pd.Series([None] * nrows, dtype="object")
                 local_names.setdefault(col_name, col_name)
             continue
-        values = raw[col_name].str.strip()
-        values = values.where(values != "", None).reset_index(drop=True)
+        trimmed = pc.utf8_trim_whitespace(raw.column(col_name))
+        values = pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)
         _convert(frame, column, values, study, conventions, code_maps.get(col_name, {}))
-    if not rows and table.required:
+    if not nrows and table.required:
         findings.append(Finding(
             severity="error", rule="table_empty", table=table.name, file=name, line=1,
             message=f"{name} has a header but no data rows; {table.name} is a required table",
             hint="export the data rows too; a required table cannot be empty",
         ))
-    return SourceTable(table=table.name, file=name, frame=frame, raw=raw, local_names=local_names,
+    return SourceTable(table=table.name, file=name, frame=frame, raw=raw, lines=lines, local_names=local_names,
                        findings=findings)
+
+
+def _to_object(values: pa.ChunkedArray | pa.Array) -> pd.Series:
+    """Arrow strings as a pandas object Series with None for missing (what GX's pandas engine expects)."""
+    return pd.Series(values.to_numpy(zero_copy_only=False), dtype="object")
 
 
 def _convert(
     frame: pd.DataFrame,
     column: Column,
-    values: pd.Series,
+    values: pa.ChunkedArray | pa.Array,
     study: Study,
     conventions: SiteConventions,
     code_map: dict[str, str],
@@ -284,30 +344,31 @@ def _convert(
     """Put the typed column and, for typed columns, its `__invalid` companion into `frame`."""
     name = column.name
     if column.type == "string":
-        frame[name] = values
+        frame[name] = _to_object(values)
         return
     if column.type == "code":
-        if code_map:
-            mapped = values.map(lambda v: code_map.get(v, v) if v is not None else None)
-        else:
-            mapped = values
-        codes = study.codes_for(column) or []
-        canon = _canonical_codes(codes)
-        frame[name] = mapped.map(lambda v: canon.get(v.upper(), v) if isinstance(v, str) else v)
+        canon = _canonical_codes(study.codes_for(column) or [])
+        series = _to_object(values)
+        mapping = {}
+        for value in series.dropna().unique():
+            local = code_map.get(value, value)
+            mapping[value] = canon.get(local.upper(), local)
+        frame[name] = series.map(mapping)
         return
-    present = values.notna()
+    present = _to_object(values).notna()
     if column.type == "date":
-        parsed = date_to_day(values, conventions.date_formats)
+        parsed = date_to_day(_to_object(values), conventions.date_formats)
     else:
         text = values
         if column.type == "decimal" and conventions.decimal_mark == ",":
-            text = values.str.replace(",", ".", regex=False)
+            text = pc.replace_substring(values, ",", ".")
         pattern = _INT_RE if column.type == "int" else _DECIMAL_RE
-        ok = text.str.match(pattern, na=False)
-        parsed = pd.to_numeric(text.where(ok, None), errors="coerce").astype("float64")
-    frame[name] = parsed
+        ok = pc.fill_null(pc.match_substring_regex(text, pattern), False)
+        numbers = pc.cast(pc.if_else(ok, text, pa.scalar(None, pa.string())), pa.float64())
+        parsed = pd.Series(numbers.to_numpy(zero_copy_only=False), dtype="float64")
+    frame[name] = parsed.to_numpy()
     invalid = present & parsed.isna()
-    frame[name + INVALID_SUFFIX] = values.where(invalid, None)
+    frame[name + INVALID_SUFFIX] = _to_object(values).where(invalid, None)
 
 
 def read_progress_printer(stream: object = sys.stderr) -> ProgressFn:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from federation.config import SiteConfig
 from federation.exceptions import UnusableInputError
@@ -123,8 +124,8 @@ def _empty_source(dictionary: Dictionary, table: str, study: Study, site: SiteCo
         frame[name] = pd.Series([], dtype="float64" if column.type in ("date", "int", "decimal") else "object")
         if column.type in ("date", "int", "decimal"):
             frame[name + INVALID_SUFFIX] = pd.Series([], dtype="object")
-    return SourceTable(table=table, file=f"{table}.csv", frame=frame, raw=pd.DataFrame(),
-                       local_names={c: c for c in t.columns}, present=False)
+    return SourceTable(table=table, file=f"{table}.csv", frame=frame, raw=pa.table({}),
+                       lines=np.zeros(0, dtype="int64"), local_names={c: c for c in t.columns}, present=False)
 
 
 def build_batch(dictionary: Dictionary, table: str, sources: dict[str, SourceTable]) -> pd.DataFrame:
@@ -210,9 +211,7 @@ def _findings_from(result: Any, src: SourceTable, sources: dict[str, SourceTable
                           and res.expectation_config.kwargs.get("column") == column)
         for row in rows:
             line = int(row[LINE])
-            raw_value = None
-            if column in src.raw.columns:
-                raw_value = src.raw.at[line, column]
+            raw_value = src.raw_value(line, column)
             if presence_check and raw_value is not None and raw_value.strip():
                 continue
             detail = _detail(meta, row, sources)
