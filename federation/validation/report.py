@@ -46,6 +46,8 @@ class Report:
     tables: list[TableSummary] = field(default_factory=list)
     seconds: float = 0.0
     created: str = ""
+    # The tables as read (dictionary terms), kept only when the caller goes on to harmonize them.
+    sources: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def finish(self, seconds: float) -> None:
         self.seconds = seconds

@@ -56,7 +56,8 @@ def _quiet_gx() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def validate_export(request: ValidationRequest, progress: ProgressFn = _no_progress) -> Report:
+def validate_export(request: ValidationRequest, progress: ProgressFn = _no_progress, *,
+                    keep_sources: bool = False) -> Report:
     """Validate the export in `request.path` (a folder of `<table>.csv`)."""
     started = time.perf_counter()
     registry = load_registry()
@@ -113,6 +114,8 @@ def validate_export(request: ValidationRequest, progress: ProgressFn = _no_progr
     for table, src in sources.items():
         if src.present:
             report.tables.append(TableSummary(table=table, file=src.file, rows=src.rows))
+    if keep_sources:
+        report.sources = {t: s for t, s in sources.items() if s.present}
     report.finish(time.perf_counter() - started)
     return report
 

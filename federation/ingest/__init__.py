@@ -1,0 +1,1 @@
+"""Ingestion: landing zone protocol, harmonization, publishing and the upload catalog."""

@@ -1,0 +1,137 @@
+"""Harmonization: a validated export becomes the analysis-ready tables of the
+data dictionary's harmonized layer (schemas/v<N>/dictionary.yaml `harmonized`).
+
+Site mappings and code maps were applied while reading; here units are
+converted, dates become whole days since the patient's enrollment, the
+derived variables are computed, and the site's patient id is replaced by a
+keyed pseudonym. No raw identifier and no raw date reaches the output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from federation.generate import harmonized_arrow_schema
+from federation.schema import Dictionary
+from federation.validation.reader import EPOCH, SourceTable
+
+AGE_GROUPS = [(0.0, 1.0, "<1"), (1.0, 5.0, "1-4"), (5.0, 10.0, "5-9"), (10.0, 15.0, "10-14"), (15.0, 22.0, "15-21")]
+DAYS_PER_YEAR = 365.25
+
+
+def pseudonym(key: bytes, study_id: str, site_id: str, patient_id: str) -> str:
+    """HMAC-SHA256 of (study, site, patient id) under the consortium key; 32 hex characters."""
+    msg = "\x1f".join((study_id, site_id, patient_id)).encode("utf-8")
+    return hmac.new(key, msg, hashlib.sha256).hexdigest()[:32]
+
+
+def age_group(years: pd.Series) -> pd.Series:
+    out = pd.Series([None] * len(years), index=years.index, dtype="object")
+    for lo, hi, label in AGE_GROUPS:
+        out[(years >= lo) & (years < hi)] = label
+    return out
+
+
+def _rel(day: pd.Series, enrollment: pd.Series) -> pd.Series:
+    return (day - enrollment).astype("Int32")
+
+
+def _convert_dose(frame: pd.DataFrame, dictionary: Dictionary) -> tuple[pd.Series, pd.Series]:
+    conversions = dictionary.table("treatments").columns["dose_unit"].converts
+    dose = frame["dose"].astype("float64").copy()
+    unit = frame["dose_unit"].astype("object").copy()
+    for source, conv in conversions.items():
+        mask = unit == source
+        dose[mask] = dose[mask] * conv.factor
+        unit[mask] = conv.to
+    return dose, unit
+
+
+def harmonize(dictionary: Dictionary, sources: dict[str, SourceTable], *, study_id: str, site_id: str,
+              upload_id: str, key: bytes) -> dict[str, pa.Table]:
+    """The harmonized tables (Arrow, with the dictionary's harmonized schema) of one validated export."""
+    patients = sources["patients"].frame
+    pid_of = {p: pseudonym(key, study_id, site_id, p) for p in patients["patient_id"]}
+    enrol = patients.set_index("patient_id")["enrollment_date"]
+    diag = sources["diagnoses"].frame.set_index("patient_id")
+    outc = sources["outcomes"].frame.set_index("patient_id")
+
+    def base(frame: pd.DataFrame) -> pd.DataFrame:
+        out = pd.DataFrame(index=frame.index)
+        out["study_id"] = study_id
+        out["site_id"] = site_id
+        out["upload_id"] = upload_id
+        out["schema_version"] = dictionary.schema_version
+        out["pid"] = frame["patient_id"].map(pid_of)
+        return out
+
+    tables: dict[str, pd.DataFrame] = {}
+    p = base(patients)
+    for col in ("sex", "arm", "race", "ethnicity"):
+        p[col] = patients[col]
+    p["enrollment_year"] = (EPOCH + pd.to_timedelta(patients["enrollment_date"], unit="D")).dt.year.astype("int16")
+    diag_day = patients["patient_id"].map(diag["diagnosis_date"])
+    age = (diag_day - patients["birth_date"]) / DAYS_PER_YEAR
+    p["age_at_diagnosis_years"] = age.round(4)
+    p["age_group"] = age_group(age)
+    o = outc.reindex(patients["patient_id"])
+    o.index = patients.index
+    last = o["last_contact_date"] - patients["enrollment_date"]
+    efs_event = o["first_event"].ne("NONE") & o["first_event"].notna()
+    p["efs_days"] = np.where(efs_event, o["first_event_date"] - patients["enrollment_date"], last)
+    p["efs_event"] = efs_event.astype(bool)
+    os_event = o["vital_status"].eq("DEAD")
+    p["os_days"] = np.where(os_event, o["death_date"] - patients["enrollment_date"], last)
+    p["os_event"] = os_event.astype(bool)
+    tables["patients"] = p
+
+    d = sources["diagnoses"].frame
+    h = base(d)
+    h["diagnosis_day"] = _rel(d["diagnosis_date"], d["patient_id"].map(enrol))
+    for col in ("histology_icdo3", "topography_icdo3", "stage", "histology_risk", "risk_group"):
+        h[col] = d[col]
+    tables["diagnoses"] = h
+
+    if "treatments" in sources:
+        t = sources["treatments"].frame
+        h = base(t)
+        e = t["patient_id"].map(enrol)
+        h["agent"] = t["agent"]
+        h["start_day"] = _rel(t["start_date"], e)
+        h["end_day"] = _rel(t["end_date"].astype("float64"), e)
+        h["dose"], h["dose_unit"] = _convert_dose(t, dictionary)
+        tables["treatments"] = h
+
+    if "adverse_events" in sources:
+        a = sources["adverse_events"].frame
+        h = base(a)
+        for col in ("ae_term", "meddra_code"):
+            h[col] = a[col]
+        h["grade"] = a["grade"].astype("int8")
+        h["onset_day"] = _rel(a["onset_date"], a["patient_id"].map(enrol))
+        h["serious"] = a["serious"]
+        h["related"] = a["related"]
+        tables["adverse_events"] = h
+
+    o = sources["outcomes"].frame
+    h = base(o)
+    e = o["patient_id"].map(enrol)
+    h["last_contact_day"] = _rel(o["last_contact_date"], e)
+    h["vital_status"] = o["vital_status"]
+    h["death_day"] = _rel(o["death_date"].astype("float64"), e)
+    h["first_event"] = o["first_event"]
+    h["first_event_day"] = _rel(o["first_event_date"].astype("float64"), e)
+    tables["outcomes"] = h
+
+    out: dict[str, pa.Table] = {}
+    for name, frame in tables.items():
+        schema = harmonized_arrow_schema(dictionary, name)
+        frame = frame.reset_index(drop=True)
+        table = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+        out[name] = table.replace_schema_metadata(schema.metadata)
+    return out

@@ -1,0 +1,207 @@
+"""One upload, from the landing zone to a published version or to quarantine.
+
+`process_upload` is what the Airflow task calls and what `federation ingest`
+calls without Airflow. Every outcome, good or bad, is written to the upload
+catalog (`<pipeline>/catalog/<site>/<upload_id>.json`); bad input never
+raises. Only storage outages raise (TransientStorageError), so Airflow
+retries them; nothing is published before the final commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from federation.exceptions import ConfigurationError
+from federation.ingest.harmonize import harmonize
+from federation.ingest.landing import MANIFEST, Manifest, UploadRef, discover_uploads, sha256_file, upload_prefix
+from federation.ingest.publish import publish
+from federation.schema import load_dictionary, load_registry
+from federation.settings import Settings
+from federation.storage import ObjectStore, open_store
+from federation.validation.runner import ValidationRequest, validate_export
+
+log = logging.getLogger(__name__)
+
+FINAL = {"published", "quarantined", "rejected"}
+
+
+@dataclass
+class CatalogEntry:
+    site_id: str
+    upload_id: str
+    status: str  # published | quarantined | rejected | incomplete | failed
+    message: str = ""
+    study_id: str = ""
+    manifest_sha256: str = ""
+    rows: dict[str, int] = field(default_factory=dict)
+    version_id: str = ""
+    report: str = ""
+    quarantine: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)
+    updated: str = ""
+
+    def to_json(self) -> bytes:
+        return (json.dumps(asdict(self), indent=2) + "\n").encode()
+
+
+def catalog_key(settings: Settings, site_id: str, upload_id: str) -> str:
+    return f"{settings.storage.pipeline_bucket}/catalog/{site_id}/{upload_id}.json"
+
+
+def read_catalog(store: ObjectStore, settings: Settings) -> list[CatalogEntry]:
+    out = []
+    for obj in store.list(f"{settings.storage.pipeline_bucket}/catalog/"):
+        out.append(CatalogEntry(**json.loads(store.get_bytes(obj.key))))
+    return sorted(out, key=lambda e: (e.updated, e.site_id, e.upload_id))
+
+
+def _get_entry(store: ObjectStore, settings: Settings, ref: UploadRef) -> CatalogEntry | None:
+    try:
+        return CatalogEntry(**json.loads(store.get_bytes(catalog_key(settings, ref.site_id, ref.upload_id))))
+    except KeyError:
+        return None
+
+
+def _save(store: ObjectStore, settings: Settings, entry: CatalogEntry) -> CatalogEntry:
+    entry.updated = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    store.put_bytes(catalog_key(settings, entry.site_id, entry.upload_id), entry.to_json())
+    return entry
+
+
+def pending_uploads(settings: Settings, store: ObjectStore | None = None) -> list[UploadRef]:
+    """Complete uploads not processed yet; incomplete ones are recorded in the catalog and skipped."""
+    store = store or open_store(settings.storage, "pipeline")
+    out = []
+    for ref in discover_uploads(store, settings.storage):
+        entry = _get_entry(store, settings, ref)
+        if not ref.complete:
+            if entry is None or entry.status != "incomplete" or entry.message != ref.problem:
+                _save(store, settings, CatalogEntry(ref.site_id, ref.upload_id, "incomplete", ref.problem))
+            continue
+        if entry is not None and entry.status in FINAL:
+            digest = _manifest_digest(store, settings, ref)
+            if entry.manifest_sha256 and digest != entry.manifest_sha256 and "reused" not in entry.message:
+                entry.message += (" | the upload id was reused with different content after processing; "
+                                  "that content was NOT processed; upload it under a new id")
+                _save(store, settings, entry)
+            continue
+        out.append(ref)
+    return out
+
+
+def _manifest_digest(store: ObjectStore, settings: Settings, ref: UploadRef) -> str:
+    data = store.get_bytes(upload_prefix(settings.storage, ref.site_id, ref.upload_id) + MANIFEST)
+    return hashlib.sha256(data).hexdigest()
+
+
+def process_upload(settings: Settings, ref: UploadRef, store: ObjectStore | None = None,
+                   workdir: Path | None = None) -> CatalogEntry:
+    """Validate one upload, then publish it or quarantine it. Idempotent."""
+    store = store or open_store(settings.storage, "pipeline")
+    existing = _get_entry(store, settings, ref)
+    if existing is not None and existing.status in FINAL:
+        return existing
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    entry = CatalogEntry(ref.site_id, ref.upload_id, "failed")
+    prefix = upload_prefix(settings.storage, ref.site_id, ref.upload_id)
+    try:
+        raw_manifest = store.get_bytes(prefix + MANIFEST)
+        entry.manifest_sha256 = hashlib.sha256(raw_manifest).hexdigest()
+        manifest = Manifest.model_validate_json(raw_manifest)
+    except (KeyError, ValueError) as exc:
+        entry.status, entry.message = "rejected", f"manifest.json is missing or not valid: {str(exc)[:300]}"
+        return _save(store, settings, entry)
+    entry.study_id = manifest.study_id
+    problem = _check_manifest(settings, ref, manifest)
+    if problem:
+        entry.status, entry.message = "rejected", problem
+        return _save(store, settings, entry)
+
+    with tempfile.TemporaryDirectory(dir=workdir, prefix=f"ingest-{ref.site_id}-") as tmp:
+        folder = Path(tmp)
+        for f in manifest.files:
+            store.download(prefix + f.name, folder / f.name)
+            if sha256_file(folder / f.name) != f.sha256:
+                entry.status = "rejected"
+                entry.message = (f"{f.name} does not match the sha256 in its manifest: the file changed or was "
+                                 "cut off after the manifest was written; upload again")
+                return _save(store, settings, entry)
+        timings["download_s"] = round(time.perf_counter() - t0, 3)
+
+        site = settings.site(ref.site_id)
+        t1 = time.perf_counter()
+        report = validate_export(ValidationRequest(
+            path=folder, site=site, study_id=manifest.study_id, upload_date=manifest.created.date(),
+            max_file_bytes=settings.max_file_mb * 2**20), keep_sources=True)
+        timings["validate_s"] = round(time.perf_counter() - t1, 3)
+        entry.rows = {t.table: t.rows for t in report.tables}
+        report_prefix = f"{settings.storage.reports_bucket}/{ref.site_id}/{ref.upload_id}/"
+        rep_dir = folder / "_report"
+        for kind, path in report.write(rep_dir).items():
+            store.put_file(report_prefix + path.name, path)
+            if kind == "html":
+                entry.report = report_prefix + path.name
+
+        if report.status != "valid":
+            qprefix = f"{settings.storage.pipeline_bucket}/quarantine/{ref.site_id}/{ref.upload_id}/"
+            for f in manifest.files:
+                store.put_file(qprefix + f.name, folder / f.name)
+            store.put_bytes(qprefix + MANIFEST, raw_manifest)
+            entry.status, entry.quarantine = "quarantined", qprefix
+            n = len(report.errors) + len(report.unusable)
+            entry.message = f"{report.status}: {n:,} errors; see the report"
+            entry.seconds = {**timings, "total_s": round(time.perf_counter() - t0, 3)}
+            return _save(store, settings, entry)
+
+        t2 = time.perf_counter()
+        dictionary = load_dictionary(manifest.schema_version)
+        tables = harmonize(dictionary, report.sources, study_id=manifest.study_id, site_id=ref.site_id,
+                           upload_id=ref.upload_id, key=settings.pseudonym_key())
+        timings["harmonize_s"] = round(time.perf_counter() - t2, 3)
+        t3 = time.perf_counter()
+        version, created = publish(store, settings.storage, site_id=ref.site_id, study_id=manifest.study_id,
+                                   upload_id=ref.upload_id, schema_version=manifest.schema_version, tables=tables)
+        timings["publish_s"] = round(time.perf_counter() - t3, 3)
+    entry.status, entry.version_id = "published", version.version_id
+    entry.message = "published" if created else "already published earlier (idempotent re-run)"
+    entry.seconds = {**timings, "total_s": round(time.perf_counter() - t0, 3)}
+    return _save(store, settings, entry)
+
+
+def _check_manifest(settings: Settings, ref: UploadRef, manifest: Manifest) -> str:
+    if manifest.site_id != ref.site_id:
+        return (f"the manifest says site {manifest.site_id!r} but it was uploaded under {ref.site_id!r}: "
+                "a site can only upload for itself")
+    if manifest.upload_id != ref.upload_id:
+        return f"the manifest's upload_id {manifest.upload_id!r} differs from its folder {ref.upload_id!r}"
+    try:
+        settings.site(ref.site_id)
+    except ConfigurationError:
+        return f"site {ref.site_id!r} is not onboarded (no site configuration); see docs/operations.md"
+    try:
+        study = load_registry().study(manifest.study_id)
+    except ConfigurationError as exc:
+        return str(exc)
+    if manifest.schema_version != study.schema_version:
+        return (f"the manifest declares dictionary v{manifest.schema_version} but study {study.study_id} "
+                f"uses v{study.schema_version}")
+    return ""
+
+
+def ingest_all(settings: Settings, progress: Any = print) -> list[CatalogEntry]:
+    """Discover and process every pending upload (what the DAG does, without Airflow)."""
+    store = open_store(settings.storage, "pipeline")
+    out = []
+    for ref in pending_uploads(settings, store):
+        progress(f"processing {ref.key} ...")
+        out.append(process_upload(settings, ref, store))
+    return out

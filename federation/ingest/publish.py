@@ -1,0 +1,134 @@
+"""Atomic, versioned publishing of a site's harmonized tables.
+
+Layout, per site and study, in the site's own location:
+
+    <harmonized>/<site>/<study>/data/<upload_id>/<table>.parquet
+    <harmonized>/<site>/<study>/_versions/<NNNNNN>.json   <- the commit
+
+The data files are written first; the version is committed by one
+conditional write (put-if-absent) of the next `_versions/` object, which
+lists every table file with its row count and sha256. Readers take the
+highest committed version and read exactly the files it lists, so they see
+the previous version or the new one, never a mix: a writer that dies before
+the commit leaves only unreferenced files. Re-publishing an upload that is
+already committed returns its version. Earlier versions stay readable. See
+docs/decisions/0005-publishing.md for why this and not a table format.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from federation.exceptions import FederationError
+from federation.storage import ObjectStore, PreconditionFailed, StorageConfig
+
+
+class PublishError(FederationError):
+    """A version could not be committed."""
+
+
+@dataclass(frozen=True)
+class Version:
+    site_id: str
+    study_id: str
+    number: int
+    upload_id: str
+    schema_version: str
+    created: str
+    tables: dict[str, dict[str, Any]]  # table -> {key, rows, sha256}
+
+    @property
+    def version_id(self) -> str:
+        """What results cite: `<site>/<study>@v<number>`."""
+        return f"{self.site_id}/{self.study_id}@v{self.number}"
+
+    def to_json(self) -> bytes:
+        return (json.dumps({"site_id": self.site_id, "study_id": self.study_id, "number": self.number,
+                            "version_id": self.version_id, "upload_id": self.upload_id,
+                            "schema_version": self.schema_version, "created": self.created,
+                            "tables": self.tables}, indent=2) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Version:
+        d = json.loads(data)
+        return cls(site_id=d["site_id"], study_id=d["study_id"], number=d["number"], upload_id=d["upload_id"],
+                   schema_version=d["schema_version"], created=d["created"], tables=d["tables"])
+
+
+def dataset_prefix(cfg: StorageConfig, site_id: str, study_id: str) -> str:
+    return f"{cfg.harmonized_bucket}/{site_id}/{study_id}/"
+
+
+def list_versions(store: ObjectStore, cfg: StorageConfig, site_id: str, study_id: str) -> list[Version]:
+    prefix = dataset_prefix(cfg, site_id, study_id) + "_versions/"
+    return [Version.from_json(store.get_bytes(o.key)) for o in store.list(prefix) if o.key.endswith(".json")]
+
+
+def latest_version(store: ObjectStore, cfg: StorageConfig, site_id: str, study_id: str) -> Version | None:
+    prefix = dataset_prefix(cfg, site_id, study_id) + "_versions/"
+    commits = [o.key for o in store.list(prefix) if o.key.endswith(".json")]
+    if not commits:
+        return None
+    return Version.from_json(store.get_bytes(max(commits)))
+
+
+def get_version(store: ObjectStore, cfg: StorageConfig, site_id: str, study_id: str, number: int) -> Version:
+    key = dataset_prefix(cfg, site_id, study_id) + f"_versions/{number:06d}.json"
+    try:
+        return Version.from_json(store.get_bytes(key))
+    except KeyError:
+        raise PublishError(f"{site_id}/{study_id} has no version {number}") from None
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def publish(store: ObjectStore, cfg: StorageConfig, *, site_id: str, study_id: str, upload_id: str,
+            schema_version: str, tables: dict[str, pa.Table], max_attempts: int = 5) -> tuple[Version, bool]:
+    """Publish `tables` as the next version; returns (version, created). Idempotent per upload_id."""
+    for existing in list_versions(store, cfg, site_id, study_id):
+        if existing.upload_id == upload_id:
+            return existing, False
+    prefix = dataset_prefix(cfg, site_id, study_id)
+    listed: dict[str, dict[str, Any]] = {}
+    for name, table in sorted(tables.items()):
+        data = _parquet_bytes(table)
+        key = f"{prefix}data/{upload_id}/{name}.parquet"
+        store.put_bytes(key, data)
+        listed[name] = {"key": key, "rows": table.num_rows, "sha256": hashlib.sha256(data).hexdigest()}
+    for _attempt in range(max_attempts):
+        current = latest_version(store, cfg, site_id, study_id)
+        if current is not None and current.upload_id == upload_id:
+            return current, False
+        number = (current.number if current else 0) + 1
+        version = Version(site_id=site_id, study_id=study_id, number=number, upload_id=upload_id,
+                          schema_version=schema_version,
+                          created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), tables=listed)
+        try:
+            store.put_bytes(f"{prefix}_versions/{number:06d}.json", version.to_json(), if_absent=True)
+        except PreconditionFailed:
+            continue  # another writer committed this number first; look again
+        return version, True
+    raise PublishError(f"could not commit a version of {site_id}/{study_id} after {max_attempts} attempts")
+
+
+def read_table(store: ObjectStore, version: Version, table: str) -> pa.Table:
+    """One table of a committed version, checked against the sha256 the commit recorded."""
+    entry = version.tables.get(table)
+    if entry is None:
+        raise PublishError(f"{version.version_id} has no table {table!r}")
+    data = store.get_bytes(entry["key"])
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise PublishError(f"{entry['key']} does not match the checksum in {version.version_id}")
+    return pq.read_table(io.BytesIO(data))

@@ -1,0 +1,72 @@
+"""Deployment settings: where storage is, where site configurations are, and
+the consortium's pseudonymisation key. Loaded from the YAML named by
+FEDERATION_CONFIG (or --config); secrets come from the environment or files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from federation.config import SiteConfig, load_site
+from federation.exceptions import ConfigurationError
+from federation.paths import INFRA_DIR
+from federation.storage import StorageConfig
+
+PSEUDONYM_KEY_ENV = "FEDERATION_PSEUDONYM_KEY"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    sites_dir: Path = INFRA_DIR / "sites"
+    pseudonym_key_file: Path | None = None
+    max_file_mb: int = 1024
+
+    def site(self, site_id: str) -> SiteConfig:
+        return load_site(site_id, self.sites_dir)
+
+    def site_ids(self) -> list[str]:
+        return sorted(p.stem for p in self.sites_dir.glob("*.yaml"))
+
+    def pseudonym_key(self) -> bytes:
+        """The consortium secret for pid pseudonyms: env FEDERATION_PSEUDONYM_KEY, else pseudonym_key_file."""
+        value = os.environ.get(PSEUDONYM_KEY_ENV)
+        if value:
+            return value.encode("utf-8")
+        if self.pseudonym_key_file and self.pseudonym_key_file.exists():
+            key = self.pseudonym_key_file.read_bytes().strip()
+            if len(key) >= 16:
+                return key
+        raise ConfigurationError(
+            f"no pseudonymisation key: set {PSEUDONYM_KEY_ENV} or pseudonym_key_file (at least 16 bytes). "
+            "The key must stay the same across uploads so that each patient keeps their pid."
+        )
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Settings from `path`, else $FEDERATION_CONFIG, else the defaults (local storage in ./storage)."""
+    chosen = path or (Path(os.environ["FEDERATION_CONFIG"]) if os.environ.get("FEDERATION_CONFIG") else None)
+    if chosen is None:
+        return Settings()
+    if not chosen.exists():
+        raise ConfigurationError(f"settings file {chosen} does not exist")
+    data = yaml.safe_load(chosen.read_text(encoding="utf-8")) or {}
+    base = chosen.parent
+    settings = Settings.model_validate(data)
+    # Relative paths in the file are relative to the file.
+    updates: dict[str, object] = {}
+    if not settings.sites_dir.is_absolute() and "sites_dir" in data:
+        updates["sites_dir"] = base / settings.sites_dir
+    if settings.pseudonym_key_file and not settings.pseudonym_key_file.is_absolute():
+        updates["pseudonym_key_file"] = base / settings.pseudonym_key_file
+    storage = settings.storage
+    if storage.kind == "local" and not storage.root.is_absolute():
+        storage = storage.model_copy(update={"root": base / storage.root})
+    if storage.secrets_dir and not storage.secrets_dir.is_absolute():
+        storage = storage.model_copy(update={"secrets_dir": base / storage.secrets_dir})
+    updates["storage"] = storage
+    return settings.model_copy(update=updates)

@@ -1,0 +1,71 @@
+"""Who may touch which keys: the storage identities, enforced by the storage itself.
+
+One identity per site (write and read its own landing prefix, read its own
+reports), one for the pipeline, one query identity per site (read that site's
+harmonized data only). Analysts get no identity at all. `render_seaweedfs`
+turns this into SeaweedFS's `-s3.config` JSON; other stores (MinIO, AWS) get
+the same policy as bucket policies (see docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+from federation.storage.config import Credentials, StorageConfig, load_credentials
+
+
+def site_actions(site: str, cfg: StorageConfig) -> list[str]:
+    return [f"Write:{cfg.landing_bucket}/{site}/*", f"Read:{cfg.landing_bucket}/{site}/*",
+            f"List:{cfg.landing_bucket}/{site}/*",
+            f"Read:{cfg.reports_bucket}/{site}/*", f"List:{cfg.reports_bucket}/{site}/*"]
+
+
+def query_identity(site: str) -> str:
+    return f"query-{site}"
+
+
+def query_actions(site: str, cfg: StorageConfig) -> list[str]:
+    return [f"Read:{cfg.harmonized_bucket}/{site}/*", f"List:{cfg.harmonized_bucket}/{site}/*"]
+
+
+def pipeline_actions(cfg: StorageConfig) -> list[str]:
+    buckets = [cfg.landing_bucket, cfg.reports_bucket, cfg.harmonized_bucket, cfg.pipeline_bucket]
+    return [f"{a}:{b}" for b in buckets for a in ("Read", "Write", "List")]
+
+
+def policy(sites: list[str], cfg: StorageConfig) -> dict[str, list[str]]:
+    """identity -> allowed actions."""
+    out = {"pipeline": pipeline_actions(cfg)}
+    for site in sites:
+        out[site] = site_actions(site, cfg)
+        out[query_identity(site)] = query_actions(site, cfg)
+    return out
+
+
+def render_seaweedfs(sites: list[str], cfg: StorageConfig, creds: dict[str, Credentials] | None = None) -> str:
+    """SeaweedFS identities JSON; without `creds`, keys are read from the configured secrets."""
+    identities: list[dict[str, Any]] = []
+    for name, actions in policy(sites, cfg).items():
+        c = creds[name] if creds is not None else load_credentials(cfg, name)
+        identities.append({"name": name, "credentials": [
+            {"accessKey": c.access_key, "secretKey": c.secret_key.get_secret_value()}], "actions": actions})
+    return json.dumps({"identities": identities}, indent=2) + "\n"
+
+
+def new_secrets(sites: list[str], cfg: StorageConfig, secrets_dir: Path) -> dict[str, Credentials]:
+    """Create fresh random keys for every identity as `<secrets_dir>/<identity>.json` (mode 0600)."""
+    from pydantic import SecretStr
+
+    secrets_dir.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Credentials] = {}
+    for name in policy(sites, cfg):
+        cred = Credentials(access_key=f"{name}-{secrets.token_hex(4)}", secret_key=SecretStr(secrets.token_hex(20)))
+        path = secrets_dir / f"{name}.json"
+        path.write_text(json.dumps({"access_key": cred.access_key,
+                                    "secret_key": cred.secret_key.get_secret_value()}), encoding="utf-8")
+        path.chmod(0o600)
+        out[name] = cred
+    return out
