@@ -75,6 +75,37 @@ def _build_parser() -> argparse.ArgumentParser:
     sc.add_argument("action", choices=["generate", "check"],
                     help="generate: rewrite expectations/ and docs/data-dictionary-v*.md; check: exit 1 on drift")
 
+    u = sub.add_parser(
+        "upload", help="validate an export locally, then upload it to the landing zone",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Validate the export first (same rules as the pipeline) and refuse to upload an invalid one unless\n"
+            "--force. Uploads every CSV file with its sha256, then the manifest last, to\n"
+            "<landing>/<site>/<upload_id>/. The upload id is derived from the content, so running the same\n"
+            "command again after a network failure resumes the same upload."),
+    )
+    u.add_argument("path", type=Path, help="folder holding the export's CSV files")
+    u.add_argument("--site", required=True, help="your site id")
+    u.add_argument("--study", required=True, help="study id from the registry")
+    u.add_argument("--config", type=Path, default=None, help="settings YAML (default $FEDERATION_CONFIG)")
+    u.add_argument("--force", action="store_true", help="upload even if local validation fails")
+    u.add_argument("--upload-id", default=None, help="explicit upload id (default: derived from the content)")
+
+    ul = sub.add_parser("uploads", help="list the upload catalog: status, rows, version, report of each upload")
+    ul.add_argument("--site", default=None, help="only this site")
+    ul.add_argument("--config", type=Path, default=None, help="settings YAML (default $FEDERATION_CONFIG)")
+    ul.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    ing = sub.add_parser("ingest", help="process pending uploads now, without Airflow (what site_ingest does)")
+    ing.add_argument("--config", type=Path, default=None, help="settings YAML (default $FEDERATION_CONFIG)")
+
+    st = sub.add_parser("storage", help="storage identities for SeaweedFS")
+    st.add_argument("action", choices=["identities"], help="identities: write the SeaweedFS -s3.config JSON")
+    st.add_argument("--config", type=Path, default=None, help="settings YAML (default $FEDERATION_CONFIG)")
+    st.add_argument("--out", type=Path, required=True, help="where to write the identities JSON")
+    st.add_argument("--new-secrets", action="store_true",
+                    help="create fresh random keys for every identity in storage.secrets_dir first")
+
     d = sub.add_parser("demo", help="run the main job end to end on embedded local storage",
                        description="Synthesize exports for several sites, validate each, print per-site outcomes.")
     d.add_argument("--workdir", type=Path, default=Path("demo-output"), help="folder for everything the demo writes")
@@ -92,6 +123,14 @@ def main(argv: list[str] | None = None) -> int:
             return _synth(args)
         if args.command == "schema":
             return _schema(args)
+        if args.command == "upload":
+            return _upload(args)
+        if args.command == "uploads":
+            return _uploads(args)
+        if args.command == "ingest":
+            return _ingest(args)
+        if args.command == "storage":
+            return _storage(args)
         if args.command == "demo":
             from federation.demo import run_demo
 
@@ -122,6 +161,84 @@ def _validate(args: argparse.Namespace) -> int:
     print(report.summary_text())
     print(f"report: {paths['html']}  (also {paths['json'].name}, {paths['csv'].name})")
     return report.exit_code
+
+
+def _upload(args: argparse.Namespace) -> int:
+    from federation.ingest.landing import upload_export
+    from federation.schema import load_registry
+    from federation.settings import load_settings
+    from federation.storage import open_store
+    from federation.validation.runner import ValidationRequest, validate_export
+
+    settings = load_settings(args.config)
+    site = settings.site(args.site)
+    study = load_registry().study(args.study)
+    print(f"validating {args.path} locally ...", file=sys.stderr)
+    report = validate_export(ValidationRequest(path=args.path, site=site, study_id=study.study_id,
+                                               upload_date=dt.date.today()))
+    print(report.summary_text())
+    if report.status != "valid" and not args.force:
+        print("not uploaded: fix the problems above (run `federation validate` for the full report), "
+              "or upload anyway with --force", file=sys.stderr)
+        return report.exit_code
+    store = open_store(settings.storage, site.site_id)
+    manifest = upload_export(store, settings.storage, site.site_id, study.study_id, study.schema_version,
+                             args.path, upload_id=args.upload_id,
+                             progress=lambda m: print(m, file=sys.stderr))
+    print(f"uploaded {len(manifest.files)} files as upload {manifest.upload_id} to {store.describe()}")
+    return 0
+
+
+def _uploads(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from federation.ingest.pipeline import read_catalog
+    from federation.settings import load_settings
+    from federation.storage import open_store
+
+    settings = load_settings(args.config)
+    entries = [e for e in read_catalog(open_store(settings.storage, "pipeline"), settings)
+               if args.site in (None, e.site_id)]
+    if args.json:
+        print(json.dumps([asdict(e) for e in entries], indent=2))
+        return 0
+    if not entries:
+        print("no uploads yet")
+        return 0
+    print(f"{'site':<8} {'upload':<20} {'status':<12} {'rows':>9} {'version':<26} report / message")
+    for e in entries:
+        rows = sum(e.rows.values())
+        print(f"{e.site_id:<8} {e.upload_id:<20} {e.status:<12} {rows:>9,} {e.version_id:<26} "
+              f"{e.report or e.message}")
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from federation.ingest.pipeline import ingest_all
+    from federation.settings import load_settings
+
+    entries = ingest_all(load_settings(args.config), progress=lambda m: print(m, file=sys.stderr))
+    for e in entries:
+        print(f"{e.site_id}/{e.upload_id}: {e.status} {e.version_id} {e.message}")
+    return 0
+
+
+def _storage(args: argparse.Namespace) -> int:
+    from federation.settings import load_settings
+    from federation.storage.identities import new_secrets, render_seaweedfs
+
+    settings = load_settings(args.config)
+    cfg = settings.storage
+    if cfg.secrets_dir is None:
+        print("error: storage.secrets_dir is not set in the settings", file=sys.stderr)
+        return 2
+    sites = settings.site_ids()
+    creds = new_secrets(sites, cfg, cfg.secrets_dir) if args.new_secrets else None
+    args.out.write_text(render_seaweedfs(sites, cfg, creds), encoding="utf-8")
+    args.out.chmod(0o600)
+    print(f"wrote identities for pipeline and {len(sites)} sites to {args.out}")
+    return 0
 
 
 def _synth(args: argparse.Namespace) -> int:

@@ -1,17 +1,27 @@
 """The demo: the main job end to end on embedded local storage (a folder).
 
-Today it synthesizes exports for several sites (one with injected errors),
-validates each with the pipeline's rules and prints per-site outcomes.
+Synthesize exports for several sites (one with injected errors), check each
+locally as a site coordinator would, upload them to the landing zone, run the
+real `site_ingest` Airflow DAG (dag.test(), SQLite), and show the upload
+catalog: published versions, and the quarantined upload with its report.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 import shutil
 import time
 from pathlib import Path
 
+import yaml
+
 from federation.config import SiteConfig
+from federation.ingest.landing import upload_export
+from federation.ingest.pipeline import read_catalog
+from federation.orchestration import run_dag
+from federation.settings import load_settings
+from federation.storage import open_store
 from federation.synth import synthesize
 from federation.validation.runner import ValidationRequest, validate_export
 
@@ -23,23 +33,50 @@ def run_demo(workdir: Path, n_sites: int = 5, patients: int = 300) -> int:
     started = time.perf_counter()
     if workdir.exists():
         shutil.rmtree(workdir)
+    workdir = workdir.resolve()
     exports = workdir / "exports"
-    print(f"[1/2] synthesizing exports of {n_sites} sites for {DEMO_STUDY} into {exports} "
+    print(f"[1/4] synthesizing exports of {n_sites} sites for {DEMO_STUDY} into {exports} "
           "(site-b gets injected errors)")
     written = synthesize(exports, n_sites, DEMO_STUDY, patients, AS_OF, seed=42, error_sites=["site-b"])
-    print("[2/2] validating each site's export with the consortium rules (Great Expectations)")
-    failed = 0
+
+    print("[2/4] each site checks its export locally with the consortium rules (Great Expectations)")
     for w in written:
         site = SiteConfig.from_yaml(exports / "sites" / f"{w.site.site_id}.yaml")
         report = validate_export(ValidationRequest(path=w.folder, site=site, study_id=DEMO_STUDY,
                                                    upload_date=AS_OF))
-        folder = workdir / "reports" / site.site_id
-        paths = report.write(folder)
-        failed += report.status != "valid"
-        print()
-        print(report.summary_text())
-        print(f"  report: {paths['html']}")
+        paths = report.write(workdir / "local-reports" / site.site_id)
+        print(f"  {site.site_id:<7} {report.status.upper():<8} {len(report.errors):>3} errors  {paths['html']}")
+
+    settings_file = workdir / "settings.yaml"
+    (workdir / "secrets").mkdir()
+    (workdir / "secrets" / "pseudonym.key").write_text(secrets.token_hex(32))
+    settings_file.write_text(yaml.safe_dump({
+        "storage": {"kind": "local", "root": "storage"}, "sites_dir": "exports/sites",
+        "pseudonym_key_file": "secrets/pseudonym.key"}))
+    settings = load_settings(settings_file)
+    store = open_store(settings.storage)
+    print(f"[3/4] every site uploads (site-b with --force, to show quarantine) to {store.describe()}")
+    for w in written:
+        m = upload_export(store, settings.storage, w.site.site_id, DEMO_STUDY, "1", w.folder,
+                          now=dt.datetime.combine(AS_OF, dt.time(12), tzinfo=dt.UTC))
+        print(f"  {w.site.site_id:<7} upload {m.upload_id}: {len(m.files)} files + manifest")
+
+    print("[4/4] running the Airflow DAG site_ingest (dag.test(), SQLite metadata DB) ...")
+    result = run_dag(workdir / "airflow", "site_ingest", {"FEDERATION_CONFIG": str(settings_file)})
+    tasks: dict[str, str] = result["tasks"]  # type: ignore[assignment]
+    print(f"  DAG run {result['state']}; tasks: " + ", ".join(f"{k} {v}" for k, v in tasks.items()))
     print()
-    print(f"{len(written) - failed} of {len(written)} sites valid, {failed} with problems; "
-          f"done in {time.perf_counter() - started:.0f} s")
-    return 0
+    print(f"{'site':<8} {'status':<12} {'rows':>8}  version / report")
+    for e in sorted(read_catalog(store, settings), key=lambda e: e.site_id):
+        rows = sum(e.rows.values())
+        where = e.version_id if e.status == "published" else ""
+        print(f"{e.site_id:<8} {e.status:<12} {rows:>8,}  {where}")
+        if e.status != "published":
+            print(f"{'':<8} {e.message}")
+            print(f"{'':<8} report: {settings.storage.root / e.report}")
+            print(f"{'':<8} quarantined files: {settings.storage.root / e.quarantine}")
+    print()
+    print(f"harmonized Parquet: {settings.storage.root / settings.storage.harmonized_bucket}; "
+          f"upload catalog: `federation uploads --config {settings_file}`")
+    print(f"done in {time.perf_counter() - started:.0f} s")
+    return 0 if result["state"] == "success" else 1
