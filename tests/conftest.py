@@ -34,3 +34,74 @@ def broken_exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("broken")
     synthesize(out, 6, "PONC-NB-02", 120, AS_OF, seed=5, error_sites=["all"])
     return out
+
+
+SITES = ["site-a", "site-b", "site-c", "site-d", "site-e", "site-f"]
+BUCKETS = ["landing", "reports", "harmonized", "pipeline"]
+
+
+class Seaweed:
+    """A running SeaweedFS with one identity per site, the pipeline and per-site query identities."""
+
+    def __init__(self, workdir: Path) -> None:
+        from federation.storage import StorageConfig
+        from federation.storage.identities import new_secrets, render_seaweedfs
+        from federation.storage.seaweed import SeaweedServer
+
+        self.workdir = workdir
+        self.cfg = StorageConfig(kind="s3", secrets_dir=workdir / "secrets")
+        self.creds = new_secrets(SITES, self.cfg, workdir / "secrets")
+        identities = workdir / "s3.json"
+        identities.write_text(render_seaweedfs(SITES, self.cfg, self.creds))
+        self.server = SeaweedServer(workdir, identities, BUCKETS, ready_check=self._ready)
+
+    def _ready(self, endpoint: str) -> bool:
+        from federation.storage import open_store
+
+        store = open_store(self.cfg.model_copy(update={"endpoint": endpoint}), "pipeline")
+        store.list("pipeline/")
+        return True
+
+    def start(self) -> Seaweed:
+        self.server.start()
+        self.cfg = self.cfg.model_copy(update={"endpoint": self.server.endpoint})
+        return self
+
+    def store(self, identity: str = "pipeline"):  # type: ignore[no-untyped-def]
+        from federation.storage import open_store
+
+        return open_store(self.cfg, identity)
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A real SeaweedFS on 127.0.0.1 (free ports), for the whole test session."""
+    sw = Seaweed(tmp_path_factory.mktemp("seaweed")).start()
+    yield sw
+    sw.server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _pseudonym_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDERATION_PSEUDONYM_KEY", "test-consortium-key-0123456789")
+
+
+@pytest.fixture()
+def fresh_seaweed(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A SeaweedFS of this test's own (empty), for tests that need a clean catalog."""
+    sw = Seaweed(tmp_path / "seaweed").start()
+    yield sw
+    sw.server.stop()
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.integration)])
+def backend(request: pytest.FixtureRequest, tmp_path: Path, clean_exports: Path):  # type: ignore[no-untyped-def]
+    """Pipeline settings on an empty local store, or on an empty real SeaweedFS."""
+    from federation.settings import Settings
+    from federation.storage import StorageConfig
+
+    if request.param == "local":
+        cfg = StorageConfig(kind="local", root=tmp_path / "storage")
+    else:
+        cfg = request.getfixturevalue("fresh_seaweed").cfg
+    return Settings(storage=cfg, sites_dir=clean_exports / "sites")

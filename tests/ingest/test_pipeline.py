@@ -1,0 +1,156 @@
+"""Uploads go from the landing zone to a published version or to quarantine, and bad input loses nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from federation.ingest.landing import UploadRef, discover_uploads
+from federation.ingest.pipeline import ingest_all, pending_uploads, process_upload, read_catalog
+from federation.ingest.publish import latest_version, list_versions, read_table
+from federation.settings import Settings
+from federation.storage import open_store
+from tests.ingest.helpers import upload
+
+STUDY = "PONC-WT-01"
+
+
+def _by_site(settings: Settings) -> dict[str, list]:  # type: ignore[type-arg]
+    out: dict[str, list] = {}  # type: ignore[type-arg]
+    for e in read_catalog(open_store(settings.storage, "pipeline"), settings):
+        out.setdefault(e.site_id, []).append(e)
+    return out
+
+
+def test_valid_upload_is_published_and_invalid_one_quarantined(backend: Settings, clean_exports: Path,
+                                                                broken_exports: Path) -> None:
+    upload(backend, "site-a", clean_exports / "site-a" / STUDY)
+    upload(backend, "site-b", broken_exports / "site-b" / "PONC-NB-02", study="PONC-NB-02")
+    entries = {e.site_id: e for e in ingest_all(backend, progress=lambda _m: None)}
+    store = open_store(backend.storage, "pipeline")
+
+    a = entries["site-a"]
+    assert a.status == "published" and a.version_id == "site-a/PONC-WT-01@v1"
+    version = latest_version(store, backend.storage, "site-a", STUDY)
+    assert version is not None and version.upload_id == a.upload_id
+    patients = read_table(store, version, "patients")
+    assert patients.num_rows == a.rows["patients"]
+    assert set(version.tables) == {"patients", "diagnoses", "treatments", "adverse_events", "outcomes"}
+
+    b = entries["site-b"]
+    assert b.status == "quarantined" and "errors" in b.message
+    report = json.loads(store.get_bytes(b.report.replace("report.html", "report.json")))
+    assert report["status"] == "invalid" and report["counts"]["errors"] > 0
+    # nothing lost: the upload is still in the landing zone and copied to quarantine, nothing published
+    landing = [o.key for o in store.list(f"landing/site-b/{b.upload_id}/")]
+    quarantined = [o.key for o in store.list(b.quarantine)]
+    assert len(landing) == len(quarantined) == 6
+    assert latest_version(store, backend.storage, "site-b", "PONC-NB-02") is None
+    # processed uploads are not picked up again
+    assert pending_uploads(backend) == []
+
+
+def test_rerun_is_idempotent(backend: Settings, clean_exports: Path) -> None:
+    upload(backend, "site-c", clean_exports / "site-c" / STUDY)
+    first = ingest_all(backend, progress=lambda _m: None)[0]
+    store = open_store(backend.storage, "pipeline")
+    ref = UploadRef("site-c", first.upload_id, True)
+    # the catalog short-circuits; and even without it, publishing again gives the same version
+    again = process_upload(backend, ref)
+    store.put_bytes(f"pipeline/catalog/site-c/{first.upload_id}.json", b'{"site_id": "site-c", "upload_id": "'
+                    + first.upload_id.encode() + b'", "status": "failed"}')
+    forced = process_upload(backend, ref)
+    assert first.version_id == again.version_id == forced.version_id == "site-c/PONC-WT-01@v1"
+    assert forced.message.startswith("already published")
+    versions = list_versions(store, backend.storage, "site-c", STUDY)
+    assert len(versions) == 1
+    rows = read_table(store, versions[0], "adverse_events").num_rows
+    assert rows == first.rows["adverse_events"]  # no duplicated rows
+
+
+def test_new_upload_supersedes_and_old_version_stays_readable(backend: Settings, clean_exports: Path,
+                                                              tmp_path: Path) -> None:
+    upload(backend, "site-a", clean_exports / "site-a" / STUDY)
+    ingest_all(backend, progress=lambda _m: None)
+    second = tmp_path / "second"
+    shutil.copytree(clean_exports / "site-a" / STUDY, second)
+    lines = (second / "adverse_events.csv").read_text().splitlines()
+    (second / "adverse_events.csv").write_text("\n".join(lines[:-5]) + "\n")
+    upload(backend, "site-a", second)
+    ingest_all(backend, progress=lambda _m: None)
+    store = open_store(backend.storage, "pipeline")
+    v1, v2 = list_versions(store, backend.storage, "site-a", STUDY)
+    assert (v1.number, v2.number) == (1, 2)
+    assert latest_version(store, backend.storage, "site-a", STUDY) == v2
+    assert read_table(store, v1, "adverse_events").num_rows == read_table(store, v2, "adverse_events").num_rows + 5
+
+
+def test_rejections_are_recorded_and_nothing_is_published(backend: Settings, clean_exports: Path,
+                                                          tmp_path: Path) -> None:
+    store = open_store(backend.storage, "pipeline")
+    # 1. checksum mismatch: a file changed after its manifest was written (same size)
+    m = upload(backend, "site-a", clean_exports / "site-a" / STUDY)
+    key = f"landing/site-a/{m.upload_id}/outcomes.csv"
+    data = bytearray(store.get_bytes(key))
+    data[-3] = ord("9") if data[-3] != ord("9") else ord("8")
+    store.put_bytes(key, bytes(data))
+    # 2. unknown study in the manifest
+    store.put_bytes("landing/site-c/u-unknown-study/patients.csv", b"x")
+    store.put_bytes("landing/site-c/u-unknown-study/manifest.json", json.dumps({
+        "site_id": "site-c", "study_id": "PONC-XX-99", "upload_id": "u-unknown-study", "schema_version": "1",
+        "created": "2025-06-30T12:00:00Z", "files": [{"name": "patients.csv", "size": 1, "sha256": "0" * 64}],
+    }).encode())
+    # 3. a manifest claiming to be another site
+    store.put_bytes("landing/site-d/u-as-other/patients.csv", b"x")
+    store.put_bytes("landing/site-d/u-as-other/manifest.json", json.dumps({
+        "site_id": "site-e", "study_id": STUDY, "upload_id": "u-as-other", "schema_version": "1",
+        "created": "2025-06-30T12:00:00Z", "files": [{"name": "patients.csv", "size": 1, "sha256": "0" * 64}],
+    }).encode())
+    # 4. an incomplete upload (no manifest yet)
+    store.put_bytes("landing/site-e/u-partial/patients.csv", b"x")
+    # 5. an upload of a site that was never onboarded
+    store.put_bytes("landing/site-zz/u-1/patients.csv", b"x")
+    store.put_bytes("landing/site-zz/u-1/manifest.json", json.dumps({
+        "site_id": "site-zz", "study_id": STUDY, "upload_id": "u-1", "schema_version": "1",
+        "created": "2025-06-30T12:00:00Z", "files": [{"name": "patients.csv", "size": 1, "sha256": "0" * 64}],
+    }).encode())
+
+    ingest_all(backend, progress=lambda _m: None)
+    cat = {e.site_id: e for e in read_catalog(store, backend)}
+    assert cat["site-a"].status == "rejected" and "sha256" in cat["site-a"].message
+    assert cat["site-c"].status == "rejected" and "PONC-XX-99" in cat["site-c"].message
+    assert cat["site-d"].status == "rejected" and "can only upload for itself" in cat["site-d"].message
+    assert cat["site-e"].status == "incomplete" and "no manifest" in cat["site-e"].message
+    assert cat["site-zz"].status == "rejected" and "not onboarded" in cat["site-zz"].message
+    assert store.list("harmonized/") == []
+    # every byte that was uploaded is still there
+    assert len(store.list("landing/")) == 6 + 2 + 2 + 1 + 2
+
+
+def test_upload_retry_resumes_and_reused_id_is_refused(backend: Settings, clean_exports: Path,
+                                                       tmp_path: Path) -> None:
+    from federation.ingest.landing import UploadError
+
+    folder = clean_exports / "site-d" / STUDY
+    store = open_store(backend.storage, "pipeline")
+    first = upload(backend, "site-d", folder)
+    # simulate a cut-off upload: drop the manifest and one file, then retry
+    prefix = f"landing/site-d/{first.upload_id}/"
+    if backend.storage.kind == "local":
+        from federation.storage.local import LocalStore
+
+        assert isinstance(store, LocalStore)
+        store.local_path(prefix + "manifest.json").unlink()
+        store.local_path(prefix + "treatments.csv").unlink()
+        assert not discover_uploads(store, backend.storage)[0].complete
+    again = upload(backend, "site-d", folder)
+    assert again.upload_id == first.upload_id
+    assert discover_uploads(store, backend.storage)[0].complete
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    (other / "patients.csv").write_text((other / "patients.csv").read_text() + "\n")
+    with pytest.raises(UploadError, match="already used for other content"):
+        upload(backend, "site-d", other, upload_id=first.upload_id)
