@@ -14,7 +14,7 @@ the site's own storage location.
    recorded in the upload catalog (`federation uploads`).
 3. **summarize**: one line per upload in the log, whatever happened.
 
-Published datasets are the Asset `federation://harmonized`; each event says
+Published datasets are the Asset `harmonized` (`federation://harmonized/`); each event says
 which site, study and version.
 
 Configuration: `FEDERATION_CONFIG` names the settings YAML (storage, sites,
@@ -27,7 +27,7 @@ import datetime as dt
 
 from airflow.sdk import Asset, dag, task
 
-HARMONIZED = Asset("federation://harmonized", extra={"layer": "harmonized"})
+HARMONIZED = Asset(name="harmonized", uri="federation://harmonized/", extra={"layer": "harmonized"})
 
 
 @dag(
