@@ -1,0 +1,39 @@
+"""The production shape stays valid: docker-compose.yml and the SeaweedFS identities policy."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from federation.paths import PROJECT_ROOT
+from federation.storage import StorageConfig
+from federation.storage.identities import policy
+
+
+def test_compose_file_has_the_production_services() -> None:
+    data = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+    assert {"postgres", "seaweedfs", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+            "airflow-triggerer", "airflow-init"} <= set(data["services"])
+    for name, service in data["services"].items():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian's docker-compose is not installed")
+def test_docker_compose_config_is_valid() -> None:
+    env = {**os.environ, "POSTGRES_PASSWORD": "check", "AIRFLOW_JWT_SECRET": "check"}
+    proc = subprocess.run(["docker-compose", "config", "-q"], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_identities_policy_gives_sites_only_their_prefixes() -> None:
+    p = policy(["site-a", "site-b"], StorageConfig())
+    assert set(p) == {"pipeline", "site-a", "site-b", "query-site-a", "query-site-b"}
+    assert all("site-a" in action for action in p["site-a"] + p["query-site-a"])
+    assert not any(a.startswith("Write") for a in p["query-site-a"])
+    assert not any("harmonized" in a for a in p["site-a"])
