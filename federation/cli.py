@@ -104,7 +104,8 @@ def _build_parser() -> argparse.ArgumentParser:
     st.add_argument("--config", type=Path, default=None, help="settings YAML (default $FEDERATION_CONFIG)")
     st.add_argument("--out", type=Path, required=True, help="where to write the identities JSON")
     st.add_argument("--new-secrets", action="store_true",
-                    help="create fresh random keys for every identity in storage.secrets_dir first")
+                    help="rotate: create fresh random keys for every identity (default: only for identities "
+                    "that have no key in storage.secrets_dir yet)")
 
     d = sub.add_parser("demo", help="run the main job end to end on embedded local storage",
                        description="Synthesize exports for several sites, validate each, print per-site outcomes.")
@@ -234,7 +235,7 @@ def _storage(args: argparse.Namespace) -> int:
         print("error: storage.secrets_dir is not set in the settings", file=sys.stderr)
         return 2
     sites = settings.site_ids()
-    creds = new_secrets(sites, cfg, cfg.secrets_dir) if args.new_secrets else None
+    creds = new_secrets(sites, cfg, cfg.secrets_dir, only_missing=not args.new_secrets)
     args.out.write_text(render_seaweedfs(sites, cfg, creds), encoding="utf-8")
     args.out.chmod(0o600)
     print(f"wrote identities for pipeline and {len(sites)} sites to {args.out}")

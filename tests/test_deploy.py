@@ -37,3 +37,25 @@ def test_identities_policy_gives_sites_only_their_prefixes() -> None:
     assert all("site-a" in action for action in p["site-a"] + p["query-site-a"])
     assert not any(a.startswith("Write") for a in p["query-site-a"])
     assert not any("harmonized" in a for a in p["site-a"])
+
+
+def test_identities_command_keeps_existing_keys_and_adds_missing(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from federation.cli import main
+
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    for s in ("site-a", "site-b"):
+        (sites / f"{s}.yaml").write_text(f"site_id: {s}\nname: {s}\n")
+    (tmp_path / "settings.yaml").write_text(f"storage: {{kind: s3, endpoint: 'http://x', secrets_dir: secrets}}\n"
+                                            f"sites_dir: {sites}\n")
+    out = tmp_path / "s3.json"
+    assert main(["storage", "identities", "--config", str(tmp_path / "settings.yaml"), "--out", str(out)]) == 0
+    first = {i["name"]: i["credentials"][0]["accessKey"] for i in json.loads(out.read_text())["identities"]}
+    assert set(first) == {"pipeline", "site-a", "site-b", "query-site-a", "query-site-b"}
+    (tmp_path / "secrets" / "site-b.json").unlink()  # rotate site-b only
+    assert main(["storage", "identities", "--config", str(tmp_path / "settings.yaml"), "--out", str(out)]) == 0
+    second = {i["name"]: i["credentials"][0]["accessKey"] for i in json.loads(out.read_text())["identities"]}
+    assert second["site-b"] != first["site-b"]
+    assert {k: v for k, v in second.items() if k != "site-b"} == {k: v for k, v in first.items() if k != "site-b"}

@@ -55,13 +55,18 @@ def render_seaweedfs(sites: list[str], cfg: StorageConfig, creds: dict[str, Cred
     return json.dumps({"identities": identities}, indent=2) + "\n"
 
 
-def new_secrets(sites: list[str], cfg: StorageConfig, secrets_dir: Path) -> dict[str, Credentials]:
-    """Create fresh random keys for every identity as `<secrets_dir>/<identity>.json` (mode 0600)."""
+def new_secrets(sites: list[str], cfg: StorageConfig, secrets_dir: Path,
+                only_missing: bool = False) -> dict[str, Credentials]:
+    """Create random keys as `<secrets_dir>/<identity>.json` (mode 0600): for every identity, or with
+    `only_missing` just for identities that have no key yet (onboarding keeps the others' keys)."""
     from pydantic import SecretStr
 
     secrets_dir.mkdir(parents=True, exist_ok=True)
     out: dict[str, Credentials] = {}
     for name in policy(sites, cfg):
+        if only_missing and (secrets_dir / f"{name}.json").exists():
+            out[name] = load_credentials(cfg.model_copy(update={"secrets_dir": secrets_dir}), name)
+            continue
         cred = Credentials(access_key=f"{name}-{secrets.token_hex(4)}", secret_key=SecretStr(secrets.token_hex(20)))
         path = secrets_dir / f"{name}.json"
         path.write_text(json.dumps({"access_key": cred.access_key,
