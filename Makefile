@@ -32,6 +32,8 @@ generate: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/validate_1m.py
+	$(BIN)/python bench/ingest_throughput.py
+	$(BIN)/python bench/ingest_throughput.py --backend seaweedfs
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache

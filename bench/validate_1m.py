@@ -12,35 +12,12 @@ process so its peak memory (max RSS) is measured on its own.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-FLOOR = """
-import sys, pathlib, pyarrow.csv as pc, pyarrow.parquet as pq
-out = pathlib.Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
-for f in sys.argv[2:]:
-    t = pc.read_csv(f, convert_options=pc.ConvertOptions(strings_can_be_null=True))
-    pq.write_table(t, out / (pathlib.Path(f).stem + ".parquet"))
-"""
-
-
-def peak_of(cmd: list[str]) -> tuple[float, float, subprocess.CompletedProcess[str]]:
-    """Wall seconds and peak RSS (MiB) of `cmd`, measured by a fresh wrapper process around it alone."""
-    wrapper = [sys.executable, "-c",
-               "import resource,subprocess,sys,time,json;t=time.perf_counter();"
-               "p=subprocess.run(sys.argv[1:],capture_output=True,text=True);"
-               "w=time.perf_counter()-t;"
-               "print(json.dumps({'wall':w,'rss':resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,"
-               "'rc':p.returncode,'out':p.stdout[-3000:],'err':p.stderr[-3000:]}))", *cmd]
-    proc = subprocess.run(wrapper, capture_output=True, text=True, check=True)
-    data = json.loads(proc.stdout)
-    done = subprocess.CompletedProcess(cmd, data["rc"], data["out"], data["err"])
-    return data["wall"], data["rss"] / 1024, done
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import AS_OF, FLOOR, count_rows, ensure_export, peak_of  # noqa: E402
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,25 +25,15 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("bench/out/validate_1m"))
     args = ap.parse_args()
 
-    from federation.synth import synthesize
-
-    as_of = dt.date(2025, 6, 30)
     out = args.out
-    export = out / "synth" / "site-a" / "PONC-WT-01"
-    patients = max(args.ae_rows // 4, 50)
-    if not (export / "adverse_events.csv").exists():
-        print(f"generating an export with about {args.ae_rows:,} adverse events ({patients:,} patients)...",
-              flush=True)
-        t0 = time.perf_counter()
-        # site-a is the first synthetic site and gets half of `patients`
-        synthesize(out / "synth", 1, "PONC-WT-01", patients * 2, as_of, seed=11, ae_per_patient=4.0)
-        print(f"  generated in {time.perf_counter() - t0:.0f} s", flush=True)
+    export = ensure_export(out, args.ae_rows)
+    as_of = AS_OF
     ae = export / "adverse_events.csv"
     rows = sum(1 for _ in ae.open(encoding="utf-8")) - 1
     size = ae.stat().st_size / 2**20
 
     csvs = sorted(str(p) for p in export.glob("*.csv"))
-    total_rows = sum(sum(1 for _ in open(p, encoding="utf-8")) - 1 for p in csvs)
+    total_rows = count_rows([Path(p) for p in csvs])
     print("floor: pyarrow read adverse_events.csv + write Parquet ...", flush=True)
     f_wall, f_rss, f_proc = peak_of([sys.executable, "-c", FLOOR, str(out / "floor"), str(ae)])
     assert f_proc.returncode == 0, f_proc.stderr
