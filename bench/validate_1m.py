@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import AS_OF, FLOOR, count_rows, ensure_export, peak_of  # noqa: E402
 
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ae-rows", type=int, default=1_000_000, help="target adverse_events rows (default 1M)")
