@@ -11,7 +11,8 @@ from pathlib import Path
 
 from federation.exceptions import FederationError
 
-EPILOG = """exit codes: 0 valid, 1 invalid (rules broken), 2 unusable input or usage error.
+EPILOG = """exit codes: 0 valid, 1 invalid (rules broken), 2 unusable input or usage error
+(query: 0 released, 3 refused).
 Docs: docs/site-coordinator.md, docs/data-dictionary-v1.md"""
 
 
@@ -107,6 +108,55 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="rotate: create fresh random keys for every identity (default: only for identities "
                     "that have no key in storage.secrets_dir yet)")
 
+    qp = sub.add_parser(
+        "query", help="ask an aggregate question across sites (disclosure-controlled, audited)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Ask an aggregate question of every site's published data. Each site computes its summary with\n"
+            "DuckDB on its own data; only summaries are combined. Small counts are suppressed (with the cells\n"
+            "that would reveal them), filters that isolate a few patients are refused, and every query is\n"
+            "recorded in the audit log.\n\n"
+            "examples:\n"
+            "  federation query --study PONC-WT-01 --by arm\n"
+            "  federation query --study PONC-WT-01 --stat crosstab --by stage --by histology_risk\n"
+            "  federation query --study PONC-WT-01 --stat mean --column age_at_diagnosis_years --by sex\n"
+            "  federation query --study PONC-WT-01 --stat km --endpoint efs --by arm --plot efs.png\n"
+            "  federation query --study PONC-WT-01 --by arm --exists 'adverse_events: grade >= 3'\n"
+            "  federation query --study PONC-WT-01 --stat logistic --outcome 'efs_event == true' \\\n"
+            "      --covariate histology_risk --covariate age_at_diagnosis_years"),
+    )
+    qp.add_argument("--study", required=True, help="study id")
+    qp.add_argument("--table", default="patients", choices=["patients", "adverse_events", "treatments"],
+                    help="unit of analysis: patients (with diagnosis and outcome), or one row per event")
+    qp.add_argument("--stat", default="count",
+                    choices=["count", "crosstab", "sum", "mean", "variance", "quantiles", "proportion", "km",
+                             "logistic"], help="the statistic (default count)")
+    qp.add_argument("--by", action="append", default=[], help="group by this column (repeatable)")
+    qp.add_argument("--where", action="append", default=[], metavar="'COL OP VALUE'",
+                    help="filter, e.g. 'sex == F', 'age_at_diagnosis_years < 5', 'arm in EE4A,DD4A' (repeatable)")
+    qp.add_argument("--exists", action="append", default=[], metavar="'TABLE: COL OP VALUE'",
+                    help="keep patients with at least one such event, e.g. 'adverse_events: grade >= 3'")
+    qp.add_argument("--column", help="the variable of sum, mean, variance, quantiles, proportion")
+    qp.add_argument("--value", help="proportion: the value whose share is computed")
+    qp.add_argument("--prob", action="append", type=float, default=[], help="quantile probability (repeatable)")
+    qp.add_argument("--endpoint", choices=["efs", "os"], default="os", help="Kaplan-Meier endpoint (default os)")
+    qp.add_argument("--outcome", help="logistic: 'COL OP VALUE' defining y = 1")
+    qp.add_argument("--covariate", action="append", default=[], help="logistic covariate (repeatable)")
+    qp.add_argument("--site", action="append", default=None, help="only these sites (repeatable)")
+    qp.add_argument("--version", action="append", default=[], metavar="SITE=N",
+                    help="pin a site's dataset version to reproduce an earlier result")
+    qp.add_argument("--allow-partial", action="store_true",
+                    help="release a combined result even if a site cannot be reached (the result says which)")
+    qp.add_argument("--format", choices=["table", "csv", "json", "md"], default="table")
+    qp.add_argument("--output", type=Path, help="write the result here instead of printing it")
+    qp.add_argument("--plot", type=Path, help="also draw a PNG: Kaplan-Meier with risk table, or a bar chart")
+    qp.add_argument("--analyst", default=None, help="who is asking (default $USER); recorded in the audit log")
+    qp.add_argument("--config", type=Path, default=None, help="settings YAML (default $FEDERATION_CONFIG)")
+
+    au = sub.add_parser("audit", help="verify or list the query audit log")
+    au.add_argument("action", choices=["verify", "list"])
+    au.add_argument("--config", type=Path, default=None, help="settings YAML (default $FEDERATION_CONFIG)")
+
     d = sub.add_parser("demo", help="run the main job end to end on embedded local storage",
                        description="Synthesize exports for several sites, validate each, print per-site outcomes.")
     d.add_argument("--workdir", type=Path, default=Path("demo-output"), help="folder for everything the demo writes")
@@ -132,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
             return _ingest(args)
         if args.command == "storage":
             return _storage(args)
+        if args.command == "query":
+            return _query(args)
+        if args.command == "audit":
+            return _audit(args)
         if args.command == "demo":
             from federation.demo import run_demo
 
@@ -239,6 +293,91 @@ def _storage(args: argparse.Namespace) -> int:
     args.out.write_text(render_seaweedfs(sites, cfg, creds), encoding="utf-8")
     args.out.chmod(0o600)
     print(f"wrote identities for pipeline and {len(sites)} sites to {args.out}")
+    return 0
+
+
+def _parse_value(text: str) -> object:
+    t = text.strip()
+    if t.lower() in ("true", "false"):
+        return t.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(t)
+        except ValueError:
+            pass
+    return t
+
+
+def parse_filter(text: str) -> dict[str, object]:
+    """'COL OP VALUE' -> a Filter's fields; 'in'/'not in' take comma-separated values."""
+    import re
+
+    m = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(==|!=|<=|>=|<|>|not in|in)\s*(.+?)\s*", text)
+    if not m:
+        raise FederationError(f"cannot read the filter {text!r}; write it like 'sex == F' or 'grade >= 3'")
+    col, op, raw = m.groups()
+    value: object = [_parse_value(v) for v in raw.split(",")] if op in ("in", "not in") else _parse_value(raw)
+    return {"column": col, "op": op, "value": value}
+
+
+def _query(args: argparse.Namespace) -> int:
+    import getpass
+
+    from federation.query import Query, run_query
+    from federation.query.render import plot, to_csv, to_json, to_markdown, to_text
+    from federation.settings import load_settings
+
+    exists = []
+    for e in args.exists:
+        table, _, cond = e.partition(":")
+        exists.append({"table": table.strip(), "where": [parse_filter(c) for c in cond.split(" and ") if c.strip()]})
+    versions = {}
+    for v in args.version:
+        site, _, n = v.partition("=")
+        versions[site] = int(n)
+    try:
+        q = Query.model_validate({
+            "study_id": args.study, "table": args.table, "statistic": args.stat, "group_by": args.by,
+            "filters": [parse_filter(w) for w in args.where], "exists": exists, "column": args.column,
+            "value": _parse_value(args.value) if args.value is not None else None,
+            "probs": args.prob or [0.5], "endpoint": args.endpoint,
+            "outcome": parse_filter(args.outcome) if args.outcome else None, "covariates": args.covariate,
+            "sites": args.site, "versions": versions or None, "allow_partial": args.allow_partial})
+    except ValueError as exc:
+        print(f"error: the query is not valid:\n{exc}", file=sys.stderr)
+        return 2
+    settings = load_settings(args.config)
+    result = run_query(q, settings, args.analyst or getpass.getuser())
+    render = {"table": to_text, "csv": to_csv, "json": to_json, "md": to_markdown}[args.format]
+    text = render(result)
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}")
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
+    if args.plot and result.status == "released":
+        print(f"plot: {plot(result, args.plot)}")
+    return 0 if result.status == "released" else 3
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from federation.query.audit import AuditLog
+    from federation.settings import load_settings
+
+    log = AuditLog(load_settings(args.config).audit_log)
+    if args.action == "list":
+        for e in log.entries():
+            print(f"#{e['id']:<5} {e['time'][:19]} {e['analyst']:<10} {e['outcome']:<9} "
+                  f"{e['query']['study_id']} {e['query']['statistic']} by {','.join(e['query']['group_by']) or '-'}"
+                  f"{'  ' + e['reason'][:80] if e['reason'] else ''}")
+        return 0
+    problems = log.verify()
+    if problems:
+        print(f"audit log {log.path} has been TAMPERED WITH:")
+        for p in problems:
+            print(f"  {p}")
+        return 1
+    print(f"audit log {log.path}: {len(log.entries())} entries, hash chain intact")
     return 0
 
 

@@ -67,6 +67,15 @@ class SiteConventions(BaseModel):
         return value
 
 
+class SiteDisclosure(BaseModel):
+    """A site's own disclosure thresholds; they can only make the consortium's stricter."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_cell: int = 0
+    min_site_rows: int = 0
+
+
 class SiteConfig(BaseModel):
     """One consortium site."""
 
@@ -76,6 +85,7 @@ class SiteConfig(BaseModel):
     name: str
     studies: list[str] = Field(default_factory=list)
     conventions: SiteConventions = Field(default_factory=SiteConventions)
+    disclosure: SiteDisclosure = Field(default_factory=SiteDisclosure)
 
     @classmethod
     def from_yaml(cls, path: Path) -> SiteConfig:

@@ -25,6 +25,7 @@ class Settings(BaseModel):
     sites_dir: Path = INFRA_DIR / "sites"
     pseudonym_key_file: Path | None = None
     max_file_mb: int = 1024
+    audit_log: Path = Path("audit/queries.jsonl")
 
     def site(self, site_id: str) -> SiteConfig:
         return load_site(site_id, self.sites_dir)
@@ -61,6 +62,8 @@ def load_settings(path: Path | None = None) -> Settings:
     updates: dict[str, object] = {}
     if not settings.sites_dir.is_absolute() and "sites_dir" in data:
         updates["sites_dir"] = base / settings.sites_dir
+    if not settings.audit_log.is_absolute():
+        updates["audit_log"] = base / settings.audit_log
     if settings.pseudonym_key_file and not settings.pseudonym_key_file.is_absolute():
         updates["pseudonym_key_file"] = base / settings.pseudonym_key_file
     storage = settings.storage

@@ -1,0 +1,189 @@
+"""Disclosure control of released counts: primary suppression, complementary
+suppression, and an audit by linear programming that no suppressed count can
+be pinned down from what is released.
+
+The released counts of one query form a table E[site + combined, row + margin,
+col + margin]: every site's cells, row and column totals and grand total,
+and the same for the combined (summed) table. An analyst who sees the
+unsuppressed entries knows linear equations over the hidden cells (each
+released margin is the sum of its cells; each combined cell is the sum of the
+sites' cells). A suppressed count is protected when, over all non-negative
+tables consistent with what is released, it can still vary by at least k:
+the audit computes its minimum and maximum with an LP (scipy HiGHS) and keeps
+suppressing until every hidden small count is protected.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linprog
+
+
+@dataclass
+class Released:
+    """Counts as released: `values` with NaN where suppressed, and why each entry is hidden."""
+
+    values: np.ndarray  # float, shape (S+1, R+1, C+1); NaN = suppressed or not part of the release
+    primary: np.ndarray  # bool: hidden because 1 <= n < k
+    complementary: np.ndarray  # bool: hidden so that a primary cell cannot be derived
+
+    @property
+    def n_suppressed(self) -> int:
+        return int(self.primary.sum() + self.complementary.sum())
+
+
+def extend(cells: np.ndarray) -> np.ndarray:
+    """(S, R, C) base counts -> (S+1, R+1, C+1) with margins; index S is the combined table."""
+    s, r, c = cells.shape
+    e = np.zeros((s + 1, r + 1, c + 1), dtype=float)
+    e[:s, :r, :c] = cells
+    e[s, :r, :c] = cells.sum(axis=0)
+    e[:, r, :] = e[:, :r, :].sum(axis=1)
+    e[:, :, c] = e[:, :, :c].sum(axis=2)
+    return e
+
+
+def _lines(shape: tuple[int, int, int], released: np.ndarray) -> list[list[tuple[int, int, int]]]:
+    """Every group of entries that sums to another released-or-hidden entry (margin last)."""
+    S1, R1, C1 = shape
+    out = []
+    for r, c in itertools.product(range(R1), range(C1)):
+        out.append([(s, r, c) for s in range(S1)])
+    for s, c in itertools.product(range(S1), range(C1)):
+        out.append([(s, r, c) for r in range(R1)])
+    for s, r in itertools.product(range(S1), range(R1)):
+        out.append([(s, r, c) for c in range(C1)])
+    return [line for line in out if any(released[i] for i in line)]
+
+
+def suppress(cells: np.ndarray, k_site: list[int], k_combined: int, *, col_margin: bool = True,
+             row_margin: bool = True, max_rounds: int = 50) -> Released:
+    """Primary and complementary suppression of a (sites, rows, cols) table of counts.
+
+    `col_margin`/`row_margin` False when those totals are not part of the release (e.g. a count by one
+    dimension has no column totals). Entries not released are kept out of the analyst's equations.
+    """
+    e = extend(cells)
+    S1, R1, C1 = e.shape
+    part = np.ones(e.shape, dtype=bool)  # entries that are part of the release
+    if not col_margin:
+        part[:, :, C1 - 1] = False
+    if not row_margin:
+        part[:, R1 - 1, :] = False
+    k = np.array(list(k_site) + [k_combined], dtype=float)[:, None, None] * np.ones(e.shape)
+    primary = part & (e >= 1) & (e < k)
+    hidden = primary.copy()
+    for _ in range(max_rounds):
+        _complement_lines(e, part, hidden)
+        weak = _audit(cells, e, part, hidden, primary, k)
+        if not weak:
+            break
+        for idx in weak:
+            _widen(e, part, hidden, idx)
+    else:  # pragma: no cover - safety net: hide every per-site entry, keep the combined table
+        hidden[:-1] |= part[:-1]
+        _complement_lines(e, part, hidden)
+    values = np.where(hidden | ~part, np.nan, e)
+    return Released(values=values, primary=primary, complementary=hidden & ~primary & part)
+
+
+def _complement_lines(e: np.ndarray, part: np.ndarray, hidden: np.ndarray) -> None:
+    """No line of released entries may have exactly one hidden entry: hide the smallest other non-zero one."""
+    changed = True
+    while changed:
+        changed = False
+        for line in _lines(e.shape, part):
+            members = [i for i in line if part[i]]
+            if len(members) < len(line):
+                continue  # a member is not released at all: this sum is not an equation the analyst has
+            n_hidden = sum(1 for i in members if hidden[i])
+            if n_hidden != 1:
+                continue
+            candidates = [i for i in members if not hidden[i] and e[i] > 0]
+            if not candidates:
+                candidates = [i for i in members if not hidden[i]]
+            if candidates:
+                pick = min(candidates, key=lambda i: (e[i], i))
+                hidden[pick] = True
+                changed = True
+
+
+def _audit(cells: np.ndarray, e: np.ndarray, part: np.ndarray, hidden: np.ndarray, primary: np.ndarray,
+           k: np.ndarray) -> list[tuple[int, int, int]]:
+    """Primary entries whose feasible range, given everything released, is narrower than k."""
+    S, R, C = cells.shape
+    if not primary.any():
+        return []
+    nvar = S * R * C
+
+    def coef(idx: tuple[int, int, int]) -> np.ndarray:
+        s, r, c = idx
+        m = np.zeros((S, R, C))
+        ss = slice(None) if s == S else slice(s, s + 1)
+        rr = slice(None) if r == R else slice(r, r + 1)
+        cc = slice(None) if c == C else slice(c, c + 1)
+        m[ss, rr, cc] = 1.0
+        return m.ravel()
+
+    rows, rhs = [], []
+    for idx in zip(*np.nonzero(part & ~hidden), strict=True):
+        rows.append(coef(idx))
+        rhs.append(e[idx])
+    a_eq = np.array(rows) if rows else None
+    b_eq = np.array(rhs) if rows else None
+    weak = []
+    for idx in zip(*np.nonzero(primary), strict=True):
+        obj = coef(idx)
+        lo = linprog(obj, A_eq=a_eq, b_eq=b_eq, bounds=[(0, None)] * nvar, method="highs")
+        hi = linprog(-obj, A_eq=a_eq, b_eq=b_eq, bounds=[(0, None)] * nvar, method="highs")
+        if not (lo.success and hi.success):
+            continue  # unbounded above: protected
+        if (-hi.fun) - lo.fun < k[idx] - 1e-9:
+            weak.append((int(idx[0]), int(idx[1]), int(idx[2])))
+    return weak
+
+
+def _widen(e: np.ndarray, part: np.ndarray, hidden: np.ndarray, idx: tuple[int, int, int]) -> None:
+    """Hide one more entry in a line through `idx`: the smallest released non-zero one."""
+    best = None
+    for line in _lines(e.shape, part):
+        if idx not in line:
+            continue
+        for i in line:
+            if part[i] and not hidden[i] and e[i] > 0 and (best is None or (e[i], i) < (e[best], best)):
+                best = i
+    if best is None:
+        for line in _lines(e.shape, part):
+            if idx in line:
+                for i in line:
+                    if part[i] and not hidden[i]:
+                        best = i
+                        break
+    if best is not None:
+        hidden[best] = True
+
+
+def range_of(released: Released, cells_shape: tuple[int, int, int], idx: tuple[int, int, int]) -> tuple[float, float]:
+    """What an analyst can infer about entry `idx` from the release (for tests and audits)."""
+    S, R, C = cells_shape
+    e = np.nan_to_num(released.values, nan=0.0)
+    part = ~np.isnan(released.values)
+    rows, rhs = [], []
+
+    def coef(i: tuple[int, int, int]) -> np.ndarray:
+        s, r, c = i
+        m = np.zeros((S, R, C))
+        m[slice(None) if s == S else slice(s, s + 1), slice(None) if r == R else slice(r, r + 1),
+          slice(None) if c == C else slice(c, c + 1)] = 1.0
+        return m.ravel()
+
+    for i in zip(*np.nonzero(part), strict=True):
+        rows.append(coef(i))
+        rhs.append(e[i])
+    obj = coef(idx)
+    lo = linprog(obj, A_eq=np.array(rows), b_eq=np.array(rhs), bounds=[(0, None)] * (S * R * C), method="highs")
+    hi = linprog(-obj, A_eq=np.array(rows), b_eq=np.array(rhs), bounds=[(0, None)] * (S * R * C), method="highs")
+    return float(lo.fun), (float(-hi.fun) if hi.success else float("inf"))

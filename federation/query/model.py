@@ -1,0 +1,94 @@
+"""The query model: what an analyst may ask, instead of raw SQL.
+
+A query names a study, a unit table (`patients`: one row per patient with
+its diagnosis and outcome; `adverse_events` or `treatments`: one row per
+event, with the patient's characteristics), filters on allowed columns,
+"exists" filters on events of the patient, group-by dimensions and one
+statistic. Columns and values are checked against the allow-list and the
+harmonized schema before anything runs; SQL is generated from the model
+with bound parameters only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Statistic = Literal["count", "crosstab", "sum", "mean", "variance", "quantiles", "proportion", "km", "logistic"]
+Op = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not in"]
+UNIT_TABLES = ("patients", "adverse_events", "treatments")
+
+
+class Filter(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    column: str
+    op: Op
+    value: Any
+
+    @field_validator("value")
+    @classmethod
+    def _scalar_or_list(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            if not all(isinstance(x, str | int | float | bool) for x in v):
+                raise ValueError("list values must be strings, numbers or booleans")
+            return v
+        if not isinstance(v, str | int | float | bool):
+            raise ValueError("a filter value must be a string, a number or a boolean")
+        return v
+
+    def describe(self) -> str:
+        return f"{self.column} {self.op} {self.value!r}"
+
+
+class Exists(BaseModel):
+    """Keep patients that have at least one row in `table` matching `where`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    table: Literal["adverse_events", "treatments"]
+    where: list[Filter] = Field(default_factory=list)
+
+
+class Query(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    study_id: str
+    table: Literal["patients", "adverse_events", "treatments"] = "patients"
+    statistic: Statistic = "count"
+    filters: list[Filter] = Field(default_factory=list)
+    exists: list[Exists] = Field(default_factory=list)
+    group_by: list[str] = Field(default_factory=list, max_length=3)
+    column: str | None = None  # the variable of sum, mean, variance, quantiles, proportion
+    value: Any = None  # proportion: the share of rows where column == value
+    probs: list[float] = Field(default_factory=lambda: [0.5])  # quantiles
+    endpoint: Literal["efs", "os"] = "os"  # km
+    grid_days: float = 30.4375  # km: monthly grid by default
+    horizon_days: float = 3652.5  # km: ten years
+    outcome: Filter | None = None  # logistic: y = 1 where the filter holds
+    covariates: list[str] = Field(default_factory=list)  # logistic
+    sites: list[str] | None = None  # default: every site with a published version
+    versions: dict[str, int] | None = None  # pin site -> version number (reproduce a result)
+    allow_partial: bool = False
+
+    def canonical(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.canonical().encode()).hexdigest()[:16]
+
+    def describe(self) -> str:
+        what = {"km": f"Kaplan-Meier {self.endpoint.upper()}", "logistic": "logistic regression"}.get(
+            self.statistic, self.statistic)
+        parts = [f"{what} of {self.table}"]
+        if self.column:
+            parts.append(f"({self.column})")
+        if self.group_by:
+            parts.append("by " + " x ".join(self.group_by))
+        if self.filters:
+            parts.append("where " + " and ".join(f.describe() for f in self.filters))
+        for e in self.exists:
+            parts.append(f"with any {e.table}" + (" where " + " and ".join(f.describe() for f in e.where)
+                                                    if e.where else ""))
+        return f"{self.study_id}: " + " ".join(parts)

@@ -1,0 +1,201 @@
+"""Results as people read them: terminal tables, CSV, JSON, Markdown, and plots
+(Kaplan-Meier curves with their risk table, bar charts of counts)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from federation.query.runner import Result
+
+HIDDEN = "<5"
+
+
+def _fmt(v: Any, hidden: str = "suppr.") -> str:
+    if isinstance(v, dict) and v.get("suppressed"):
+        return hidden
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def rows_of(result: Result) -> tuple[list[str], list[list[Any]]]:
+    """A flat table of the released values: header and rows (suppressed entries say so)."""
+    p = result.payload
+    stat = p.get("statistic")
+    sites = result.sites
+    if stat == "count":
+        header = [*p["dims"], "combined", *sites]
+        rows = [[*r["group"], _fmt(r["combined"]), *[_fmt(r["per_site"].get(s)) for s in sites]] for r in p["rows"]]
+        if p["dims"]:
+            rows.append(["total"] + [""] * (len(p["dims"]) - 1) + [_fmt(p["total"]["combined"])]
+                        + [_fmt(p["total"]["per_site"].get(s)) for s in sites])
+        return header, rows
+    if stat == "crosstab":
+        header = [f"{p['rows_dim']} \\ {p['cols_dim']}", *map(str, p["cols"])]
+        return header, [[r, *[_fmt(v) for v in vals]] for r, vals in zip(p["rows"], p["combined"], strict=True)]
+    if stat in ("sum", "mean", "variance"):
+        keys = ["n", "mean", "sd", "variance"] + (["sum"] if stat == "sum" else [])
+        header = [*p["dims"], "site", *keys]
+        rows = []
+        for r in p["rows"]:
+            for site, v in [("combined", r["combined"]), *r["per_site"].items()]:
+                rows.append([*r["group"], site, *(["suppr."] * len(keys) if v.get("suppressed")
+                                                  else [_fmt(v.get(k2, "")) for k2 in keys])])
+        return header, rows
+    if stat == "proportion":
+        header = [*p["dims"], "site", "x", "n", "proportion", "ci95 low", "ci95 high"]
+        rows = []
+        for r in p["rows"]:
+            for site, v in [("combined", r["combined"]), *r["per_site"].items()]:
+                rows.append([*r["group"], site, *(["suppr."] * 5 if v.get("suppressed") else
+                                                  [v["x"], v["n"], _fmt(v["proportion"]), _fmt(v["ci95"][0]),
+                                                   _fmt(v["ci95"][1])])])
+        return header, rows
+    if stat == "quantiles":
+        header = [*p["dims"], "n", "probability", "value", "error bound"]
+        rows = []
+        for r in p["rows"]:
+            c = r["combined"]
+            if c.get("suppressed"):
+                rows.append([*r["group"], "suppr.", "", "", ""])
+                continue
+            for prob, v in c["quantiles"].items():
+                rows.append([*r["group"], c["n"], prob, *(["suppr.", ""] if v.get("suppressed")
+                                                          else [_fmt(v["value"]), f"{v['error_bound']:.2g}"])])
+        return header, rows
+    if stat == "km":
+        header = [*p["dims"], "curve", "day", "survival", "ci95 low", "ci95 high", "at risk"]
+        rows = []
+        for c in p["curves"]:
+            for name, curve in [("combined", c["combined"]), *c["per_site"].items()]:
+                for pt in curve["points"]:
+                    rows.append([*c["group"], name, f"{pt['day']:.0f}", _fmt(pt["survival"]), _fmt(pt["ci95"][0]),
+                                 _fmt(pt["ci95"][1]), _fmt(pt["at_risk"])])
+        return header, rows
+    if stat == "logistic":
+        header = ["term", "estimate", "se", "z", "p", "odds ratio", "ci95 low", "ci95 high"]
+        return header, [[c["term"], _fmt(c["estimate"]), _fmt(c["se"]), _fmt(c["z"]), _fmt(c["p"]),
+                         _fmt(c["odds_ratio"]), _fmt(c["ci95"][0]), _fmt(c["ci95"][1])] for c in p["coefficients"]]
+    return [], []
+
+
+def to_text(result: Result, max_rows: int = 60) -> str:
+    lines = [result.query.describe()]
+    if result.status == "refused":
+        lines.append(f"REFUSED: {result.reason}")
+        if result.suggestion:
+            lines.append(f"  instead: {result.suggestion}")
+        lines.append(f"  (audit entry #{result.audit_id})")
+        return "\n".join(lines)
+    header, rows = rows_of(result)
+    shown = rows[:max_rows] if result.payload.get("statistic") == "km" else rows
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *shown, strict=False)] if shown else []
+    lines.append("  ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=False)))
+    for r in shown:
+        lines.append("  ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=False)))
+    if len(shown) < len(rows):
+        lines.append(f"... {len(rows) - len(shown)} more rows (use --format csv)")
+    lines.append(f"versions: {', '.join(result.versions.values())}  audit entry #{result.audit_id}")
+    for site, why in result.excluded.items():
+        lines.append(f"  {site}: {why}")
+    for note in result.notes:
+        lines.append(f"  note: {note}")
+    return "\n".join(lines)
+
+
+def to_csv(result: Result) -> str:
+    header, rows = rows_of(result)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def to_markdown(result: Result) -> str:
+    header, rows = rows_of(result)
+    if result.status == "refused":
+        return f"**Refused**: {result.reason}\n\n{result.suggestion}\n"
+    out = [f"**{result.query.describe()}**", "", "| " + " | ".join(map(str, header)) + " |",
+           "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    out += ["", f"Versions: {', '.join(result.versions.values())}. Audit entry #{result.audit_id}."]
+    return "\n".join(out) + "\n"
+
+
+def to_json(result: Result) -> str:
+    return json.dumps(result.to_dict(), indent=2, default=str) + "\n"
+
+
+def plot(result: Result, path: Path) -> Path:
+    """Kaplan-Meier curves with a risk table, or a bar chart of counts; PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = result.payload
+    stat = p.get("statistic")
+    if stat == "km":
+        fig, (ax, risk) = plt.subplots(2, 1, figsize=(8, 6), height_ratios=[4, 1.3], sharex=True)
+        years = []
+        for c in p["curves"]:
+            pts = c["combined"]["points"]
+            label = " / ".join(map(str, c["group"])) or "all"
+            xs = [pt["day"] / 365.25 for pt in pts]
+            ax.step(xs, [pt["survival"] for pt in pts], where="post", label=label)
+            ax.fill_between(xs, [pt["ci95"][0] for pt in pts], [pt["ci95"][1] for pt in pts], step="post", alpha=0.15)
+            years.append((label, pts))
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel(f"{'event-free' if p['endpoint'] == 'efs' else 'overall'} survival")
+        ax.legend(loc="lower left")
+        ax.grid(alpha=0.3)
+        ax.set_title(result.query.describe(), fontsize=9)
+        xmax = max((pt["day"] / 365.25 for _, pts in years for pt in pts), default=1.0)
+        ax.set_xlim(-0.2, xmax + 0.3)
+        ax.tick_params(labelbottom=True)
+        ax.set_xlabel("years since enrollment")
+        risk.set_axis_off()
+        for i, c in enumerate(p["curves"]):
+            label = " / ".join(map(str, c["group"])) or "all"
+            for row in c["combined"].get("risk_table", []):
+                if row["year"] <= xmax:
+                    risk.text(row["year"], -i, _fmt(row["at_risk"], HIDDEN), ha="center", fontsize=8)
+            risk.text(-0.4, -i, label, ha="right", fontsize=8)
+        risk.set_ylim(-len(p["curves"]), 1)
+        risk.set_title("number at risk", fontsize=8, loc="left")
+        del years
+    else:
+        header, rows = rows_of(result)
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        if stat == "count" and p["dims"]:
+            labels = [" / ".join(map(str, r["group"])) for r in p["rows"]]
+            values = [0 if isinstance(r["combined"], dict) else r["combined"] for r in p["rows"]]
+            bars = ax.bar(labels, values)
+            for bar, r in zip(bars, p["rows"], strict=True):
+                if isinstance(r["combined"], dict):
+                    ax.annotate("suppressed", (bar.get_x() + bar.get_width() / 2, 0), ha="center", fontsize=7,
+                                rotation=90, va="bottom")
+            ax.set_ylabel("count (combined)")
+        elif stat == "crosstab":
+            cols = p["cols"][:-1]
+            width = 0.8 / max(len(cols), 1)
+            for j, col in enumerate(cols):
+                vals = [0 if isinstance(row[j], dict) else row[j] for row in p["combined"][:-1]]
+                ax.bar([i + j * width for i in range(len(vals))], vals, width, label=str(col))
+            ax.set_xticks([i + 0.4 - width / 2 for i in range(len(p["rows"]) - 1)], p["rows"][:-1])
+            ax.legend(title=p["cols_dim"])
+            ax.set_xlabel(p["rows_dim"])
+        else:
+            ax.text(0.5, 0.5, "no plot for this statistic; use --format", ha="center")
+        ax.set_title(result.query.describe(), fontsize=9)
+        del header, rows
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

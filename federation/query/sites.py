@@ -1,0 +1,111 @@
+"""Access to one site's published data for the query runner.
+
+A `SiteData` opens an in-memory DuckDB over exactly one committed version of
+one site's harmonized tables, reached with that site's query identity
+(`query-<site>`): local files on embedded storage, `s3://` through DuckDB's
+httpfs extension (loaded from the pinned duckdb-extension-httpfs package)
+with a secret scoped to that site. Nothing else is visible to the
+connection, so a site summary can only be computed from that site's rows.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import duckdb
+
+from federation.exceptions import FederationError
+from federation.ingest.publish import Version, get_version, latest_version
+from federation.storage import StorageConfig, open_store
+from federation.storage.config import load_credentials
+from federation.storage.identities import query_identity
+
+PATIENT_LEVEL = {
+    "diagnoses": ["stage", "histology_icdo3", "topography_icdo3", "histology_risk", "risk_group", "diagnosis_day"],
+    "outcomes": ["vital_status", "first_event", "last_contact_day", "death_day", "first_event_day"],
+}
+EVENT_PATIENT_COLUMNS = ["sex", "arm", "age_group", "stage", "histology_risk", "risk_group"]
+
+
+class SiteUnavailable(FederationError):
+    """A site's data could not be reached or has no published version."""
+
+
+def _httpfs_path() -> str:
+    import duckdb_extension_httpfs
+
+    base = Path(duckdb_extension_httpfs.__file__).parent / "extensions" / f"v{duckdb.__version__}"
+    path = base / "httpfs.duckdb_extension"
+    if not path.exists():
+        raise SiteUnavailable(f"the httpfs extension for DuckDB {duckdb.__version__} is not installed at {path}; "
+                              "pin duckdb-extension-httpfs to the same version as duckdb")
+    return str(path)
+
+
+@dataclass
+class SiteData:
+    site_id: str
+    version: Version
+    con: duckdb.DuckDBPyConnection
+    lock: threading.Lock
+
+    def sql(self, query: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        with self.lock:
+            return self.con.execute(query, params or []).fetchall()
+
+    def arrays(self, query: str, params: list[Any] | None = None) -> dict[str, Any]:
+        with self.lock:
+            return self.con.execute(query, params or []).fetchnumpy()
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def open_site(cfg: StorageConfig, site_id: str, study_id: str, version: int | None = None) -> SiteData:
+    """Open `site_id`'s latest (or pinned) version of `study_id` with the site's query credentials."""
+    identity = query_identity(site_id)
+    store = open_store(cfg, identity)
+    v = (get_version(store, cfg, site_id, study_id, version) if version is not None
+         else latest_version(store, cfg, site_id, study_id))
+    if v is None:
+        raise SiteUnavailable(f"{site_id} has no published version of {study_id}")
+    con = duckdb.connect(":memory:", config={"threads": 1, "enable_external_access": True})
+    if cfg.kind == "local":
+        from federation.storage.local import LocalStore
+
+        assert isinstance(store, LocalStore)
+        paths = {t: str(store.local_path(e["key"])) for t, e in v.tables.items()}
+    else:
+        creds = load_credentials(cfg, identity)
+        endpoint = urlparse(cfg.endpoint)
+        con.execute(f"LOAD '{_httpfs_path()}'")
+        con.execute(
+            "CREATE SECRET site_read (TYPE s3, KEY_ID ?, SECRET ?, ENDPOINT ?, URL_STYLE 'path', USE_SSL ?, "
+            "REGION ?, SCOPE ?)",
+            [creds.access_key, creds.secret_key.get_secret_value(), endpoint.netloc,
+             endpoint.scheme == "https", cfg.region, f"s3://{cfg.harmonized_bucket}/{site_id}/"])
+        paths = {t: f"s3://{e['key']}" for t, e in v.tables.items()}
+    for table, path in paths.items():
+        con.execute(f"CREATE TABLE {table} AS SELECT * FROM read_parquet('{path}')")
+    _unit_views(con, set(paths))
+    # The rows are loaded; from here on no file or network access from query SQL.
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return SiteData(site_id, v, con, threading.Lock())
+
+
+def _unit_views(con: duckdb.DuckDBPyConnection, tables: set[str]) -> None:
+    d_cols = ", ".join(f"d.{c}" for c in PATIENT_LEVEL["diagnoses"])
+    o_cols = ", ".join(f"o.{c}" for c in PATIENT_LEVEL["outcomes"])
+    con.execute(f"""CREATE VIEW unit_patients AS
+        SELECT p.*, {d_cols}, {o_cols}
+        FROM patients p LEFT JOIN diagnoses d USING (pid) LEFT JOIN outcomes o USING (pid)""")
+    pcols = ", ".join(f"u.{c}" for c in EVENT_PATIENT_COLUMNS)
+    for events in ("adverse_events", "treatments"):
+        if events in tables:
+            con.execute(f"""CREATE VIEW unit_{events} AS
+                SELECT e.*, {pcols} FROM {events} e JOIN unit_patients u USING (pid)""")
