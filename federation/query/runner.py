@@ -87,8 +87,8 @@ def unit_columns(study_id: str, table: str) -> dict[str, str]:
     return types
 
 
-def _check_columns(q: Query) -> None:
-    policy = load_query_policy()
+def _check_columns(q: Query, settings: Settings) -> None:
+    policy = load_query_policy(settings.query_policy)
     try:
         load_registry().study(q.study_id)
         allowed = set(policy.allowed(q.study_id, q.table))
@@ -148,8 +148,8 @@ def run_query(q: Query, settings: Settings, analyst: str, *, audit: AuditLog | N
     result = Result(query=q, analyst=analyst)
     sites_data: dict[str, SiteData] = {}
     try:
-        _check_columns(q)
-        consortium = load_query_policy().disclosure
+        _check_columns(q, settings)
+        consortium = load_query_policy(settings.query_policy).disclosure
         sites_data = _open_sites(q, settings, result)
         policies = {s: _site_policy(consortium, settings, s) for s in sites_data}
         _take_part(q, sites_data, policies, result)

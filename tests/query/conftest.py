@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from federation.ingest.landing import upload_export
+from federation.ingest.pipeline import ingest_all
+from federation.settings import Settings
+from federation.storage import StorageConfig, open_store
+from federation.synth import synthesize
+
+STUDY = "PONC-WT-01"
+
+
+@pytest.fixture(scope="session")
+def federated(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Six sites of very different sizes, published on local storage; site-a has exactly one NR patient."""
+    os.environ.setdefault("FEDERATION_PSEUDONYM_KEY", "test-consortium-key-0123456789")
+    root = tmp_path_factory.mktemp("federated")
+    written = synthesize(root / "exports", 6, STUDY, 150, dt.date(2025, 6, 30), seed=21)
+    patients = root / "exports" / "site-a" / STUDY / "patients.csv"
+    lines = patients.read_text().splitlines()
+    header = lines[0].split(",")
+    arm = header.index("arm")
+    rows = [line.split(",") for line in lines[1:]]
+    for i, r in enumerate(rows):
+        r[arm] = "NR" if i == 0 else ("EE4A" if r[arm] == "NR" else r[arm])
+    patients.write_text("\n".join([lines[0], *(",".join(r) for r in rows)]) + "\n")
+    settings = Settings(storage=StorageConfig(kind="local", root=root / "storage"),
+                        sites_dir=root / "exports" / "sites", audit_log=root / "audit.jsonl")
+    store = open_store(settings.storage)
+    for w in written:
+        upload_export(store, settings.storage, w.site.site_id, STUDY, "1", w.folder,
+                      now=dt.datetime(2025, 6, 30, 12, tzinfo=dt.UTC))
+    entries = ingest_all(settings, progress=lambda _m: None)
+    assert {e.status for e in entries} == {"published"}, [e.message for e in entries]
+    return settings
+
+
+@pytest.fixture()
+def fresh_audit(federated: Settings, tmp_path: Path) -> Settings:
+    """The federated data with an empty audit log of this test's own."""
+    return federated.model_copy(update={"audit_log": tmp_path / "audit.jsonl"})
+
+
+def pooled(settings: Settings, sql: str) -> list[tuple]:  # type: ignore[type-arg]
+    """The same question asked of all sites' Parquet pooled in one DuckDB (what federation must equal)."""
+    root = settings.storage.root / settings.storage.harmonized_bucket
+    con = duckdb.connect()
+    for table in ("patients", "diagnoses", "outcomes", "adverse_events", "treatments"):
+        con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{root}/*/{STUDY}/data/*/{table}.parquet')")
+    con.execute("""CREATE VIEW unit_patients AS SELECT p.*, d.stage, d.histology_risk, d.risk_group,
+                   o.vital_status, o.first_event FROM patients p JOIN diagnoses d USING (pid)
+                   JOIN outcomes o USING (pid)""")
+    return con.execute(sql).fetchall()

@@ -1,0 +1,161 @@
+"""Federated statistics equal the same statistics computed on the pooled data."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from federation.query import Filter, Query, run_query
+from federation.settings import Settings
+from tests.query.conftest import STUDY, pooled
+
+
+def _released(v: object) -> bool:
+    return not (isinstance(v, dict) and v.get("suppressed"))
+
+
+def test_six_sites_of_different_sizes_take_part(federated: Settings) -> None:
+    r = run_query(Query(study_id=STUDY), federated, "t")
+    sizes = sorted(r.payload["total"]["per_site"].values())
+    assert len(sizes) == 6 and sizes[-1] >= 3 * sizes[0]
+    assert r.payload["total"]["combined"] == pooled(federated, "SELECT count(*) FROM patients")[0][0]
+
+
+def test_count_by_group_equals_pooled(federated: Settings) -> None:
+    r = run_query(Query(study_id=STUDY, group_by=["arm"]), federated, "t")
+    truth = dict(pooled(federated, "SELECT arm, count(*) FROM patients GROUP BY arm"))
+    released = 0
+    for row in r.payload["rows"]:
+        if _released(row["combined"]):
+            assert row["combined"] == truth[row["group"][0]]
+            released += 1
+    assert released >= 3
+    # the single NR patient of site-a is hidden at site-a
+    nr = next(row for row in r.payload["rows"] if row["group"] == ["NR"])
+    assert nr["per_site"]["site-a"] == {"suppressed": True}
+
+
+def test_crosstab_equals_pooled(federated: Settings) -> None:
+    r = run_query(Query(study_id=STUDY, statistic="crosstab", group_by=["stage", "histology_risk"]), federated, "t")
+    p = r.payload
+    truth = {(a, b): n for a, b, n in pooled(
+        federated, "SELECT stage, histology_risk, count(*) FROM unit_patients GROUP BY ALL")}
+    checked = 0
+    for i, row_label in enumerate(p["rows"][:-1]):
+        for j, col_label in enumerate(p["cols"][:-1]):
+            v = p["combined"][i][j]
+            if _released(v):
+                assert v == truth.get((row_label, col_label), 0)
+                checked += 1
+        total = p["combined"][i][-1]
+        if _released(total):
+            assert total == sum(n for (a, _), n in truth.items() if a == row_label)
+    assert checked >= 4
+    assert p["combined"][-1][-1] == sum(truth.values())
+
+
+def test_mean_and_variance_equal_pooled(federated: Settings) -> None:
+    r = run_query(Query(study_id=STUDY, statistic="variance", column="age_at_diagnosis_years", group_by=["sex"]),
+                  federated, "t")
+    for row in r.payload["rows"]:
+        c = row["combined"]
+        if not _released(c) or c.get("n", 0) < 2:
+            continue
+        values = np.array([v for (v,) in pooled(
+            federated, f"SELECT age_at_diagnosis_years FROM patients WHERE sex = '{row['group'][0]}'")])
+        assert c["n"] == len(values)
+        assert c["mean"] == pytest.approx(values.mean(), rel=1e-12)
+        assert c["variance"] == pytest.approx(values.var(ddof=1), rel=1e-9)
+        assert c["sd"] == pytest.approx(values.std(ddof=1), rel=1e-9)
+
+
+def test_sum_equals_pooled(federated: Settings) -> None:
+    r = run_query(Query(study_id=STUDY, statistic="sum", column="os_days"), federated, "t")
+    total = pooled(federated, "SELECT sum(os_days) FROM patients")[0][0]
+    assert r.payload["rows"][0]["combined"]["sum"] == pytest.approx(total, rel=1e-12)
+
+
+def test_quantiles_within_the_stated_bound(federated: Settings) -> None:
+    r = run_query(Query(study_id=STUDY, statistic="quantiles", column="age_at_diagnosis_years",
+                        probs=[0.25, 0.5, 0.75]), federated, "t")
+    values = np.array([v for (v,) in pooled(federated, "SELECT age_at_diagnosis_years FROM patients")])
+    for prob, q in r.payload["rows"][0]["combined"]["quantiles"].items():
+        exact = np.quantile(values, float(prob), method="inverted_cdf")
+        assert 0 <= q["value"] - exact <= q["error_bound"] + 1e-12
+
+
+def test_proportion_equals_pooled(federated: Settings) -> None:
+    r = run_query(Query(study_id=STUDY, statistic="proportion", column="efs_event", value=True), federated, "t")
+    x, n = pooled(federated, "SELECT sum(efs_event::int), count(*) FROM patients")[0]
+    c = r.payload["rows"][0]["combined"]
+    assert (c["x"], c["n"]) == (x, n)
+    assert c["ci95"][0] < x / n < c["ci95"][1]
+
+
+def test_kaplan_meier_on_the_grid_equals_pooled(federated: Settings) -> None:
+    from statsmodels.duration.survfunc import SurvfuncRight
+
+    q = Query(study_id=STUDY, statistic="km", endpoint="efs")
+    r = run_query(q, federated, "t")
+    rows = pooled(federated, "SELECT efs_days, efs_event FROM patients")
+    t = np.array([a for a, _ in rows], dtype=float)
+    e = np.array([b for _, b in rows], dtype=bool)
+    grid = np.arange(0.0, q.horizon_days + q.grid_days, q.grid_days)
+    # the pooled estimate with every time moved to the end of its grid interval
+    # (after the horizon: censored beyond it)
+    beyond = t >= grid[-1]
+    rounded = np.where(beyond, grid[-1] + q.grid_days, grid[np.minimum(np.searchsorted(grid, t, side="right"),
+                                                                       len(grid) - 1)])
+    sf = SurvfuncRight(rounded, (e & ~beyond).astype(int))
+    points = r.payload["curves"][0]["combined"]["points"]
+    assert len(points) > 10
+    for pt in points[1:]:
+        idx = np.searchsorted(sf.surv_times, pt["day"] + 1e-9, side="right") - 1
+        expected = 1.0 if idx < 0 else sf.surv_prob[idx]
+        assert pt["survival"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_logistic_regression_equals_pooled_statsmodels(federated: Settings) -> None:
+    import statsmodels.api as sm
+
+    # sites where every category of the covariates has enough rows (the disclosure check refuses the others)
+    counts = pooled(federated, "SELECT site_id, histology_risk, count(*) FROM unit_patients GROUP BY ALL")
+    small = {site for site, _, n in counts if n < 5}
+    sites = sorted({site for site, _, _ in counts} - small)
+    assert len(sites) >= 3
+    q = Query(study_id=STUDY, statistic="logistic", outcome=Filter(column="efs_event", op="==", value=True),
+              covariates=["histology_risk", "age_at_diagnosis_years", "enrollment_year"], sites=sites)
+    r = run_query(q, federated, "t")
+    assert r.status == "released", r.reason
+    in_sites = ", ".join(f"'{s}'" for s in sites)
+    rows = pooled(federated, f"""SELECT efs_event::int, histology_risk, age_at_diagnosis_years, enrollment_year
+                                  FROM unit_patients WHERE site_id IN ({in_sites})""")
+    y = np.array([a for a, *_ in rows], dtype=float)
+    x = np.column_stack([np.ones(len(y)), [1.0 if b == "UNFAVORABLE" else 0.0 for _, b, _, _ in rows],
+                         [c for _, _, c, _ in rows], [d for *_, d in rows]]).astype(float)
+    fit = sm.Logit(y, x).fit(disp=0, method="newton", tol=1e-12, maxiter=100)
+    coef = r.payload["coefficients"]
+    assert [c["term"] for c in coef] == ["(intercept)", "histology_risk[UNFAVORABLE]", "age_at_diagnosis_years",
+                                         "enrollment_year"]
+    assert np.allclose([c["estimate"] for c in coef], fit.params, atol=1e-6, rtol=0)
+    assert np.allclose([c["se"] for c in coef], fit.bse, atol=1e-6, rtol=0)
+    assert r.payload["converged"] and r.payload["n"] == len(y)
+    assert r.payload["log_likelihood"] == pytest.approx(fit.llf, abs=1e-6)
+    assert not math.isnan(r.payload["log_likelihood"])
+
+
+def test_logistic_refuses_rare_categories(federated: Settings) -> None:
+    q = Query(study_id=STUDY, statistic="logistic", outcome=Filter(column="efs_event", op="==", value=True),
+              covariates=["arm"])  # site-a has a single NR patient
+    r = run_query(q, federated, "t")
+    assert r.status == "refused" and "arm = NR has fewer than 5 rows" in r.reason
+    assert r.suggestion
+
+
+def test_same_query_same_versions_same_result(federated: Settings) -> None:
+    q = Query(study_id=STUDY, statistic="crosstab", group_by=["arm", "sex"])
+    a, b = run_query(q, federated, "t"), run_query(q, federated, "t")
+    assert a.payload == b.payload and a.versions == b.versions
+    assert set(a.versions.values()) == {f"site-{c}/{STUDY}@v1" for c in "abcdef"}
