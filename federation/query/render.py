@@ -108,12 +108,18 @@ def to_text(result: Result, max_rows: int = 60) -> str:
 
 
 def to_csv(result: Result) -> str:
+    if result.status == "refused":
+        return f"refused,{json_quote(result.reason)}\n"
     header, rows = rows_of(result)
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(header)
     w.writerows(rows)
     return buf.getvalue()
+
+
+def json_quote(text: str) -> str:
+    return json.dumps(text)
 
 
 def to_markdown(result: Result) -> str:

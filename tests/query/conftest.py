@@ -29,6 +29,14 @@ def federated(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     rows = [line.split(",") for line in lines[1:]]
     for i, r in enumerate(rows):
         r[arm] = "NR" if i == 0 else ("EE4A" if r[arm] == "NR" else r[arm])
+    # exactly two infants (under 1 year at diagnosis) at site-a: a tiny subset to try to isolate
+    diagnosis = {r.split(",")[0]: r.split(",")[1] for r in
+                 (root / "exports" / "site-a" / STUDY / "diagnoses.csv").read_text().splitlines()[1:]}
+    birth, pid = header.index("birth_date"), header.index("patient_id")
+    for i, r in enumerate(rows):
+        diag = dt.date.fromisoformat(diagnosis[r[pid]])
+        age_days = 100 if i in (1, 2) else max((diag - dt.date.fromisoformat(r[birth])).days, 400)
+        r[birth] = (diag - dt.timedelta(days=age_days)).isoformat()
     patients.write_text("\n".join([lines[0], *(",".join(r) for r in rows)]) + "\n")
     settings = Settings(storage=StorageConfig(kind="local", root=root / "storage"),
                         sites_dir=root / "exports" / "sites", audit_log=root / "audit.jsonl")

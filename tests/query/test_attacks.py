@@ -1,0 +1,199 @@
+"""Disclosure control, tested by trying to break it. Each attack is first shown to work with its guard
+switched off, so each test fails if its guard is removed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from federation.query import Filter, Query, run_query, runner
+from federation.query import disclosure as dc
+from federation.settings import Settings
+from tests.query.conftest import STUDY, pooled
+
+
+def _value(v: Any) -> int | None:
+    return None if isinstance(v, dict) else int(v)
+
+
+def _young_site(settings: Settings) -> tuple[str, int]:
+    """site-a has exactly two patients aged under 1 (see conftest): a tiny subset to isolate."""
+    n = pooled(settings, "SELECT count(*) FROM patients WHERE age_group = '<1' AND site_id = 'site-a'")[0][0]
+    assert n == 2
+    return "site-a", n
+
+
+# --- differencing: two queries that differ by a few patients ---------------------------------------------
+def test_filter_excluding_a_few_patients_is_refused(fresh_audit: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    site, n_young = _young_site(fresh_audit)
+    everyone = Query(study_id=STUDY, sites=[site])
+    all_but_infants = Query(study_id=STUDY, sites=[site], filters=[Filter(column="age_group", op="!=", value="<1")])
+
+    # without the subset guard the attack works: the difference is the number of infants
+    monkeypatch.setattr(runner, "_subset_guard", lambda *a, **k: None)
+    monkeypatch.setattr(runner, "_differencing_guard", lambda *a, **k: None)
+    a = run_query(everyone, fresh_audit, "mallory")
+    b = run_query(all_but_infants, fresh_audit, "mallory")
+    assert _value(a.payload["total"]["combined"]) - _value(b.payload["total"]["combined"]) == n_young  # type: ignore[operator]
+
+    monkeypatch.undo()
+    run_query(everyone, fresh_audit, "eve")
+    refused = run_query(all_but_infants, fresh_audit, "eve")
+    assert refused.status == "refused"
+    assert "leaves fewer than 5 rows out" in refused.reason and refused.suggestion
+
+
+def test_nested_filters_that_differ_by_one_patient_are_refused(fresh_audit: Settings,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # two thresholds with exactly one patient between them: each filter alone passes the subset guard
+    ages = sorted(v for (v,) in pooled(fresh_audit, "SELECT age_at_diagnosis_years FROM patients"))
+    i = len(ages) // 2
+    lo, hi = (ages[i - 1] + ages[i]) / 2, (ages[i] + ages[i + 1]) / 2
+    q1 = Query(study_id=STUDY, filters=[Filter(column="age_at_diagnosis_years", op="<", value=lo)])
+    q2 = Query(study_id=STUDY, filters=[Filter(column="age_at_diagnosis_years", op="<", value=hi)])
+
+    monkeypatch.setattr(runner, "_differencing_guard", lambda *a, **k: None)
+    a, b = run_query(q1, fresh_audit, "mallory"), run_query(q2, fresh_audit, "mallory")
+    assert a.status == b.status == "released"
+    assert _value(b.payload["total"]["combined"]) - _value(a.payload["total"]["combined"]) == 1  # type: ignore[operator]
+
+    monkeypatch.undo()
+    assert run_query(q1, fresh_audit, "eve").status == "released"
+    refused = run_query(q2, fresh_audit, "eve")
+    assert refused.status == "refused" and "differencing" in refused.reason
+    # another analyst has no earlier query: the guard is per analyst's history
+    assert run_query(q2, fresh_audit, "trent").status == "released"
+
+
+def test_filter_selecting_a_tiny_subset_is_refused(fresh_audit: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    site, n_young = _young_site(fresh_audit)
+    infants = Query(study_id=STUDY, sites=[site], filters=[Filter(column="age_group", op="==", value="<1")],
+                    statistic="mean", column="os_days")
+    monkeypatch.setattr(runner, "_subset_guard", lambda *a, **k: None)
+    leaked = run_query(infants, fresh_audit, "mallory")
+    # the count is suppressed, but without the guard the analyst learns that the subset exists and is small
+    assert leaked.status == "released"
+    monkeypatch.undo()
+    refused = run_query(infants, fresh_audit, "eve")
+    assert refused.status == "refused" and "selects fewer than 5 rows" in refused.reason
+    del n_young
+
+
+# --- recovering a suppressed cell from margins and per-site values -----------------------------------------
+def _attack_cell(result: Any) -> tuple[int, int]:
+    """site-a's NR cell: index in the released table."""
+    sites = result.sites
+    rows = [r["group"][0] for r in result.payload["rows"]]
+    return sites.index("site-a"), rows.index("NR")
+
+
+def _recover_by_subtraction(result: Any, site: str) -> list[int]:
+    """What an analyst can compute for site-a's NR count from released numbers."""
+    p = result.payload
+    guesses = []
+    nr = next(r for r in p["rows"] if r["group"] == ["NR"])
+    # 1. the site's total minus its other cells
+    others = [r["per_site"][site] for r in p["rows"] if r["group"] != ["NR"]]
+    total = p["total"]["per_site"][site]
+    if all(_value(v) is not None for v in [*others, total]):
+        guesses.append(_value(total) - sum(_value(v) for v in others))  # type: ignore[operator,misc]
+    # 2. the combined cell minus the other sites' cells
+    rest = [v for s, v in nr["per_site"].items() if s != site]
+    if all(_value(v) is not None for v in [*rest, nr["combined"]]):
+        guesses.append(_value(nr["combined"]) - sum(_value(v) for v in rest))  # type: ignore[operator,misc]
+    return guesses
+
+
+def test_suppressed_cell_cannot_be_recovered_from_margins_or_other_sites(
+        fresh_audit: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    q = Query(study_id=STUDY, group_by=["arm"])
+    # without complementary suppression, site-a's single NR patient is recovered by subtraction
+    monkeypatch.setattr(dc, "_complement_lines", lambda *a, **k: None)
+    monkeypatch.setattr(dc, "_audit", lambda *a, **k: [])
+    naive = run_query(q, fresh_audit, "mallory")
+    nr = next(r for r in naive.payload["rows"] if r["group"] == ["NR"])
+    assert nr["per_site"]["site-a"] == {"suppressed": True}
+    assert 1 in _recover_by_subtraction(naive, "site-a")
+
+    monkeypatch.undo()
+    safe = run_query(q, fresh_audit, "eve")
+    assert _recover_by_subtraction(safe, "site-a") == []
+    # and no linear combination of released numbers pins it down: its feasible range is at least k wide
+    names = safe.sites
+    rows = [r["group"] for r in safe.payload["rows"]]
+    values = np.full((len(names) + 1, len(rows) + 1, 1), np.nan)
+    for j, r in enumerate(safe.payload["rows"]):
+        for i, s in enumerate(names):
+            values[i, j, 0] = np.nan if _value(r["per_site"][s]) is None else _value(r["per_site"][s])
+        values[len(names), j, 0] = np.nan if _value(r["combined"]) is None else _value(r["combined"])
+    for i, s in enumerate(names):
+        t = safe.payload["total"]["per_site"][s]
+        values[i, len(rows), 0] = np.nan if _value(t) is None else _value(t)
+    values[len(names), len(rows), 0] = _value(safe.payload["total"]["combined"])
+    released = dc.Released(values=values, primary=np.zeros(values.shape, bool),
+                           complementary=np.zeros(values.shape, bool))
+    lo, hi = dc.range_of(released, (len(names), len(rows), 1), (names.index("site-a"), rows.index(["NR"]), 0))
+    assert hi - lo >= 5
+
+
+def test_lp_audit_catches_what_line_rules_miss() -> None:
+    # two small cells in one row and one column: "two hidden per line" holds, yet both are determined
+    cells = np.array([[[1, 1, 20], [1, 30, 40], [25, 35, 45]]], dtype=float)
+    weak_release = dc.Released(values=np.where(dc.extend(cells) < 5, np.nan, dc.extend(cells)),
+                               primary=dc.extend(cells) < 5, complementary=np.zeros((2, 4, 4), bool))
+    lo, hi = dc.range_of(weak_release, cells.shape, (0, 0, 0))
+    assert hi - lo < 5  # the naive release leaks
+    safe = dc.suppress(cells, [5], 5)
+    for idx in zip(*np.nonzero(safe.primary), strict=True):
+        lo, hi = dc.range_of(safe, cells.shape, tuple(int(i) for i in idx))  # type: ignore[arg-type]
+        assert hi - lo >= 5
+
+
+def test_km_hides_small_risk_sets(federated: Settings) -> None:
+    r = run_query(Query(study_id=STUDY, statistic="km", endpoint="os", group_by=["arm"]), federated, "t")
+    for curve in r.payload["curves"]:
+        for pt in curve["combined"]["points"]:
+            n = pt["at_risk"]
+            assert isinstance(n, dict) or n >= 5
+        for row in curve["combined"]["risk_table"]:
+            assert isinstance(row["at_risk"], dict) or row["at_risk"] == 0 or row["at_risk"] >= 5
+    nr = next(c for c in r.payload["curves"] if c["group"] == ["NR"])
+    # site-a has one NR patient: its curve shows nothing beyond the start, and that start hides the count
+    assert nr["per_site"]["site-a"]["points"][0]["at_risk"] == {"suppressed": True}
+    assert len(nr["per_site"]["site-a"]["points"]) == 1
+
+
+def test_no_raw_minimum_or_maximum_and_no_extreme_quantile(federated: Settings) -> None:
+    r = run_query(Query(study_id=STUDY, statistic="mean", column="age_at_diagnosis_years"), federated, "t")
+    text = str(r.payload)
+    lo, hi = pooled(federated, "SELECT min(age_at_diagnosis_years), max(age_at_diagnosis_years) FROM patients")[0]
+    assert "min" not in r.payload["rows"][0]["combined"] and str(lo) not in text and str(hi) not in text
+    refused = run_query(Query(study_id=STUDY, statistic="quantiles", column="age_at_diagnosis_years", probs=[1.0]),
+                        federated, "t")
+    assert refused.status == "refused" and "extreme quantiles" in refused.reason
+
+
+def test_identifiers_and_free_text_are_never_queryable(federated: Settings) -> None:
+    for q in (Query(study_id=STUDY, group_by=["pid"]), Query(study_id=STUDY, table="adverse_events",
+                                                              group_by=["ae_term"]),
+              Query(study_id=STUDY, filters=[Filter(column="upload_id", op="==", value="x")])):
+        r = run_query(q, federated, "t")
+        assert r.status == "refused" and "never queryable" in r.reason
+
+
+def test_site_below_minimum_rows_does_not_take_part(federated: Settings, tmp_path: Any) -> None:
+    import yaml
+
+    strict = tmp_path / "policy.yaml"
+    data = yaml.safe_load((federated.query_policy).read_text())
+    data["disclosure"]["min_site_rows"] = 100
+    strict.write_text(yaml.safe_dump(data))
+    from federation.query.policy import load_query_policy
+
+    load_query_policy.cache_clear()
+    r = run_query(Query(study_id=STUDY), federated.model_copy(update={"query_policy": strict}), "t")
+    sizes = dict(pooled(federated, "SELECT site_id, count(*) FROM patients GROUP BY 1"))
+    assert set(r.excluded) == {s for s, n in sizes.items() if n < 100}
+    assert r.payload["total"]["combined"] == sum(n for n in sizes.values() if n >= 100)
