@@ -157,8 +157,12 @@ def run_query(q: Query, settings: Settings, analyst: str, *, audit: AuditLog | N
             raise QueryRefused("no site can take part in this query", "check the study id and published data")
         k = max(p.min_cell for p in policies.values())
         _subset_guard(q, sites_data, policies, k)
-        _differencing_guard(q, sites_data, policies, audit, analyst, k, consortium)
+        combined_only = _differencing_guard(q, sites_data, policies, audit, analyst, k, consortium)
         result.payload = COMPUTE[q.statistic](q, sites_data, policies, k, result)
+        if combined_only:
+            result.payload = _hide_per_site(result.payload)
+            result.notes.append("per-site values are withheld: with one of your earlier queries they would "
+                                "isolate a few patients at a site (differencing); the combined values are exact")
     except QueryRefused as exc:
         result.status, result.reason, result.suggestion, result.payload = "refused", exc.reason, exc.suggestion, {}
     finally:
@@ -177,8 +181,23 @@ def _digest(payload: dict[str, Any]) -> dict[str, Any]:
     import json
 
     text = json.dumps(payload, sort_keys=True, default=str)
+    per_site = any(v != {"suppressed": True} for v in _per_site_values(payload))
     return {"sha256": hashlib.sha256(text.encode()).hexdigest(), "suppressed": text.count('"suppressed"'),
-            "bytes": len(text)}
+            "per_site": per_site, "bytes": len(text)}
+
+
+def _per_site_values(payload: Any) -> list[Any]:
+    out: list[Any] = []
+    if isinstance(payload, dict):
+        for k, v in payload.items():
+            if k == "per_site" and isinstance(v, dict):
+                out.extend(v.values())
+            else:
+                out.extend(_per_site_values(v))
+    elif isinstance(payload, list):
+        for v in payload:
+            out.extend(_per_site_values(v))
+    return out
 
 
 def _site_policy(consortium: DisclosurePolicy, settings: Settings, site_id: str) -> DisclosurePolicy:
@@ -272,11 +291,22 @@ def _subset_guard(q: Query, sites: dict[str, SiteData], policies: dict[str, Disc
                            "together", "use a broader filter")
 
 
+def _small_difference(only_new: int, only_old: int, k: int) -> bool:
+    """Nested subsets whose difference is a few rows: subtracting the two results isolates them."""
+    return (only_new == 0 and 0 < only_old < k) or (only_old == 0 and 0 < only_new < k)
+
+
 def _differencing_guard(q: Query, sites: dict[str, SiteData], policies: dict[str, DisclosurePolicy],
-                        audit: AuditLog, analyst: str, k: int, consortium: DisclosurePolicy) -> None:
-    """Refuse when this query and an earlier released one differ by a few rows in some cell."""
+                        audit: AuditLog, analyst: str, k: int, consortium: DisclosurePolicy) -> bool:
+    """Compare with the analyst's earlier released queries on the same rows.
+
+    Refuse when the combined results of the two would differ by a few rows in some cell. When only
+    a site's results would (its per-site values are part of both releases), return True: release the
+    combined values only.
+    """
     earlier = [e for e in audit.entries() if e.get("analyst") == analyst and e.get("outcome") == "released"]
     earlier = earlier[-consortium.differencing_lookback:] if consortium.differencing_lookback else []
+    combined_only = False
     for entry in reversed(earlier):
         try:
             old = Query.model_validate(entry["query"])
@@ -295,18 +325,33 @@ def _differencing_guard(q: Query, sites: dict[str, SiteData], policies: dict[str
         in_new, in_old = f"(({new_w}) IS TRUE)", f"(({old_w}) IS TRUE)"
         sql = (f"SELECT {sel}count(*) FILTER (WHERE {in_new} AND NOT {in_old}), "
                f"count(*) FILTER (WHERE {in_old} AND NOT {in_new}) FROM unit_{q.table}{grp}")
+        combined: dict[tuple[Any, ...], list[int]] = {}
+        old_had_sites = bool(entry.get("released", {}).get("per_site", True))
         for site, data in sites.items():
-            ks = policies[site].min_cell
             for row in data.sql(sql, new_p + old_p + old_p + new_p):
                 only_new, only_old = int(row[-2]), int(row[-1])
-                # nested subsets whose difference is a few rows: subtracting the two results isolates them
-                if (only_new == 0 and 0 < only_old < ks) or (only_old == 0 and 0 < only_new < ks):
-                    raise QueryRefused(
-                        f"this query and your earlier query #{entry['id']} ({old.describe()}) differ by fewer "
-                        f"than {ks} rows in a cell at one or more sites: subtracting one result from the other "
-                        "would isolate a few patients (differencing)",
-                        "ask for the groups you compare directly, e.g. with --by, so that disclosure control "
-                        "covers them")
+                cell = combined.setdefault(tuple(row[:-2]), [0, 0])
+                cell[0] += only_new
+                cell[1] += only_old
+                if old_had_sites and _small_difference(only_new, only_old, policies[site].min_cell):
+                    combined_only = True
+        if any(_small_difference(a, b, k) for a, b in combined.values()):
+            raise QueryRefused(
+                f"this query and your earlier query #{entry['id']} ({old.describe()}) differ by fewer than {k} "
+                "rows in a cell: subtracting one result from the other would isolate a few patients "
+                "(differencing)",
+                "ask for the groups you compare directly, e.g. with --by, so that disclosure control covers them")
+    return combined_only
+
+
+def _hide_per_site(payload: Any) -> Any:
+    """Drop every per-site value of a result (the combined values stay)."""
+    if isinstance(payload, dict):
+        return {k: ({s: {"suppressed": True} for s in v} if k == "per_site" and isinstance(v, dict)
+                    else _hide_per_site(v)) for k, v in payload.items()}
+    if isinstance(payload, list):
+        return [_hide_per_site(v) for v in payload]
+    return payload
 
 
 # ---- statistics --------------------------------------------------------------------------------

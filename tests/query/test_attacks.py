@@ -197,3 +197,23 @@ def test_site_below_minimum_rows_does_not_take_part(federated: Settings, tmp_pat
     sizes = dict(pooled(federated, "SELECT site_id, count(*) FROM patients GROUP BY 1"))
     assert set(r.excluded) == {s for s, n in sizes.items() if n < 100}
     assert r.payload["total"]["combined"] == sum(n for n in sizes.values() if n >= 100)
+
+
+def test_per_site_differences_withhold_per_site_values(fresh_audit: Settings) -> None:
+    # everyone by arm, then one sex by arm: site-a's single NR patient is in the first result only, so
+    # site-a's NR values of the two results would differ by one patient; the combined values differ by many
+    (sex,) = pooled(fresh_audit, "SELECT sex FROM patients WHERE site_id = 'site-a' AND arm = 'NR'")[0]
+    other = "F" if sex == "M" else "M"
+    first = run_query(Query(study_id=STUDY, group_by=["arm"]), fresh_audit, "eve")
+    second = run_query(Query(study_id=STUDY, group_by=["arm"], filters=[Filter(column="sex", op="==", value=other)]),
+                       fresh_audit, "eve")
+    assert first.status == second.status == "released", second.reason
+    assert all(v == {"suppressed": True} for r in second.payload["rows"] for v in r["per_site"].values())
+    assert any("withheld" in n for n in second.notes)
+    truth = dict(pooled(fresh_audit, f"SELECT arm, count(*) FROM patients WHERE sex = '{other}' GROUP BY 1"))
+    for r in second.payload["rows"]:
+        if not isinstance(r["combined"], dict):
+            assert r["combined"] == truth[r["group"][0]]
+    # a third analyst asking the second query first gets the per-site values
+    fresh = run_query(second.query, fresh_audit, "walter")
+    assert any(not isinstance(v, dict) for r in fresh.payload["rows"] for v in r["per_site"].values())
