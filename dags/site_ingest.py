@@ -27,7 +27,9 @@ import datetime as dt
 
 from airflow.sdk import Asset, dag, task
 
-HARMONIZED = Asset(name="harmonized", uri="federation://harmonized/", extra={"layer": "harmonized"})
+from federation.orchestration import HARMONIZED_ASSET
+
+HARMONIZED = Asset(**HARMONIZED_ASSET)
 
 
 @dag(

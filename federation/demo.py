@@ -20,6 +20,8 @@ from federation.config import SiteConfig
 from federation.ingest.landing import upload_export
 from federation.ingest.pipeline import read_catalog
 from federation.orchestration import run_dag
+from federation.query import Filter, Query, run_query
+from federation.query.render import to_text
 from federation.settings import load_settings
 from federation.storage import open_store
 from federation.synth import synthesize
@@ -35,11 +37,11 @@ def run_demo(workdir: Path, n_sites: int = 5, patients: int = 300) -> int:
         shutil.rmtree(workdir)
     workdir = workdir.resolve()
     exports = workdir / "exports"
-    print(f"[1/4] synthesizing exports of {n_sites} sites for {DEMO_STUDY} into {exports} "
+    print(f"[1/5] synthesizing exports of {n_sites} sites for {DEMO_STUDY} into {exports} "
           "(site-b gets injected errors)")
     written = synthesize(exports, n_sites, DEMO_STUDY, patients, AS_OF, seed=42, error_sites=["site-b"])
 
-    print("[2/4] each site checks its export locally with the consortium rules (Great Expectations)")
+    print("[2/5] each site checks its export locally with the consortium rules (Great Expectations)")
     for w in written:
         site = SiteConfig.from_yaml(exports / "sites" / f"{w.site.site_id}.yaml")
         report = validate_export(ValidationRequest(path=w.folder, site=site, study_id=DEMO_STUDY,
@@ -55,13 +57,13 @@ def run_demo(workdir: Path, n_sites: int = 5, patients: int = 300) -> int:
         "pseudonym_key_file": "secrets/pseudonym.key"}))
     settings = load_settings(settings_file)
     store = open_store(settings.storage)
-    print(f"[3/4] every site uploads (site-b with --force, to show quarantine) to {store.describe()}")
+    print(f"[3/5] every site uploads (site-b with --force, to show quarantine) to {store.describe()}")
     for w in written:
         m = upload_export(store, settings.storage, w.site.site_id, DEMO_STUDY, "1", w.folder,
                           now=dt.datetime.combine(AS_OF, dt.time(12), tzinfo=dt.UTC))
         print(f"  {w.site.site_id:<7} upload {m.upload_id}: {len(m.files)} files + manifest")
 
-    print("[4/4] running the Airflow DAG site_ingest (dag.test(), SQLite metadata DB) ...")
+    print("[4/5] running the Airflow DAG site_ingest (dag.test(), SQLite metadata DB) ...")
     result = run_dag(workdir / "airflow", "site_ingest", {"FEDERATION_CONFIG": str(settings_file)})
     tasks: dict[str, str] = result["tasks"]  # type: ignore[assignment]
     print(f"  DAG run {result['state']}; tasks: " + ", ".join(f"{k} {v}" for k, v in tasks.items()))
@@ -78,5 +80,26 @@ def run_demo(workdir: Path, n_sites: int = 5, patients: int = 300) -> int:
     print()
     print(f"harmonized Parquet: {settings.storage.root / settings.storage.harmonized_bucket}; "
           f"upload catalog: `federation uploads --config {settings_file}`")
+
+    print()
+    print("[5/5] running the Airflow DAG consortium_report (standard queries, disclosure control, audit) ...")
+    report = run_dag(workdir / "airflow", "consortium_report", {"FEDERATION_CONFIG": str(settings_file)})
+    print(f"  DAG run {report['state']}; report: {settings.report_dir / 'latest' / 'index.html'}")
+    print()
+    print("a few aggregates, as an analyst would ask them (federation query --config ...):")
+    for q in (Query(study_id=DEMO_STUDY, statistic="crosstab", group_by=["stage", "histology_risk"]),
+              Query(study_id=DEMO_STUDY, statistic="mean", column="age_at_diagnosis_years", group_by=["arm"]),
+              Query(study_id=DEMO_STUDY, statistic="logistic",
+                    outcome=Filter(column="efs_event", op="==", value=True),
+                    covariates=["age_at_diagnosis_years", "enrollment_year"]),
+              Query(study_id=DEMO_STUDY, group_by=["arm"], filters=[Filter(column="age_group", op="!=", value="<1")])):
+        print()
+        r = run_query(q, settings, "demo-analyst")
+        text = to_text(r).splitlines()
+        if q.statistic == "mean":  # combined rows only, to keep the demo short
+            text = [line for line in text if "site-" not in line or line.startswith("versions")]
+        print("\n".join(text))
+    print()
+    print(f"audit log: {settings.audit_log} (`federation audit verify --config {settings_file}`)")
     print(f"done in {time.perf_counter() - started:.0f} s")
-    return 0 if result["state"] == "success" else 1
+    return 0 if result["state"] == report["state"] == "success" else 1

@@ -16,6 +16,8 @@ from pathlib import Path
 from federation.paths import PROJECT_ROOT
 
 DAGS_DIR = PROJECT_ROOT / "dags"
+# The Airflow Asset that site_ingest updates and consortium_report is scheduled on.
+HARMONIZED_ASSET = {"name": "harmonized", "uri": "federation://harmonized/"}
 
 
 def airflow_env(airflow_home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -27,6 +27,7 @@ class Settings(BaseModel):
     max_file_mb: int = 1024
     audit_log: Path = Path("audit/queries.jsonl")
     query_policy: Path = INFRA_DIR / "query-policy.yaml"
+    report_dir: Path = Path("consortium-report")
 
     def site(self, site_id: str) -> SiteConfig:
         return load_site(site_id, self.sites_dir)
@@ -65,6 +66,8 @@ def load_settings(path: Path | None = None) -> Settings:
         updates["sites_dir"] = base / settings.sites_dir
     if "query_policy" in data and not settings.query_policy.is_absolute():
         updates["query_policy"] = base / settings.query_policy
+    if not settings.report_dir.is_absolute():
+        updates["report_dir"] = base / settings.report_dir
     if not settings.audit_log.is_absolute():
         updates["audit_log"] = base / settings.audit_log
     if settings.pseudonym_key_file and not settings.pseudonym_key_file.is_absolute():

@@ -105,3 +105,6 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path, clean_exports: Path)
     else:
         cfg = request.getfixturevalue("fresh_seaweed").cfg
     return Settings(storage=cfg, sites_dir=clean_exports / "sites")
+
+
+from tests.federated import federated, federated_settings_file, fresh_audit  # noqa: E402,F401

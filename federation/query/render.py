@@ -192,7 +192,11 @@ def plot(result: Result, path: Path) -> Path:
             width = 0.8 / max(len(cols), 1)
             for j, col in enumerate(cols):
                 vals = [0 if isinstance(row[j], dict) else row[j] for row in p["combined"][:-1]]
-                ax.bar([i + j * width for i in range(len(vals))], vals, width, label=str(col))
+                xs = [i + j * width for i in range(len(vals))]
+                ax.bar(xs, vals, width, label=str(col))
+                for x, row in zip(xs, p["combined"][:-1], strict=True):
+                    if isinstance(row[j], dict):
+                        ax.annotate("suppressed", (x, 0), ha="center", va="bottom", fontsize=6, rotation=90)
             ax.set_xticks([i + 0.4 - width / 2 for i in range(len(p["rows"]) - 1)], p["rows"][:-1])
             ax.legend(title=p["cols_dim"])
             ax.set_xlabel(p["rows_dim"])

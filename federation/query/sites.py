@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import duckdb
+import numpy as np
 
 from federation.exceptions import FederationError
 from federation.ingest.publish import Version, get_version, latest_version
@@ -58,8 +59,21 @@ class SiteData:
             return self.con.execute(query, params or []).fetchall()
 
     def arrays(self, query: str, params: list[Any] | None = None) -> dict[str, Any]:
+        """Columns as numpy arrays; missing values become None (in an object array)."""
         with self.lock:
-            return self.con.execute(query, params or []).fetchnumpy()
+            data = self.con.execute(query, params or []).fetchnumpy()
+        out: dict[str, Any] = {}
+        for name, col in data.items():
+            if isinstance(col, np.ma.MaskedArray):
+                mask = np.ma.getmaskarray(col)
+                if mask.any():
+                    values = np.asarray(col.data, dtype=object)
+                    values[mask] = None
+                    col = values
+                else:
+                    col = np.asarray(col.data)
+            out[name] = col
+        return out
 
     def close(self) -> None:
         self.con.close()

@@ -29,6 +29,9 @@ def test_dagbag_has_no_import_errors_and_the_dag_is_well_formed() -> None:
     process = dag.get_task("process")
     assert [a.uri for a in process.outlets] == ["federation://harmonized/"]
     assert process.retries == 3 and process.retry_exponential_backoff
+    report = bag.dags["consortium_report"]
+    assert "federation://harmonized/" in repr(report.timetable.asset_condition)  # scheduled on the published data
+    assert report.catchup is False and "report" in report.tags and report.doc_md
 
 
 def _settings_file(tmp_path: Path, settings: Settings) -> Path:
@@ -64,3 +67,19 @@ def test_dag_run_publishes_and_quarantines(backend: Settings, clean_exports: Pat
     assert isinstance(again_tasks, dict)
     assert {k: v for k, v in again_tasks.items() if k.startswith("process")} == {"process[-1]": "skipped"}
     assert [v.number for v in [latest_version(store, settings.storage, "site-a", "PONC-WT-01")] if v] == [1]
+
+
+@pytest.mark.integration
+def test_consortium_report_dag_builds_the_report(federated_settings_file: Path, tmp_path: Path) -> None:
+    result = run_dag(tmp_path / "airflow", "consortium_report", {"FEDERATION_CONFIG": str(federated_settings_file)})
+    assert result["state"] == "success"
+    settings = load_settings(federated_settings_file)
+    index = settings.report_dir / "latest" / "index.html"
+    html = index.read_text()
+    assert "Enrollment by site and arm" in html and "Overall survival by risk group" in html
+    assert html.count("data:image/png;base64,") >= 7
+    assert len(list((settings.report_dir / "latest").glob("*.csv"))) >= 7
+    from federation.query.audit import AuditLog
+
+    entries = AuditLog(settings.audit_log).entries()
+    assert {e["analyst"] for e in entries} == {"consortium-report"} and len(entries) >= 7

@@ -11,7 +11,7 @@ import pytest
 from federation.query import Filter, Query, run_query, runner
 from federation.query import disclosure as dc
 from federation.settings import Settings
-from tests.query.conftest import STUDY, pooled
+from tests.federated import STUDY, pooled
 
 
 def _value(v: Any) -> int | None:

@@ -11,7 +11,7 @@ from federation.cli import main
 from federation.query import Query, run_query
 from federation.query.audit import AuditLog
 from federation.settings import Settings
-from tests.query.conftest import STUDY
+from tests.federated import STUDY
 
 
 @pytest.fixture()

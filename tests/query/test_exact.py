@@ -9,7 +9,7 @@ import pytest
 
 from federation.query import Filter, Query, run_query
 from federation.settings import Settings
-from tests.query.conftest import STUDY, pooled
+from tests.federated import STUDY, pooled
 
 
 def _released(v: object) -> bool:

@@ -12,7 +12,7 @@ import pytest
 from federation.cli import main
 from federation.query import Query, run_query
 from federation.settings import Settings
-from tests.query.conftest import STUDY
+from tests.federated import STUDY
 
 
 @pytest.fixture()

@@ -1,3 +1,5 @@
+"""Published multi-site data for the query tests, and pooled reference computations."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -65,3 +67,15 @@ def pooled(settings: Settings, sql: str) -> list[tuple]:  # type: ignore[type-ar
                    o.vital_status, o.first_event FROM patients p JOIN diagnoses d USING (pid)
                    JOIN outcomes o USING (pid)""")
     return con.execute(sql).fetchall()
+
+
+@pytest.fixture()
+def federated_settings_file(federated: Settings, tmp_path: Path) -> Path:
+    """A settings YAML pointing at the federated data, with this test's own audit log and report folder."""
+    import yaml
+
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump({"storage": federated.storage.model_dump(mode="json"),
+                                    "sites_dir": str(federated.sites_dir), "audit_log": str(tmp_path / "audit.jsonl"),
+                                    "report_dir": str(tmp_path / "report")}))
+    return path

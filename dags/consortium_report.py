@@ -1,0 +1,54 @@
+"""
+### consortium_report
+
+Rebuilds the consortium report whenever a site publishes a new dataset
+version (scheduled on the `harmonized` Asset that `site_ingest` updates).
+The standard queries are in `infra/reports/consortium.yaml`; each runs
+through the same disclosure control and audit as an analyst's query. The
+report (HTML with plots, plus CSV) is written to `<report_dir>/<timestamp>/`
+and `<report_dir>/latest/`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import Asset, dag, task
+
+from federation.orchestration import HARMONIZED_ASSET
+
+HARMONIZED = Asset(**HARMONIZED_ASSET)
+
+
+@dag(
+    schedule=[HARMONIZED],
+    start_date=dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    tags=["federation", "report"],
+    doc_md=__doc__,
+    default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=1)},
+)
+def consortium_report() -> None:
+    @task
+    def build() -> str:
+        import shutil
+        from pathlib import Path
+
+        from federation.query.report import build_report
+        from federation.settings import load_settings
+
+        settings = load_settings()
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        out = Path(settings.report_dir) / stamp
+        index = build_report(settings, out, progress=print)
+        latest = Path(settings.report_dir) / "latest"
+        if latest.exists():
+            shutil.rmtree(latest)
+        shutil.copytree(out, latest)
+        return str(index)
+
+    build()
+
+
+consortium_report()

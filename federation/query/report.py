@@ -1,0 +1,81 @@
+"""The consortium report: standard queries from infra/reports/consortium.yaml, run for every study
+with published data through the same disclosure control and audit, rendered as one HTML page with
+plots plus a CSV per table."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from federation.paths import INFRA_DIR
+from federation.query.model import Query
+from federation.query.render import plot, rows_of, to_csv
+from federation.query.runner import Result, run_query
+from federation.schema import load_registry
+from federation.settings import Settings
+
+DEFAULT_SPEC = INFRA_DIR / "reports" / "consortium.yaml"
+
+
+def studies_with_data(settings: Settings) -> list[str]:
+    from federation.query.runner import _published_sites
+
+    return [s.study_id for s in load_registry().studies if _published_sites(settings, s.study_id)]
+
+
+def build_report(settings: Settings, out: Path, spec_path: Path = DEFAULT_SPEC,
+                 progress: Any = lambda _m: None) -> Path:
+    spec = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+    out.mkdir(parents=True, exist_ok=True)
+    sections: list[str] = []
+    results: list[Result] = []
+    for study in studies_with_data(settings):
+        sections.append(f"<h2>{html.escape(study)}: {html.escape(load_registry().study(study).title)}</h2>")
+        for item in spec["queries"]:
+            q = Query.model_validate({**item["query"], "study_id": study})
+            progress(f"  {study}: {item['title']}")
+            r = run_query(q, settings, spec.get("analyst", "consortium-report"))
+            results.append(r)
+            sections.append(_section(item, r, out, study))
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    versions = sorted({v for r in results for v in r.versions.values()})
+    page = ("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>"
+            f"{html.escape(spec['title'])}</title><style>body{{font-family:system-ui,sans-serif;max-width:1000px;"
+            "margin:2em auto;padding:0 1em}table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;"
+            "padding:3px 8px;text-align:right}th{background:#f4f4f4}.refused{color:#b42318}small{color:#555}"
+            "</style></head><body>"
+            f"<h1>{html.escape(spec['title'])}</h1><p>Built {stamp}. Every number passed disclosure control "
+            "(counts under the threshold and the cells that would reveal them are shown as <b>suppr.</b>); "
+            f"every query is in the audit log. Data versions: {html.escape(', '.join(versions))}.</p>"
+            + "".join(sections) + "</body></html>\n")
+    index = out / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
+
+
+def _section(item: dict[str, Any], r: Result, out: Path, study: str) -> str:
+    title = html.escape(item["title"])
+    if r.status == "refused":
+        return (f"<h3>{title}</h3><p class='refused'>Not released: {html.escape(r.reason)}</p>"
+                f"<p><small>audit entry #{r.audit_id}</small></p>")
+    stem = f"{study}_{item['id']}"
+    (out / f"{stem}.csv").write_text(to_csv(r), encoding="utf-8")
+    parts = [f"<h3>{title}</h3>"]
+    stat = r.payload.get("statistic")
+    if stat in ("km", "count", "crosstab"):
+        png = plot(r, out / f"{stem}.png")
+        data = base64.b64encode(png.read_bytes()).decode()
+        parts.append(f"<img alt='{title}' src='data:image/png;base64,{data}' style='max-width:100%'>")
+    if stat != "km":
+        header, rows = rows_of(r)
+        parts.append("<table><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows]
+        parts.append("</table>")
+    parts.append(f"<p><small><a href='{stem}.csv'>CSV</a> &middot; audit entry #{r.audit_id}"
+                 + "".join(f" &middot; {html.escape(n)}" for n in r.notes[:1]) + "</small></p>")
+    return "".join(parts)
