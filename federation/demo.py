@@ -83,8 +83,8 @@ def run_demo(workdir: Path, n_sites: int = 5, patients: int = 300) -> int:
 
     print()
     print("[5/5] running the Airflow DAG consortium_report (standard queries, disclosure control, audit) ...")
-    report = run_dag(workdir / "airflow", "consortium_report", {"FEDERATION_CONFIG": str(settings_file)})
-    print(f"  DAG run {report['state']}; report: {settings.report_dir / 'latest' / 'index.html'}")
+    report_run = run_dag(workdir / "airflow", "consortium_report", {"FEDERATION_CONFIG": str(settings_file)})
+    print(f"  DAG run {report_run['state']}; report: {settings.report_dir / 'latest' / 'index.html'}")
     print()
     print("a few aggregates, as an analyst would ask them (federation query --config ...):")
     for q in (Query(study_id=DEMO_STUDY, statistic="crosstab", group_by=["stage", "histology_risk"]),
@@ -102,4 +102,4 @@ def run_demo(workdir: Path, n_sites: int = 5, patients: int = 300) -> int:
     print()
     print(f"audit log: {settings.audit_log} (`federation audit verify --config {settings_file}`)")
     print(f"done in {time.perf_counter() - started:.0f} s")
-    return 0 if result["state"] == report["state"] == "success" else 1
+    return 0 if result["state"] == report_run["state"] == "success" else 1
