@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/validate_1m.py
 	$(BIN)/python bench/ingest_throughput.py
 	$(BIN)/python bench/ingest_throughput.py --backend seaweedfs
+	$(BIN)/python bench/query_latency.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache
