@@ -111,37 +111,39 @@ def _complement_lines(e: np.ndarray, part: np.ndarray, hidden: np.ndarray) -> No
                 changed = True
 
 
+def _coef(idx: tuple[int, int, int], shape: tuple[int, int, int]) -> np.ndarray:
+    """Entry `idx` of the extended table as a linear form over the base cells (index S/R/C = a total)."""
+    S, R, C = shape
+    s, r, c = idx
+    m = np.zeros(shape)
+    m[slice(None) if s == S else slice(s, s + 1), slice(None) if r == R else slice(r, r + 1),
+      slice(None) if c == C else slice(c, c + 1)] = 1.0
+    return m.ravel()
+
+
+def _lp_range(obj: np.ndarray, rows: list[np.ndarray], rhs: list[float]) -> tuple[float, float]:
+    """Minimum and maximum of `obj . x` over x >= 0 with rows . x = rhs (max is inf when unbounded)."""
+    a_eq = np.array(rows) if rows else None
+    b_eq = np.array(rhs) if rows else None
+    bounds = [(0, None)] * len(obj)
+    lo = linprog(obj, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs")
+    hi = linprog(-obj, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs")
+    return (float(lo.fun) if lo.success else 0.0), (float(-hi.fun) if hi.success else float("inf"))
+
+
 def _audit(cells: np.ndarray, e: np.ndarray, part: np.ndarray, hidden: np.ndarray, primary: np.ndarray,
            k: np.ndarray) -> list[tuple[int, int, int]]:
     """Primary entries whose feasible range, given everything released, is narrower than k."""
-    S, R, C = cells.shape
     if not primary.any():
         return []
-    nvar = S * R * C
-
-    def coef(idx: tuple[int, int, int]) -> np.ndarray:
-        s, r, c = idx
-        m = np.zeros((S, R, C))
-        ss = slice(None) if s == S else slice(s, s + 1)
-        rr = slice(None) if r == R else slice(r, r + 1)
-        cc = slice(None) if c == C else slice(c, c + 1)
-        m[ss, rr, cc] = 1.0
-        return m.ravel()
-
-    rows, rhs = [], []
-    for idx in zip(*np.nonzero(part & ~hidden), strict=True):
-        rows.append(coef(idx))
-        rhs.append(e[idx])
-    a_eq = np.array(rows) if rows else None
-    b_eq = np.array(rhs) if rows else None
+    shape = cells.shape
+    known = list(zip(*np.nonzero(part & ~hidden), strict=True))
+    rows = [_coef(idx, shape) for idx in known]
+    rhs = [float(e[idx]) for idx in known]
     weak = []
     for idx in zip(*np.nonzero(primary), strict=True):
-        obj = coef(idx)
-        lo = linprog(obj, A_eq=a_eq, b_eq=b_eq, bounds=[(0, None)] * nvar, method="highs")
-        hi = linprog(-obj, A_eq=a_eq, b_eq=b_eq, bounds=[(0, None)] * nvar, method="highs")
-        if not (lo.success and hi.success):
-            continue  # unbounded above: protected
-        if (-hi.fun) - lo.fun < k[idx] - 1e-9:
+        lo, hi = _lp_range(_coef(idx, shape), rows, rhs)
+        if hi - lo < k[idx] - 1e-9:
             weak.append((int(idx[0]), int(idx[1]), int(idx[2])))
     return weak
 
@@ -168,22 +170,7 @@ def _widen(e: np.ndarray, part: np.ndarray, hidden: np.ndarray, idx: tuple[int, 
 
 def range_of(released: Released, cells_shape: tuple[int, int, int], idx: tuple[int, int, int]) -> tuple[float, float]:
     """What an analyst can infer about entry `idx` from the release (for tests and audits)."""
-    S, R, C = cells_shape
-    e = np.nan_to_num(released.values, nan=0.0)
-    part = ~np.isnan(released.values)
-    rows, rhs = [], []
-
-    def coef(i: tuple[int, int, int]) -> np.ndarray:
-        s, r, c = i
-        m = np.zeros((S, R, C))
-        m[slice(None) if s == S else slice(s, s + 1), slice(None) if r == R else slice(r, r + 1),
-          slice(None) if c == C else slice(c, c + 1)] = 1.0
-        return m.ravel()
-
-    for i in zip(*np.nonzero(part), strict=True):
-        rows.append(coef(i))
-        rhs.append(e[i])
-    obj = coef(idx)
-    lo = linprog(obj, A_eq=np.array(rows), b_eq=np.array(rhs), bounds=[(0, None)] * (S * R * C), method="highs")
-    hi = linprog(-obj, A_eq=np.array(rows), b_eq=np.array(rhs), bounds=[(0, None)] * (S * R * C), method="highs")
-    return float(lo.fun), (float(-hi.fun) if hi.success else float("inf"))
+    known = list(zip(*np.nonzero(~np.isnan(released.values)), strict=True))
+    rows = [_coef(i, cells_shape) for i in known]
+    rhs = [float(released.values[i]) for i in known]
+    return _lp_range(_coef(idx, cells_shape), rows, rhs)
