@@ -25,7 +25,7 @@ from federation.ingest.landing import MANIFEST, Manifest, UploadRef, discover_up
 from federation.ingest.publish import publish
 from federation.schema import load_dictionary, load_registry
 from federation.settings import Settings
-from federation.storage import ObjectStore, open_store
+from federation.storage import ObjectStore, TransientStorageError, open_store
 from federation.validation.runner import ValidationRequest, validate_export
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,23 @@ def _manifest_digest(store: ObjectStore, settings: Settings, ref: UploadRef) -> 
 
 def process_upload(settings: Settings, ref: UploadRef, store: ObjectStore | None = None,
                    workdir: Path | None = None) -> CatalogEntry:
-    """Validate one upload, then publish it or quarantine it. Idempotent."""
+    """Validate one upload, then publish it or quarantine it. Idempotent.
+
+    Storage outages raise TransientStorageError (the caller retries). Any other unexpected error is
+    recorded in the catalog as `failed`, with its message, before it is raised.
+    """
     store = store or open_store(settings.storage, "pipeline")
+    try:
+        return _process(settings, ref, store, workdir)
+    except TransientStorageError:
+        raise
+    except Exception as exc:
+        _save(store, settings, CatalogEntry(ref.site_id, ref.upload_id, "failed",
+                                            f"unexpected error: {type(exc).__name__}: {exc}"[:500]))
+        raise
+
+
+def _process(settings: Settings, ref: UploadRef, store: ObjectStore, workdir: Path | None) -> CatalogEntry:
     existing = _get_entry(store, settings, ref)
     if existing is not None and existing.status in FINAL:
         return existing

@@ -154,3 +154,24 @@ def test_upload_retry_resumes_and_reused_id_is_refused(backend: Settings, clean_
     (other / "patients.csv").write_text((other / "patients.csv").read_text() + "\n")
     with pytest.raises(UploadError, match="already used for other content"):
         upload(backend, "site-d", other, upload_id=first.upload_id)
+
+
+def test_an_unexpected_error_is_recorded_as_failed(backend: Settings, clean_exports: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from federation.ingest import pipeline
+
+    m = upload(backend, "site-a", clean_exports / "site-a" / STUDY)
+
+    def broken(*_a: object, **_k: object) -> None:
+        raise RuntimeError("harmonizer bug")
+
+    monkeypatch.setattr(pipeline, "harmonize", broken)
+    with pytest.raises(RuntimeError):
+        process_upload(backend, UploadRef("site-a", m.upload_id, True))
+    store = open_store(backend.storage, "pipeline")
+    (entry,) = read_catalog(store, backend)
+    assert entry.status == "failed" and "harmonizer bug" in entry.message
+    assert store.list("harmonized/") == []
+    monkeypatch.undo()
+    assert [r.upload_id for r in pending_uploads(backend)] == [m.upload_id]  # picked up again next run
+    assert process_upload(backend, UploadRef("site-a", m.upload_id, True)).status == "published"
