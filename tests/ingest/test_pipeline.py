@@ -165,6 +165,7 @@ def test_an_unexpected_error_is_recorded_as_failed(backend: Settings, clean_expo
     def broken(*_a: object, **_k: object) -> None:
         raise RuntimeError("harmonizer bug")
 
+    original = pipeline.harmonize
     monkeypatch.setattr(pipeline, "harmonize", broken)
     with pytest.raises(RuntimeError):
         process_upload(backend, UploadRef("site-a", m.upload_id, True))
@@ -172,6 +173,6 @@ def test_an_unexpected_error_is_recorded_as_failed(backend: Settings, clean_expo
     (entry,) = read_catalog(store, backend)
     assert entry.status == "failed" and "harmonizer bug" in entry.message
     assert store.list("harmonized/") == []
-    monkeypatch.undo()
+    monkeypatch.setattr(pipeline, "harmonize", original)
     assert [r.upload_id for r in pending_uploads(backend)] == [m.upload_id]  # picked up again next run
     assert process_upload(backend, UploadRef("site-a", m.upload_id, True)).status == "published"
