@@ -176,3 +176,19 @@ def test_an_unexpected_error_is_recorded_as_failed(backend: Settings, clean_expo
     monkeypatch.setattr(pipeline, "harmonize", original)
     assert [r.upload_id for r in pending_uploads(backend)] == [m.upload_id]  # picked up again next run
     assert process_upload(backend, UploadRef("site-a", m.upload_id, True)).status == "published"
+
+
+def test_upload_id_reused_after_processing_is_flagged_not_processed(backend: Settings, clean_exports: Path) -> None:
+    m = upload(backend, "site-e", clean_exports / "site-e" / STUDY)
+    (first,) = ingest_all(backend, progress=lambda _m: None)
+    store = open_store(backend.storage, "pipeline")
+    # the same upload id is written again with other content (a buggy or hostile client)
+    key = f"landing/site-e/{m.upload_id}/manifest.json"
+    manifest = json.loads(store.get_bytes(key))
+    manifest["files"][0]["sha256"] = "f" * 64
+    store.put_bytes(key, json.dumps(manifest).encode())
+    assert pending_uploads(backend) == []
+    (entry,) = read_catalog(store, backend)
+    assert entry.status == "published" and entry.version_id == first.version_id
+    assert "reused with different content" in entry.message
+    assert len(list_versions(store, backend.storage, "site-e", STUDY)) == 1

@@ -217,3 +217,31 @@ def test_per_site_differences_withhold_per_site_values(fresh_audit: Settings) ->
     # a third analyst asking the second query first gets the per-site values
     fresh = run_query(second.query, fresh_audit, "walter")
     assert any(not isinstance(v, dict) for r in fresh.payload["rows"] for v in r["per_site"].values())
+
+
+def test_a_site_can_only_make_disclosure_stricter(federated: Settings, tmp_path: Any) -> None:
+    import shutil
+
+    import yaml
+
+    sites = tmp_path / "sites"
+    shutil.copytree(federated.sites_dir, sites)
+    for site, min_cell in (("site-c", 50), ("site-d", 2)):  # site-d asks for a weaker threshold: ignored
+        data = yaml.safe_load((sites / f"{site}.yaml").read_text())
+        data["disclosure"] = {"min_cell": min_cell}
+        (sites / f"{site}.yaml").write_text(yaml.safe_dump(data))
+    settings = federated.model_copy(update={"sites_dir": sites, "audit_log": tmp_path / "audit.jsonl"})
+    r = run_query(Query(study_id=STUDY, group_by=["arm"]), settings, "t")
+    truth = {(s, a): n for s, a, n in pooled(settings, "SELECT site_id, arm, count(*) FROM patients GROUP BY ALL")}
+    for row in r.payload["rows"]:
+        arm = row["group"][0]
+        c = truth.get(("site-c", arm), 0)
+        if 0 < c < 50:
+            assert row["per_site"]["site-c"] == {"suppressed": True}
+        d = truth.get(("site-d", arm), 0)
+        if 0 < d < 5:
+            assert row["per_site"]["site-d"] == {"suppressed": True}
+        # the combined table uses the strictest threshold of the sites taking part
+        combined = row["combined"]
+        assert isinstance(combined, dict) or combined >= 50
+    assert any(0 < truth.get(("site-c", row["group"][0]), 0) < 50 for row in r.payload["rows"])
