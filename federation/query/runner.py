@@ -579,8 +579,10 @@ def compute_km(q: Query, sites: dict[str, SiteData], policies: dict[str, Disclos
         combined = _release_curve(np.asarray(at_risk), np.asarray(events), grid, k)
         combined["risk_table"] = _risk_table(np.asarray(at_risk), grid, k)
         common = _common_points({s: (parts[s][0], parts[s][1]) for s in names}, policies)
-        site_curves = {s: _release_curve(parts[s][0], parts[s][1], grid, policies[s].min_cell, only=common)
-                       for s in names}
+        # a site's number at risk at the start is shown only if every site's is (else: combined minus the rest)
+        start_ok = all(parts[s][0][0] >= policies[s].min_cell or parts[s][0][0] == 0 for s in names)
+        site_curves = {s: _release_curve(parts[s][0], parts[s][1], grid, policies[s].min_cell, only=common,
+                                         show_start=start_ok) for s in names}
         curves.append({"group": [x for x in key], "combined": combined, "per_site": site_curves})
     result.notes.append(f"Kaplan-Meier on a grid of {q.grid_days:g} days: per interval, sites return the number at "
                         "risk, events and censorings; the combined curve equals the pooled estimate on this grid. "
@@ -619,10 +621,11 @@ def _common_points(parts: dict[str, tuple[np.ndarray, np.ndarray]], policies: di
 
 
 def _release_curve(at_risk: np.ndarray, events: np.ndarray, grid: np.ndarray, k: int,
-                   only: set[int] | None = None) -> dict[str, Any]:
+                   only: set[int] | None = None, show_start: bool = True) -> dict[str, Any]:
     surv, var = stats.km_from_counts(at_risk, events)
-    points = [{"day": 0.0, "survival": 1.0, "ci95": [1.0, 1.0], "at_risk": int(at_risk[0]) if at_risk[0] >= k
-               else {"suppressed": True}}] if len(at_risk) else []
+    start = int(at_risk[0]) if len(at_risk) else 0
+    points = [{"day": 0.0, "survival": 1.0, "ci95": [1.0, 1.0],
+               "at_risk": start if show_start and (start >= k or start == 0) else {"suppressed": True}}]
     since = 0
     for j in range(len(at_risk)):
         since += int(events[j])

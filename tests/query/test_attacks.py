@@ -163,6 +163,9 @@ def test_km_hides_small_risk_sets(federated: Settings) -> None:
     # site-a has one NR patient: its curve shows nothing beyond the start, and that start hides the count
     assert nr["per_site"]["site-a"]["points"][0]["at_risk"] == {"suppressed": True}
     assert len(nr["per_site"]["site-a"]["points"]) == 1
+    # ... and so does every other site's start, or combined minus the others would give site-a's one patient
+    assert isinstance(nr["combined"]["points"][0]["at_risk"], int)
+    assert all(c["points"][0]["at_risk"] == {"suppressed": True} for c in nr["per_site"].values())
 
 
 def test_no_raw_minimum_or_maximum_and_no_extreme_quantile(federated: Settings) -> None:
