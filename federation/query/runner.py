@@ -580,9 +580,10 @@ def compute_km(q: Query, sites: dict[str, SiteData], policies: dict[str, Disclos
         combined["risk_table"] = _risk_table(np.asarray(at_risk), grid, k)
         common = _common_points({s: (parts[s][0], parts[s][1]) for s in names}, policies)
         # a site's number at risk at the start is shown only if every site's is (else: combined minus the rest)
-        start_ok = all(parts[s][0][0] >= policies[s].min_cell or parts[s][0][0] == 0 for s in names)
+        risk_ok = {j for j in range(n_int)
+                   if all(parts[s][0][j] >= policies[s].min_cell or parts[s][0][j] == 0 for s in names)}
         site_curves = {s: _release_curve(parts[s][0], parts[s][1], grid, policies[s].min_cell, only=common,
-                                         show_start=start_ok) for s in names}
+                                         risk_ok=risk_ok) for s in names}
         curves.append({"group": [x for x in key], "combined": combined, "per_site": site_curves})
     result.notes.append(f"Kaplan-Meier on a grid of {q.grid_days:g} days: per interval, sites return the number at "
                         "risk, events and censorings; the combined curve equals the pooled estimate on this grid. "
@@ -621,11 +622,17 @@ def _common_points(parts: dict[str, tuple[np.ndarray, np.ndarray]], policies: di
 
 
 def _release_curve(at_risk: np.ndarray, events: np.ndarray, grid: np.ndarray, k: int,
-                   only: set[int] | None = None, show_start: bool = True) -> dict[str, Any]:
+                   only: set[int] | None = None, risk_ok: set[int] | None = None) -> dict[str, Any]:
+    """The released points of one curve. For per-site curves, `only` are the grid points where every
+    site's curve may be shown and `risk_ok` the intervals where every site's number at risk may be."""
     surv, var = stats.km_from_counts(at_risk, events)
-    start = int(at_risk[0]) if len(at_risk) else 0
-    points = [{"day": 0.0, "survival": 1.0, "ci95": [1.0, 1.0],
-               "at_risk": start if show_start and (start >= k or start == 0) else {"suppressed": True}}]
+
+    def risk(j: int) -> Any:
+        n = int(at_risk[j])
+        shown = (n >= k or n == 0) and (risk_ok is None or j in risk_ok)
+        return n if shown else {"suppressed": True}
+
+    points = [{"day": 0.0, "survival": 1.0, "ci95": [1.0, 1.0], "at_risk": risk(0) if len(at_risk) else 0}]
     since = 0
     for j in range(len(at_risk)):
         since += int(events[j])
@@ -636,9 +643,8 @@ def _release_curve(at_risk: np.ndarray, events: np.ndarray, grid: np.ndarray, k:
         if since and since < k:
             continue  # coarsen: wait until k events have accumulated
         lo, hi = stats.log_log_ci(float(surv[j]), float(var[j]))
-        nxt = int(at_risk[j + 1]) if j + 1 < len(at_risk) else None
         points.append({"day": float(grid[j + 1]), "survival": float(surv[j]), "ci95": [lo, hi],
-                       "at_risk": nxt if nxt is not None and nxt >= k else {"suppressed": True}})
+                       "at_risk": risk(j + 1) if j + 1 < len(at_risk) else {"suppressed": True}})
         since = 0
     return {"points": points}
 
