@@ -166,6 +166,13 @@ def test_km_hides_small_risk_sets(federated: Settings) -> None:
     # ... and so does every other site's start, or combined minus the others would give site-a's one patient
     assert isinstance(nr["combined"]["points"][0]["at_risk"], int)
     assert all(c["points"][0]["at_risk"] == {"suppressed": True} for c in nr["per_site"].values())
+    # at every released point, sites' numbers at risk are all shown or all hidden (no subtraction possible)
+    for curve in r.payload["curves"]:
+        site_points = [c["points"] for c in curve["per_site"].values()]
+        assert len({len(pts) for pts in site_points}) == 1
+        for i in range(len(site_points[0])):
+            hidden = {isinstance(pts[i]["at_risk"], dict) for pts in site_points}
+            assert len(hidden) == 1, (curve["group"], i)
 
 
 def test_no_raw_minimum_or_maximum_and_no_extreme_quantile(federated: Settings) -> None:
