@@ -11,6 +11,7 @@ connection, so a site summary can only be computed from that site's rows.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ class SiteData:
     version: Version
     con: duckdb.DuckDBPyConnection
     lock: threading.Lock
+    cached: bool = False
 
     def sql(self, query: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
         with self.lock:
@@ -76,7 +78,25 @@ class SiteData:
         return out
 
     def close(self) -> None:
-        self.con.close()
+        """Close the connection, unless the cache of opened versions keeps it for the next query."""
+        if not self.cached:
+            with self.lock:
+                self.con.close()
+
+
+# Opened versions are kept for the next queries: a version never changes once committed, and its
+# connection is locked against any other access, so reusing it is safe and saves loading the tables.
+_CACHE: OrderedDict[tuple[str, str, str, int, str], SiteData] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+CACHE_SIZE = 32
+
+
+def clear_site_cache() -> None:
+    with _CACHE_LOCK:
+        while _CACHE:
+            _, data = _CACHE.popitem()
+            data.cached = False
+            data.close()
 
 
 def open_site(cfg: StorageConfig, site_id: str, study_id: str, version: int | None = None) -> SiteData:
@@ -87,6 +107,23 @@ def open_site(cfg: StorageConfig, site_id: str, study_id: str, version: int | No
          else latest_version(store, cfg, site_id, study_id))
     if v is None:
         raise SiteUnavailable(f"{site_id} has no published version of {study_id}")
+    key = (cfg.model_dump_json(), site_id, study_id, v.number, v.created)
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    data = _load(cfg, store, identity, site_id, v)
+    with _CACHE_LOCK:
+        data.cached = True
+        _CACHE[key] = data
+        while len(_CACHE) > CACHE_SIZE:
+            _, old = _CACHE.popitem(last=False)
+            old.cached = False
+            old.close()
+    return data
+
+
+def _load(cfg: StorageConfig, store: Any, identity: str, site_id: str, v: Version) -> SiteData:
     con = duckdb.connect(":memory:", config={"threads": 1, "enable_external_access": True})
     if cfg.kind == "local":
         from federation.storage.local import LocalStore
