@@ -513,6 +513,7 @@ def compute_quantiles(q: Query, sites: dict[str, SiteData], policies: dict[str, 
     _, rel = _count_table({s: {key: n_per[s].get(key, 0) for key in ordered} for s in names}, policies, k, ordered)
     S = len(names)
     out_rows = []
+    in_group = "".join(f" AND {ident(g)} IS NOT DISTINCT FROM ?" for g in q.group_by)
     span = max(lo_hi[1] - lo_hi[0], 1.0)
     tol = max(QUANTILE_TOL * span, 1e-9)
     for r, key in enumerate(ordered):
@@ -533,9 +534,7 @@ def compute_quantiles(q: Query, sites: dict[str, SiteData], policies: dict[str, 
                 mid = (lo + hi) / 2
                 below = 0
                 for d in sites.values():
-                    where_key = " AND ".join(f"{ident(g)} IS NOT DISTINCT FROM ?" for g in q.group_by)
-                    extra = f" AND {where_key}" if where_key else ""
-                    below += d.sql(f"SELECT count(*) {frm} AND {col} <= ?{extra}", [*params, mid, *key])[0][0]
+                    below += d.sql(f"SELECT count(*) {frm} AND {col} <= ?{in_group}", [*params, mid, *key])[0][0]
                 if below >= target:
                     hi = mid
                 else:

@@ -96,7 +96,7 @@ def validate_export(request: ValidationRequest, progress: ProgressFn = _no_progr
                     message=f"required file {table}.csv is missing",
                     hint=f"add {table}.csv (file names are <table>.csv)",
                 ))
-            sources[table] = _empty_source(dictionary, table, study, request.site)
+            sources[table] = _empty_source(dictionary, table)
             continue
         progress(f"reading {found.name}")
         try:
@@ -120,7 +120,8 @@ def validate_export(request: ValidationRequest, progress: ProgressFn = _no_progr
     return report
 
 
-def _empty_source(dictionary: Dictionary, table: str, study: Study, site: SiteConfig) -> SourceTable:
+def _empty_source(dictionary: Dictionary, table: str) -> SourceTable:
+    """An absent optional table: no rows, every column present (so cross-table joins still work)."""
     t = dictionary.table(table)
     frame = pd.DataFrame({LINE: pd.Series([], dtype="int64")})
     for name, column in t.columns.items():

@@ -159,3 +159,19 @@ def test_same_query_same_versions_same_result(federated: Settings) -> None:
     a, b = run_query(q, federated, "t"), run_query(q, federated, "t")
     assert a.payload == b.payload and a.versions == b.versions
     assert set(a.versions.values()) == {f"site-{c}/{STUDY}@v1" for c in "abcdef"}
+
+
+def test_grouped_quantiles_within_the_stated_bound(federated: Settings) -> None:
+    r = run_query(Query(study_id=STUDY, statistic="quantiles", column="os_days", probs=[0.5], group_by=["sex"]),
+                  federated, "t")
+    checked = 0
+    for row in r.payload["rows"]:
+        c = row["combined"]
+        if c.get("suppressed") or c["quantiles"]["0.5"].get("suppressed"):
+            continue
+        values = np.array([v for (v,) in pooled(
+            federated, f"SELECT os_days FROM patients WHERE sex = '{row['group'][0]}'")], dtype=float)
+        q = c["quantiles"]["0.5"]
+        assert 0 <= q["value"] - np.quantile(values, 0.5, method="inverted_cdf") <= q["error_bound"] + 1e-9
+        checked += 1
+    assert checked >= 2
