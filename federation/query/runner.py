@@ -372,10 +372,12 @@ def _cell(v: float, suppressed: bool) -> Any:
 
 
 def _count_table(per_site: dict[str, dict[tuple[Any, ...], int]], policies: dict[str, DisclosurePolicy], k: int,
-                 keys: list[tuple[Any, ...]]) -> tuple[np.ndarray, Any]:
+                 keys: list[tuple[Any, ...]], *, totals: bool = True) -> tuple[np.ndarray, Any]:
+    """Suppression of counts by group for every site and combined; `totals` when the result releases
+    the total over the groups too (a count does; the n behind means and quantiles does not)."""
     sites = sorted(per_site)
     cells = np.array([[[per_site[s].get(key, 0)] for key in keys] for s in sites], dtype=float)
-    released = suppress(cells, [policies[s].min_cell for s in sites], k, col_margin=False)
+    released = suppress(cells, [policies[s].min_cell for s in sites], k, col_margin=False, row_margin=totals)
     return cells, released
 
 
@@ -435,7 +437,7 @@ def compute_moments(q: Query, sites: dict[str, SiteData], policies: dict[str, Di
     keys = _sorted_keys({key for c in per_site.values() for key in c}) or [()]
     names = sorted(per_site)
     counts = {s: {key: per_site[s].get(key, (0, 0.0, 0.0))[0] for key in keys} for s in names}
-    _, rel = _count_table(counts, policies, k, keys)
+    _, rel = _count_table(counts, policies, k, keys, totals=False)
     S = len(names)
 
     def describe(m: tuple[int, float, float], hidden: bool) -> dict[str, Any]:
@@ -510,7 +512,8 @@ def compute_quantiles(q: Query, sites: dict[str, SiteData], policies: dict[str, 
             lo_hi = [min(lo_hi[0], float(f[-2])), max(lo_hi[1], float(f[-1]))]
     ordered = _sorted_keys(keys) or [()]
     names = sorted(n_per)
-    _, rel = _count_table({s: {key: n_per[s].get(key, 0) for key in ordered} for s in names}, policies, k, ordered)
+    _, rel = _count_table({s: {key: n_per[s].get(key, 0) for key in ordered} for s in names}, policies, k, ordered,
+                          totals=False)
     S = len(names)
     out_rows = []
     in_group = "".join(f" AND {ident(g)} IS NOT DISTINCT FROM ?" for g in q.group_by)
