@@ -130,7 +130,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="unit of analysis: patients (with diagnosis and outcome), or one row per event")
     qp.add_argument("--stat", default="count",
                     choices=["count", "crosstab", "sum", "mean", "variance", "quantiles", "proportion", "km",
-                             "logistic"], help="the statistic (default count)")
+                             "logistic", "cox"], help="the statistic (default count)")
     qp.add_argument("--by", action="append", default=[], help="group by this column (repeatable)")
     qp.add_argument("--where", action="append", default=[], metavar="'COL OP VALUE'",
                     help="filter, e.g. 'sex == F', 'age_at_diagnosis_years < 5', 'arm in EE4A,DD4A' (repeatable)")
@@ -139,9 +139,10 @@ def _build_parser() -> argparse.ArgumentParser:
     qp.add_argument("--column", help="the variable of sum, mean, variance, quantiles, proportion")
     qp.add_argument("--value", help="proportion: the value whose share is computed")
     qp.add_argument("--prob", action="append", type=float, default=[], help="quantile probability (repeatable)")
-    qp.add_argument("--endpoint", choices=["efs", "os"], default="os", help="Kaplan-Meier endpoint (default os)")
+    qp.add_argument("--endpoint", choices=["efs", "os"], default="os",
+                    help="Kaplan-Meier and Cox endpoint (default os)")
     qp.add_argument("--outcome", help="logistic: 'COL OP VALUE' defining y = 1")
-    qp.add_argument("--covariate", action="append", default=[], help="logistic covariate (repeatable)")
+    qp.add_argument("--covariate", action="append", default=[], help="logistic or Cox covariate (repeatable)")
     qp.add_argument("--site", action="append", default=None, help="only these sites (repeatable)")
     qp.add_argument("--version", action="append", default=[], metavar="SITE=N",
                     help="pin a site's dataset version to reproduce an earlier result")

@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Statistic = Literal["count", "crosstab", "sum", "mean", "variance", "quantiles", "proportion", "km", "logistic"]
+Statistic = Literal["count", "crosstab", "sum", "mean", "variance", "quantiles", "proportion", "km", "logistic",
+                    "cox"]
 Op = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not in"]
 UNIT_TABLES = ("patients", "adverse_events", "treatments")
 
@@ -79,7 +80,8 @@ class Query(BaseModel):
         return hashlib.sha256(self.canonical().encode()).hexdigest()[:16]
 
     def describe(self) -> str:
-        what = {"km": f"Kaplan-Meier {self.endpoint.upper()}", "logistic": "logistic regression"}.get(
+        what = {"km": f"Kaplan-Meier {self.endpoint.upper()}", "logistic": "logistic regression",
+                "cox": f"Cox regression ({self.endpoint.upper()})"}.get(
             self.statistic, self.statistic)
         parts = [f"{what} of {self.table}"]
         if self.column:

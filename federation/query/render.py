@@ -76,10 +76,11 @@ def rows_of(result: Result) -> tuple[list[str], list[list[Any]]]:
                     rows.append([*c["group"], name, f"{pt['day']:.0f}", _fmt(pt["survival"]), _fmt(pt["ci95"][0]),
                                  _fmt(pt["ci95"][1]), _fmt(pt["at_risk"])])
         return header, rows
-    if stat == "logistic":
-        header = ["term", "estimate", "se", "z", "p", "odds ratio", "ci95 low", "ci95 high"]
+    if stat in ("logistic", "cox"):
+        ratio = "odds_ratio" if stat == "logistic" else "hazard_ratio"
+        header = ["term", "estimate", "se", "z", "p", ratio.replace("_", " "), "ci95 low", "ci95 high"]
         return header, [[c["term"], _fmt(c["estimate"]), _fmt(c["se"]), _fmt(c["z"]), _fmt(c["p"]),
-                         _fmt(c["odds_ratio"]), _fmt(c["ci95"][0]), _fmt(c["ci95"][1])] for c in p["coefficients"]]
+                         _fmt(c[ratio]), _fmt(c["ci95"][0]), _fmt(c["ci95"][1])] for c in p["coefficients"]]
     return [], []
 
 

@@ -126,8 +126,13 @@ def _check_columns(q: Query, settings: Settings) -> None:
         if not q.column or q.value is None:
             raise QueryRefused("a proportion needs --column and --value (the share of rows where column == value)")
         need(q.column, "a proportion")
-    if stat == "km" and q.table != "patients":
-        raise QueryRefused("Kaplan-Meier curves are computed on patients", "use --table patients")
+    if stat in ("km", "cox") and q.table != "patients":
+        raise QueryRefused("survival models are computed on patients", "use --table patients")
+    if stat == "cox":
+        if not q.covariates:
+            raise QueryRefused("a Cox model needs at least one --covariate")
+        for c in q.covariates:
+            need(c, "a covariate")
     if stat == "logistic":
         if q.outcome is None or not q.covariates:
             raise QueryRefused("logistic regression needs --outcome and at least one --covariate")
@@ -675,74 +680,116 @@ def _outcome(f: Filter, values: np.ndarray) -> np.ndarray:
     return np.array([1.0 if ops[f.op](x) else 0.0 for x in values])
 
 
-def compute_logistic(q: Query, sites: dict[str, SiteData], policies: dict[str, DisclosurePolicy], k: int,
-                     result: Result) -> dict[str, Any]:
-    assert q.outcome is not None
+def _regression_data(q: Query, sites: dict[str, SiteData], extra: list[str]
+                     ) -> tuple[dict[str, dict[str, Any]], dict[str, list[Any]]]:
+    """Each site's complete cases of the covariates (and `extra` columns), and the categorical levels."""
     types = unit_columns(q.study_id, q.table)
     frm, params = subset(q)
-    cols = list(dict.fromkeys([*q.covariates, q.outcome.column]))
+    cols = list(dict.fromkeys([*q.covariates, *extra]))
     not_null = " AND ".join(f"{ident(c)} IS NOT NULL" for c in cols)
     local = {s: d.arrays(f"SELECT {', '.join(ident(c) for c in cols)} {frm} AND {not_null}", params)
              for s, d in sites.items()}
     categorical = [c for c in q.covariates if types.get(c) in ("string", "bool")]
     levels = {c: sorted({_label(v) for s in local for v in local[s][c]}, key=str) for c in categorical}
-    # disclosure checks before any iteration: rows per parameter, outcome and category counts per site
-    n_total = sum(len(local[s][cols[0]]) for s in local)
+    return local, levels
+
+
+def _regression_checks(q: Query, local: dict[str, dict[str, Any]], levels: dict[str, list[Any]],
+                       policies: dict[str, DisclosurePolicy], outcome: dict[str, np.ndarray], what: str) -> None:
+    """Refuse a model a site's rows cannot safely support (DataSHIELD's nfilter.glm and cell checks)."""
     n_params = 1 + sum(len(levels[c]) - 1 if c in levels else 1 for c in q.covariates)
-    ratio = policies[next(iter(policies))].glm_max_param_ratio
+    ratio = min(p.glm_max_param_ratio for p in policies.values())
     for s, data in local.items():
-        n = len(data[cols[0]])
+        n = len(next(iter(data.values())))
         ks = policies[s].min_cell
         if n_params > ratio * n:
             raise QueryRefused(f"the model has {n_params} parameters, more than {ratio} x the {n} rows at one site",
                                "use fewer covariates or coarser categories")
-        y = _outcome(q.outcome, data[q.outcome.column])
-        if 0 < y.sum() < ks or 0 < n - y.sum() < ks:
-            raise QueryRefused(f"the outcome has fewer than {ks} events or non-events at one site",
+        events = int(outcome[s].sum())
+        if 0 < events < ks or 0 < n - events < ks:
+            raise QueryRefused(f"the {what} has fewer than {ks} events or non-events at one site",
                                "choose a more common outcome")
-        for c in categorical:
+        for c in levels:
             values = [_label(v) for v in data[c]]
             for level in levels[c]:
                 m = values.count(level)
                 if 0 < m < ks:
                     raise QueryRefused(f"category {c} = {level} has fewer than {ks} rows at one site",
                                        f"merge rare categories of {c} or leave it out")
-    designs = {s: _design(q, local[s], levels) for s in local}
-    names = designs[next(iter(designs))][1]
+
+
+def _newton(names: list[str], site_terms: Callable[[np.ndarray], list[tuple[np.ndarray, np.ndarray, float]]]
+            ) -> tuple[np.ndarray, np.ndarray, float, int, bool]:
+    """Newton-Raphson on summed per-site scores and information matrices."""
     beta = np.zeros(len(names))
-    converged, iterations, loglik = False, 0, 0.0
     info = np.eye(len(names))
+    loglik, iterations, converged = 0.0, 0, False
     for iterations in range(1, 51):  # noqa: B007 - the count is reported
-        score = np.zeros(len(names))
-        info = np.zeros((len(names), len(names)))
-        loglik = 0.0
-        for s in local:
-            x, _ = designs[s]
-            y = _outcome(q.outcome, local[s][q.outcome.column])
-            u, i_s, ll = stats.logistic_site(x, y, beta)
-            score += u
-            info += i_s
-            loglik += ll
+        terms = site_terms(beta)
+        score = sum((t[0] for t in terms), np.zeros(len(names)))
+        info = sum((t[1] for t in terms), np.zeros((len(names), len(names))))
+        loglik = float(sum(t[2] for t in terms))
         new = stats.newton_step(beta, score, info)
-        if np.max(np.abs(new - beta)) < 1e-10:
-            beta = new
+        done = bool(np.max(np.abs(new - beta)) < 1e-10)
+        beta = new
+        if done:
             converged = True
             break
-        beta = new
-    cov = np.linalg.inv(info)
-    se = np.sqrt(np.diag(cov))
+    if converged:  # information and log-likelihood at the final estimate
+        terms = site_terms(beta)
+        info = sum((t[1] for t in terms), np.zeros((len(names), len(names))))
+        loglik = float(sum(t[2] for t in terms))
+    return beta, info, loglik, iterations, converged
+
+
+def _coefficients(names: list[str], beta: np.ndarray, info: np.ndarray, ratio_name: str) -> list[dict[str, Any]]:
+    se = np.sqrt(np.diag(np.linalg.inv(info)))
     z, p = stats.z_test(beta, se)
-    coef = [{"term": n, "estimate": float(b), "se": float(e), "z": float(zz), "p": float(pp),
+    return [{"term": n, "estimate": float(b), "se": float(e), "z": float(zz), "p": float(pp),
              "ci95": [float(b - 1.959963984540054 * e), float(b + 1.959963984540054 * e)],
-             "odds_ratio": float(np.exp(b))} for n, b, e, zz, pp in zip(names, beta, se, z, p, strict=True)]
+             ratio_name: float(np.exp(b))} for n, b, e, zz, pp in zip(names, beta, se, z, p, strict=True)]
+
+
+def compute_logistic(q: Query, sites: dict[str, SiteData], policies: dict[str, DisclosurePolicy], k: int,
+                     result: Result) -> dict[str, Any]:
+    assert q.outcome is not None
+    local, levels = _regression_data(q, sites, [q.outcome.column])
+    y = {s: _outcome(q.outcome, local[s][q.outcome.column]) for s in local}
+    _regression_checks(q, local, levels, policies, y, "outcome")
+    designs = {s: _design(q, local[s], levels) for s in local}
+    names = designs[next(iter(designs))][1]
+    beta, info, loglik, iterations, converged = _newton(
+        names, lambda b: [stats.logistic_site(designs[s][0], y[s], b) for s in local])
     result.notes.append("fitted by Newton-Raphson on summed per-site score vectors and information matrices; "
                         "equals the pooled maximum-likelihood fit")
-    return {"statistic": "logistic", "outcome": q.outcome.describe(), "n": n_total, "iterations": iterations,
-            "converged": converged, "log_likelihood": loglik, "coefficients": coef}
+    return {"statistic": "logistic", "outcome": q.outcome.describe(), "n": sum(len(v) for v in y.values()),
+            "iterations": iterations, "converged": converged, "log_likelihood": loglik,
+            "coefficients": _coefficients(names, beta, info, "odds_ratio")}
+
+
+def compute_cox(q: Query, sites: dict[str, SiteData], policies: dict[str, DisclosurePolicy], k: int,
+                result: Result) -> dict[str, Any]:
+    time_col, event_col = f"{q.endpoint}_days", f"{q.endpoint}_event"
+    local, levels = _regression_data(q, sites, [time_col, event_col])
+    events = {s: np.asarray(local[s][event_col], dtype=bool) for s in local}
+    _regression_checks(q, local, levels, policies, {s: e.astype(float) for s, e in events.items()},
+                       f"{q.endpoint.upper()} endpoint")
+    designs = {s: _design(q, local[s], levels) for s in local}
+    names = designs[next(iter(designs))][1][1:]  # no intercept: the baseline hazard is per site
+    x = {s: designs[s][0][:, 1:] for s in local}
+    t = {s: np.asarray(local[s][time_col], dtype=float) for s in local}
+    beta, info, loglik, iterations, converged = _newton(
+        names, lambda b: [stats.cox_site(t[s], events[s], x[s], b) for s in local])
+    result.notes.append("Cox proportional hazards stratified by site (each site its own baseline hazard, Breslow "
+                        "ties), fitted by Newton-Raphson on summed per-site scores and information matrices; "
+                        "equals the pooled fit stratified by site")
+    return {"statistic": "cox", "endpoint": q.endpoint, "n": sum(len(v) for v in t.values()),
+            "events": int(sum(e.sum() for e in events.values())), "iterations": iterations, "converged": converged,
+            "log_likelihood": loglik, "coefficients": _coefficients(names, beta, info, "hazard_ratio")}
 
 
 COMPUTE: dict[str, Callable[[Query, dict[str, SiteData], dict[str, DisclosurePolicy], int, Result], dict[str, Any]]] = {
     "count": compute_count, "crosstab": compute_crosstab, "sum": compute_moments, "mean": compute_moments,
     "variance": compute_moments, "quantiles": compute_quantiles, "proportion": compute_proportion,
-    "km": compute_km, "logistic": compute_logistic,
+    "km": compute_km, "logistic": compute_logistic, "cox": compute_cox,
 }

@@ -175,3 +175,25 @@ def test_grouped_quantiles_within_the_stated_bound(federated: Settings) -> None:
         assert 0 <= q["value"] - np.quantile(values, 0.5, method="inverted_cdf") <= q["error_bound"] + 1e-9
         checked += 1
     assert checked >= 2
+
+
+def test_cox_stratified_by_site_equals_pooled_statsmodels(federated: Settings) -> None:
+    from statsmodels.duration.hazard_regression import PHReg
+
+    q = Query(study_id=STUDY, statistic="cox", endpoint="efs",
+              covariates=["age_at_diagnosis_years", "enrollment_year"])
+    r = run_query(q, federated, "t")
+    assert r.status == "released", r.reason
+    rows = pooled(federated, "SELECT efs_days, efs_event::int, age_at_diagnosis_years, enrollment_year, site_id "
+                             "FROM patients")
+    t = np.array([a for a, *_ in rows], dtype=float)
+    e = np.array([b for _, b, *_ in rows], dtype=int)
+    x = np.array([[c, d] for _, _, c, d, _ in rows], dtype=float)
+    strata = np.array([["abcdef".index(s[-1])] for *_, s in rows]).ravel()
+    fit = PHReg(t, x, status=e, strata=strata, ties="breslow").fit()
+    coef = r.payload["coefficients"]
+    assert [c["term"] for c in coef] == ["age_at_diagnosis_years", "enrollment_year"]
+    assert np.allclose([c["estimate"] for c in coef], fit.params, atol=1e-6, rtol=0)
+    assert np.allclose([c["se"] for c in coef], fit.bse, atol=1e-6, rtol=0)
+    assert r.payload["converged"] and r.payload["events"] == int(e.sum())
+    assert r.payload["log_likelihood"] == pytest.approx(fit.llf, abs=1e-6)
