@@ -355,9 +355,10 @@ def _convert(
             mapping[value] = canon.get(local.upper(), local)
         frame[name] = series.map(mapping)
         return
-    present = _to_object(values).notna()
+    raw = _to_object(values)
+    present = raw.notna()
     if column.type == "date":
-        parsed = date_to_day(_to_object(values), conventions.date_formats)
+        parsed = date_to_day(raw, conventions.date_formats)
     else:
         text = values
         if column.type == "decimal" and conventions.decimal_mark == ",":
@@ -368,7 +369,7 @@ def _convert(
         parsed = pd.Series(numbers.to_numpy(zero_copy_only=False), dtype="float64")
     frame[name] = parsed.to_numpy()
     invalid = present & parsed.isna()
-    frame[name + INVALID_SUFFIX] = _to_object(values).where(invalid, None)
+    frame[name + INVALID_SUFFIX] = raw.where(invalid, None)
 
 
 def read_progress_printer(stream: object = sys.stderr) -> ProgressFn:
