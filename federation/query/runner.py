@@ -157,11 +157,11 @@ def run_query(q: Query, settings: Settings, analyst: str, *, audit: AuditLog | N
         consortium = load_query_policy(settings.query_policy).disclosure
         sites_data = _open_sites(q, settings, result)
         policies = {s: _site_policy(consortium, settings, s) for s in sites_data}
-        _take_part(q, sites_data, policies, result)
+        base_rows = _take_part(q, sites_data, policies, result)
         if not sites_data:
             raise QueryRefused("no site can take part in this query", "check the study id and published data")
         k = max(p.min_cell for p in policies.values())
-        _subset_guard(q, sites_data, policies, k)
+        _subset_guard(q, sites_data, policies, k, base_rows)
         combined_only = _differencing_guard(q, sites_data, policies, audit, analyst, k, consortium)
         result.payload = COMPUTE[q.statistic](q, sites_data, policies, k, result)
         if combined_only:
@@ -258,13 +258,19 @@ def _open_sites(q: Query, settings: Settings, result: Result) -> dict[str, SiteD
     return opened
 
 
-def _take_part(q: Query, sites: dict[str, SiteData], policies: dict[str, DisclosurePolicy], result: Result) -> None:
+def _take_part(q: Query, sites: dict[str, SiteData], policies: dict[str, DisclosurePolicy],
+               result: Result) -> dict[str, int]:
+    """Drop the sites with too few rows in the unit table; the row count of each site that takes part."""
+    base_rows: dict[str, int] = {}
     for site in list(sites):
         n = sites[site].sql(f"SELECT count(*) FROM unit_{q.table}")[0][0]
+        base_rows[site] = int(n)
         if n < policies[site].min_site_rows:
             result.excluded[site] = f"fewer than {policies[site].min_site_rows} rows in {q.table}: does not take part"
             result.versions.pop(site, None)
             sites.pop(site).close()
+            del base_rows[site]
+    return base_rows
 
 
 def _counts(site: SiteData, q: Query, dims: list[str], filters_sql: tuple[str, list[Any]] | None = None
@@ -275,13 +281,14 @@ def _counts(site: SiteData, q: Query, dims: list[str], filters_sql: tuple[str, l
     return {tuple(r[:-1]): int(r[-1]) for r in rows}
 
 
-def _subset_guard(q: Query, sites: dict[str, SiteData], policies: dict[str, DisclosurePolicy], k: int) -> None:
+def _subset_guard(q: Query, sites: dict[str, SiteData], policies: dict[str, DisclosurePolicy], k: int,
+                  base_rows: dict[str, int]) -> None:
     if not q.filters and not q.exists:
         return
     totals = [0, 0]
+    frm, params = subset(q)
     for site, data in sites.items():
-        base = data.sql(f"SELECT count(*) FROM unit_{q.table}")[0][0]
-        frm, params = subset(q)
+        base = base_rows[site]
         chosen = data.sql(f"SELECT count(*) {frm}", params)[0][0]
         ks = policies[site].min_cell
         totals[0] += base
