@@ -37,8 +37,9 @@ def main() -> int:
 
     from federation.ingest.landing import upload_export
     from federation.ingest.pipeline import ingest_all
-    from federation.query import Query, run_query
-    from federation.query import stats as fstats
+    from federation.query import Query, run_local
+    from federation.query.central import combine as fstats
+    from federation.query.site import estimating
     from federation.settings import Settings
     from federation.storage import StorageConfig, open_store
     from federation.synth import synthesize
@@ -81,7 +82,8 @@ def main() -> int:
         curves = {}
         for arm in np.unique(data["arm"]):
             m = data["arm"] == arm
-            n, d, _ = fstats.km_grid_counts(data["efs_days"][m].astype(float), data["efs_event"][m].astype(bool), grid)
+            n, d, _ = estimating.km_grid_counts(data["efs_days"][m].astype(float),
+                                                data["efs_event"][m].astype(bool), grid)
             curves[arm] = fstats.km_from_counts(n, d)
         return curves
 
@@ -96,22 +98,22 @@ def main() -> int:
 
     print(f"{n_sites} sites, {n_patients:,} patients; {args.repeat} runs each", flush=True)
     analyst = f"bench-{time.time_ns()}"
-    from federation.query.sites import clear_site_cache
+    from federation.query.site.data import clear_site_cache
 
     def cold(q: Query) -> object:
         clear_site_cache()  # every site's tables loaded again, as for the first query on new versions
-        return run_query(q, settings, analyst)
+        return run_local(q, settings, analyst)
 
     res = {
         "crosstab_federated_cold": timed(lambda: cold(q_crosstab), "federated crosstab, sites opened"),
-        "crosstab_federated": timed(lambda: run_query(q_crosstab, settings, analyst),
+        "crosstab_federated": timed(lambda: run_local(q_crosstab, settings, analyst),
                                     "federated crosstab, sites already open"),
         "crosstab_floor": timed(floor_crosstab, "pooled DuckDB crosstab (floor)"),
         "km_federated_cold": timed(lambda: cold(q_km), "federated Kaplan-Meier, sites opened"),
-        "km_federated": timed(lambda: run_query(q_km, settings, analyst), "federated Kaplan-Meier, sites already open"),
+        "km_federated": timed(lambda: run_local(q_km, settings, analyst), "federated Kaplan-Meier, sites already open"),
         "km_floor": timed(floor_km, "pooled DuckDB Kaplan-Meier (floor)"),
     }
-    check = run_query(q_crosstab, settings, analyst)
+    check = run_local(q_crosstab, settings, analyst)
     assert check.status == "released", check.reason
     med = {k: statistics.median(v) for k, v in res.items()}
     summary = {"sites": n_sites, "patients": n_patients, "repeat": args.repeat,

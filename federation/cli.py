@@ -324,7 +324,7 @@ def parse_filter(text: str) -> dict[str, object]:
 def _query(args: argparse.Namespace) -> int:
     import getpass
 
-    from federation.query import Query, run_query
+    from federation.query import Query, run_local
     from federation.query.render import plot, to_csv, to_json, to_markdown, to_text
     from federation.settings import load_settings
 
@@ -348,7 +348,7 @@ def _query(args: argparse.Namespace) -> int:
         print(f"error: the query is not valid:\n{exc}", file=sys.stderr)
         return 2
     settings = load_settings(args.config)
-    result = run_query(q, settings, args.analyst or getpass.getuser())
+    result = run_local(q, settings, args.analyst or getpass.getuser())
     render = {"table": to_text, "csv": to_csv, "json": to_json, "md": to_markdown}[args.format]
     text = render(result)
     if args.output:
@@ -362,7 +362,7 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from federation.query.audit import AuditLog
+    from federation.query.central.audit import AuditLog
     from federation.settings import load_settings
 
     log = AuditLog(load_settings(args.config).audit_log)

@@ -67,8 +67,9 @@ class SiteConventions(BaseModel):
         return value
 
 
-class SiteDisclosure(BaseModel):
-    """A site's own disclosure thresholds; they can only make the consortium's stricter."""
+class SiteThresholds(BaseModel):
+    """A site's own disclosure thresholds, applied by its node; they can only make the consortium's
+    `ConsortiumDisclosurePolicy` stricter (a lower value than the consortium's is ignored)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -85,7 +86,7 @@ class SiteConfig(BaseModel):
     name: str
     studies: list[str] = Field(default_factory=list)
     conventions: SiteConventions = Field(default_factory=SiteConventions)
-    disclosure: SiteDisclosure = Field(default_factory=SiteDisclosure)
+    disclosure: SiteThresholds = Field(default_factory=SiteThresholds)
 
     @classmethod
     def from_yaml(cls, path: Path) -> SiteConfig:

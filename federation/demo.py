@@ -20,7 +20,7 @@ from federation.config import SiteConfig
 from federation.ingest.landing import upload_export
 from federation.ingest.pipeline import read_catalog
 from federation.orchestration import run_dag
-from federation.query import Filter, Query, run_query
+from federation.query import Filter, Query, run_local
 from federation.query.render import to_text
 from federation.settings import load_settings
 from federation.storage import open_store
@@ -94,7 +94,7 @@ def run_demo(workdir: Path, n_sites: int = 5, patients: int = 300) -> int:
                     covariates=["age_at_diagnosis_years", "enrollment_year"]),
               Query(study_id=DEMO_STUDY, group_by=["arm"], filters=[Filter(column="age_group", op="!=", value="<1")])):
         print()
-        r = run_query(q, settings, "demo-analyst")
+        r = run_local(q, settings, "demo-analyst")
         text = to_text(r).splitlines()
         if q.statistic == "mean":  # combined rows only, to keep the demo short
             text = [line for line in text if "site-" not in line or line.startswith("versions")]

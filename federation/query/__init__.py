@@ -1,15 +1,34 @@
-"""Federated statistics with disclosure control.
+"""Federated statistics with disclosure control, split at the trust boundary.
 
-Each site's summary is computed by DuckDB on that site's published version
-only, with that site's read credentials; only summaries leave a site, and
-every released number passes disclosure control per site and combined.
-`run_query` is the Python API; `federation query` and the consortium report
-call it.
+- `site/`: what runs inside a site node, next to the site's data: per-site summaries only
+  (`site.summaries` lists everything that may leave a site) and the site's own guards.
+- `central/`: what runs in the query service: combination, disclosure control, audit.
+- `model` (the query an analyst asks), `policy` and `columns` are shared by both.
+
+`run_local` runs a query with every site answered in this process (tests, benchmarks); analysts ask
+through the query service (`federation.service`, `federation.client`).
 """
 
 from __future__ import annotations
 
-from federation.query.model import Exists, Filter, Query
-from federation.query.runner import run_query
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["Exists", "Filter", "Query", "run_query"]
+from federation.query.model import Exists, Filter, Query
+
+if TYPE_CHECKING:
+    from federation.query.central.runner import Result
+    from federation.settings import Settings
+
+__all__ = ["Exists", "Filter", "Query", "run_local"]
+
+
+def run_local(q: Query, settings: Settings, analyst: str, *, audit_log: Path | None = None) -> Result:
+    """Run `q` with every site answered in this process, with the policy and audit log of `settings`."""
+    from federation.query.central.audit import AuditLog
+    from federation.query.central.gateway import InProcessGateway
+    from federation.query.central.runner import run_query
+    from federation.query.policy import load_query_policy
+
+    return run_query(q, InProcessGateway(settings), load_query_policy(settings.query_policy),
+                     AuditLog(audit_log or settings.audit_log), analyst)

@@ -1,4 +1,10 @@
-"""Disclosure policy and the per-study column allow-list, from infra/query-policy.yaml."""
+"""The consortium's query policy, from infra/query-policy.yaml: its disclosure thresholds
+(`ConsortiumDisclosurePolicy`) and the per-study allow-list of queryable columns.
+
+Both the query service (central disclosure control) and every site node (its own checks before it
+answers) read it. A site may only tighten the thresholds (`SiteThresholds` in its site configuration);
+`effective_thresholds` combines the two.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,16 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from federation.config import SiteThresholds
 from federation.exceptions import ConfigurationError
 from federation.paths import INFRA_DIR
 
 NEVER_QUERYABLE = {"pid", "upload_id", "schema_version", "study_id", "ae_term", "patient_id"}
 
 
-class DisclosurePolicy(BaseModel):
+class ConsortiumDisclosurePolicy(BaseModel):
+    """The consortium's disclosure thresholds: held by the query service, never by an analyst."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     min_cell: int = Field(5, ge=2)
@@ -23,23 +32,28 @@ class DisclosurePolicy(BaseModel):
     quantile_probs: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
     differencing_lookback: int = Field(200, ge=0)
 
-    def stricter(self, other: DisclosurePolicy | None) -> DisclosurePolicy:
-        """The stricter of two policies, setting by setting (a site may only tighten)."""
-        if other is None:
-            return self
-        return DisclosurePolicy(
-            min_cell=max(self.min_cell, other.min_cell),
-            min_site_rows=max(self.min_site_rows, other.min_site_rows),
-            glm_max_param_ratio=min(self.glm_max_param_ratio, other.glm_max_param_ratio),
-            quantile_probs=tuple(p for p in self.quantile_probs if p in other.quantile_probs),
-            differencing_lookback=max(self.differencing_lookback, other.differencing_lookback),
-        )
+
+class EffectiveThresholds(BaseModel):
+    """The thresholds one site applies: the consortium's, tightened by the site's own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_cell: int = Field(ge=2)
+    min_site_rows: int = Field(ge=1)
+    glm_max_param_ratio: float = Field(gt=0, le=1)
+
+
+def effective_thresholds(consortium: ConsortiumDisclosurePolicy, site: SiteThresholds | None) -> EffectiveThresholds:
+    site = site or SiteThresholds()
+    return EffectiveThresholds(min_cell=max(consortium.min_cell, site.min_cell),
+                               min_site_rows=max(consortium.min_site_rows, site.min_site_rows),
+                               glm_max_param_ratio=consortium.glm_max_param_ratio)
 
 
 class QueryPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    disclosure: DisclosurePolicy = Field(default_factory=lambda: DisclosurePolicy())
+    disclosure: ConsortiumDisclosurePolicy = Field(default_factory=lambda: ConsortiumDisclosurePolicy())
     columns: dict[str, dict[str, list[str]]]
 
     def allowed(self, study_id: str, table: str) -> list[str]:
@@ -54,4 +68,7 @@ class QueryPolicy(BaseModel):
 def load_query_policy(path: Path = INFRA_DIR / "query-policy.yaml") -> QueryPolicy:
     if not path.exists():
         raise ConfigurationError(f"query policy {path} does not exist")
-    return QueryPolicy.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    try:
+        return QueryPolicy.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except ValueError as exc:
+        raise ConfigurationError(f"query policy {path} is invalid:\n{exc}") from exc

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from federation.query.runner import Result
+from federation.query.central.runner import Result
 
 HIDDEN = "<5"
 

@@ -13,9 +13,10 @@ from typing import Any
 import yaml
 
 from federation.paths import INFRA_DIR
+from federation.query import run_local
+from federation.query.central.runner import Result
 from federation.query.model import Query
 from federation.query.render import plot, rows_of, to_csv
-from federation.query.runner import Result, run_query
 from federation.schema import load_registry
 from federation.settings import Settings
 
@@ -23,7 +24,7 @@ DEFAULT_SPEC = INFRA_DIR / "reports" / "consortium.yaml"
 
 
 def studies_with_data(settings: Settings) -> list[str]:
-    from federation.query.runner import _published_sites
+    from federation.query.central.gateway import published_sites as _published_sites
 
     return [s.study_id for s in load_registry().studies if _published_sites(settings, s.study_id)]
 
@@ -39,7 +40,7 @@ def build_report(settings: Settings, out: Path, spec_path: Path = DEFAULT_SPEC,
         for item in spec["queries"]:
             q = Query.model_validate({**item["query"], "study_id": study})
             progress(f"  {study}: {item['title']}")
-            r = run_query(q, settings, spec.get("analyst", "consortium-report"))
+            r = run_local(q, settings, spec.get("analyst", "consortium-report"))
             results.append(r)
             sections.append(_section(item, r, out, study))
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -79,7 +79,7 @@ def test_consortium_report_dag_builds_the_report(federated_settings_file: Path, 
     assert "Enrollment by site and arm" in html and "Overall survival by risk group" in html
     assert html.count("data:image/png;base64,") >= 7
     assert len(list((settings.report_dir / "latest").glob("*.csv"))) >= 7
-    from federation.query.audit import AuditLog
+    from federation.query.central.audit import AuditLog
 
     entries = AuditLog(settings.audit_log).entries()
     assert {e["analyst"] for e in entries} == {"consortium-report"} and len(entries) >= 7

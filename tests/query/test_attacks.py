@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pytest
 
-from federation.query import Filter, Query, run_query, runner
-from federation.query import disclosure as dc
+from federation.query import Filter, Query, run_local
+from federation.query.central import disclosure as dc
+from federation.query.guard import switched_off
 from federation.settings import Settings
 from tests.federated import STUDY, pooled
 
@@ -26,27 +26,24 @@ def _young_site(settings: Settings) -> tuple[str, int]:
 
 
 # --- differencing: two queries that differ by a few patients ---------------------------------------------
-def test_filter_excluding_a_few_patients_is_refused(fresh_audit: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_filter_excluding_a_few_patients_is_refused(fresh_audit: Settings) -> None:
     site, n_young = _young_site(fresh_audit)
     everyone = Query(study_id=STUDY, sites=[site])
     all_but_infants = Query(study_id=STUDY, sites=[site], filters=[Filter(column="age_group", op="!=", value="<1")])
 
-    # without the subset guard the attack works: the difference is the number of infants
-    monkeypatch.setattr(runner, "_subset_guard", lambda *a, **k: None)
-    monkeypatch.setattr(runner, "_differencing_guard", lambda *a, **k: None)
-    a = run_query(everyone, fresh_audit, "mallory")
-    b = run_query(all_but_infants, fresh_audit, "mallory")
+    # without the subset guards (service and site) the attack works: the difference is the number of infants
+    with switched_off("subset", "site_subset", "differencing"):
+        a = run_local(everyone, fresh_audit, "mallory")
+        b = run_local(all_but_infants, fresh_audit, "mallory")
     assert _value(a.payload["total"]["combined"]) - _value(b.payload["total"]["combined"]) == n_young  # type: ignore[operator]
 
-    monkeypatch.undo()
-    run_query(everyone, fresh_audit, "eve")
-    refused = run_query(all_but_infants, fresh_audit, "eve")
+    run_local(everyone, fresh_audit, "eve")
+    refused = run_local(all_but_infants, fresh_audit, "eve")
     assert refused.status == "refused"
     assert "leaves fewer than 5 rows out" in refused.reason and refused.suggestion
 
 
-def test_nested_filters_that_differ_by_one_patient_are_refused(fresh_audit: Settings,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nested_filters_that_differ_by_one_patient_are_refused(fresh_audit: Settings) -> None:
     # two thresholds with exactly one patient between them: each filter alone passes the subset guard
     ages = sorted(v for (v,) in pooled(fresh_audit, "SELECT age_at_diagnosis_years FROM patients"))
     i = len(ages) // 2
@@ -54,29 +51,27 @@ def test_nested_filters_that_differ_by_one_patient_are_refused(fresh_audit: Sett
     q1 = Query(study_id=STUDY, filters=[Filter(column="age_at_diagnosis_years", op="<", value=lo)])
     q2 = Query(study_id=STUDY, filters=[Filter(column="age_at_diagnosis_years", op="<", value=hi)])
 
-    monkeypatch.setattr(runner, "_differencing_guard", lambda *a, **k: None)
-    a, b = run_query(q1, fresh_audit, "mallory"), run_query(q2, fresh_audit, "mallory")
+    with switched_off("differencing"):
+        a, b = run_local(q1, fresh_audit, "mallory"), run_local(q2, fresh_audit, "mallory")
     assert a.status == b.status == "released"
     assert _value(b.payload["total"]["combined"]) - _value(a.payload["total"]["combined"]) == 1  # type: ignore[operator]
 
-    monkeypatch.undo()
-    assert run_query(q1, fresh_audit, "eve").status == "released"
-    refused = run_query(q2, fresh_audit, "eve")
+    assert run_local(q1, fresh_audit, "eve").status == "released"
+    refused = run_local(q2, fresh_audit, "eve")
     assert refused.status == "refused" and "differencing" in refused.reason
     # another analyst has no earlier query: the guard is per analyst's history
-    assert run_query(q2, fresh_audit, "trent").status == "released"
+    assert run_local(q2, fresh_audit, "trent").status == "released"
 
 
-def test_filter_selecting_a_tiny_subset_is_refused(fresh_audit: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_filter_selecting_a_tiny_subset_is_refused(fresh_audit: Settings) -> None:
     site, n_young = _young_site(fresh_audit)
     infants = Query(study_id=STUDY, sites=[site], filters=[Filter(column="age_group", op="==", value="<1")],
                     statistic="mean", column="os_days")
-    monkeypatch.setattr(runner, "_subset_guard", lambda *a, **k: None)
-    leaked = run_query(infants, fresh_audit, "mallory")
+    with switched_off("subset", "site_subset"):
+        leaked = run_local(infants, fresh_audit, "mallory")
     # the count is suppressed, but without the guard the analyst learns that the subset exists and is small
     assert leaked.status == "released"
-    monkeypatch.undo()
-    refused = run_query(infants, fresh_audit, "eve")
+    refused = run_local(infants, fresh_audit, "eve")
     assert refused.status == "refused" and "selects fewer than 5 rows" in refused.reason
     del n_young
 
@@ -106,19 +101,16 @@ def _recover_by_subtraction(result: Any, site: str) -> list[int]:
     return guesses
 
 
-def test_suppressed_cell_cannot_be_recovered_from_margins_or_other_sites(
-        fresh_audit: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_suppressed_cell_cannot_be_recovered_from_margins_or_other_sites(fresh_audit: Settings) -> None:
     q = Query(study_id=STUDY, group_by=["arm"])
     # without complementary suppression, site-a's single NR patient is recovered by subtraction
-    monkeypatch.setattr(dc, "_complement_lines", lambda *a, **k: None)
-    monkeypatch.setattr(dc, "_audit", lambda *a, **k: [])
-    naive = run_query(q, fresh_audit, "mallory")
+    with switched_off("complementary_suppression"):
+        naive = run_local(q, fresh_audit, "mallory")
     nr = next(r for r in naive.payload["rows"] if r["group"] == ["NR"])
     assert nr["per_site"]["site-a"] == {"suppressed": True}
     assert 1 in _recover_by_subtraction(naive, "site-a")
 
-    monkeypatch.undo()
-    safe = run_query(q, fresh_audit, "eve")
+    safe = run_local(q, fresh_audit, "eve")
     assert _recover_by_subtraction(safe, "site-a") == []
     # and no linear combination of released numbers pins it down: its feasible range is at least k wide
     names = safe.sites
@@ -152,7 +144,7 @@ def test_lp_audit_catches_what_line_rules_miss() -> None:
 
 
 def test_km_hides_small_risk_sets(federated: Settings) -> None:
-    r = run_query(Query(study_id=STUDY, statistic="km", endpoint="os", group_by=["arm"]), federated, "t")
+    r = run_local(Query(study_id=STUDY, statistic="km", endpoint="os", group_by=["arm"]), federated, "t")
     for curve in r.payload["curves"]:
         for pt in curve["combined"]["points"]:
             n = pt["at_risk"]
@@ -176,11 +168,11 @@ def test_km_hides_small_risk_sets(federated: Settings) -> None:
 
 
 def test_no_raw_minimum_or_maximum_and_no_extreme_quantile(federated: Settings) -> None:
-    r = run_query(Query(study_id=STUDY, statistic="mean", column="age_at_diagnosis_years"), federated, "t")
+    r = run_local(Query(study_id=STUDY, statistic="mean", column="age_at_diagnosis_years"), federated, "t")
     text = str(r.payload)
     lo, hi = pooled(federated, "SELECT min(age_at_diagnosis_years), max(age_at_diagnosis_years) FROM patients")[0]
     assert "min" not in r.payload["rows"][0]["combined"] and str(lo) not in text and str(hi) not in text
-    refused = run_query(Query(study_id=STUDY, statistic="quantiles", column="age_at_diagnosis_years", probs=[1.0]),
+    refused = run_local(Query(study_id=STUDY, statistic="quantiles", column="age_at_diagnosis_years", probs=[1.0]),
                         federated, "t")
     assert refused.status == "refused" and "extreme quantiles" in refused.reason
 
@@ -189,7 +181,7 @@ def test_identifiers_and_free_text_are_never_queryable(federated: Settings) -> N
     for q in (Query(study_id=STUDY, group_by=["pid"]), Query(study_id=STUDY, table="adverse_events",
                                                               group_by=["ae_term"]),
               Query(study_id=STUDY, filters=[Filter(column="upload_id", op="==", value="x")])):
-        r = run_query(q, federated, "t")
+        r = run_local(q, federated, "t")
         assert r.status == "refused" and "never queryable" in r.reason
 
 
@@ -203,7 +195,7 @@ def test_site_below_minimum_rows_does_not_take_part(federated: Settings, tmp_pat
     from federation.query.policy import load_query_policy
 
     load_query_policy.cache_clear()
-    r = run_query(Query(study_id=STUDY), federated.model_copy(update={"query_policy": strict}), "t")
+    r = run_local(Query(study_id=STUDY), federated.model_copy(update={"query_policy": strict}), "t")
     sizes = dict(pooled(federated, "SELECT site_id, count(*) FROM patients GROUP BY 1"))
     assert set(r.excluded) == {s for s, n in sizes.items() if n < 100}
     assert r.payload["total"]["combined"] == sum(n for n in sizes.values() if n >= 100)
@@ -214,8 +206,8 @@ def test_per_site_differences_withhold_per_site_values(fresh_audit: Settings) ->
     # site-a's NR values of the two results would differ by one patient; the combined values differ by many
     (sex,) = pooled(fresh_audit, "SELECT sex FROM patients WHERE site_id = 'site-a' AND arm = 'NR'")[0]
     other = "F" if sex == "M" else "M"
-    first = run_query(Query(study_id=STUDY, group_by=["arm"]), fresh_audit, "eve")
-    second = run_query(Query(study_id=STUDY, group_by=["arm"], filters=[Filter(column="sex", op="==", value=other)]),
+    first = run_local(Query(study_id=STUDY, group_by=["arm"]), fresh_audit, "eve")
+    second = run_local(Query(study_id=STUDY, group_by=["arm"], filters=[Filter(column="sex", op="==", value=other)]),
                        fresh_audit, "eve")
     assert first.status == second.status == "released", second.reason
     assert all(v == {"suppressed": True} for r in second.payload["rows"] for v in r["per_site"].values())
@@ -225,7 +217,7 @@ def test_per_site_differences_withhold_per_site_values(fresh_audit: Settings) ->
         if not isinstance(r["combined"], dict):
             assert r["combined"] == truth[r["group"][0]]
     # a third analyst asking the second query first gets the per-site values
-    fresh = run_query(second.query, fresh_audit, "walter")
+    fresh = run_local(second.query, fresh_audit, "walter")
     assert any(not isinstance(v, dict) for r in fresh.payload["rows"] for v in r["per_site"].values())
 
 
@@ -241,7 +233,7 @@ def test_a_site_can_only_make_disclosure_stricter(federated: Settings, tmp_path:
         data["disclosure"] = {"min_cell": min_cell}
         (sites / f"{site}.yaml").write_text(yaml.safe_dump(data))
     settings = federated.model_copy(update={"sites_dir": sites, "audit_log": tmp_path / "audit.jsonl"})
-    r = run_query(Query(study_id=STUDY, group_by=["arm"]), settings, "t")
+    r = run_local(Query(study_id=STUDY, group_by=["arm"]), settings, "t")
     truth = {(s, a): n for s, a, n in pooled(settings, "SELECT site_id, arm, count(*) FROM patients GROUP BY ALL")}
     for row in r.payload["rows"]:
         arm = row["group"][0]

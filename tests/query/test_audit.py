@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from federation.cli import main
-from federation.query import Query, run_query
-from federation.query.audit import AuditLog
+from federation.query import Query, run_local
+from federation.query.central.audit import AuditLog
 from federation.settings import Settings
 from tests.federated import STUDY
 
@@ -18,7 +18,7 @@ from tests.federated import STUDY
 def logged(fresh_audit: Settings) -> Settings:
     for q in (Query(study_id=STUDY), Query(study_id=STUDY, group_by=["arm"]),
               Query(study_id=STUDY, group_by=["pid"]), Query(study_id=STUDY, group_by=["sex"])):
-        run_query(q, fresh_audit, "alice")
+        run_local(q, fresh_audit, "alice")
     return fresh_audit
 
 

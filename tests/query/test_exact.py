@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from federation.query import Filter, Query, run_query
+from federation.query import Filter, Query, run_local
 from federation.settings import Settings
 from tests.federated import STUDY, pooled
 
@@ -17,14 +17,14 @@ def _released(v: object) -> bool:
 
 
 def test_six_sites_of_different_sizes_take_part(federated: Settings) -> None:
-    r = run_query(Query(study_id=STUDY), federated, "t")
+    r = run_local(Query(study_id=STUDY), federated, "t")
     sizes = sorted(r.payload["total"]["per_site"].values())
     assert len(sizes) == 6 and sizes[-1] >= 3 * sizes[0]
     assert r.payload["total"]["combined"] == pooled(federated, "SELECT count(*) FROM patients")[0][0]
 
 
 def test_count_by_group_equals_pooled(federated: Settings) -> None:
-    r = run_query(Query(study_id=STUDY, group_by=["arm"]), federated, "t")
+    r = run_local(Query(study_id=STUDY, group_by=["arm"]), federated, "t")
     truth = dict(pooled(federated, "SELECT arm, count(*) FROM patients GROUP BY arm"))
     released = 0
     for row in r.payload["rows"]:
@@ -38,7 +38,7 @@ def test_count_by_group_equals_pooled(federated: Settings) -> None:
 
 
 def test_crosstab_equals_pooled(federated: Settings) -> None:
-    r = run_query(Query(study_id=STUDY, statistic="crosstab", group_by=["stage", "histology_risk"]), federated, "t")
+    r = run_local(Query(study_id=STUDY, statistic="crosstab", group_by=["stage", "histology_risk"]), federated, "t")
     p = r.payload
     truth = {(a, b): n for a, b, n in pooled(
         federated, "SELECT stage, histology_risk, count(*) FROM unit_patients GROUP BY ALL")}
@@ -57,7 +57,7 @@ def test_crosstab_equals_pooled(federated: Settings) -> None:
 
 
 def test_mean_and_variance_equal_pooled(federated: Settings) -> None:
-    r = run_query(Query(study_id=STUDY, statistic="variance", column="age_at_diagnosis_years", group_by=["sex"]),
+    r = run_local(Query(study_id=STUDY, statistic="variance", column="age_at_diagnosis_years", group_by=["sex"]),
                   federated, "t")
     for row in r.payload["rows"]:
         c = row["combined"]
@@ -72,13 +72,13 @@ def test_mean_and_variance_equal_pooled(federated: Settings) -> None:
 
 
 def test_sum_equals_pooled(federated: Settings) -> None:
-    r = run_query(Query(study_id=STUDY, statistic="sum", column="os_days"), federated, "t")
+    r = run_local(Query(study_id=STUDY, statistic="sum", column="os_days"), federated, "t")
     total = pooled(federated, "SELECT sum(os_days) FROM patients")[0][0]
     assert r.payload["rows"][0]["combined"]["sum"] == pytest.approx(total, rel=1e-12)
 
 
 def test_quantiles_within_the_stated_bound(federated: Settings) -> None:
-    r = run_query(Query(study_id=STUDY, statistic="quantiles", column="age_at_diagnosis_years",
+    r = run_local(Query(study_id=STUDY, statistic="quantiles", column="age_at_diagnosis_years",
                         probs=[0.25, 0.5, 0.75]), federated, "t")
     values = np.array([v for (v,) in pooled(federated, "SELECT age_at_diagnosis_years FROM patients")])
     for prob, q in r.payload["rows"][0]["combined"]["quantiles"].items():
@@ -87,7 +87,7 @@ def test_quantiles_within_the_stated_bound(federated: Settings) -> None:
 
 
 def test_proportion_equals_pooled(federated: Settings) -> None:
-    r = run_query(Query(study_id=STUDY, statistic="proportion", column="efs_event", value=True), federated, "t")
+    r = run_local(Query(study_id=STUDY, statistic="proportion", column="efs_event", value=True), federated, "t")
     x, n = pooled(federated, "SELECT sum(efs_event::int), count(*) FROM patients")[0]
     c = r.payload["rows"][0]["combined"]
     assert (c["x"], c["n"]) == (x, n)
@@ -98,7 +98,7 @@ def test_kaplan_meier_on_the_grid_equals_pooled(federated: Settings) -> None:
     from statsmodels.duration.survfunc import SurvfuncRight
 
     q = Query(study_id=STUDY, statistic="km", endpoint="efs")
-    r = run_query(q, federated, "t")
+    r = run_local(q, federated, "t")
     rows = pooled(federated, "SELECT efs_days, efs_event FROM patients")
     t = np.array([a for a, _ in rows], dtype=float)
     e = np.array([b for _, b in rows], dtype=bool)
@@ -127,7 +127,7 @@ def test_logistic_regression_equals_pooled_statsmodels(federated: Settings) -> N
     assert len(sites) >= 3
     q = Query(study_id=STUDY, statistic="logistic", outcome=Filter(column="efs_event", op="==", value=True),
               covariates=["histology_risk", "age_at_diagnosis_years", "enrollment_year"], sites=sites)
-    r = run_query(q, federated, "t")
+    r = run_local(q, federated, "t")
     assert r.status == "released", r.reason
     in_sites = ", ".join(f"'{s}'" for s in sites)
     rows = pooled(federated, f"""SELECT efs_event::int, histology_risk, age_at_diagnosis_years, enrollment_year
@@ -149,20 +149,20 @@ def test_logistic_regression_equals_pooled_statsmodels(federated: Settings) -> N
 def test_logistic_refuses_rare_categories(federated: Settings) -> None:
     q = Query(study_id=STUDY, statistic="logistic", outcome=Filter(column="efs_event", op="==", value=True),
               covariates=["arm"])  # site-a has a single NR patient
-    r = run_query(q, federated, "t")
+    r = run_local(q, federated, "t")
     assert r.status == "refused" and "arm = NR has fewer than 5 rows" in r.reason
     assert r.suggestion
 
 
 def test_same_query_same_versions_same_result(federated: Settings) -> None:
     q = Query(study_id=STUDY, statistic="crosstab", group_by=["arm", "sex"])
-    a, b = run_query(q, federated, "t"), run_query(q, federated, "t")
+    a, b = run_local(q, federated, "t"), run_local(q, federated, "t")
     assert a.payload == b.payload and a.versions == b.versions
     assert set(a.versions.values()) == {f"site-{c}/{STUDY}@v1" for c in "abcdef"}
 
 
 def test_grouped_quantiles_within_the_stated_bound(federated: Settings) -> None:
-    r = run_query(Query(study_id=STUDY, statistic="quantiles", column="os_days", probs=[0.5], group_by=["sex"]),
+    r = run_local(Query(study_id=STUDY, statistic="quantiles", column="os_days", probs=[0.5], group_by=["sex"]),
                   federated, "t")
     checked = 0
     for row in r.payload["rows"]:
@@ -182,7 +182,7 @@ def test_cox_stratified_by_site_equals_pooled_statsmodels(federated: Settings) -
 
     q = Query(study_id=STUDY, statistic="cox", endpoint="efs",
               covariates=["age_at_diagnosis_years", "enrollment_year"])
-    r = run_query(q, federated, "t")
+    r = run_local(q, federated, "t")
     assert r.status == "released", r.reason
     rows = pooled(federated, "SELECT efs_days, efs_event::int, age_at_diagnosis_years, enrollment_year, site_id "
                              "FROM patients")

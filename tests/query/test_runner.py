@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from federation.cli import main
-from federation.query import Query, run_query
+from federation.query import Query, run_local
 from federation.settings import Settings
 from tests.federated import STUDY
 
@@ -26,9 +26,9 @@ def copy(federated: Settings, tmp_path: Path) -> Settings:
 def test_a_failing_site_blocks_release_unless_partial_is_asked(copy: Settings) -> None:
     for f in (copy.storage.root / "harmonized" / "site-d" / STUDY / "data").rglob("patients.parquet"):
         f.write_bytes(b"not parquet")
-    refused = run_query(Query(study_id=STUDY, group_by=["sex"]), copy, "t")
+    refused = run_local(Query(study_id=STUDY, group_by=["sex"]), copy, "t")
     assert refused.status == "refused" and "site-d" in refused.reason and "--allow-partial" in refused.suggestion
-    partial = run_query(Query(study_id=STUDY, group_by=["sex"], allow_partial=True), copy, "t")
+    partial = run_local(Query(study_id=STUDY, group_by=["sex"], allow_partial=True), copy, "t")
     assert partial.status == "released" and "site-d" not in partial.versions
     assert "site-d" in partial.excluded and any("PARTIAL RESULT" in n for n in partial.notes)
 
@@ -39,7 +39,7 @@ def test_pinned_versions_reproduce_a_result_after_a_new_upload(copy: Settings) -
     from federation.storage import open_store
 
     q = Query(study_id=STUDY, statistic="crosstab", group_by=["arm", "sex"])
-    before = run_query(q, copy, "t")
+    before = run_local(q, copy, "t")
     exports = copy.sites_dir.parent / "site-b" / STUDY
     smaller = copy.storage.root.parent / "smaller"
     shutil.copytree(exports, smaller)
@@ -48,8 +48,8 @@ def test_pinned_versions_reproduce_a_result_after_a_new_upload(copy: Settings) -
     upload_export(open_store(copy.storage), copy.storage, "site-b", STUDY, "1", smaller,
                   now=dt.datetime(2025, 7, 1, tzinfo=dt.UTC), upload_id="u-second")
     ingest_all(copy, progress=lambda _m: None)
-    assert run_query(q, copy, "t").versions["site-b"] == f"site-b/{STUDY}@v2"
-    pinned = run_query(q.model_copy(update={"versions": {"site-b": 1}}), copy, "t")
+    assert run_local(q, copy, "t").versions["site-b"] == f"site-b/{STUDY}@v2"
+    pinned = run_local(q.model_copy(update={"versions": {"site-b": 1}}), copy, "t")
     assert pinned.versions == before.versions and pinned.payload == before.payload
 
 

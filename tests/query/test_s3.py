@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from federation.ingest.pipeline import ingest_all
-from federation.query import Query, run_query
-from federation.query.sites import open_site
+from federation.query import Query, run_local
+from federation.query.site.data import open_site
 from federation.settings import Settings
 from federation.storage import AccessDenied
 from tests.ingest.helpers import upload
@@ -22,7 +22,7 @@ def test_federated_count_over_s3(fresh_seaweed, clean_exports: Path, tmp_path: P
     for site in ("site-a", "site-c", "site-e"):
         upload(settings, site, clean_exports / site / "PONC-WT-01")
     entries = {e.site_id: e for e in ingest_all(settings, progress=lambda _m: None)}
-    r = run_query(Query(study_id="PONC-WT-01", sites=["site-a", "site-c", "site-e"], group_by=["sex"]),
+    r = run_local(Query(study_id="PONC-WT-01", sites=["site-a", "site-c", "site-e"], group_by=["sex"]),
                   settings, "t")
     assert r.status == "released", r.reason
     assert r.payload["total"]["combined"] == sum(e.rows["patients"] for e in entries.values())

@@ -1,10 +1,10 @@
-"""SQL for site summaries, generated from a validated Query with bound parameters only."""
+"""SQL for site summaries, generated from a checked request with bound parameters only."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from federation.query.model import Exists, Filter, Query
+from federation.query.model import Exists, Filter
 
 
 def ident(name: str) -> str:
@@ -32,10 +32,10 @@ def where(filters: list[Filter], exists: list[Exists], params: list[Any]) -> str
     return " AND ".join(parts) if parts else "TRUE"
 
 
-def subset(q: Query) -> tuple[str, list[Any]]:
-    """`FROM unit_<table> WHERE <filters>` of a query, with its parameters."""
+def subset(table: str, filters: list[Filter], exists: list[Exists]) -> tuple[str, list[Any]]:
+    """`FROM unit_<table> WHERE <filters>` of a request, with its parameters."""
     params: list[Any] = []
-    return f"FROM unit_{q.table} WHERE {where(q.filters, q.exists, params)}", params
+    return f"FROM unit_{table} WHERE {where(filters, exists, params)}", params
 
 
 def group_select(dims: list[str]) -> tuple[str, str]:

@@ -21,6 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linprog
 
+from federation.query.guard import Guard
+
+
+class ComplementarySuppressionGuard(Guard):
+    """Hide further cells until no suppressed count can be derived from what is released (LP audit)."""
+
 
 @dataclass
 class Released:
@@ -76,6 +82,9 @@ def suppress(cells: np.ndarray, k_site: list[int], k_combined: int, *, col_margi
     k = np.array(list(k_site) + [k_combined], dtype=float)[:, None, None] * np.ones(e.shape)
     primary = part & (e >= 1) & (e < k)
     hidden = primary.copy()
+    if not ComplementarySuppressionGuard.enabled():
+        return Released(values=np.where(hidden | ~part, np.nan, e), primary=primary,
+                        complementary=np.zeros(e.shape, dtype=bool))
     for _ in range(max_rounds):
         _complement_lines(e, part, hidden)
         weak = _audit(cells, e, part, hidden, primary, k)

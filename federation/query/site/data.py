@@ -1,4 +1,4 @@
-"""Access to one site's published data for the query runner.
+"""Access to one site's published data, inside that site's node.
 
 A `SiteData` opens an in-memory DuckDB over exactly one committed version of
 one site's harmonized tables, reached with that site's query identity
@@ -22,15 +22,10 @@ import numpy as np
 
 from federation.exceptions import FederationError
 from federation.ingest.publish import Version, get_version, latest_version
+from federation.query.columns import EVENT_PATIENT_COLUMNS, PATIENT_LEVEL
 from federation.storage import StorageConfig, open_store
 from federation.storage.config import load_credentials
 from federation.storage.identities import query_identity
-
-PATIENT_LEVEL = {
-    "diagnoses": ["stage", "histology_icdo3", "topography_icdo3", "histology_risk", "risk_group", "diagnosis_day"],
-    "outcomes": ["vital_status", "first_event", "last_contact_day", "death_day", "first_event_day"],
-}
-EVENT_PATIENT_COLUMNS = ["sex", "arm", "age_group", "stage", "histology_risk", "risk_group"]
 
 
 class SiteUnavailable(FederationError):

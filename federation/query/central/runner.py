@@ -1,0 +1,212 @@
+"""Run a federated query in the query service: ask the sites for summaries, run the central guards,
+combine exactly, suppress what must not be shown, and record the query in the audit log.
+
+Order of work (each step can refuse, and every refusal is audited):
+1. check the query against the allow-list and the harmonized schema (the nodes check again);
+2. first round, one task per site: its row count, the subset sizes and differences the guards need, and
+   the statistic's first summaries; each site answers from its latest (or pinned) version and runs its
+   own guards; a site with too few rows takes no part;
+3. central guards (`central.guards`): subset sizes over all sites, differencing against earlier results;
+4. the statistic combines the summaries, asking further rounds on the same versions if it needs them
+   (quantile search, Newton iterations), and suppresses small cells (`central.disclosure`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from federation.query.central.audit import AuditLog
+from federation.query.central.gateway import SiteGateway
+from federation.query.central.statistics import Statistic
+from federation.query.guard import QueryRefused
+from federation.query.model import Query
+from federation.query.policy import EffectiveThresholds, QueryPolicy
+from federation.query.site.partial import SiteTask
+from federation.query.site.summaries import Answer, Refusal, Request, RowCount
+
+
+@dataclass
+class Result:
+    query: Query
+    analyst: str
+    status: str = "released"  # released | refused
+    reason: str = ""
+    suggestion: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+    excluded: dict[str, str] = field(default_factory=dict)
+    payload: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    audit_id: int | None = None
+
+    @property
+    def sites(self) -> list[str]:
+        return sorted(self.versions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "reason": self.reason, "suggestion": self.suggestion,
+                "query": self.query.model_dump(mode="json"), "description": self.query.describe(),
+                "analyst": self.analyst, "versions": self.versions, "excluded": self.excluded,
+                "result": self.payload, "notes": self.notes, "audit_id": self.audit_id}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Result:
+        return cls(query=Query.model_validate(data["query"]), analyst=data.get("analyst", ""),
+                   status=data["status"], reason=data.get("reason", ""), suggestion=data.get("suggestion", ""),
+                   versions=data.get("versions", {}), excluded=data.get("excluded", {}),
+                   payload=data.get("result", {}), notes=data.get("notes", []), audit_id=data.get("audit_id"))
+
+
+@dataclass
+class Context:
+    """One query in the service: the sites taking part, their versions and thresholds, and a way to ask them."""
+
+    query: Query
+    gateway: SiteGateway
+    policy: QueryPolicy
+    result: Result
+    history: list[dict[str, Any]]  # earlier released audit entries the differencing guard compares with
+    thresholds: dict[str, EffectiveThresholds] = field(default_factory=dict)
+    version_numbers: dict[str, int] = field(default_factory=dict)
+    combined_only: bool = False
+
+    @property
+    def sites(self) -> list[str]:
+        return sorted(self.thresholds)
+
+    @property
+    def k(self) -> int:
+        """The threshold of the combined table: the strictest of the sites taking part."""
+        return max(t.min_cell for t in self.thresholds.values())
+
+    def task(self, requests: list[Request], version: int | None) -> SiteTask:
+        return SiteTask(study_id=self.query.study_id, version=version, thresholds=self.policy.disclosure,
+                        requests=requests)
+
+    def first_round(self, sites: list[str], requests: list[Request]) -> dict[str, list[Answer]]:
+        """Ask every candidate site; keep those that answer and take part, pin their versions."""
+        q = self.query
+        pinned = q.versions or {}
+        replies = self.gateway.ask({s: self.task(requests, pinned.get(s)) for s in sites})
+        errors: dict[str, str] = {}
+        answers: dict[str, list[Answer]] = {}
+        for site in sites:
+            reply = replies.get(site, "no reply")
+            if isinstance(reply, str):
+                if q.sites is not None or "has no published version" not in reply:
+                    errors[site] = reply
+                continue
+            answers[site] = list(reply.answers)
+        if errors and not q.allow_partial:
+            raise QueryRefused("some sites could not be reached: " + "; ".join(f"{s}: {e}" for s, e in errors.items()),
+                               "retry later, or release the result without them with --allow-partial")
+        for site, error in errors.items():
+            self.result.excluded[site] = f"missing from this result: {error}"
+            self.result.notes.append(f"PARTIAL RESULT: {site} is not included ({error})")
+        for site in list(answers):
+            out = [a for a in answers[site] if isinstance(a, Refusal) and a.not_taking_part]
+            if out:
+                self.result.excluded[site] = out[0].reason
+                del answers[site]
+                continue
+            self.thresholds[site] = replies[site].thresholds  # type: ignore[union-attr]
+            self.version_numbers[site] = replies[site].version_number  # type: ignore[union-attr]
+            self.result.versions[site] = replies[site].version_id  # type: ignore[union-attr]
+        if not answers:
+            raise QueryRefused("no site can take part in this query", "check the study id and published data")
+        return answers
+
+    def ask(self, requests: list[Request]) -> dict[str, list[Answer]]:
+        """A further round, on the versions of the first one, to every site taking part."""
+        replies = self.gateway.ask({s: self.task(requests, self.version_numbers[s]) for s in self.sites})
+        out: dict[str, list[Answer]] = {}
+        for site in self.sites:
+            reply = replies.get(site, "no reply")
+            if isinstance(reply, str):
+                raise QueryRefused(f"{site} stopped answering during the query ({reply}); nothing was released",
+                                   "ask again")
+            out[site] = self.refuse_on_refusal(list(reply.answers))
+        return out
+
+    @staticmethod
+    def refuse_on_refusal(answers: list[Answer]) -> list[Answer]:
+        for a in answers:
+            if isinstance(a, Refusal):
+                raise QueryRefused(a.reason, a.suggestion)
+        return answers
+
+
+def run_query(q: Query, gateway: SiteGateway, policy: QueryPolicy, audit: AuditLog, analyst: str,
+              *, history: list[dict[str, Any]] | None = None) -> Result:
+    """Run `q` for the authenticated `analyst`; the result is released or refused, and audited."""
+    from federation.query.central.guards import CENTRAL_GUARDS
+
+    result = Result(query=q, analyst=analyst)
+    try:
+        statistic = Statistic.for_query(q)
+        statistic.check(q, policy)
+        earlier = history if history is not None else [
+            e for e in audit.entries() if e.get("analyst") == analyst and e.get("outcome") == "released"]
+        ctx = Context(query=q, gateway=gateway, policy=policy, result=result, history=earlier)
+        sites = q.sites or gateway.candidate_sites(q.study_id)
+        if not sites:
+            raise QueryRefused("no site can take part in this query", "check the study id and published data")
+        parts: list[tuple[Any, list[Request]]] = [(None, [RowCount(table=q.table)])]
+        guards = [g() for g in CENTRAL_GUARDS if g.enabled()]
+        parts += [(g, g.requests(ctx)) for g in guards]
+        parts.append((statistic, statistic.requests(q)))
+        first = ctx.first_round(sites, [r for _, reqs in parts for r in reqs])
+        split: dict[int, dict[str, list[Answer]]] = {}
+        start = 0
+        for i, (_, reqs) in enumerate(parts):
+            split[i] = {s: a[start:start + len(reqs)] for s, a in first.items()}
+            start += len(reqs)
+        for i, (owner, _) in enumerate(parts[1:-1], start=1):
+            owner.check(ctx, {s: ctx.refuse_on_refusal(a) for s, a in split[i].items()})
+        stat_answers = {s: ctx.refuse_on_refusal(a) for s, a in split[len(parts) - 1].items()}
+        result.payload = statistic.combine(ctx, stat_answers)
+        if ctx.combined_only:
+            result.payload = hide_per_site(result.payload)
+            result.notes.append("per-site values are withheld: with one of your earlier queries they would "
+                                "isolate a few patients at a site (differencing); the combined values are exact")
+    except QueryRefused as exc:
+        result.status, result.reason, result.suggestion, result.payload = "refused", exc.reason, exc.suggestion, {}
+    entry = audit.append({"analyst": analyst, "query": q.model_dump(mode="json"), "fingerprint": q.fingerprint(),
+                          "versions": result.versions, "outcome": result.status, "reason": result.reason,
+                          "excluded": result.excluded, "released": digest(result.payload)})
+    result.audit_id = entry["id"]
+    return result
+
+
+def digest(payload: dict[str, Any]) -> dict[str, Any]:
+    """What was released, for the audit log: counts of suppressed entries and a hash of the values."""
+    text = json.dumps(payload, sort_keys=True, default=str)
+    per_site = any(v != {"suppressed": True} for v in _per_site_values(payload))
+    return {"sha256": hashlib.sha256(text.encode()).hexdigest(), "suppressed": text.count('"suppressed"'),
+            "per_site": per_site, "bytes": len(text)}
+
+
+def _per_site_values(payload: Any) -> list[Any]:
+    out: list[Any] = []
+    if isinstance(payload, dict):
+        for k, v in payload.items():
+            if k == "per_site" and isinstance(v, dict):
+                out.extend(v.values())
+            else:
+                out.extend(_per_site_values(v))
+    elif isinstance(payload, list):
+        for v in payload:
+            out.extend(_per_site_values(v))
+    return out
+
+
+def hide_per_site(payload: Any) -> Any:
+    """Drop every per-site value of a result (the combined values stay)."""
+    if isinstance(payload, dict):
+        return {k: ({s: {"suppressed": True} for s in v} if k == "per_site" and isinstance(v, dict)
+                    else hide_per_site(v)) for k, v in payload.items()}
+    if isinstance(payload, list):
+        return [hide_per_site(v) for v in payload]
+    return payload

@@ -1,0 +1,8 @@
+"""The central halves of the statistics, one module each; importing this package registers them all."""
+
+from __future__ import annotations
+
+from federation.query.central.statistics import counts, km, moments, proportion, quantiles, regression
+from federation.query.central.statistics.base import Statistic
+
+__all__ = ["Statistic", "counts", "km", "moments", "proportion", "quantiles", "regression"]

@@ -1,0 +1,131 @@
+"""Kaplan-Meier curves on a shared grid, with risk tables (site half: `KmCounts`).
+
+Per grid interval each site returns the number at risk at its start, events and censorings; summed, they
+give the pooled Kaplan-Meier estimate on that grid exactly. A point is released only with at least k at
+risk and at least k events since the previous released point (or none); per-site curves only at points
+where every site's curve may be shown, so that no site can be subtracted from the combined curve.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from federation.query.central.combine import km_from_counts, log_log_ci
+from federation.query.central.statistics.base import Statistic, sorted_keys
+from federation.query.central.statistics.counts import check_filters
+from federation.query.guard import QueryRefused
+from federation.query.model import Query
+from federation.query.policy import EffectiveThresholds, QueryPolicy
+from federation.query.site.summaries import Answer, KmCounts, KmIntervals, Request
+
+if TYPE_CHECKING:
+    from federation.query.central.runner import Context
+
+Parts = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+class KaplanMeier(Statistic):
+    names = ("km",)
+
+    def check(self, q: Query, policy: QueryPolicy) -> None:
+        check_filters(q, policy)
+        if q.table != "patients":
+            raise QueryRefused("survival models are computed on patients", "use --table patients")
+
+    def requests(self, q: Query) -> list[Request]:
+        return [KmCounts(table=q.table, filters=q.filters, exists=q.exists, dims=q.group_by, endpoint=q.endpoint,
+                         grid_days=q.grid_days, horizon_days=q.horizon_days)]
+
+    def combine(self, ctx: Context, answers: dict[str, list[Answer]]) -> dict[str, Any]:
+        q = ctx.query
+        grid = np.arange(0.0, q.horizon_days + q.grid_days, q.grid_days)
+        per_site: dict[str, dict[tuple[Any, ...], Parts]] = {}
+        for site, (km,) in answers.items():
+            assert isinstance(km, KmIntervals)
+            per_site[site] = {tuple(g.key): (np.asarray(g.at_risk, int), np.asarray(g.events, int),
+                                             np.asarray(g.censored, int)) for g in km.groups}
+        keys = sorted_keys({key for c in per_site.values() for key in c}) or [()]
+        names = ctx.sites
+        n_int = len(grid) - 1
+        zero = (np.zeros(n_int, int), np.zeros(n_int, int), np.zeros(n_int, int))
+        k = ctx.k
+        curves = []
+        for key in keys:
+            parts = {s: per_site[s].get(key, zero) for s in names}
+            at_risk = np.asarray(sum(p[0] for p in parts.values()))
+            events = np.asarray(sum(p[1] for p in parts.values()))
+            combined = release_curve(at_risk, events, grid, k)
+            combined["risk_table"] = risk_table(at_risk, grid, k)
+            common = common_points({s: (parts[s][0], parts[s][1]) for s in names}, ctx.thresholds)
+            # a site's number at risk at the start is shown only if every site's is (else: combined minus the rest)
+            risk_ok = {j for j in range(n_int)
+                       if all(parts[s][0][j] >= ctx.thresholds[s].min_cell or parts[s][0][j] == 0 for s in names)}
+            site_curves = {s: release_curve(parts[s][0], parts[s][1], grid, ctx.thresholds[s].min_cell,
+                                            only=common, risk_ok=risk_ok) for s in names}
+            curves.append({"group": list(key), "combined": combined, "per_site": site_curves})
+        ctx.result.notes.append(
+            f"Kaplan-Meier on a grid of {q.grid_days:g} days: per interval, sites return the number at risk, events "
+            "and censorings; the combined curve equals the pooled estimate on this grid. A point is released only "
+            f"with at least {k} at risk and at least {k} events since the previous released point (or none).")
+        return {"statistic": "km", "endpoint": q.endpoint, "grid_days": q.grid_days, "dims": q.group_by,
+                "curves": curves}
+
+
+def risk_table(at_risk: np.ndarray, grid: np.ndarray, k: int, every_days: float = 365.25) -> list[dict[str, Any]]:
+    """Number at risk at each whole year (the start of the grid interval containing it); small numbers hidden."""
+    out: list[dict[str, Any]] = []
+    year = 0
+    while year * every_days <= grid[-1]:
+        j = int(np.searchsorted(grid, year * every_days, side="right") - 1)
+        if j >= len(at_risk):
+            break
+        n = int(at_risk[j])
+        out.append({"year": year, "at_risk": n if n >= k or n == 0 else {"suppressed": True}})
+        year += 1
+    return out
+
+
+def common_points(parts: dict[str, tuple[np.ndarray, np.ndarray]], thresholds: dict[str, EffectiveThresholds]
+                  ) -> set[int]:
+    """Grid points where every site's curve may be shown (so sites cannot be subtracted from the combined)."""
+    n_int = len(next(iter(parts.values()))[0])
+    ok: set[int] = set()
+    since = {s: 0 for s in parts}
+    for j in range(n_int):
+        for s, (_, ev) in parts.items():
+            since[s] += int(ev[j])
+        if all(parts[s][0][j] >= thresholds[s].min_cell and (since[s] == 0 or since[s] >= thresholds[s].min_cell)
+               for s in parts):
+            ok.add(j)
+            since = {s: 0 for s in parts}
+    return ok
+
+
+def release_curve(at_risk: np.ndarray, events: np.ndarray, grid: np.ndarray, k: int,
+                  only: set[int] | None = None, risk_ok: set[int] | None = None) -> dict[str, Any]:
+    """The released points of one curve. For per-site curves, `only` are the grid points where every
+    site's curve may be shown and `risk_ok` the intervals where every site's number at risk may be."""
+    surv, var = km_from_counts(at_risk, events)
+
+    def risk(j: int) -> Any:
+        n = int(at_risk[j])
+        shown = (n >= k or n == 0) and (risk_ok is None or j in risk_ok)
+        return n if shown else {"suppressed": True}
+
+    points = [{"day": 0.0, "survival": 1.0, "ci95": [1.0, 1.0], "at_risk": risk(0) if len(at_risk) else 0}]
+    since = 0
+    for j in range(len(at_risk)):
+        since += int(events[j])
+        if at_risk[j] < k:
+            break  # fewer than k at risk: the curve stops here
+        if only is not None and j not in only:
+            continue
+        if since and since < k:
+            continue  # coarsen: wait until k events have accumulated
+        lo, hi = log_log_ci(float(surv[j]), float(var[j]))
+        points.append({"day": float(grid[j + 1]), "survival": float(surv[j]), "ci95": [lo, hi],
+                       "at_risk": risk(j + 1) if j + 1 < len(at_risk) else {"suppressed": True}})
+        since = 0
+    return {"points": points}

@@ -1,0 +1,59 @@
+"""Which columns a query may touch, and how: the allow-list of the query policy and the harmonized types.
+
+Checked twice on purpose: by the query service before it sends anything, and by every site node before
+it answers (a node never trusts that a task was checked).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from federation.exceptions import ConfigurationError
+from federation.query.guard import QueryRefused
+from federation.query.policy import NEVER_QUERYABLE, QueryPolicy
+from federation.schema import load_dictionary, load_registry
+
+# patient-level columns of diagnoses and outcomes joined onto each patient (unit table `patients`)
+PATIENT_LEVEL = {
+    "diagnoses": ["stage", "histology_icdo3", "topography_icdo3", "histology_risk", "risk_group", "diagnosis_day"],
+    "outcomes": ["vital_status", "first_event", "last_contact_day", "death_day", "first_event_day"],
+}
+# patient characteristics joined onto each event row (unit tables `adverse_events`, `treatments`)
+EVENT_PATIENT_COLUMNS = ["sex", "arm", "age_group", "stage", "histology_risk", "risk_group"]
+GROUPABLE = {"string", "bool", "int8", "int16"}
+NUMERIC = {"int8", "int16", "int32", "float64"}
+
+
+@lru_cache(maxsize=64)
+def unit_columns(study_id: str, table: str) -> dict[str, str]:
+    """Column -> harmonized Arrow type name of a unit table (patients joined with diagnosis and outcome)."""
+    d = load_dictionary(load_registry().study(study_id).schema_version)
+    h = d.harmonized
+    types = {c.name: c.type for c in h.common}
+    if table == "patients":
+        types.update({c.name: c.type for c in h.tables["patients"]})
+        for t, cols in PATIENT_LEVEL.items():
+            types.update({c.name: c.type for c in h.tables[t] if c.name in cols})
+    else:
+        types.update({c.name: c.type for c in h.tables[table]})
+        patients = unit_columns(study_id, "patients")
+        types.update({c: patients[c] for c in EVENT_PATIENT_COLUMNS})
+    return types
+
+
+def require(policy: QueryPolicy, study_id: str, table: str, column: str, what: str,
+            kinds: set[str] | None = None) -> None:
+    """Refuse `column` for `what` unless the policy allows it on `table` (and its type is one of `kinds`)."""
+    if column in NEVER_QUERYABLE:
+        raise QueryRefused(f"{column} is an identifier or free text and is never queryable")
+    try:
+        load_registry().study(study_id)
+        allowed = set(policy.allowed(study_id, table))
+    except ConfigurationError as exc:
+        raise QueryRefused(str(exc)) from None
+    if column not in allowed:
+        raise QueryRefused(f"{column} is not a queryable column of {table} ({what})",
+                      f"queryable columns: {', '.join(sorted(allowed))}")
+    kind = unit_columns(study_id, table).get(column)
+    if kinds and kind not in kinds:
+        raise QueryRefused(f"{column} cannot be used for {what} (it is {kind})")

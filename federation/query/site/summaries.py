@@ -1,0 +1,562 @@
+"""Everything a site node can be asked, and everything it can answer: the complete list of what may
+leave a site, in one file a site's security officer can review.
+
+A request names a unit table, the analyst's filters and the summary wanted. The node checks every column
+against its own copy of the query policy, runs its site guards (its own thresholds), computes the summary
+with DuckDB on its published version and answers with one of the `Answer` types below. Every answer holds
+counts, sums, moments, per-interval counts or model sums over many rows; no answer type has a field that
+can carry a row, and anything that is not one of these requests does not parse, so the node refuses it.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from federation.query.columns import GROUPABLE, NUMERIC, require, unit_columns
+from federation.query.guard import QueryRefused
+from federation.query.model import Exists, Filter
+from federation.query.policy import EffectiveThresholds, QueryPolicy
+from federation.query.site import estimating
+from federation.query.site.data import SiteData
+from federation.query.site.sql import group_select, ident, subset, where
+
+MISSING = "(missing)"
+Label = str | bool | int | None  # one category of a groupable column; None where the value is missing
+MAX_GRID_INTERVALS = 2000
+MAX_THRESHOLDS = 64
+MAX_EARLIER = 1000
+MAX_PARAMETERS = 60
+
+
+def label(v: Any) -> Label:
+    """A group key value as it leaves the site: missing values become "(missing)"."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return MISSING
+    v = v.item() if hasattr(v, "item") else v
+    if isinstance(v, str | bool | int):
+        return v
+    raise QueryRefused(f"a group value of type {type(v).__name__} cannot leave a site")
+
+
+# ---- answers: the only shapes that leave a site ------------------------------------------------------
+class Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Cell(Answer):
+    key: list[Label]
+    n: int
+
+
+class Counts(Answer):
+    kind: Literal["counts"] = "counts"
+    cells: list[Cell]
+
+
+class SubsetSize(Answer):
+    kind: Literal["subset_size"] = "subset_size"
+    base: int
+    chosen: int
+
+
+class DiffCell(Answer):
+    key: list[Label]
+    only_new: int
+    only_old: int
+
+
+class Differences(Answer):
+    kind: Literal["differences"] = "differences"
+    items: list[list[DiffCell]]
+
+
+class MomentCell(Answer):
+    key: list[Label]
+    n: int
+    mean: float
+    m2: float  # sum of squared deviations from the mean
+
+
+class Moments(Answer):
+    kind: Literal["moments"] = "moments"
+    cells: list[MomentCell]
+
+
+class HitCell(Answer):
+    key: list[Label]
+    hits: int
+    n: int
+
+
+class Hits(Answer):
+    kind: Literal["hits"] = "hits"
+    cells: list[HitCell]
+
+
+class BracketCell(Answer):
+    key: list[Label]
+    n: int
+    low: float  # at or below every value, rounded outward to one significant digit (never a patient's value)
+    high: float
+
+
+class Brackets(Answer):
+    kind: Literal["brackets"] = "brackets"
+    cells: list[BracketCell]
+
+
+class AtOrBelow(Answer):
+    kind: Literal["at_or_below"] = "at_or_below"
+    counts: list[int]
+
+
+class KmGroup(Answer):
+    key: list[Label]
+    at_risk: list[int]
+    events: list[int]
+    censored: list[int]
+
+
+class KmIntervals(Answer):
+    kind: Literal["km_intervals"] = "km_intervals"
+    groups: list[KmGroup]
+
+
+class LevelCount(Answer):
+    covariate: str
+    level: Label
+    n: int
+
+
+class ModelProfile(Answer):
+    kind: Literal["model_profile"] = "model_profile"
+    n: int
+    levels: list[LevelCount]
+
+
+class ModelSums(Answer):
+    kind: Literal["model_sums"] = "model_sums"
+    n: int
+    events: int
+    score: list[float]
+    information: list[list[float]]
+    loglik: float
+
+
+class Refusal(Answer):
+    """The site's own refusal: its guard or its copy of the policy does not allow this request."""
+
+    kind: Literal["refusal"] = "refusal"
+    reason: str
+    suggestion: str = ""
+    not_taking_part: bool = False  # too few rows at this site: it takes no part, the others may go on
+
+
+AnyAnswer = Annotated[Counts | SubsetSize | Differences | Moments | Hits | Brackets | AtOrBelow | KmIntervals
+                      | ModelProfile | ModelSums | Refusal, Field(discriminator="kind")]
+ANSWER = TypeAdapter(AnyAnswer)
+
+
+class NotTakingPart(QueryRefused):
+    """This site has too few rows to take part (the query goes on without it)."""
+
+
+# ---- what a request runs against -----------------------------------------------------------------------
+@dataclass
+class SiteContext:
+    """One task at one site: its data version, its effective thresholds and its copy of the policy."""
+
+    study_id: str
+    data: SiteData
+    thresholds: EffectiveThresholds
+    policy: QueryPolicy
+    memo: dict[Any, Any] = field(default_factory=dict)
+
+    def once(self, key: Any, compute: Callable[[], Any]) -> Any:
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
+
+    def base_rows(self, table: str) -> int:
+        return int(self.once(("rows", table), lambda: self.data.sql(f"SELECT count(*) FROM unit_{table}")[0][0]))
+
+    def chosen_rows(self, table: str, filters: list[Filter], exists: list[Exists]) -> int:
+        frm, params = subset(table, filters, exists)
+        return int(self.once(("chosen", frm, repr(params)), lambda: self.data.sql(f"SELECT count(*) {frm}",
+                                                                                   params)[0][0]))
+
+
+# ---- requests ------------------------------------------------------------------------------------------
+class Request(BaseModel):
+    """One summary of one unit table, on the rows the filters keep."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    registry: ClassVar[dict[str, type[Request]]] = {}
+
+    table: Literal["patients", "adverse_events", "treatments"] = "patients"
+    filters: list[Filter] = Field(default_factory=list, max_length=20)
+    exists: list[Exists] = Field(default_factory=list, max_length=5)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if "kind" in cls.model_fields:
+            Request.registry[cls.model_fields["kind"].default] = cls
+
+    def uses(self) -> list[tuple[str, str, set[str] | None, str]]:
+        """Every column the request touches: (column, purpose, allowed types, table)."""
+        out: list[tuple[str, str, set[str] | None, str]] = [(f.column, "filtering", None, self.table)
+                                                            for f in self.filters]
+        for e in self.exists:
+            out += [(f.column, f"filtering {e.table}", None, e.table) for f in e.where]
+        return out
+
+    def filtered(self) -> bool:
+        return bool(self.filters or self.exists)
+
+    def frm(self) -> tuple[str, list[Any]]:
+        return subset(self.table, self.filters, self.exists)
+
+    def answer(self, ctx: SiteContext) -> Answer:  # pragma: no cover - every request defines it
+        raise NotImplementedError
+
+
+class Grouped(Request):
+    dims: list[str] = Field(default_factory=list, max_length=3)
+
+    def uses(self) -> list[tuple[str, str, set[str] | None, str]]:
+        return super().uses() + [(d, "grouping", GROUPABLE, self.table) for d in self.dims]
+
+
+class RowCount(Request):
+    """Rows of the unit table at this site (whether it may take part)."""
+
+    kind: Literal["row_count"] = "row_count"
+
+    def answer(self, ctx: SiteContext) -> Answer:
+        return Counts(cells=[Cell(key=[], n=ctx.base_rows(self.table))])
+
+
+class SubsetCount(Request):
+    """Rows of the unit table, and rows the filters keep (the subset guard's inputs)."""
+
+    kind: Literal["subset_count"] = "subset_count"
+
+    def answer(self, ctx: SiteContext) -> Answer:
+        return SubsetSize(base=ctx.base_rows(self.table), chosen=ctx.chosen_rows(self.table, self.filters,
+                                                                                  self.exists))
+
+
+class GroupCounts(Grouped):
+    """Rows per group (count, crosstab)."""
+
+    kind: Literal["group_counts"] = "group_counts"
+
+    def answer(self, ctx: SiteContext) -> Answer:
+        frm, params = self.frm()
+        sel, grp = group_select(self.dims)
+        rows = ctx.data.sql(f"SELECT {sel}count(*) {frm}{grp}", params)
+        return Counts(cells=[Cell(key=[label(x) for x in r[:-1]], n=int(r[-1])) for r in rows])
+
+
+class Earlier(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    filters: list[Filter] = Field(default_factory=list, max_length=20)
+    exists: list[Exists] = Field(default_factory=list, max_length=5)
+    dims: list[str] = Field(default_factory=list, max_length=3)  # the group-by columns both queries share
+
+
+class DifferenceCounts(Request):
+    """Per group, rows kept by this query but not an earlier one, and the reverse (differencing guard)."""
+
+    kind: Literal["difference_counts"] = "difference_counts"
+    earlier: list[Earlier] = Field(default_factory=list, max_length=MAX_EARLIER)
+
+    def uses(self) -> list[tuple[str, str, set[str] | None, str]]:
+        out = super().uses()
+        for e in self.earlier:
+            out += [(f.column, "filtering", None, self.table) for f in e.filters]
+            out += [(f.column, f"filtering {x.table}", None, x.table) for x in e.exists for f in x.where]
+            out += [(d, "grouping", GROUPABLE, self.table) for d in e.dims]
+        return out
+
+    def answer(self, ctx: SiteContext) -> Answer:
+        items = []
+        for e in self.earlier:
+            new_p: list[Any] = []
+            new_w = where(self.filters, self.exists, new_p)
+            old_p: list[Any] = []
+            old_w = where(e.filters, e.exists, old_p)
+            sel, grp = group_select(e.dims)
+            in_new, in_old = f"(({new_w}) IS TRUE)", f"(({old_w}) IS TRUE)"
+            sql = (f"SELECT {sel}count(*) FILTER (WHERE {in_new} AND NOT {in_old}), "
+                   f"count(*) FILTER (WHERE {in_old} AND NOT {in_new}) FROM unit_{self.table}{grp}")
+            rows = ctx.data.sql(sql, new_p + old_p + old_p + new_p)
+            items.append([DiffCell(key=[label(x) for x in r[:-2]], only_new=int(r[-2]), only_old=int(r[-1]))
+                          for r in rows])
+        return Differences(items=items)
+
+
+class ColumnMoments(Grouped):
+    """Per group: n, mean and sum of squared deviations of a numeric column (sum, mean, variance)."""
+
+    kind: Literal["moments"] = "moments"
+    column: str
+
+    def uses(self) -> list[tuple[str, str, set[str] | None, str]]:
+        return super().uses() + [(self.column, "moments", NUMERIC, self.table)]
+
+    def answer(self, ctx: SiteContext) -> Answer:
+        frm, params = self.frm()
+        sel, grp = group_select(self.dims)
+        col = ident(self.column)
+        rows = ctx.data.sql(f"SELECT {sel}count({col}), avg({col}), coalesce(var_pop({col}) * count({col}), 0) "
+                            f"{frm} AND {col} IS NOT NULL{grp}", params)
+        return Moments(cells=[MomentCell(key=[label(x) for x in r[:-3]], n=int(r[-3]), mean=float(r[-2] or 0.0),
+                                         m2=float(r[-1])) for r in rows])
+
+
+class ValueHits(Grouped):
+    """Per group: rows where `column == value`, and all rows (proportion)."""
+
+    kind: Literal["value_hits"] = "value_hits"
+    column: str
+    value: str | bool | int | float
+
+    def uses(self) -> list[tuple[str, str, set[str] | None, str]]:
+        return super().uses() + [(self.column, "a proportion", None, self.table)]
+
+    def answer(self, ctx: SiteContext) -> Answer:
+        frm, params = self.frm()
+        sel, grp = group_select(self.dims)
+        col = ident(self.column)
+        rows = ctx.data.sql(f"SELECT {sel}count(*) FILTER (WHERE ({col} = ?) IS TRUE), count(*) {frm}{grp}",
+                            [self.value, *params])
+        return Hits(cells=[HitCell(key=[label(x) for x in r[:-2]], hits=int(r[-2]), n=int(r[-1])) for r in rows])
+
+
+def _outward(x: float, up: bool) -> float:
+    """`x` rounded away from the data to one significant digit: brackets a search, reveals no value."""
+    if x == 0:
+        return 1.0 if up else -1.0
+    step = 10.0 ** math.floor(math.log10(abs(x)))
+    return (math.ceil(x / step) + 1) * step if up else (math.floor(x / step) - 1) * step
+
+
+class ValueBracket(Grouped):
+    """Per group: non-missing rows of a numeric column and a coarse bracket of its values (quantiles)."""
+
+    kind: Literal["value_bracket"] = "value_bracket"
+    column: str
+
+    def uses(self) -> list[tuple[str, str, set[str] | None, str]]:
+        return super().uses() + [(self.column, "quantiles", NUMERIC, self.table)]
+
+    def answer(self, ctx: SiteContext) -> Answer:
+        frm, params = self.frm()
+        sel, grp = group_select(self.dims)
+        col = ident(self.column)
+        rows = ctx.data.sql(f"SELECT {sel}count({col}), min({col}), max({col}) {frm} AND {col} IS NOT NULL{grp}",
+                            params)
+        return Brackets(cells=[BracketCell(key=[label(x) for x in r[:-3]], n=int(r[-3]),
+                                           low=_outward(float(r[-2]), up=False), high=_outward(float(r[-1]), up=True))
+                               for r in rows])
+
+
+class CountAtOrBelow(Request):
+    """In one group: non-missing rows of a numeric column at or below each threshold (quantile search)."""
+
+    kind: Literal["count_at_or_below"] = "count_at_or_below"
+    column: str
+    dims: list[str] = Field(default_factory=list, max_length=3)
+    key: list[Label] = Field(default_factory=list, max_length=3)
+    thresholds: list[float] = Field(max_length=MAX_THRESHOLDS)
+
+    def uses(self) -> list[tuple[str, str, set[str] | None, str]]:
+        return (super().uses() + [(self.column, "quantiles", NUMERIC, self.table)]
+                + [(d, "grouping", GROUPABLE, self.table) for d in self.dims])
+
+    def answer(self, ctx: SiteContext) -> Answer:
+        if len(self.key) != len(self.dims):
+            raise QueryRefused("a group key needs one value per group-by column")
+        frm, params = self.frm()
+        col = ident(self.column)
+        in_group = "".join(f" AND {ident(g)} IS NOT DISTINCT FROM ?" for g in self.dims)
+        key = [None if k == MISSING else k for k in self.key]
+        marks = ", ".join(f"count(*) FILTER (WHERE {col} <= ?)" for _ in self.thresholds)
+        row = ctx.data.sql(f"SELECT {marks} {frm} AND {col} IS NOT NULL{in_group}",
+                           [*self.thresholds, *params, *key])[0]
+        return AtOrBelow(counts=[int(x) for x in row])
+
+
+class KmCounts(Grouped):
+    """Per group and grid interval: number at risk at its start, events and censorings (Kaplan-Meier)."""
+
+    kind: Literal["km_counts"] = "km_counts"
+    endpoint: Literal["efs", "os"] = "os"
+    grid_days: float = Field(ge=1.0)
+    horizon_days: float = Field(gt=0)
+
+    def grid(self) -> np.ndarray:
+        if self.horizon_days / self.grid_days > MAX_GRID_INTERVALS:
+            raise QueryRefused(f"a grid of more than {MAX_GRID_INTERVALS} intervals is not computed")
+        return np.arange(0.0, self.horizon_days + self.grid_days, self.grid_days)
+
+    def answer(self, ctx: SiteContext) -> Answer:
+        grid = self.grid()
+        frm, params = self.frm()
+        time_col, event_col = f"{self.endpoint}_days", f"{self.endpoint}_event"
+        sel, _ = group_select(self.dims)
+        data = ctx.data.arrays(f"SELECT {sel}{time_col} AS t, {event_col} AS e {frm} AND {time_col} IS NOT NULL",
+                               params)
+        groups: dict[tuple[Label, ...], list[int]] = {}
+        gcols = [data[g] for g in self.dims]
+        for i in range(len(data["t"])):
+            groups.setdefault(tuple(label(c[i]) for c in gcols), []).append(i)
+        out = []
+        for key, idx in groups.items():
+            t = np.asarray(data["t"][idx], dtype=float)
+            e = np.asarray(data["e"][idx], dtype=bool)
+            at_risk, events, censored = estimating.km_grid_counts(t, e, grid)
+            out.append(KmGroup(key=list(key), at_risk=at_risk.tolist(), events=events.tolist(),
+                               censored=censored.tolist()))
+        return KmIntervals(groups=out)
+
+
+class Model(Request):
+    """A regression model on this site's complete cases: logistic (y = 1 where `outcome` holds) or Cox."""
+
+    model: Literal["logistic", "cox"]
+    covariates: list[str] = Field(min_length=1, max_length=10)
+    outcome: Filter | None = None  # logistic
+    endpoint: Literal["efs", "os"] = "os"  # cox
+
+    def response_columns(self) -> list[str]:
+        if self.model == "logistic":
+            if self.outcome is None:
+                raise QueryRefused("a logistic model needs an outcome")
+            return [self.outcome.column]
+        return [f"{self.endpoint}_days", f"{self.endpoint}_event"]
+
+    def uses(self) -> list[tuple[str, str, set[str] | None, str]]:
+        out = super().uses() + [(c, "a covariate", None, self.table) for c in self.covariates]
+        if self.model == "logistic" and self.outcome is not None:
+            out.append((self.outcome.column, "the outcome", None, self.table))
+        return out
+
+    def categorical(self, study_id: str) -> list[str]:
+        types = unit_columns(study_id, self.table)
+        return [c for c in self.covariates if types.get(c) in ("string", "bool")]
+
+    def complete_cases(self, ctx: SiteContext) -> dict[str, Any]:
+        def load() -> dict[str, Any]:
+            frm, params = self.frm()
+            cols = list(dict.fromkeys([*self.covariates, *self.response_columns()]))
+            not_null = " AND ".join(f"{ident(c)} IS NOT NULL" for c in cols)
+            return ctx.data.arrays(f"SELECT {', '.join(ident(c) for c in cols)} {frm} AND {not_null}", params)
+
+        return _cached_cases((ctx.data.site_id, ctx.data.version.version_id, self.model_dump_json(
+            include={"table", "filters", "exists", "covariates", "outcome", "endpoint", "model"})), load)
+
+
+class ModelLevels(Model):
+    """Complete cases and the categories of categorical covariates with their counts (to agree on levels)."""
+
+    kind: Literal["model_levels"] = "model_levels"
+
+    def answer(self, ctx: SiteContext) -> Answer:
+        data = self.complete_cases(ctx)
+        n = len(data[self.covariates[0]])
+        levels = []
+        for c in self.categorical(ctx.study_id):
+            levels += [LevelCount(covariate=c, level=v, n=m) for v, m in Counter(label(v) for v in data[c]).items()]
+        return ModelProfile(n=n, levels=levels)
+
+
+class ModelTerms(Model):
+    """Score vector, information matrix and log-likelihood at `beta` (one Newton step's share)."""
+
+    kind: Literal["model_terms"] = "model_terms"
+    levels: dict[str, list[Label]] = Field(default_factory=dict)  # categorical covariate -> levels, first = reference
+    beta: list[float] = Field(max_length=MAX_PARAMETERS)
+
+    def n_parameters(self) -> int:
+        return (1 if self.model == "logistic" else 0) + sum(
+            len(self.levels[c]) - 1 if c in self.levels else 1 for c in self.covariates)
+
+    def design(self, data: dict[str, Any]) -> np.ndarray:
+        n = len(data[self.covariates[0]])
+        cols = [np.ones(n)] if self.model == "logistic" else []
+        for c in self.covariates:
+            if c in self.levels:
+                values = np.array([label(v) for v in data[c]], dtype=object)
+                cols += [(values == level).astype(float) for level in self.levels[c][1:]]
+            else:
+                cols.append(np.asarray(data[c], dtype=float))
+        return np.column_stack(cols) if cols else np.zeros((n, 0))
+
+    def response(self, data: dict[str, Any]) -> np.ndarray:
+        if self.model == "cox":
+            return np.asarray(data[f"{self.endpoint}_event"], dtype=bool).astype(float)
+        assert self.outcome is not None
+        return outcome_indicator(self.outcome, data[self.outcome.column])
+
+    def answer(self, ctx: SiteContext) -> Answer:
+        data = self.complete_cases(ctx)
+        x, y = self.design(data), self.response(data)
+        beta = np.asarray(self.beta, dtype=float)
+        if x.shape[1] != len(beta):
+            raise QueryRefused(f"beta has {len(beta)} values for {x.shape[1]} parameters")
+        if self.model == "logistic":
+            score, info, loglik = estimating.logistic_site(x, y, beta)
+        else:
+            t = np.asarray(data[f"{self.endpoint}_days"], dtype=float)
+            score, info, loglik = estimating.cox_site(t, y.astype(bool), x, beta)
+        return ModelSums(n=len(y), events=int(y.sum()), score=score.tolist(), information=info.tolist(),
+                         loglik=loglik)
+
+
+def outcome_indicator(f: Filter, values: Any) -> np.ndarray:
+    v = f.value
+    ops: dict[str, Callable[[Any], Any]] = {
+        "==": lambda x: x == v, "!=": lambda x: x != v, "<": lambda x: x < v, "<=": lambda x: x <= v,
+        ">": lambda x: x > v, ">=": lambda x: x >= v,
+        "in": lambda x: x in v, "not in": lambda x: x not in v}
+    return np.array([1.0 if ops[f.op](x) else 0.0 for x in values])
+
+
+_CASES: OrderedDict[tuple[str, str, str], dict[str, Any]] = OrderedDict()
+_CASES_LOCK = threading.Lock()
+
+
+def _cached_cases(key: tuple[str, str, str], load: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A model's complete cases stay in the node between Newton iterations (a version never changes)."""
+    with _CASES_LOCK:
+        if key in _CASES:
+            _CASES.move_to_end(key)
+            return _CASES[key]
+    data = load()
+    with _CASES_LOCK:
+        _CASES[key] = data
+        while len(_CASES) > 8:
+            _CASES.popitem(last=False)
+    return data
+
+
+AnyRequest = Annotated[RowCount | SubsetCount | GroupCounts | DifferenceCounts | ColumnMoments | ValueHits
+                       | ValueBracket | CountAtOrBelow | KmCounts | ModelLevels | ModelTerms,
+                       Field(discriminator="kind")]
+REQUEST = TypeAdapter(AnyRequest)
+
+
+def check_columns(request: Request, ctx: SiteContext) -> None:
+    for column, what, kinds, table in request.uses():
+        require(ctx.policy, ctx.study_id, table, column, what, kinds)
