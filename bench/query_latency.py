@@ -1,14 +1,16 @@
-"""Benchmark: latency of federated queries over 10 sites with 100,000 patients in all.
+"""Benchmark: latency of federated queries over 10 sites with 100,000 patients in all, asked as an analyst
+of the query service (HTTP, token) and answered by 10 site-node processes on 127.0.0.1.
 
-Each federated query opens every site's published version with that site's
-query identity (DuckDB, one connection per site, sites in parallel),
-computes the site summaries, combines them exactly, runs disclosure control
-(suppression with the LP audit, subset and differencing guards) and writes
-the audit entry. The floor, measured in the same run, is the same statistic
-from one DuckDB query over all sites' Parquet pooled (no federation, no
-disclosure control).
+Each query goes analyst -> service -> signed task per site -> each node (long poll) opens its site's
+published version with DuckDB, checks and computes its summaries -> replies -> the service combines them
+exactly, runs disclosure control (suppression with the LP audit, subset and differencing guards) and
+writes the signed audit entry. "cold": the first query after the service and all nodes were started (every
+node loads its site's tables); "warm": the same query again. The floor, measured in the same run, is the
+same statistic from one DuckDB query over all sites' Parquet pooled (no federation, no disclosure
+control). For comparison, the same query with every site answered in the benchmark's own process
+(in-process gateway, no HTTP) is measured too. Node compute per task comes from the nodes' own logs.
 
-    .venv/bin/python bench/query_latency.py [--patients 100000] [--repeat 5]
+    .venv/bin/python bench/query_latency.py [--patients 100000] [--repeat 5] [--cold-repeat 3]
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def main() -> int:
     ap.add_argument("--patients", type=int, default=100_000)
     ap.add_argument("--sites", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--cold-repeat", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("bench/out/query_latency"))
     args = ap.parse_args()
     os.environ.setdefault("FEDERATION_PSEUDONYM_KEY", "benchmark-key-0123456789")
@@ -96,40 +99,77 @@ def main() -> int:
         print(f"  {label}: median {statistics.median(times) * 1000:,.0f} ms", flush=True)
         return times
 
-    print(f"{n_sites} sites, {n_patients:,} patients; {args.repeat} runs each", flush=True)
+    print(f"{n_sites} sites, {n_patients:,} patients; {args.repeat} warm runs, {args.cold_repeat} cold runs each",
+          flush=True)
+    from federation.client import Client
+    from federation.localrun import LocalFederation
+
+    settings_file = out / "settings.yaml"
+    settings_file.write_text(f"storage: {{kind: local, root: {(out / 'storage').resolve()}}}\n"
+                             f"sites_dir: {(out / 'exports' / 'sites').resolve()}\n")
+    sites = sorted(p.name for p in harmonized.iterdir())
+    run_dir = out / f"run-{time.time_ns()}"
+    fed = LocalFederation(run_dir, {s: settings_file for s in sites}, poll_wait=20.0)
+    fed.start()
+
+    def service_query(q: Query) -> object:
+        r = Client(fed.url, fed.token("analyst")).query(q)
+        assert r.status == "released", r.reason
+        return r
+
+    def cold(q: Query) -> float:
+        """Restart the service and every node (not timed), then time the first query."""
+        fed.stop()
+        fed.start()
+        t0 = time.perf_counter()
+        service_query(q)
+        return time.perf_counter() - t0
+
+    def cold_times(q: Query, label: str) -> list[float]:
+        times = [cold(q) for _ in range(args.cold_repeat)]
+        print(f"  {label}: median {statistics.median(times) * 1000:,.0f} ms", flush=True)
+        return times
+
     analyst = f"bench-{time.time_ns()}"
-    from federation.query.site.data import clear_site_cache
-
-    def cold(q: Query) -> object:
-        clear_site_cache()  # every site's tables loaded again, as for the first query on new versions
-        return run_local(q, settings, analyst)
-
-    res = {
-        "crosstab_federated_cold": timed(lambda: cold(q_crosstab), "federated crosstab, sites opened"),
-        "crosstab_federated": timed(lambda: run_local(q_crosstab, settings, analyst),
-                                    "federated crosstab, sites already open"),
-        "crosstab_floor": timed(floor_crosstab, "pooled DuckDB crosstab (floor)"),
-        "km_federated_cold": timed(lambda: cold(q_km), "federated Kaplan-Meier, sites opened"),
-        "km_federated": timed(lambda: run_local(q_km, settings, analyst), "federated Kaplan-Meier, sites already open"),
-        "km_floor": timed(floor_km, "pooled DuckDB Kaplan-Meier (floor)"),
-    }
-    check = run_local(q_crosstab, settings, analyst)
-    assert check.status == "released", check.reason
+    try:
+        res = {
+            "crosstab_service_cold": cold_times(q_crosstab, "crosstab through service + nodes, just started"),
+            "crosstab_service": timed(lambda: service_query(q_crosstab), "crosstab through service + nodes, warm"),
+            "crosstab_inprocess": timed(lambda: run_local(q_crosstab, settings, analyst),
+                                        "crosstab in-process gateway, warm"),
+            "crosstab_floor": timed(floor_crosstab, "pooled DuckDB crosstab (floor)"),
+            "km_service_cold": cold_times(q_km, "Kaplan-Meier through service + nodes, just started"),
+            "km_service": timed(lambda: service_query(q_km), "Kaplan-Meier through service + nodes, warm"),
+            "km_inprocess": timed(lambda: run_local(q_km, settings, analyst), "Kaplan-Meier in-process gateway, warm"),
+            "km_floor": timed(floor_km, "pooled DuckDB Kaplan-Meier (floor)"),
+        }
+        node_ms: dict[str, list[float]] = {}
+        for log in (fed.workdir / "node-logs").glob("*.jsonl"):
+            for line in log.read_text().splitlines():
+                e = json.loads(line)
+                if e.get("event") == "answered" and e.get("requests"):
+                    node_ms.setdefault("km" if "km_counts" in e["requests"] else "crosstab", []).append(e["ms"])
+    finally:
+        fed.stop()
     med = {k: statistics.median(v) for k, v in res.items()}
-    summary = {"sites": n_sites, "patients": n_patients, "repeat": args.repeat,
+    summary = {"sites": n_sites, "patients": n_patients, "repeat": args.repeat, "cold_repeat": args.cold_repeat,
                **{f"{k}_median_ms": round(v * 1000, 1) for k, v in med.items()},
-               "crosstab_ratio": round(med["crosstab_federated"] / med["crosstab_floor"], 1),
-               "crosstab_cold_ratio": round(med["crosstab_federated_cold"] / med["crosstab_floor"], 1),
-               "km_ratio": round(med["km_federated"] / med["km_floor"], 1),
-               "km_cold_ratio": round(med["km_federated_cold"] / med["km_floor"], 1)}
+               **{f"{k}_node_task_median_ms": round(statistics.median(v), 1) for k, v in node_ms.items()}}
+    for key in ("crosstab", "km"):
+        summary[f"{key}_warm_ratio"] = round(med[f"{key}_service"] / med[f"{key}_floor"], 1)
+        summary[f"{key}_cold_ratio"] = round(med[f"{key}_service_cold"] / med[f"{key}_floor"], 1)
+        summary[f"{key}_inprocess_ratio"] = round(med[f"{key}_inprocess"] / med[f"{key}_floor"], 1)
     (out / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
     print()
-    print(f"| {n_sites} sites, {n_patients:,} patients | federated, sites opened (ms) | federated, sites open (ms) "
-          "| pooled DuckDB floor (ms) | ratio opened / open |")
-    print("|---|---|---|---|---|")
+    print(f"| {n_sites} sites, {n_patients:,} patients | service + nodes, just started (ms) | service + nodes, "
+          "warm (ms) | in-process, warm (ms) | pooled DuckDB floor (ms) | ratio cold / warm to floor | node task "
+          "(median ms) |")
+    print("|---|---|---|---|---|---|---|")
     for name, key in (("crosstab stage x arm", "crosstab"), ("Kaplan-Meier EFS by arm (monthly grid)", "km")):
-        print(f"| {name} | {med[key + '_federated_cold'] * 1000:,.0f} | {med[key + '_federated'] * 1000:,.0f} | "
-              f"{med[key + '_floor'] * 1000:,.0f} | {summary[key + '_cold_ratio']}x / {summary[key + '_ratio']}x |")
+        print(f"| {name} | {med[key + '_service_cold'] * 1000:,.0f} | {med[key + '_service'] * 1000:,.0f} | "
+              f"{med[key + '_inprocess'] * 1000:,.0f} | {med[key + '_floor'] * 1000:,.0f} | "
+              f"{summary[key + '_cold_ratio']}x / {summary[key + '_warm_ratio']}x | "
+              f"{summary.get(key + '_node_task_median_ms', '-')} |")
     return 0
 
 

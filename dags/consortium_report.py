@@ -3,8 +3,10 @@
 
 Rebuilds the consortium report whenever a site publishes a new dataset
 version (scheduled on the `harmonized` Asset that `site_ingest` updates).
-The standard queries are in `infra/reports/consortium.yaml`; each runs
-through the same disclosure control and audit as an analyst's query. The
+The standard queries are in `infra/reports/consortium.yaml`; each is asked
+of the query service (FEDERATION_SERVER) with the report's own service token
+(FEDERATION_TOKEN, or the credentials file in FEDERATION_CREDENTIALS), so
+the same disclosure control and audit apply as to any analyst. The
 report (HTML with plots, plus CSV) is written to `<report_dir>/<timestamp>/`
 and `<report_dir>/latest/`.
 """
@@ -35,13 +37,14 @@ def consortium_report() -> None:
         import shutil
         from pathlib import Path
 
+        from federation.client import Client
         from federation.query.report import build_report
         from federation.settings import load_settings
 
         settings = load_settings()
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         out = Path(settings.report_dir) / stamp
-        index = build_report(settings, out, progress=print)
+        index = build_report(Client(), out, progress=print)
         latest = Path(settings.report_dir) / "latest"
         if latest.exists():
             shutil.rmtree(latest)

@@ -8,6 +8,7 @@ import datetime as dt
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from federation.exceptions import FederationError
 
@@ -151,12 +152,67 @@ def _build_parser() -> argparse.ArgumentParser:
     qp.add_argument("--format", choices=["table", "csv", "json", "md"], default="table")
     qp.add_argument("--output", type=Path, help="write the result here instead of printing it")
     qp.add_argument("--plot", type=Path, help="also draw a PNG: Kaplan-Meier with risk table, or a bar chart")
-    qp.add_argument("--analyst", default=None, help="who is asking (default $USER); recorded in the audit log")
-    qp.add_argument("--config", type=Path, default=None, help="settings YAML (default $FEDERATION_CONFIG)")
+    qp.add_argument("--server", default=None, help="the query service URL (default $FEDERATION_SERVER)")
+    qp.add_argument("--credentials", type=Path, default=None,
+                    help="file holding your token, mode 0600 (default $FEDERATION_TOKEN, else "
+                    "~/.config/federation/token)")
 
-    au = sub.add_parser("audit", help="verify or list the query audit log")
+    au = sub.add_parser(
+        "audit", help="verify or list the query audit log",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "verify: check the audit log's hash chain, the service's signature on every entry, and the chain\n"
+            "heads the site nodes recorded (an edited, deleted, truncated, reordered or re-chained log fails).\n"
+            "Against a running service (--server, auditor token), or offline on a copy of the log\n"
+            "(--state or --log) with the service's public key and the node logs collected from the sites."))
     au.add_argument("action", choices=["verify", "list"])
-    au.add_argument("--config", type=Path, default=None, help="settings YAML (default $FEDERATION_CONFIG)")
+    au.add_argument("--server", default=None, help="ask the query service (auditor token)")
+    au.add_argument("--credentials", type=Path, default=None, help="token file (mode 0600)")
+    au.add_argument("--state", type=Path, default=None, help="offline: the service's state folder")
+    au.add_argument("--log", type=Path, default=None, help="offline: a copy of the audit log (audit.jsonl)")
+    au.add_argument("--service-key", type=Path, default=None, help="offline: the service's public key (service.pub)")
+    au.add_argument("--node-log", action="append", type=Path, default=[], metavar="PATH",
+                    help="offline: a site node's log (repeatable); its recorded chain heads must be in the log")
+
+    sv = sub.add_parser(
+        "serve", help="run the query service (HTTP API for analysts, auditors, admins and site nodes)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Run the query service. It keeps its signing key, users, and the audit log (the query history of\n"
+            "every analyst) in --state, holds the disclosure policy, and no credential for any site's data:\n"
+            "site nodes pull signed tasks from it. OpenAPI docs at /docs. Put it behind TLS in production."))
+    sv.add_argument("--state", type=Path, default=None,
+                    help="state folder (default $FEDERATION_STATE, else service-state)")
+    sv.add_argument("--policy", type=Path, default=None, help="query policy YAML (default infra/query-policy.yaml)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8700, help="port (default 8700)")
+    sv.add_argument("--reply-timeout", type=float, default=60.0, help="seconds to wait for a node's reply")
+
+    us = sub.add_parser("users", help="manage the query service's users and node credentials (on the service host)",
+                        description="add prints the new token once; rotate replaces it; revoke stops it at once.")
+    us.add_argument("action", choices=["add", "rotate", "revoke", "list"])
+    us.add_argument("name", nargs="?", help="user name (lowercase), e.g. alice or node-site-a")
+    us.add_argument("--role", choices=["analyst", "auditor", "admin", "site_coordinator", "node"])
+    us.add_argument("--site", default=None, help="node and site_coordinator: their site id")
+    us.add_argument("--state", type=Path, default=None,
+                    help="state folder (default $FEDERATION_STATE, else service-state)")
+
+    nd = sub.add_parser(
+        "node", help="run a site node: answer the query service's signed tasks from this site's data",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Run the node of one site. It is the only holder of the site's read credential (from --config),\n"
+            "connects outbound to the service only, accepts only tasks signed by the service's key\n"
+            "(--service-key), fresh and not replayed, answers with per-site summaries under the site's own\n"
+            "thresholds, and logs every task and audit head it saw to --log."))
+    nd.add_argument("--site", required=True, help="this node's site id")
+    nd.add_argument("--server", required=True, help="the query service URL")
+    nd.add_argument("--service-key", type=Path, required=True, help="the service's public key (service.pub)")
+    nd.add_argument("--token-file", type=Path, default=None,
+                    help="the node's token, mode 0600 (default $FEDERATION_NODE_TOKEN)")
+    nd.add_argument("--config", type=Path, default=None, help="settings YAML with this site's storage credentials")
+    nd.add_argument("--log", type=Path, default=None, help="node log (default node-SITE.jsonl)")
+    nd.add_argument("--poll-wait", type=float, default=20.0, help="long-poll seconds (default 20)")
 
     d = sub.add_parser("demo", help="run the main job end to end on embedded local storage",
                        description="Synthesize exports for several sites, validate each, print per-site outcomes.")
@@ -187,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
             return _query(args)
         if args.command == "audit":
             return _audit(args)
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "users":
+            return _users(args)
+        if args.command == "node":
+            return _node(args)
         if args.command == "demo":
             from federation.demo import run_demo
 
@@ -322,11 +384,9 @@ def parse_filter(text: str) -> dict[str, object]:
 
 
 def _query(args: argparse.Namespace) -> int:
-    import getpass
-
-    from federation.query import Query, run_local
+    from federation.client import Client
+    from federation.query import Query
     from federation.query.render import plot, to_csv, to_json, to_markdown, to_text
-    from federation.settings import load_settings
 
     exists = []
     for e in args.exists:
@@ -335,6 +395,9 @@ def _query(args: argparse.Namespace) -> int:
     versions = {}
     for v in args.version:
         site, _, n = v.partition("=")
+        if not n.isdigit():
+            print(f"error: --version {v!r}: write SITE=N, e.g. site-b=2", file=sys.stderr)
+            return 2
         versions[site] = int(n)
     try:
         q = Query.model_validate({
@@ -347,8 +410,7 @@ def _query(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: the query is not valid:\n{exc}", file=sys.stderr)
         return 2
-    settings = load_settings(args.config)
-    result = run_local(q, settings, args.analyst or getpass.getuser())
+    result = Client(args.server, credentials=args.credentials).query(q).result
     render = {"table": to_text, "csv": to_csv, "json": to_json, "md": to_markdown}[args.format]
     text = render(result)
     if args.output:
@@ -361,25 +423,129 @@ def _query(args: argparse.Namespace) -> int:
     return 0 if result.status == "released" else 3
 
 
-def _audit(args: argparse.Namespace) -> int:
-    from federation.query.central.audit import AuditLog
-    from federation.settings import load_settings
+def _state_dir(value: Path | None) -> Path:
+    import os
 
-    log = AuditLog(load_settings(args.config).audit_log)
+    return value or Path(os.environ.get("FEDERATION_STATE", "service-state"))
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from federation.query.central.audit import AuditLog, Witness
+    from federation.signing import Verifier
+
+    if args.server:
+        from federation.client import Client
+
+        client = Client(args.server, credentials=args.credentials)
+        if args.action == "list":
+            _print_audit(client.audit())
+            return 0
+        report = client.audit_verify()
+        for site, why in report["nodes_unreachable"].items():
+            print(f"  note: node {site} could not be asked ({why})")
+        return _report_verify(f"audit log at {args.server}", report["entries"], report["problems"],
+                              report["nodes_checked"])
+    if args.state is None and args.log is None:
+        print("error: give --server URL, or --state DIR / --log FILE for an offline check", file=sys.stderr)
+        return 2
+    log = AuditLog(args.log or args.state / "audit.jsonl")
     if args.action == "list":
-        for e in log.entries():
-            print(f"#{e['id']:<5} {e['time'][:19]} {e['analyst']:<10} {e['outcome']:<9} "
-                  f"{e['query']['study_id']} {e['query']['statistic']} by {','.join(e['query']['group_by']) or '-'}"
-                  f"{'  ' + e['reason'][:80] if e['reason'] else ''}")
+        _print_audit(log.entries())
         return 0
-    problems = log.verify()
+    key_path = args.service_key or (args.state / "service.pub" if args.state else None)
+    if key_path is None:
+        print("error: give --service-key (the service's service.pub) to check signatures", file=sys.stderr)
+        return 2
+    from federation.node import NodeLog
+
+    witnesses = [Witness(node=str(p), heads=NodeLog(p).heads()) for p in args.node_log]
+    problems = log.verify(Verifier.from_file(key_path), witnesses)
+    return _report_verify(f"audit log {log.path}", len(log.entries()), problems, [w.node for w in witnesses])
+
+
+def _print_audit(entries: list[dict[str, Any]]) -> None:
+    for e in entries:
+        q = e["query"]
+        reason = str(e.get("reason") or "")
+        print(f"#{e['id']:<5} {str(e['time'])[:19]} {e['analyst']!s:<12} {e['outcome']!s:<9} "
+              f"{q['study_id']} {q['statistic']} by {','.join(q['group_by']) or '-'}"
+              f"{'  ' + reason[:80] if reason else ''}")
+
+
+def _report_verify(what: str, n: int, problems: list[str], nodes: list[str]) -> int:
     if problems:
-        print(f"audit log {log.path} has been TAMPERED WITH:")
+        print(f"{what} has been TAMPERED WITH:")
         for p in problems:
             print(f"  {p}")
         return 1
-    print(f"audit log {log.path}: {len(log.entries())} entries, hash chain intact")
+    print(f"{what}: {n} entries, hash chain and signatures intact"
+          + (f"; chain heads recorded by {len(nodes)} node(s) all present" if nodes else
+             "; no node heads checked (give --node-log)"))
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from federation.paths import INFRA_DIR
+    from federation.service.app import ServiceState, create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    state = ServiceState(_state_dir(args.state), args.policy or INFRA_DIR / "query-policy.yaml",
+                         reply_timeout=args.reply_timeout)
+    print(f"query service on http://{args.host}:{args.port} (docs at /docs); state in {state.state_dir}; "
+          f"policy {state.policy_path}; public key {state.state_dir / 'service.pub'}", file=sys.stderr, flush=True)
+    uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _users(args: argparse.Namespace) -> int:
+    from federation.service.users import UserStore
+
+    users = UserStore(_state_dir(args.state) / "users.sqlite")
+    if args.action == "list":
+        for u in users.all():
+            print(f"{u['name']!s:<24} {u['role']!s:<17} {u['site'] or '':<10} created {u['created']}"
+                  + (f"  REVOKED {u['revoked']}" if u["revoked"] else ""))
+        return 0
+    if not args.name:
+        print(f"error: users {args.action} needs a NAME", file=sys.stderr)
+        return 2
+    if args.action == "add":
+        if not args.role:
+            print("error: users add needs --role", file=sys.stderr)
+            return 2
+        print(users.add(args.name, args.role, args.site))
+        print(f"(token of {args.name}, shown once: store it in a file with mode 0600)", file=sys.stderr)
+    elif args.action == "rotate":
+        print(users.rotate(args.name))
+        print(f"(new token of {args.name}; the old one no longer works)", file=sys.stderr)
+    else:
+        users.revoke(args.name)
+        print(f"revoked {args.name}")
+    return 0
+
+
+def _node(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    from federation.node import SiteNode, read_token
+    from federation.settings import load_settings
+    from federation.signing import Verifier
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = load_settings(args.config)
+    node = SiteNode(settings, args.site, args.server, read_token(args.token_file, "FEDERATION_NODE_TOKEN"),
+                    Verifier.from_file(args.service_key), args.log or Path(f"node-{args.site}.jsonl"),
+                    poll_wait=args.poll_wait)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return node.run(stop)
 
 
 def _synth(args: argparse.Namespace) -> int:

@@ -4,6 +4,10 @@ Synthesize exports for several sites (one with injected errors), check each
 locally as a site coordinator would, upload them to the landing zone, run the
 real `site_ingest` Airflow DAG (dag.test(), SQLite), and show the upload
 catalog: published versions, and the quarantined upload with its report.
+Then start the query service and one node per site as local processes on
+127.0.0.1, run the `consortium_report` DAG through the service with its own
+token, ask a few questions as an analyst with a token, verify the audit log
+against the heads the nodes recorded, and stop them.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ from pathlib import Path
 
 import yaml
 
+from federation.client import Client
 from federation.config import SiteConfig
 from federation.ingest.landing import upload_export
 from federation.ingest.pipeline import read_catalog
+from federation.localrun import LocalFederation
 from federation.orchestration import run_dag
-from federation.query import Filter, Query, run_local
+from federation.query import Filter, Query
 from federation.query.render import to_text
 from federation.settings import load_settings
 from federation.storage import open_store
@@ -82,24 +88,37 @@ def run_demo(workdir: Path, n_sites: int = 5, patients: int = 300) -> int:
           f"upload catalog: `federation uploads --config {settings_file}`")
 
     print()
-    print("[5/5] running the Airflow DAG consortium_report (standard queries, disclosure control, audit) ...")
-    report_run = run_dag(workdir / "airflow", "consortium_report", {"FEDERATION_CONFIG": str(settings_file)})
-    print(f"  DAG run {report_run['state']}; report: {settings.report_dir / 'latest' / 'index.html'}")
-    print()
-    print("a few aggregates, as an analyst would ask them (federation query --config ...):")
-    for q in (Query(study_id=DEMO_STUDY, statistic="crosstab", group_by=["stage", "histology_risk"]),
-              Query(study_id=DEMO_STUDY, statistic="mean", column="age_at_diagnosis_years", group_by=["arm"]),
-              Query(study_id=DEMO_STUDY, statistic="logistic",
-                    outcome=Filter(column="efs_event", op="==", value=True),
-                    covariates=["age_at_diagnosis_years", "enrollment_year"]),
-              Query(study_id=DEMO_STUDY, group_by=["arm"], filters=[Filter(column="age_group", op="!=", value="<1")])):
+    published = sorted(e.site_id for e in read_catalog(store, settings) if e.status == "published")
+    print(f"[5/5] starting the query service and one node per site ({', '.join(published)}) on 127.0.0.1 ...")
+    with LocalFederation(workdir / "federation", {site: settings_file for site in published},
+                         analysts=("demo-analyst", "consortium-report")) as fed:
+        print(f"  service {fed.url} (API docs {fed.url}/docs); state {fed.state}; logs {fed.logs}")
+        print("  running the Airflow DAG consortium_report through the service (its own token) ...")
+        report_run = run_dag(workdir / "airflow", "consortium_report", {
+            "FEDERATION_CONFIG": str(settings_file), "FEDERATION_SERVER": fed.url,
+            "FEDERATION_TOKEN": fed.token("consortium-report")})
+        print(f"  DAG run {report_run['state']}; report: {settings.report_dir / 'latest' / 'index.html'}")
         print()
-        r = run_local(q, settings, "demo-analyst")
-        text = to_text(r).splitlines()
-        if q.statistic == "mean":  # combined rows only, to keep the demo short
-            text = [line for line in text if "site-" not in line or line.startswith("versions")]
-        print("\n".join(text))
-    print()
-    print(f"audit log: {settings.audit_log} (`federation audit verify --config {settings_file}`)")
+        print(f"a few aggregates, as an analyst asks them (federation query --server {fed.url} ...):")
+        analyst = Client(fed.url, fed.token("demo-analyst"))
+        for q in (Query(study_id=DEMO_STUDY, statistic="crosstab", group_by=["stage", "histology_risk"]),
+                  Query(study_id=DEMO_STUDY, statistic="mean", column="age_at_diagnosis_years", group_by=["arm"]),
+                  Query(study_id=DEMO_STUDY, statistic="logistic",
+                        outcome=Filter(column="efs_event", op="==", value=True),
+                        covariates=["age_at_diagnosis_years", "enrollment_year"]),
+                  Query(study_id=DEMO_STUDY, group_by=["arm"],
+                        filters=[Filter(column="age_group", op="!=", value="<1")])):
+            print()
+            text = to_text(analyst.query(q).result).splitlines()
+            if q.statistic == "mean":  # combined rows only, to keep the demo short
+                text = [line for line in text if "site-" not in line or line.startswith("versions")]
+            print("\n".join(text))
+        check = Client(fed.url, fed.token("auditor")).audit_verify()
+        print()
+        print(f"audit log: {check['entries']} signed entries; checked against the chain heads recorded by "
+              f"{len(check['nodes_checked'])} nodes: {'intact' if not check['problems'] else check['problems']}")
+        node_logs = fed.workdir / "node-logs"
+        print(f"(offline: federation audit verify --state {fed.state} --node-log {node_logs}/<site>.jsonl)")
+    print("service and nodes stopped")
     print(f"done in {time.perf_counter() - started:.0f} s")
-    return 0 if result["state"] == report_run["state"] == "success" else 1
+    return 0 if result["state"] == report_run["state"] == "success" and not check["problems"] else 1

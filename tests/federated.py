@@ -79,3 +79,24 @@ def federated_settings_file(federated: Settings, tmp_path: Path) -> Path:
                                     "sites_dir": str(federated.sites_dir), "audit_log": str(tmp_path / "audit.jsonl"),
                                     "report_dir": str(tmp_path / "report")}))
     return path
+
+
+@pytest.fixture(scope="session")
+def federated_nodes(federated: Settings, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The query service and one node per federated site, as separate processes on 127.0.0.1."""
+    import yaml
+
+    from federation.localrun import LocalFederation
+
+    root = tmp_path_factory.mktemp("nodes")
+    node_settings = {}
+    for site in ("site-a", "site-b", "site-c", "site-d", "site-e", "site-f"):
+        path = root / f"{site}.yaml"
+        path.write_text(yaml.safe_dump({"storage": federated.storage.model_dump(mode="json"),
+                                        "sites_dir": str(federated.sites_dir)}))
+        node_settings[site] = path
+    fed = LocalFederation(root / "run", node_settings, analysts=("analyst", "mallory", "eve", "consortium-report"),
+                          reply_timeout=20.0, poll_wait=5.0)
+    fed.start()
+    yield fed
+    fed.stop()

@@ -23,6 +23,18 @@ def test_compose_file_has_the_production_services() -> None:
             assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
 
 
+def test_compose_nodes_hold_only_their_own_site_key_and_the_service_none() -> None:
+    services = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())["services"]
+    assert not any("secrets" in str(v) or "settings" in str(v) for v in services["query-service"].get("volumes", []))
+    nodes = {name.removeprefix("node-"): svc for name, svc in services.items() if name.startswith("node-")}
+    assert set(nodes) == {f"site-{c}" for c in "abcdef"}
+    for site, svc in nodes.items():
+        keys = [v for v in svc["volumes"] if ".json:" in v]
+        assert keys == [f"${{FEDERATION_SECRETS_DIR:-./secrets}}/query-{site}.json:"
+                        f"/run/secrets/federation/query-{site}.json:ro"], site
+        assert svc["command"][svc["command"].index("--site") + 1] == site
+
+
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian's docker-compose is not installed")
 def test_docker_compose_config_is_valid() -> None:
     env = {**os.environ, "POSTGRES_PASSWORD": "check", "AIRFLOW_JWT_SECRET": "check"}

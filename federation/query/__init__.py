@@ -11,19 +11,19 @@ through the query service (`federation.service`, `federation.client`).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from federation.query.model import Exists, Filter, Query
 
 if TYPE_CHECKING:
+    from federation.query.central.audit import AuditLog
     from federation.query.central.runner import Result
     from federation.settings import Settings
 
 __all__ = ["Exists", "Filter", "Query", "run_local"]
 
 
-def run_local(q: Query, settings: Settings, analyst: str, *, audit_log: Path | None = None) -> Result:
+def run_local(q: Query, settings: Settings, analyst: str, *, audit: AuditLog | None = None) -> Result:
     """Run `q` with every site answered in this process, with the policy and audit log of `settings`."""
     from federation.query.central.audit import AuditLog
     from federation.query.central.gateway import InProcessGateway
@@ -31,4 +31,4 @@ def run_local(q: Query, settings: Settings, analyst: str, *, audit_log: Path | N
     from federation.query.policy import load_query_policy
 
     return run_query(q, InProcessGateway(settings), load_query_policy(settings.query_policy),
-                     AuditLog(audit_log or settings.audit_log), analyst)
+                     audit or AuditLog(settings.audit_log), analyst)

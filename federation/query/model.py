@@ -84,6 +84,10 @@ class Query(BaseModel):
                 "cox": f"Cox regression ({self.endpoint.upper()})"}.get(
             self.statistic, self.statistic)
         parts = [f"{what} of {self.table}"]
+        if self.statistic == "logistic" and self.outcome is not None:
+            parts.append(f"for the outcome {self.outcome.describe()}")
+        if self.statistic in ("logistic", "cox") and self.covariates:
+            parts.append("on " + ", ".join(self.covariates))
         if self.column:
             parts.append(f"({self.column})")
         if self.group_by:

@@ -78,9 +78,11 @@ def rows_of(result: Result) -> tuple[list[str], list[list[Any]]]:
         return header, rows
     if stat in ("logistic", "cox"):
         ratio = "odds_ratio" if stat == "logistic" else "hazard_ratio"
-        header = ["term", "estimate", "se", "z", "p", ratio.replace("_", " "), "ci95 low", "ci95 high"]
+        name = ratio.replace("_", " ")
+        header = ["term", "estimate (log)", "se", "z", "p", name, f"{name} ci95 low", f"{name} ci95 high"]
         return header, [[c["term"], _fmt(c["estimate"]), _fmt(c["se"]), _fmt(c["z"]), _fmt(c["p"]),
-                         _fmt(c[ratio]), _fmt(c["ci95"][0]), _fmt(c["ci95"][1])] for c in p["coefficients"]]
+                         _fmt(c[ratio]), _fmt(c[f"{ratio}_ci95"][0]), _fmt(c[f"{ratio}_ci95"][1])]
+                        for c in p["coefficients"]]
     return [], []
 
 
@@ -140,9 +142,21 @@ def to_json(result: Result) -> str:
 
 def plot(result: Result, path: Path) -> Path:
     """Kaplan-Meier curves with a risk table, or a bar chart of counts; PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(result)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def figure(result: Result) -> Any:
+    """The matplotlib figure of `plot` (Kaplan-Meier with risk table, or bars of counts)."""
     import matplotlib
 
-    matplotlib.use("Agg")
+    if matplotlib.get_backend().lower() not in ("module://matplotlib_inline.backend_inline", "nbagg"):
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     p = result.payload
@@ -206,7 +220,4 @@ def plot(result: Result, path: Path) -> Path:
         ax.set_title(result.query.describe(), fontsize=9)
         del header, rows
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig

@@ -1,6 +1,6 @@
-"""The consortium report: standard queries from infra/reports/consortium.yaml, run for every study
-with published data through the same disclosure control and audit, rendered as one HTML page with
-plots plus a CSV per table."""
+"""The consortium report: standard queries from infra/reports/consortium.yaml, asked of the query service
+for every study in the registry (with the report's own service token, so the same disclosure control and
+audit apply as to any analyst), rendered as one HTML page with plots plus a CSV per table."""
 
 from __future__ import annotations
 
@@ -12,35 +12,34 @@ from typing import Any
 
 import yaml
 
+from federation.client import Client
 from federation.paths import INFRA_DIR
-from federation.query import run_local
 from federation.query.central.runner import Result
 from federation.query.model import Query
 from federation.query.render import plot, rows_of, to_csv
 from federation.schema import load_registry
-from federation.settings import Settings
 
 DEFAULT_SPEC = INFRA_DIR / "reports" / "consortium.yaml"
 
 
-def studies_with_data(settings: Settings) -> list[str]:
-    from federation.query.central.gateway import published_sites as _published_sites
-
-    return [s.study_id for s in load_registry().studies if _published_sites(settings, s.study_id)]
+NO_DATA = "no site can take part in this query"
 
 
-def build_report(settings: Settings, out: Path, spec_path: Path = DEFAULT_SPEC,
-                 progress: Any = lambda _m: None) -> Path:
+def build_report(client: Client, out: Path, spec_path: Path = DEFAULT_SPEC, progress: Any = lambda _m: None) -> Path:
     spec = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
     out.mkdir(parents=True, exist_ok=True)
     sections: list[str] = []
     results: list[Result] = []
-    for study in studies_with_data(settings):
-        sections.append(f"<h2>{html.escape(study)}: {html.escape(load_registry().study(study).title)}</h2>")
+    for entry in load_registry().studies:
+        study = entry.study_id
+        sections.append(f"<h2>{html.escape(study)}: {html.escape(entry.title)}</h2>")
         for item in spec["queries"]:
             q = Query.model_validate({**item["query"], "study_id": study})
             progress(f"  {study}: {item['title']}")
-            r = run_local(q, settings, spec.get("analyst", "consortium-report"))
+            r = client.query(q).result
+            if r.status == "refused" and r.reason.startswith(NO_DATA):
+                sections.append("<p>No site has published data for this study yet.</p>")
+                break
             results.append(r)
             sections.append(_section(item, r, out, study))
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")

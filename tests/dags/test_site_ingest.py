@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from federation.client import Client
 from federation.ingest.pipeline import read_catalog
 from federation.ingest.publish import latest_version
+from federation.localrun import LocalFederation
 from federation.orchestration import DAGS_DIR, airflow_env, run_dag
 from federation.settings import Settings, load_settings
 from federation.storage import open_store
@@ -70,8 +72,13 @@ def test_dag_run_publishes_and_quarantines(backend: Settings, clean_exports: Pat
 
 
 @pytest.mark.integration
-def test_consortium_report_dag_builds_the_report(federated_settings_file: Path, tmp_path: Path) -> None:
-    result = run_dag(tmp_path / "airflow", "consortium_report", {"FEDERATION_CONFIG": str(federated_settings_file)})
+def test_consortium_report_dag_builds_the_report(federated_settings_file: Path, federated_nodes: LocalFederation,
+                                                 tmp_path: Path) -> None:
+    # the DAG asks the query service with the report's own token; it holds no storage credential for the query
+    fed = federated_nodes
+    result = run_dag(tmp_path / "airflow", "consortium_report", {
+        "FEDERATION_CONFIG": str(federated_settings_file), "FEDERATION_SERVER": fed.url,
+        "FEDERATION_TOKEN": fed.token("consortium-report")})
     assert result["state"] == "success"
     settings = load_settings(federated_settings_file)
     index = settings.report_dir / "latest" / "index.html"
@@ -79,7 +86,7 @@ def test_consortium_report_dag_builds_the_report(federated_settings_file: Path, 
     assert "Enrollment by site and arm" in html and "Overall survival by risk group" in html
     assert html.count("data:image/png;base64,") >= 7
     assert len(list((settings.report_dir / "latest").glob("*.csv"))) >= 7
-    from federation.query.central.audit import AuditLog
-
-    entries = AuditLog(settings.audit_log).entries()
-    assert {e["analyst"] for e in entries} == {"consortium-report"} and len(entries) >= 7
+    entries = [e for e in Client(fed.url, fed.token("auditor")).audit() if e["analyst"] == "consortium-report"]
+    assert len(entries) >= 7 and all(e["outcome"] == "released" for e in entries[:7])
+    # the registry's study without published data is named in the report, not left out
+    assert "PONC-NB-02" in html and "No site has published data for this study yet." in html

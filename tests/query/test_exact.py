@@ -1,30 +1,45 @@
-"""Federated statistics equal the same statistics computed on the pooled data."""
+"""Federated statistics equal the same statistics computed on the pooled data: with every site answered in
+this process, and through the query service and six site-node processes (integration)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
 from federation.query import Filter, Query, run_local
+from federation.query.central.runner import Result
 from federation.settings import Settings
 from tests.federated import STUDY, pooled
+
+
+@pytest.fixture(params=["in-process", pytest.param("nodes", marks=pytest.mark.integration)])
+def ask(request: pytest.FixtureRequest, federated: Settings) -> Callable[[Query], Result]:
+    """Ask a query in this process, or as an analyst of the query service answered by node processes."""
+    if request.param == "in-process":
+        return lambda q: run_local(q, federated, "t")
+    from federation.client import Client
+
+    fed = request.getfixturevalue("federated_nodes")
+    client = Client(fed.url, fed.token("analyst"))
+    return lambda q: client.query(q).result
 
 
 def _released(v: object) -> bool:
     return not (isinstance(v, dict) and v.get("suppressed"))
 
 
-def test_six_sites_of_different_sizes_take_part(federated: Settings) -> None:
-    r = run_local(Query(study_id=STUDY), federated, "t")
+def test_six_sites_of_different_sizes_take_part(federated: Settings, ask: Callable[[Query], Result]) -> None:
+    r = ask(Query(study_id=STUDY))
     sizes = sorted(r.payload["total"]["per_site"].values())
     assert len(sizes) == 6 and sizes[-1] >= 3 * sizes[0]
     assert r.payload["total"]["combined"] == pooled(federated, "SELECT count(*) FROM patients")[0][0]
 
 
-def test_count_by_group_equals_pooled(federated: Settings) -> None:
-    r = run_local(Query(study_id=STUDY, group_by=["arm"]), federated, "t")
+def test_count_by_group_equals_pooled(federated: Settings, ask: Callable[[Query], Result]) -> None:
+    r = ask(Query(study_id=STUDY, group_by=["arm"]))
     truth = dict(pooled(federated, "SELECT arm, count(*) FROM patients GROUP BY arm"))
     released = 0
     for row in r.payload["rows"]:
@@ -37,8 +52,8 @@ def test_count_by_group_equals_pooled(federated: Settings) -> None:
     assert nr["per_site"]["site-a"] == {"suppressed": True}
 
 
-def test_crosstab_equals_pooled(federated: Settings) -> None:
-    r = run_local(Query(study_id=STUDY, statistic="crosstab", group_by=["stage", "histology_risk"]), federated, "t")
+def test_crosstab_equals_pooled(federated: Settings, ask: Callable[[Query], Result]) -> None:
+    r = ask(Query(study_id=STUDY, statistic="crosstab", group_by=["stage", "histology_risk"]))
     p = r.payload
     truth = {(a, b): n for a, b, n in pooled(
         federated, "SELECT stage, histology_risk, count(*) FROM unit_patients GROUP BY ALL")}
@@ -56,9 +71,8 @@ def test_crosstab_equals_pooled(federated: Settings) -> None:
     assert p["combined"][-1][-1] == sum(truth.values())
 
 
-def test_mean_and_variance_equal_pooled(federated: Settings) -> None:
-    r = run_local(Query(study_id=STUDY, statistic="variance", column="age_at_diagnosis_years", group_by=["sex"]),
-                  federated, "t")
+def test_mean_and_variance_equal_pooled(federated: Settings, ask: Callable[[Query], Result]) -> None:
+    r = ask(Query(study_id=STUDY, statistic="variance", column="age_at_diagnosis_years", group_by=["sex"]))
     for row in r.payload["rows"]:
         c = row["combined"]
         if not _released(c) or c.get("n", 0) < 2:
@@ -71,34 +85,34 @@ def test_mean_and_variance_equal_pooled(federated: Settings) -> None:
         assert c["sd"] == pytest.approx(values.std(ddof=1), rel=1e-9)
 
 
-def test_sum_equals_pooled(federated: Settings) -> None:
-    r = run_local(Query(study_id=STUDY, statistic="sum", column="os_days"), federated, "t")
+def test_sum_equals_pooled(federated: Settings, ask: Callable[[Query], Result]) -> None:
+    r = ask(Query(study_id=STUDY, statistic="sum", column="os_days"))
     total = pooled(federated, "SELECT sum(os_days) FROM patients")[0][0]
     assert r.payload["rows"][0]["combined"]["sum"] == pytest.approx(total, rel=1e-12)
 
 
-def test_quantiles_within_the_stated_bound(federated: Settings) -> None:
-    r = run_local(Query(study_id=STUDY, statistic="quantiles", column="age_at_diagnosis_years",
-                        probs=[0.25, 0.5, 0.75]), federated, "t")
+def test_quantiles_within_the_stated_bound(federated: Settings, ask: Callable[[Query], Result]) -> None:
+    r = ask(Query(study_id=STUDY, statistic="quantiles", column="age_at_diagnosis_years",
+                        probs=[0.25, 0.5, 0.75]))
     values = np.array([v for (v,) in pooled(federated, "SELECT age_at_diagnosis_years FROM patients")])
     for prob, q in r.payload["rows"][0]["combined"]["quantiles"].items():
         exact = np.quantile(values, float(prob), method="inverted_cdf")
         assert 0 <= q["value"] - exact <= q["error_bound"] + 1e-12
 
 
-def test_proportion_equals_pooled(federated: Settings) -> None:
-    r = run_local(Query(study_id=STUDY, statistic="proportion", column="efs_event", value=True), federated, "t")
+def test_proportion_equals_pooled(federated: Settings, ask: Callable[[Query], Result]) -> None:
+    r = ask(Query(study_id=STUDY, statistic="proportion", column="efs_event", value=True))
     x, n = pooled(federated, "SELECT sum(efs_event::int), count(*) FROM patients")[0]
     c = r.payload["rows"][0]["combined"]
     assert (c["x"], c["n"]) == (x, n)
     assert c["ci95"][0] < x / n < c["ci95"][1]
 
 
-def test_kaplan_meier_on_the_grid_equals_pooled(federated: Settings) -> None:
+def test_kaplan_meier_on_the_grid_equals_pooled(federated: Settings, ask: Callable[[Query], Result]) -> None:
     from statsmodels.duration.survfunc import SurvfuncRight
 
     q = Query(study_id=STUDY, statistic="km", endpoint="efs")
-    r = run_local(q, federated, "t")
+    r = ask(q)
     rows = pooled(federated, "SELECT efs_days, efs_event FROM patients")
     t = np.array([a for a, _ in rows], dtype=float)
     e = np.array([b for _, b in rows], dtype=bool)
@@ -117,7 +131,7 @@ def test_kaplan_meier_on_the_grid_equals_pooled(federated: Settings) -> None:
         assert pt["survival"] == pytest.approx(expected, abs=1e-12)
 
 
-def test_logistic_regression_equals_pooled_statsmodels(federated: Settings) -> None:
+def test_logistic_regression_equals_pooled_statsmodels(federated: Settings, ask: Callable[[Query], Result]) -> None:
     import statsmodels.api as sm
 
     # sites where every category of the covariates has enough rows (the disclosure check refuses the others)
@@ -127,7 +141,7 @@ def test_logistic_regression_equals_pooled_statsmodels(federated: Settings) -> N
     assert len(sites) >= 3
     q = Query(study_id=STUDY, statistic="logistic", outcome=Filter(column="efs_event", op="==", value=True),
               covariates=["histology_risk", "age_at_diagnosis_years", "enrollment_year"], sites=sites)
-    r = run_local(q, federated, "t")
+    r = ask(q)
     assert r.status == "released", r.reason
     in_sites = ", ".join(f"'{s}'" for s in sites)
     rows = pooled(federated, f"""SELECT efs_event::int, histology_risk, age_at_diagnosis_years, enrollment_year
@@ -146,24 +160,23 @@ def test_logistic_regression_equals_pooled_statsmodels(federated: Settings) -> N
     assert not math.isnan(r.payload["log_likelihood"])
 
 
-def test_logistic_refuses_rare_categories(federated: Settings) -> None:
+def test_logistic_refuses_rare_categories(federated: Settings, ask: Callable[[Query], Result]) -> None:
     q = Query(study_id=STUDY, statistic="logistic", outcome=Filter(column="efs_event", op="==", value=True),
               covariates=["arm"])  # site-a has a single NR patient
-    r = run_local(q, federated, "t")
+    r = ask(q)
     assert r.status == "refused" and "arm = NR has fewer than 5 rows" in r.reason
     assert r.suggestion
 
 
-def test_same_query_same_versions_same_result(federated: Settings) -> None:
+def test_same_query_same_versions_same_result(federated: Settings, ask: Callable[[Query], Result]) -> None:
     q = Query(study_id=STUDY, statistic="crosstab", group_by=["arm", "sex"])
-    a, b = run_local(q, federated, "t"), run_local(q, federated, "t")
+    a, b = ask(q), ask(q)
     assert a.payload == b.payload and a.versions == b.versions
     assert set(a.versions.values()) == {f"site-{c}/{STUDY}@v1" for c in "abcdef"}
 
 
-def test_grouped_quantiles_within_the_stated_bound(federated: Settings) -> None:
-    r = run_local(Query(study_id=STUDY, statistic="quantiles", column="os_days", probs=[0.5], group_by=["sex"]),
-                  federated, "t")
+def test_grouped_quantiles_within_the_stated_bound(federated: Settings, ask: Callable[[Query], Result]) -> None:
+    r = ask(Query(study_id=STUDY, statistic="quantiles", column="os_days", probs=[0.5], group_by=["sex"]))
     checked = 0
     for row in r.payload["rows"]:
         c = row["combined"]
@@ -177,12 +190,12 @@ def test_grouped_quantiles_within_the_stated_bound(federated: Settings) -> None:
     assert checked >= 2
 
 
-def test_cox_stratified_by_site_equals_pooled_statsmodels(federated: Settings) -> None:
+def test_cox_stratified_by_site_equals_pooled_statsmodels(federated: Settings, ask: Callable[[Query], Result]) -> None:
     from statsmodels.duration.hazard_regression import PHReg
 
     q = Query(study_id=STUDY, statistic="cox", endpoint="efs",
               covariates=["age_at_diagnosis_years", "enrollment_year"])
-    r = run_local(q, federated, "t")
+    r = ask(q)
     assert r.status == "released", r.reason
     rows = pooled(federated, "SELECT efs_days, efs_event::int, age_at_diagnosis_years, enrollment_year, site_id "
                              "FROM patients")

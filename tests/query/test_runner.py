@@ -1,15 +1,13 @@
-"""Query execution: partial results, pinned versions, the command line."""
+"""Query execution: partial results and pinned versions (the command line: tests/service)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from federation.cli import main
 from federation.query import Query, run_local
 from federation.settings import Settings
 from tests.federated import STUDY
@@ -51,26 +49,3 @@ def test_pinned_versions_reproduce_a_result_after_a_new_upload(copy: Settings) -
     assert run_local(q, copy, "t").versions["site-b"] == f"site-b/{STUDY}@v2"
     pinned = run_local(q.model_copy(update={"versions": {"site-b": 1}}), copy, "t")
     assert pinned.versions == before.versions and pinned.payload == before.payload
-
-
-def test_cli_query_formats_plot_and_refusal(copy: Settings, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
-    config = tmp_path / "settings.yaml"
-    config.write_text(f"storage: {{kind: local, root: {copy.storage.root}}}\nsites_dir: {copy.sites_dir}\n"
-                      f"audit_log: {copy.audit_log}\n")
-    base = ["query", "--config", str(config), "--study", STUDY, "--analyst", "cli"]
-    assert main([*base, "--by", "arm", "--exists", "adverse_events: grade >= 3"]) == 0
-    out = capsys.readouterr().out
-    assert "combined" in out and "audit entry #1" in out
-    assert main([*base, "--stat", "km", "--endpoint", "efs", "--by", "histology_risk", "--format", "json",
-                 "--plot", str(tmp_path / "km.png")]) == 0
-    data = json.loads(capsys.readouterr().out.split("\nplot:")[0])
-    assert data["status"] == "released" and data["audit_id"] == 2 and len(data["versions"]) == 6
-    assert (tmp_path / "km.png").stat().st_size > 10_000
-    # (another analyst: the first query would make this one a differencing attack on site-a's NR patient)
-    assert main([*base[:-1], "cli2", "--stat", "crosstab", "--by", "stage", "--by", "arm", "--format", "csv",
-                 "--plot", str(tmp_path / "bars.png")]) == 0
-    assert capsys.readouterr().out.startswith("stage \\ arm,")
-    assert main([*base, "--by", "pid"]) == 3
-    assert "REFUSED" in capsys.readouterr().out
-    assert main([*base, "--where", "sex ~ F"]) == 2

@@ -1,0 +1,163 @@
+"""The query service with six site-node processes on 127.0.0.1: identity from tokens only, roles, faults
+and bad input, restarts, and an analyst who holds nothing that changes the policy, history or audit log."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from federation.cli import main
+from federation.client import Client, ServiceError
+from federation.localrun import LocalFederation, write_secret
+from federation.query import Filter, Query
+from federation.settings import Settings
+from tests.federated import STUDY, pooled
+
+pytestmark = pytest.mark.integration
+
+
+def _get(fed: LocalFederation, path: str, token: str | None = None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return httpx.get(f"{fed.url}{path}", headers=headers, timeout=30)
+
+
+def test_missing_wrong_revoked_token_and_wrong_role(federated_nodes: LocalFederation) -> None:
+    fed = federated_nodes
+    r = _get(fed, "/v1/queries")
+    assert r.status_code == 401 and "missing token" in r.json()["detail"]
+    r = _get(fed, "/v1/queries", "fed_not-a-token")
+    assert r.status_code == 401 and "unknown token" in r.json()["detail"]
+    fed.add_user("leaver", "analyst")
+    assert _get(fed, "/v1/queries", fed.token("leaver")).status_code == 200
+    assert main(["users", "revoke", "leaver", "--state", str(fed.state)]) == 0
+    r = _get(fed, "/v1/queries", fed.token("leaver"))
+    assert r.status_code == 401 and "revoked" in r.json()["detail"]
+    r = _get(fed, "/v1/audit", fed.token("analyst"))  # an analyst is not an auditor
+    assert r.status_code == 403 and "needs the role auditor" in r.json()["detail"]
+    r = httpx.post(f"{fed.url}/v1/queries", json={"study_id": STUDY}, timeout=30,
+                   headers={"Authorization": f"Bearer {fed.token('node-site-a')}"})
+    assert r.status_code == 403  # a node's token cannot ask queries
+
+
+def test_identity_comes_from_the_token_only(federated_nodes: LocalFederation) -> None:
+    fed = federated_nodes
+    spec = _get(fed, "/openapi.json").json()
+    params = [p["name"] for path in spec["paths"].values() for op in path.values() for p in op.get("parameters", [])]
+    assert not any("analyst" in p or "user" in p for p in params)
+    r = httpx.post(f"{fed.url}/v1/queries", json={"study_id": STUDY, "analyst": "someone-else"}, timeout=30,
+                   headers={"Authorization": f"Bearer {fed.token('analyst')}"})
+    assert r.status_code == 422  # the query model has no such field
+    result = Client(fed.url, fed.token("eve")).query(STUDY, group_by=["sex"]).result
+    entry = next(e for e in Client(fed.url, fed.token("auditor")).audit() if e["id"] == result.audit_id)
+    assert entry["analyst"] == "eve"
+    with pytest.raises(SystemExit):
+        main(["query", "--study", STUDY, "--analyst", "someone-else"])
+
+
+def test_malformed_and_oversized_requests_get_4xx_without_a_traceback(federated_nodes: LocalFederation) -> None:
+    fed = federated_nodes
+    headers = {"Authorization": f"Bearer {fed.token('analyst')}", "Content-Type": "application/json"}
+    for body in (b"{not json", b'{"study_id": 3, "statistic": "everything"}', b"[]", b'{"study_id": "X", "group_by": '
+                 b'["a", "b", "c", "d"]}'):
+        r = httpx.post(f"{fed.url}/v1/queries", content=body, headers=headers, timeout=30)
+        assert r.status_code == 422, body
+        assert "Traceback" not in r.text
+    r = httpx.post(f"{fed.url}/v1/queries", content=b'{"study_id": "' + b"x" * 400_000 + b'"}', headers=headers,
+                   timeout=30)
+    assert r.status_code == 413
+    r = httpx.post(f"{fed.url}/v1/queries", json={"study_id": "NO-SUCH-STUDY"}, headers=headers, timeout=30)
+    assert r.status_code == 200 and r.json()["status"] == "refused"
+
+
+def test_a_node_that_is_down_gives_that_sites_error_and_partial_still_works(federated_nodes: LocalFederation,
+                                                                            federated: Settings) -> None:
+    fed = federated_nodes
+    client = Client(fed.url, fed.token("analyst"))
+    fed.stop_node("site-f")
+    try:
+        refused = client.query(STUDY, group_by=["sex"]).result
+        assert refused.status == "refused" and "site-f" in refused.reason and "not connected" in refused.reason
+        partial = client.query(STUDY, group_by=["sex"], allow_partial=True).result
+        assert partial.status == "released" and "site-f" in partial.excluded
+        total = pooled(federated, "SELECT count(*) FROM patients WHERE site_id <> 'site-f'")[0][0]
+        assert partial.payload["total"]["combined"] == total
+    finally:
+        fed.start_node("site-f")
+        fed.wait_for_nodes(["site-f"])
+
+
+def test_a_node_restarting_mid_query_gives_a_completed_or_cleanly_failed_query(
+        federated_nodes: LocalFederation) -> None:
+    fed = federated_nodes
+    client = Client(fed.url, fed.token("analyst"))
+    out: dict[str, Any] = {}
+    q = Query(study_id=STUDY, statistic="quantiles", column="os_days", probs=[0.25, 0.5, 0.75], group_by=["arm"])
+    worker = threading.Thread(target=lambda: out.setdefault("r", client.query(q).result))
+    worker.start()
+    fed.nodes["site-e"].kill()
+    fed.nodes["site-e"].wait()
+    fed.nodes.pop("site-e")
+    fed.start_node("site-e")
+    worker.join(timeout=120)
+    r = out["r"]
+    assert r.status in ("released", "refused")
+    if r.status == "refused":
+        assert "site-e" in r.reason and r.payload == {}
+    fed.wait_for_nodes(["site-e"])
+    assert client.query(STUDY, group_by=["arm"]).status == "released"
+
+
+def test_the_service_restarts_without_losing_history_or_audit(federated_nodes: LocalFederation,
+                                                              federated: Settings) -> None:
+    fed = federated_nodes
+    mallory = Client(fed.url, fed.token("mallory"))
+    ages = sorted(v for (v,) in pooled(federated, "SELECT age_at_diagnosis_years FROM patients"))
+    i = len(ages) // 2
+    lo, hi = (ages[i - 1] + ages[i]) / 2, (ages[i] + ages[i + 1]) / 2
+    first = mallory.query(STUDY, filters=[Filter(column="age_at_diagnosis_years", op="<", value=lo)]).result
+    assert first.status == "released"
+    auditor = Client(fed.url, fed.token("auditor"))
+    before = auditor.audit()
+    fed.restart_service()
+    fed.wait_for_nodes()
+    after = auditor.audit()
+    assert after == before
+    assert auditor.audit_verify()["problems"] == []
+    # the differencing history survived: one patient more than the earlier query is still refused
+    second = mallory.query(STUDY, filters=[Filter(column="age_at_diagnosis_years", op="<", value=hi)]).result
+    assert second.status == "refused" and "differencing" in second.reason
+
+
+def test_cli_query_through_the_service_and_nothing_the_analyst_configures_counts(
+        federated_nodes: LocalFederation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    fed = federated_nodes
+    creds = write_secret(tmp_path / "token", fed.token("analyst"))
+    base = ["query", "--server", fed.url, "--credentials", str(creds), "--study", STUDY]
+    assert main([*base, "--stat", "km", "--endpoint", "efs", "--by", "histology_risk", "--plot",
+                 str(tmp_path / "km.png")]) == 0
+    out = capsys.readouterr().out
+    assert "Kaplan-Meier EFS" in out and "audit entry #" in out and (tmp_path / "km.png").stat().st_size > 10_000
+    # an analyst's own laxer policy and audit log are not read by anything the analyst runs
+    lax = tmp_path / "lax-policy.yaml"
+    lax.write_text("disclosure: {min_cell: 2}\ncolumns: {default: {patients: [pid, death_day, sex]}}\n")
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(f"query_policy: {lax}\naudit_log: {tmp_path / 'my-audit.jsonl'}\n")
+    monkeypatch.setenv("FEDERATION_CONFIG", str(settings))
+    assert main([*base, "--by", "pid"]) == 3
+    assert "never queryable" in capsys.readouterr().out
+    assert main([*base, "--stat", "mean", "--column", "death_day"]) == 3
+    assert "not a queryable column" in capsys.readouterr().out
+    assert not (tmp_path / "my-audit.jsonl").exists()
+    # a credentials file others can read is refused
+    os.chmod(creds, 0o644)
+    assert main([*base, "--by", "sex"]) == 2
+    assert "chmod 600" in capsys.readouterr().err
+    with pytest.raises(ServiceError) as exc:
+        Client(fed.url, "fed_wrong").query(STUDY)
+    assert exc.value.status == 401

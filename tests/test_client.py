@@ -1,0 +1,39 @@
+"""The analyst's Python client: tables with suppressed values missing and flagged, plots, HTML view."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from federation.client import Client
+from federation.localrun import LocalFederation
+from tests.federated import STUDY
+
+pytestmark = pytest.mark.integration
+
+
+def test_client_tables_plots_and_html(federated_nodes: LocalFederation, tmp_path: Path) -> None:
+    c = Client(federated_nodes.url, federated_nodes.token("analyst"))
+    counts = c.query(STUDY, group_by=["arm"])
+    per_site = counts.per_site
+    hidden = per_site[(per_site["arm"] == "NR") & (per_site["site"] == "site-a")].iloc[0]
+    assert bool(hidden["suppressed"]) and math.isnan(hidden["n"])  # missing, never zero
+    combined = counts.combined
+    assert set(combined.columns) >= {"arm", "n", "suppressed"} and "site" not in combined.columns
+    released = combined[~combined["suppressed"]]
+    assert (released["n"] >= 5).all()
+    html = counts._repr_html_()
+    assert "suppr." in html and "audit entry" in html
+    km = c.query(STUDY, statistic="km", endpoint="efs", group_by=["histology_risk"])
+    assert {"day", "survival", "ci95_low", "ci95_high", "at_risk"} <= set(km.combined.columns)
+    assert km.plot(tmp_path / "km.png").stat().st_size > 10_000
+    assert km.plot() is not None  # a matplotlib figure for notebooks
+    cox = c.query(STUDY, statistic="cox", endpoint="efs", covariates=["age_at_diagnosis_years"])
+    row = cox.combined.iloc[0]
+    assert row["hazard_ratio_ci95_low"] < row["hazard_ratio"] < row["hazard_ratio_ci95_high"]
+    assert row["hazard_ratio_ci95_low"] == pytest.approx(math.exp(row["estimate"] - 1.959963984540054 * row["se"]))
+    refused = c.query(STUDY, group_by=["pid"])
+    assert refused.status == "refused" and "Refused" in refused._repr_html_()
+    assert any(h["outcome"] == "refused" for h in c.history())
