@@ -49,3 +49,13 @@ def test_pinned_versions_reproduce_a_result_after_a_new_upload(copy: Settings) -
     assert run_local(q, copy, "t").versions["site-b"] == f"site-b/{STUDY}@v2"
     pinned = run_local(q.model_copy(update={"versions": {"site-b": 1}}), copy, "t")
     assert pinned.versions == before.versions and pinned.payload == before.payload
+
+
+def test_parameters_outside_what_sites_compute_are_refused_not_crashed(federated: Settings, tmp_path: Path) -> None:
+    from federation.query import Filter, run_local
+
+    settings = federated.model_copy(update={"audit_log": tmp_path / "audit.jsonl"})
+    for q in (Query(study_id=STUDY, statistic="km", grid_days=0.5),  # a daily-or-finer grid is never computed
+              Query(study_id=STUDY, filters=[Filter(column="sex", op="!=", value=f"x{i}") for i in range(25)])):
+        r = run_local(q, settings, "t")
+        assert r.status == "refused" and "sites do not compute" in r.reason and r.audit_id is not None

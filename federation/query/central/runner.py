@@ -18,6 +18,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from federation.query.central.audit import AuditLog
 from federation.query.central.gateway import SiteGateway
 from federation.query.central.statistics import Statistic
@@ -173,6 +175,11 @@ def run_query(q: Query, gateway: SiteGateway, policy: QueryPolicy, audit: AuditL
                                 "isolate a few patients at a site (differencing); the combined values are exact")
     except QueryRefused as exc:
         result.status, result.reason, result.suggestion, result.payload = "refused", exc.reason, exc.suggestion, {}
+    except ValidationError as exc:  # a parameter outside what any site answers (e.g. too many filters)
+        error = exc.errors()[0]
+        result.status, result.payload = "refused", {}
+        result.reason = (f"the query asks for something sites do not compute: {error['msg']} "
+                         f"({'.'.join(map(str, error['loc']))})")
     entry = audit.append({"analyst": analyst, "query": q.model_dump(mode="json"), "fingerprint": q.fingerprint(),
                           "versions": result.versions, "outcome": result.status, "reason": result.reason,
                           "excluded": result.excluded, "released": digest(result.payload)})
