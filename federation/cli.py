@@ -543,8 +543,13 @@ def _node(args: argparse.Namespace) -> int:
                     Verifier.from_file(args.service_key), args.log or Path(f"node-{args.site}.jsonl"),
                     poll_wait=args.poll_wait)
     stop = threading.Event()
+
+    def interrupt(*_: object) -> None:
+        stop.set()
+        raise KeyboardInterrupt  # ends a waiting long poll at once; run() stops cleanly
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, interrupt)
     return node.run(stop)
 
 

@@ -52,7 +52,7 @@ class LocalFederation:
                  ) -> None:
         self.workdir = workdir.resolve()
         self.state = self.workdir / "service-state"
-        self.node_settings = node_settings
+        self.node_settings = {site: path.resolve() for site, path in node_settings.items()}
         self.policy = policy
         self.reply_timeout = reply_timeout
         self.poll_wait = poll_wait
@@ -96,19 +96,28 @@ class LocalFederation:
         self.nodes[site] = self._spawn(args, f"node-{site}", clean_env())
 
     def stop_node(self, site: str) -> None:
-        proc = self.nodes.pop(site)
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        self._stop([self.nodes.pop(site)])
+
+    @staticmethod
+    def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
     def wait_for_nodes(self, sites: list[str] | None = None, timeout: float = 60.0) -> None:
         wanted = set(sites or self.nodes)
         headers = {"Authorization": f"Bearer {self.token('admin')}"}
 
         def ready() -> bool:
+            for site, proc in self.nodes.items():
+                if proc.poll() is not None:
+                    raise FederationError(f"the node of {site} exited with code {proc.returncode}; see "
+                                          f"{self.logs / f'node-{site}.log'}")
             r = httpx.get(f"{self.url}/v1/nodes", headers=headers, timeout=5)
             r.raise_for_status()
             return wanted <= {s["site"] for s in r.json() if s["connected"]}
@@ -149,19 +158,14 @@ class LocalFederation:
 
     def restart_service(self) -> None:
         assert self.service is not None
-        self.service.terminate()
-        self.service.wait(timeout=15)
+        self._stop([self.service])
         self.start_service()
 
     def stop(self) -> None:
-        for site in list(self.nodes):
-            self.stop_node(site)
+        nodes, self.nodes = list(self.nodes.values()), {}
+        self._stop(nodes)
         if self.service is not None:
-            self.service.terminate()
-            try:
-                self.service.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.service.kill()
+            self._stop([self.service])
             self.service = None
 
     def __enter__(self) -> LocalFederation:

@@ -138,9 +138,20 @@ class SiteNode:
             log.warning("could not post the reply to task %s: %s", task_id, exc)
 
     def run(self, stop: threading.Event) -> int:
-        """Poll for tasks until `stop` is set; 2 when the service no longer accepts this node's token."""
+        """Poll for tasks until `stop` is set (or SIGTERM/SIGINT interrupt the poll); 2 when the service no longer
+        accepts this node's token."""
         log.info("node of %s polling %s", self.site_id, self.server)
         self.log.append("started", site=self.site_id, server=self.server)
+        try:
+            code = self._poll_loop(stop)
+        except KeyboardInterrupt:  # raised by the signal handler, so that a waiting long poll ends at once
+            code = 0
+        self.log.append("stopped", reason="asked to stop" if code == 0 else "token refused")
+        self.pool.shutdown(wait=True)
+        self.http.close()
+        return code
+
+    def _poll_loop(self, stop: threading.Event) -> int:
         backoff = 0.5
         while not stop.is_set():
             try:
@@ -152,7 +163,6 @@ class SiteNode:
                 continue
             if r.status_code in (401, 403):
                 log.error("the service refused this node's token: %s", r.text)
-                self.log.append("stopped", reason=f"token refused ({r.status_code})")
                 return 2
             if r.status_code != 200:
                 log.warning("poll answered %s; retrying", r.status_code)
@@ -171,8 +181,6 @@ class SiteNode:
                     self.log.append("rejected", task_id="", reason="not a sealed task")
                     continue
                 self.pool.submit(self._work, sealed)
-        self.log.append("stopped", reason="asked to stop")
-        self.pool.shutdown(wait=True)
         return 0
 
 

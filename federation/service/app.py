@@ -65,6 +65,30 @@ class NodeReply(BaseModel):
     error: str = Field(default="", max_length=2000)
 
 
+class BodyLimit:
+    """Refuse request bodies over the limit (413) or of unknown length (411) before reading them.
+
+    A plain ASGI middleware: Starlette's BaseHTTPMiddleware would hide client disconnects from the long
+    polls, so a node that went away would count as connected until its poll timed out."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
+            limit = MAX_REPLY_BYTES if scope["path"].startswith("/v1/node/") else MAX_REQUEST_BYTES
+            length = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1")
+            response = None
+            if not length.isdigit():
+                response = JSONResponse(status_code=411, content={"detail": "send a Content-Length header"})
+            elif int(length) > limit:
+                response = JSONResponse(status_code=413, content={"detail": f"request larger than {limit} bytes"})
+            if response is not None:
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 _bearer = HTTPBearer(auto_error=False)
 
 
@@ -106,13 +130,7 @@ def create_app(state: ServiceState) -> FastAPI:
                               "summaries with disclosure control; every query is audited.")
     app.state.service = state
 
-    @app.middleware("http")
-    async def _limit_size(request: Request, call_next: Any) -> Any:
-        limit = MAX_REPLY_BYTES if request.url.path.startswith("/v1/node/") else MAX_REQUEST_BYTES
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            return JSONResponse(status_code=413, content={"detail": f"request larger than {limit} bytes"})
-        return await call_next(request)
+    app.add_middleware(BodyLimit)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -177,9 +195,13 @@ def create_app(state: ServiceState) -> FastAPI:
         while True:  # in short slices, so that a node that went away stops counting as connected
             slice_s = max(0.0, min(0.5, deadline - anyio.current_time()))
             tasks = await anyio.to_thread.run_sync(state.broker.poll, site, slice_s)
-            if tasks or anyio.current_time() >= deadline or await request.is_disconnected():
+            if await request.is_disconnected():
+                state.broker.requeue(site, tasks)  # the node went away: another poll (or the timeout) takes them
+                tasks = []
                 break
-        return {"tasks": [t.model_dump() for t in tasks],
+            if tasks or anyio.current_time() >= deadline:
+                break
+        return {"tasks": [sealed.model_dump() for _, sealed in tasks],
                 "head": seal_head(state.signer, state.audit.head()).model_dump()}
 
     @app.post("/v1/node/replies/{task_id}")

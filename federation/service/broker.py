@@ -98,8 +98,8 @@ class NodeBroker:
         return out
 
     # ---- the node side ---------------------------------------------------------------------------------
-    def poll(self, site: str, wait: float) -> list[Sealed]:
-        """Tasks for `site`, waiting up to `wait` seconds for one to arrive."""
+    def poll(self, site: str, wait: float) -> list[tuple[str, Sealed]]:
+        """Tasks for `site` (id and sealed task), waiting up to `wait` seconds for one to arrive."""
         deadline = time.monotonic() + min(wait, self.poll_wait)
         with self._cv:
             self._polling[site] += 1
@@ -116,7 +116,16 @@ class NodeBroker:
             finally:
                 self._polling[site] -= 1
                 self._last_poll[site] = time.time()
-        return [sealed for _, sealed in tasks]
+        return tasks
+
+    def requeue(self, site: str, tasks: list[tuple[str, Sealed]]) -> None:
+        """Put back tasks a poll took but could not hand over (its node went away)."""
+        with self._cv:
+            waiting = [(t, s) for t, s in tasks if t in self._pending]
+            for task_id, _ in waiting:
+                self._pending[task_id].picked.clear()
+            self._queues[site][:0] = waiting
+            self._cv.notify_all()
 
     def deliver(self, site: str, task_id: str, reply: Any = None, error: str = "") -> bool:
         """A node's reply; False when no such task waits for this node (late, unknown or another site's)."""

@@ -145,13 +145,15 @@ def _load(cfg: StorageConfig, store: Any, identity: str, site_id: str, v: Versio
 
 
 def _unit_views(con: duckdb.DuckDBPyConnection, tables: set[str]) -> None:
+    """The unit tables, joined once when the version is opened (a version never changes), so that every
+    summary reads one table instead of repeating the joins."""
     d_cols = ", ".join(f"d.{c}" for c in PATIENT_LEVEL["diagnoses"])
     o_cols = ", ".join(f"o.{c}" for c in PATIENT_LEVEL["outcomes"])
-    con.execute(f"""CREATE VIEW unit_patients AS
+    con.execute(f"""CREATE TABLE unit_patients AS
         SELECT p.*, {d_cols}, {o_cols}
         FROM patients p LEFT JOIN diagnoses d USING (pid) LEFT JOIN outcomes o USING (pid)""")
     pcols = ", ".join(f"u.{c}" for c in EVENT_PATIENT_COLUMNS)
     for events in ("adverse_events", "treatments"):
         if events in tables:
-            con.execute(f"""CREATE VIEW unit_{events} AS
+            con.execute(f"""CREATE TABLE unit_{events} AS
                 SELECT e.*, {pcols} FROM {events} e JOIN unit_patients u USING (pid)""")

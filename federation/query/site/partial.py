@@ -8,8 +8,12 @@ policy, runs the site guards and computes each requested summary. Nothing but `S
 
 from __future__ import annotations
 
+from functools import lru_cache
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field
 
+from federation.config import SiteThresholds, load_site
 from federation.exceptions import ConfigurationError
 from federation.query.guard import QueryRefused
 from federation.query.policy import ConsortiumDisclosurePolicy, EffectiveThresholds, effective_thresholds
@@ -44,11 +48,21 @@ class SiteReply(BaseModel):
 
 
 def site_thresholds(settings: Settings, site_id: str, consortium: ConsortiumDisclosurePolicy) -> EffectiveThresholds:
+    """The consortium's thresholds tightened by the site's own (re-read when its configuration file changes)."""
+    path = settings.sites_dir / f"{site_id}.yaml"
     try:
-        own = settings.site(site_id).disclosure
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        stamp = -1
+    return effective_thresholds(consortium, _own_thresholds(settings.sites_dir, site_id, stamp))
+
+
+@lru_cache(maxsize=64)
+def _own_thresholds(sites_dir: Path, site_id: str, stamp: int) -> SiteThresholds | None:
+    try:
+        return load_site(site_id, sites_dir).disclosure
     except ConfigurationError:
-        own = None
-    return effective_thresholds(consortium, own)
+        return None
 
 
 def answer_task(settings: Settings, site_id: str, task: SiteTask) -> SiteReply:
