@@ -19,9 +19,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from federation.exceptions import FederationError
-from federation.storage import ObjectStore, PreconditionFailed, StorageConfig
-
-MANIFEST = "manifest.json"
+from federation.storage import ObjectStore, PreconditionFailed, StorageConfig, layout
+from federation.storage.layout import MANIFEST, upload_prefix
 
 
 class ManifestFile(BaseModel):
@@ -61,10 +60,6 @@ def content_upload_id(files: list[ManifestFile], study_id: str) -> str:
     for f in sorted(files, key=lambda f: f.name):
         h.update(f"{f.name}\0{f.size}\0{f.sha256}\n".encode())
     return f"u-{h.hexdigest()[:16]}"
-
-
-def upload_prefix(cfg: StorageConfig, site: str, upload_id: str) -> str:
-    return f"{cfg.landing_bucket}/{site}/{upload_id}/"
 
 
 def upload_export(store: ObjectStore, cfg: StorageConfig, site_id: str, study_id: str, schema_version: str,
@@ -125,11 +120,11 @@ class UploadRef:
 def discover_uploads(store: ObjectStore, cfg: StorageConfig) -> list[UploadRef]:
     """Every upload in the landing zone, complete or not (a size check; sha256 is checked on processing)."""
     groups: dict[tuple[str, str], dict[str, int]] = {}
-    for obj in store.list(f"{cfg.landing_bucket}/"):
-        parts = obj.key.split("/")
-        if len(parts) != 4:
+    for obj in store.list(layout.landing_root(cfg)):
+        parsed = layout.parse_landing_key(cfg, obj.key)
+        if parsed is None:
             continue
-        _, site, upload, name = parts
+        site, upload, name = parsed
         groups.setdefault((site, upload), {})[name] = obj.size
     out = []
     for (site, upload), files in sorted(groups.items()):

@@ -21,11 +21,12 @@ from typing import Any
 
 from federation.exceptions import ConfigurationError
 from federation.ingest.harmonize import harmonize
-from federation.ingest.landing import MANIFEST, Manifest, UploadRef, discover_uploads, sha256_file, upload_prefix
+from federation.ingest.landing import Manifest, UploadRef, discover_uploads, sha256_file
 from federation.ingest.publish import publish
 from federation.schema import load_dictionary, load_registry
 from federation.settings import Settings
-from federation.storage import ObjectStore, TransientStorageError, open_store
+from federation.storage import ObjectStore, TransientStorageError, layout, open_store
+from federation.storage.layout import MANIFEST, upload_prefix
 from federation.validation.runner import ValidationRequest, validate_export
 
 log = logging.getLogger(__name__)
@@ -52,27 +53,24 @@ class CatalogEntry:
         return (json.dumps(asdict(self), indent=2) + "\n").encode()
 
 
-def catalog_key(settings: Settings, site_id: str, upload_id: str) -> str:
-    return f"{settings.storage.pipeline_bucket}/catalog/{site_id}/{upload_id}.json"
-
-
 def read_catalog(store: ObjectStore, settings: Settings) -> list[CatalogEntry]:
     out = []
-    for obj in store.list(f"{settings.storage.pipeline_bucket}/catalog/"):
+    for obj in store.list(layout.catalog_root(settings.storage)):
         out.append(CatalogEntry(**json.loads(store.get_bytes(obj.key))))
     return sorted(out, key=lambda e: (e.updated, e.site_id, e.upload_id))
 
 
 def _get_entry(store: ObjectStore, settings: Settings, ref: UploadRef) -> CatalogEntry | None:
     try:
-        return CatalogEntry(**json.loads(store.get_bytes(catalog_key(settings, ref.site_id, ref.upload_id))))
+        key = layout.catalog_key(settings.storage, ref.site_id, ref.upload_id)
+        return CatalogEntry(**json.loads(store.get_bytes(key)))
     except KeyError:
         return None
 
 
 def _save(store: ObjectStore, settings: Settings, entry: CatalogEntry) -> CatalogEntry:
     entry.updated = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    store.put_bytes(catalog_key(settings, entry.site_id, entry.upload_id), entry.to_json())
+    store.put_bytes(layout.catalog_key(settings.storage, entry.site_id, entry.upload_id), entry.to_json())
     return entry
 
 
@@ -159,7 +157,7 @@ def _process(settings: Settings, ref: UploadRef, store: ObjectStore, workdir: Pa
             max_file_bytes=settings.max_file_mb * 2**20), keep_sources=True)
         timings["validate_s"] = round(time.perf_counter() - t1, 3)
         entry.rows = {t.table: t.rows for t in report.tables}
-        report_prefix = f"{settings.storage.reports_bucket}/{ref.site_id}/{ref.upload_id}/"
+        report_prefix = layout.report_prefix(settings.storage, ref.site_id, ref.upload_id)
         rep_dir = folder / "_report"
         for kind, path in report.write(rep_dir).items():
             store.put_file(report_prefix + path.name, path)
@@ -167,7 +165,7 @@ def _process(settings: Settings, ref: UploadRef, store: ObjectStore, workdir: Pa
                 entry.report = report_prefix + path.name
 
         if report.status != "valid":
-            qprefix = f"{settings.storage.pipeline_bucket}/quarantine/{ref.site_id}/{ref.upload_id}/"
+            qprefix = layout.quarantine_prefix(settings.storage, ref.site_id, ref.upload_id)
             for f in manifest.files:
                 store.put_file(qprefix + f.name, folder / f.name)
             store.put_bytes(qprefix + MANIFEST, raw_manifest)

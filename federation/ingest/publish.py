@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from federation.exceptions import FederationError
-from federation.storage import ObjectStore, PreconditionFailed, StorageConfig
+from federation.storage import ObjectStore, PreconditionFailed, StorageConfig, layout
 
 
 class PublishError(FederationError):
@@ -63,17 +63,13 @@ class Version:
                    schema_version=d["schema_version"], created=d["created"], tables=d["tables"])
 
 
-def dataset_prefix(cfg: StorageConfig, site_id: str, study_id: str) -> str:
-    return f"{cfg.harmonized_bucket}/{site_id}/{study_id}/"
-
-
 def list_versions(store: ObjectStore, cfg: StorageConfig, site_id: str, study_id: str) -> list[Version]:
-    prefix = dataset_prefix(cfg, site_id, study_id) + "_versions/"
+    prefix = layout.versions_prefix(cfg, site_id, study_id)
     return [Version.from_json(store.get_bytes(o.key)) for o in store.list(prefix) if o.key.endswith(".json")]
 
 
 def latest_version(store: ObjectStore, cfg: StorageConfig, site_id: str, study_id: str) -> Version | None:
-    prefix = dataset_prefix(cfg, site_id, study_id) + "_versions/"
+    prefix = layout.versions_prefix(cfg, site_id, study_id)
     commits = [o.key for o in store.list(prefix) if o.key.endswith(".json")]
     if not commits:
         return None
@@ -81,7 +77,7 @@ def latest_version(store: ObjectStore, cfg: StorageConfig, site_id: str, study_i
 
 
 def get_version(store: ObjectStore, cfg: StorageConfig, site_id: str, study_id: str, number: int) -> Version:
-    key = dataset_prefix(cfg, site_id, study_id) + f"_versions/{number:06d}.json"
+    key = layout.version_key(cfg, site_id, study_id, number)
     try:
         return Version.from_json(store.get_bytes(key))
     except KeyError:
@@ -100,11 +96,10 @@ def publish(store: ObjectStore, cfg: StorageConfig, *, site_id: str, study_id: s
     for existing in list_versions(store, cfg, site_id, study_id):
         if existing.upload_id == upload_id:
             return existing, False
-    prefix = dataset_prefix(cfg, site_id, study_id)
     listed: dict[str, dict[str, Any]] = {}
     for name, table in sorted(tables.items()):
         data = _parquet_bytes(table)
-        key = f"{prefix}data/{upload_id}/{name}.parquet"
+        key = layout.data_key(cfg, site_id, study_id, upload_id, name)
         store.put_bytes(key, data)
         listed[name] = {"key": key, "rows": table.num_rows, "sha256": hashlib.sha256(data).hexdigest()}
     for _attempt in range(max_attempts):
@@ -116,7 +111,7 @@ def publish(store: ObjectStore, cfg: StorageConfig, *, site_id: str, study_id: s
                           schema_version=schema_version,
                           created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), tables=listed)
         try:
-            store.put_bytes(f"{prefix}_versions/{number:06d}.json", version.to_json(), if_absent=True)
+            store.put_bytes(layout.version_key(cfg, site_id, study_id, number), version.to_json(), if_absent=True)
         except PreconditionFailed:
             continue  # another writer committed this number first; look again
         return version, True

@@ -14,13 +14,13 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from federation.storage import layout
 from federation.storage.config import Credentials, StorageConfig, load_credentials
 
 
 def site_actions(site: str, cfg: StorageConfig) -> list[str]:
-    return [f"Write:{cfg.landing_bucket}/{site}/*", f"Read:{cfg.landing_bucket}/{site}/*",
-            f"List:{cfg.landing_bucket}/{site}/*",
-            f"Read:{cfg.reports_bucket}/{site}/*", f"List:{cfg.reports_bucket}/{site}/*"]
+    landing, reports = layout.landing_site(cfg, site), layout.reports_site(cfg, site)
+    return [f"Write:{landing}*", f"Read:{landing}*", f"List:{landing}*", f"Read:{reports}*", f"List:{reports}*"]
 
 
 def query_identity(site: str) -> str:
@@ -28,7 +28,8 @@ def query_identity(site: str) -> str:
 
 
 def query_actions(site: str, cfg: StorageConfig) -> list[str]:
-    return [f"Read:{cfg.harmonized_bucket}/{site}/*", f"List:{cfg.harmonized_bucket}/{site}/*"]
+    harmonized = layout.harmonized_site(cfg, site)
+    return [f"Read:{harmonized}*", f"List:{harmonized}*"]
 
 
 def pipeline_actions(cfg: StorageConfig) -> list[str]:

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from federation.query.site.partial import SiteReply, SiteTask, answer_task
 from federation.settings import Settings
+from federation.storage import layout
 
 
 class SiteGateway(Protocol):
@@ -30,9 +31,9 @@ def published_sites(settings: Settings, study_id: str) -> list[str]:
     if settings.storage.kind != "local":
         return settings.site_ids()
     store = open_store(settings.storage, "pipeline")
-    found = {o.key.split("/")[1] for o in store.list(f"{settings.storage.harmonized_bucket}/")
-             if f"/{study_id}/_versions/" in o.key}
-    return sorted(found)
+    found = {layout.is_version_of(settings.storage, o.key, study_id)
+             for o in store.list(layout.harmonized_root(settings.storage))}
+    return sorted(s for s in found if s)
 
 
 class InProcessGateway:

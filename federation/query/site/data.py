@@ -23,7 +23,7 @@ import numpy as np
 from federation.exceptions import FederationError
 from federation.ingest.publish import Version, get_version, latest_version
 from federation.query.columns import EVENT_PATIENT_COLUMNS, PATIENT_LEVEL
-from federation.storage import StorageConfig, open_store
+from federation.storage import StorageConfig, layout, open_store
 from federation.storage.config import load_credentials
 from federation.storage.identities import query_identity
 
@@ -133,7 +133,7 @@ def _load(cfg: StorageConfig, store: Any, identity: str, site_id: str, v: Versio
             "CREATE SECRET site_read (TYPE s3, KEY_ID ?, SECRET ?, ENDPOINT ?, URL_STYLE 'path', USE_SSL ?, "
             "REGION ?, SCOPE ?)",
             [creds.access_key, creds.secret_key.get_secret_value(), endpoint.netloc,
-             endpoint.scheme == "https", cfg.region, f"s3://{cfg.harmonized_bucket}/{site_id}/"])
+             endpoint.scheme == "https", cfg.region, f"s3://{layout.harmonized_site(cfg, site_id)}"])
         paths = {t: f"s3://{e['key']}" for t, e in v.tables.items()}
     for table, path in paths.items():
         con.execute(f"CREATE TABLE {table} AS SELECT * FROM read_parquet('{path}')")

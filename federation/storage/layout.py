@@ -1,0 +1,92 @@
+"""Every bucket and key the platform writes or reads, in one module: the storage layout.
+
+```
+<landing>/<site>/<upload_id>/<table>.csv, manifest.json        written by the site
+<reports>/<site>/<upload_id>/report.html|json, failures.csv     written by the pipeline, read by the site
+<harmonized>/<site>/<study>/data/<upload_id>/<table>.parquet   written by the pipeline
+<harmonized>/<site>/<study>/_versions/<NNNNNN>.json            the commit of each version
+<pipeline>/catalog/<site>/<upload_id>.json                     status of every upload
+<pipeline>/quarantine/<site>/<upload_id>/...                   copies of rejected exports
+```
+
+Bucket names come from `StorageConfig`; backends (local folder, S3) only change the base. Storage
+identities (`identities.py`) and DuckDB secret scopes are written from these prefixes too.
+"""
+
+from __future__ import annotations
+
+from federation.storage.config import StorageConfig
+
+MANIFEST = "manifest.json"
+
+
+def landing_root(cfg: StorageConfig) -> str:
+    return f"{cfg.landing_bucket}/"
+
+
+def landing_site(cfg: StorageConfig, site: str) -> str:
+    return f"{cfg.landing_bucket}/{site}/"
+
+
+def upload_prefix(cfg: StorageConfig, site: str, upload_id: str) -> str:
+    return f"{landing_site(cfg, site)}{upload_id}/"
+
+
+def parse_landing_key(cfg: StorageConfig, key: str) -> tuple[str, str, str] | None:
+    """(site, upload_id, file name) of a landing key, or None for anything else."""
+    parts = key.split("/")
+    if len(parts) != 4 or parts[0] != cfg.landing_bucket:
+        return None
+    return parts[1], parts[2], parts[3]
+
+
+def reports_site(cfg: StorageConfig, site: str) -> str:
+    return f"{cfg.reports_bucket}/{site}/"
+
+
+def report_prefix(cfg: StorageConfig, site: str, upload_id: str) -> str:
+    return f"{reports_site(cfg, site)}{upload_id}/"
+
+
+def harmonized_root(cfg: StorageConfig) -> str:
+    return f"{cfg.harmonized_bucket}/"
+
+
+def harmonized_site(cfg: StorageConfig, site: str) -> str:
+    return f"{cfg.harmonized_bucket}/{site}/"
+
+
+def dataset_prefix(cfg: StorageConfig, site: str, study: str) -> str:
+    return f"{harmonized_site(cfg, site)}{study}/"
+
+
+def versions_prefix(cfg: StorageConfig, site: str, study: str) -> str:
+    return f"{dataset_prefix(cfg, site, study)}_versions/"
+
+
+def version_key(cfg: StorageConfig, site: str, study: str, number: int) -> str:
+    return f"{versions_prefix(cfg, site, study)}{number:06d}.json"
+
+
+def data_key(cfg: StorageConfig, site: str, study: str, upload_id: str, table: str) -> str:
+    return f"{dataset_prefix(cfg, site, study)}data/{upload_id}/{table}.parquet"
+
+
+def is_version_of(cfg: StorageConfig, key: str, study: str) -> str | None:
+    """The site whose version commit of `study` `key` is, or None."""
+    parts = key.split("/")
+    if len(parts) == 5 and parts[0] == cfg.harmonized_bucket and parts[2] == study and parts[3] == "_versions":
+        return parts[1]
+    return None
+
+
+def catalog_root(cfg: StorageConfig) -> str:
+    return f"{cfg.pipeline_bucket}/catalog/"
+
+
+def catalog_key(cfg: StorageConfig, site: str, upload_id: str) -> str:
+    return f"{catalog_root(cfg)}{site}/{upload_id}.json"
+
+
+def quarantine_prefix(cfg: StorageConfig, site: str, upload_id: str) -> str:
+    return f"{cfg.pipeline_bucket}/quarantine/{site}/{upload_id}/"
