@@ -170,7 +170,8 @@ def _build_parser() -> argparse.ArgumentParser:
     au.add_argument("--credentials", type=Path, default=None, help="token file (mode 0600)")
     au.add_argument("--state", type=Path, default=None, help="offline: the service's state folder")
     au.add_argument("--log", type=Path, default=None, help="offline: a copy of the audit log (audit.jsonl)")
-    au.add_argument("--service-key", type=Path, default=None, help="offline: the service's public key (service.pub)")
+    au.add_argument("--service-key", type=Path, default=None,
+                    help="offline: the service's public key (service.pub) as pinned when it was set up")
     au.add_argument("--node-log", action="append", type=Path, default=[], metavar="PATH",
                     help="offline: a site node's log (repeatable); its recorded chain heads must be in the log")
 
@@ -213,6 +214,8 @@ def _build_parser() -> argparse.ArgumentParser:
     nd.add_argument("--config", type=Path, default=None, help="settings YAML with this site's storage credentials")
     nd.add_argument("--log", type=Path, default=None, help="node log (default node-SITE.jsonl)")
     nd.add_argument("--poll-wait", type=float, default=20.0, help="long-poll seconds (default 20)")
+    nd.add_argument("--allow-insecure-http", action="store_true",
+                    help="accept an http:// service URL that is not on this host (only inside a private network)")
 
     d = sub.add_parser("demo", help="run the main job end to end on embedded local storage",
                        description="Synthesize exports for several sites, validate each, print per-site outcomes.")
@@ -452,10 +455,14 @@ def _audit(args: argparse.Namespace) -> int:
     if args.action == "list":
         _print_audit(log.entries())
         return 0
-    key_path = args.service_key or (args.state / "service.pub" if args.state else None)
-    if key_path is None:
-        print("error: give --service-key (the service's service.pub) to check signatures", file=sys.stderr)
+    if args.service_key is None:
+        print("error: give --service-key: the service's public key as you pinned it, not the copy next to the log "
+              "(whoever can edit the log can replace that one)", file=sys.stderr)
         return 2
+    key_path = args.service_key
+    if not args.node_log:
+        print("warning: no --node-log given: a log re-signed with a stolen key cannot be detected without the "
+              "chain heads the nodes recorded", file=sys.stderr)
     from federation.node import NodeLog
 
     witnesses = [Witness(node=str(p), heads=NodeLog(p).heads()) for p in args.node_log]
@@ -541,7 +548,7 @@ def _node(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     node = SiteNode(settings, args.site, args.server, read_token(args.token_file, "FEDERATION_NODE_TOKEN"),
                     Verifier.from_file(args.service_key), args.log or Path(f"node-{args.site}.jsonl"),
-                    poll_wait=args.poll_wait)
+                    poll_wait=args.poll_wait, allow_http=args.allow_insecure_http)
     stop = threading.Event()
 
     def interrupt(*_: object) -> None:

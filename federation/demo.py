@@ -118,7 +118,8 @@ def run_demo(workdir: Path, n_sites: int = 5, patients: int = 300) -> int:
         print(f"audit log: {check['entries']} signed entries; checked against the chain heads recorded by "
               f"{len(check['nodes_checked'])} nodes: {'intact' if not check['problems'] else check['problems']}")
         node_logs = fed.workdir / "node-logs"
-        print(f"(offline: federation audit verify --state {fed.state} --node-log {node_logs}/<site>.jsonl)")
+        print(f"(offline: federation audit verify --state {fed.state} --service-key {fed.state}/service.pub "
+              f"--node-log {node_logs}/<site>.jsonl ...)")
     print("service and nodes stopped")
     print(f"done in {time.perf_counter() - started:.0f} s")
     return 0 if result["state"] == report_run["state"] == "success" and not check["problems"] else 1

@@ -21,15 +21,24 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 
 from federation.exceptions import ConfigurationError
 from federation.query.central.audit import Head
-from federation.query.site.partial import answer_task
+from federation.query.site.partial import answer_task, site_error
 from federation.settings import Settings
 from federation.signing import Verifier
-from federation.transport import ReplayGuard, Sealed, TaskRejected, open_head, open_task
+from federation.transport import (
+    CLOCK_SKEW_S,
+    TASK_LIFETIME_S,
+    ReplayGuard,
+    Sealed,
+    TaskRejected,
+    open_head,
+    open_task,
+)
 
 log = logging.getLogger("federation.node")
 
@@ -90,17 +99,31 @@ def read_token(token_file: Path | None, env: str) -> str:
 
 class SiteNode:
     def __init__(self, settings: Settings, site_id: str, server: str, token: str, service_key: Verifier,
-                 log_path: Path, *, poll_wait: float = 20.0, workers: int = 4) -> None:
+                 log_path: Path, *, poll_wait: float = 20.0, workers: int = 4, allow_http: bool = False) -> None:
+        url = urlparse(server)
+        if url.scheme != "https" and not (allow_http or url.hostname in ("127.0.0.1", "localhost", "::1")):
+            raise ConfigurationError(f"{server}: the node sends its token and per-site counts to the service; use "
+                                     "https (or --allow-insecure-http inside a private network)")
         self.settings = settings
         self.site_id = site_id
         self.server = server.rstrip("/")
         self.service_key = service_key
         self.log = NodeLog(log_path)
         self.replay = ReplayGuard()
+        self._remember_recent_tasks()
         self.poll_wait = poll_wait
         self.http = httpx.Client(base_url=self.server, headers={"Authorization": f"Bearer {token}"},
                                  timeout=httpx.Timeout(poll_wait + 15.0, connect=5.0))
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"node-{site_id}")
+
+    def _remember_recent_tasks(self) -> None:
+        """After a restart, tasks answered within their lifetime stay refused as replays."""
+        now = dt.datetime.now(dt.UTC)
+        for e in self.log.entries():
+            if e.get("event") == "answered" and e.get("task_id"):
+                at = dt.datetime.fromisoformat(e["time"])
+                if (now - at).total_seconds() < TASK_LIFETIME_S + CLOCK_SKEW_S:
+                    self.replay.remember(e["task_id"], at.timestamp() + TASK_LIFETIME_S)
 
     def handle(self, sealed: Sealed) -> tuple[str, dict[str, Any]]:
         """Verify and answer one task: (task id, the body to post back). Never raises for a bad task."""
@@ -121,8 +144,9 @@ class SiteNode:
         try:
             reply = answer_task(self.settings, self.site_id, env.task)
         except Exception as exc:  # noqa: BLE001 - reported to the service for this site, logged here
+            log.warning("task %s failed: %s", env.task_id, exc)
             self.log.append("failed", task_id=env.task_id, study=env.task.study_id, error=f"{type(exc).__name__}")
-            return env.task_id, {"error": f"{type(exc).__name__}: {exc}"}
+            return env.task_id, {"error": site_error(exc)}
         self.log.append("answered", task_id=env.task_id, study=env.task.study_id, version=reply.version_id,
                         requests=[r.kind for r in env.task.requests], answers=[a.kind for a in reply.answers],
                         head=env.audit_head.model_dump(), ms=round((time.perf_counter() - started) * 1000, 1))

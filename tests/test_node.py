@@ -118,3 +118,17 @@ def test_the_site_applies_its_own_stricter_threshold(federated: Settings, servic
     assert reply["thresholds"]["min_cell"] == 5 and reply["thresholds"]["min_site_rows"] == 100_000
     assert reply["answers"][1] == {"kind": "refusal", "suggestion": "", "not_taking_part": True,
                                    "reason": "fewer than 100000 rows in patients: does not take part"}
+
+
+def test_plain_http_to_another_host_is_refused_and_replays_stay_refused_after_a_restart(
+        federated: Settings, service: Signer, tmp_path: Path) -> None:
+    from federation.exceptions import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="use https"):
+        SiteNode(federated, "site-a", "http://query.example.org", "t", service.public, tmp_path / "n.jsonl")
+    first = SiteNode(federated, "site-a", "https://query.example.org", "t", service.public, tmp_path / "n.jsonl")
+    _, sealed = seal(service, "site-a", "summaries", HEAD, _task(RowCount()))
+    assert "reply" in first.handle(sealed)[1]
+    restarted = SiteNode(federated, "site-a", "https://query.example.org", "t", service.public,
+                         tmp_path / "n.jsonl")
+    assert "replayed" in restarted.handle(sealed)[1]["error"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from federation.exceptions import ConfigurationError
-from federation.query.guard import QueryRefused
+from federation.query.guard import Guard, QueryRefused
 from federation.query.policy import NEVER_QUERYABLE, QueryPolicy
 from federation.schema import load_dictionary, load_registry
 
@@ -39,6 +39,23 @@ def unit_columns(study_id: str, table: str) -> dict[str, str]:
         patients = unit_columns(study_id, "patients")
         types.update({c: patients[c] for c in EVENT_PATIENT_COLUMNS})
     return types
+
+
+class ComparisonTypeGuard(Guard):
+    """A filter compares a column only with values of its own type (no conversion errors quoting a row)."""
+
+
+def check_value(study_id: str, table: str, column: str, value: object) -> None:
+    """Refuse a comparison value (or list of values) whose type is not the column's: the database would
+    otherwise try to convert the column's values and could name one of them in its error."""
+    if not ComparisonTypeGuard.enabled():
+        return
+    kind = unit_columns(study_id, table).get(column)
+    expected: tuple[type, ...] = (str,) if kind == "string" else (bool,) if kind == "bool" else (int, float)
+    word = {"string": "text", "bool": "true or false"}.get(kind or "", "a number")
+    for v in value if isinstance(value, list) else [value]:
+        if not isinstance(v, expected) or (kind != "bool" and isinstance(v, bool)):
+            raise QueryRefused(f"{column} is {kind}: compare it with {word}, not {v!r}")
 
 
 def require(policy: QueryPolicy, study_id: str, table: str, column: str, what: str,

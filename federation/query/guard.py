@@ -53,6 +53,7 @@ def registered() -> dict[str, type[Guard]]:
     """Every guard, site and central, by name."""
     import federation.query.central.disclosure  # noqa: F401 - registers its guard
     import federation.query.central.guards  # noqa: F401
+    import federation.query.columns  # noqa: F401
     import federation.query.site.guards  # noqa: F401
 
     return dict(Guard.registry)

@@ -25,15 +25,19 @@ UNIT_TABLES = ("patients", "adverse_events", "treatments")
 
 class Filter(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    column: str
+    column: str = Field(max_length=64)
     op: Op
     value: Any
 
     @field_validator("value")
     @classmethod
     def _scalar_or_list(cls, v: Any) -> Any:
+        if isinstance(v, str) and len(v) > 200:
+            raise ValueError("a filter value is at most 200 characters")
         if isinstance(v, list):
-            if not all(isinstance(x, str | int | float | bool) for x in v):
+            if len(v) > 50:
+                raise ValueError("an 'in' list has at most 50 values")
+            if not all(isinstance(x, str | int | float | bool) and len(str(x)) <= 200 for x in v):
                 raise ValueError("list values must be strings, numbers or booleans")
             return v
         if not isinstance(v, str | int | float | bool):
@@ -49,28 +53,28 @@ class Exists(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     table: Literal["adverse_events", "treatments"]
-    where: list[Filter] = Field(default_factory=list)
+    where: list[Filter] = Field(default_factory=list, max_length=10)
 
 
 class Query(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    study_id: str
+    study_id: str = Field(max_length=64)
     table: Literal["patients", "adverse_events", "treatments"] = "patients"
     statistic: Statistic = "count"
-    filters: list[Filter] = Field(default_factory=list)
-    exists: list[Exists] = Field(default_factory=list)
+    filters: list[Filter] = Field(default_factory=list, max_length=20)
+    exists: list[Exists] = Field(default_factory=list, max_length=5)
     group_by: list[str] = Field(default_factory=list, max_length=3)
     column: str | None = None  # the variable of sum, mean, variance, quantiles, proportion
     value: Any = None  # proportion: the share of rows where column == value
-    probs: list[float] = Field(default_factory=lambda: [0.5])  # quantiles
+    probs: list[float] = Field(default_factory=lambda: [0.5], max_length=9)  # quantiles
     endpoint: Literal["efs", "os"] = "os"  # km
     grid_days: float = 30.4375  # km: monthly grid by default
     horizon_days: float = 3652.5  # km: ten years
     outcome: Filter | None = None  # logistic: y = 1 where the filter holds
-    covariates: list[str] = Field(default_factory=list)  # logistic
-    sites: list[str] | None = None  # default: every site with a published version
-    versions: dict[str, int] | None = None  # pin site -> version number (reproduce a result)
+    covariates: list[str] = Field(default_factory=list, max_length=10)  # logistic and Cox
+    sites: list[str] | None = Field(default=None, max_length=200)  # default: every site with published data
+    versions: dict[str, int] | None = Field(default=None, max_length=200)  # pin site -> version (reproduce)
     allow_partial: bool = False
 
     def canonical(self) -> str:

@@ -88,8 +88,8 @@ def rows_of(result: Result) -> tuple[list[str], list[list[Any]]]:
 
 def to_text(result: Result, max_rows: int = 60) -> str:
     lines = [result.query.describe()]
-    if result.status == "refused":
-        lines.append(f"REFUSED: {result.reason}")
+    if result.status != "released":
+        lines.append(f"{result.status.upper()}: {result.reason}")
         if result.suggestion:
             lines.append(f"  instead: {result.suggestion}")
         lines.append(f"  (audit entry #{result.audit_id})")
@@ -111,8 +111,8 @@ def to_text(result: Result, max_rows: int = 60) -> str:
 
 
 def to_csv(result: Result) -> str:
-    if result.status == "refused":
-        return f"refused,{json_quote(result.reason)}\n"
+    if result.status != "released":
+        return f"{result.status},{json_quote(result.reason)}\n"
     header, rows = rows_of(result)
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -127,8 +127,8 @@ def json_quote(text: str) -> str:
 
 def to_markdown(result: Result) -> str:
     header, rows = rows_of(result)
-    if result.status == "refused":
-        return f"**Refused**: {result.reason}\n\n{result.suggestion}\n"
+    if result.status != "released":
+        return f"**{result.status.capitalize()}**: {result.reason}\n\n{result.suggestion}\n"
     out = [f"**{result.query.describe()}**", "", "| " + " | ".join(map(str, header)) + " |",
            "|" + "---|" * len(header)]
     out += ["| " + " | ".join(map(str, r)) + " |" for r in rows]

@@ -9,6 +9,8 @@ comes from the bearer token only; no endpoint takes an analyst's name.
 from __future__ import annotations
 
 import logging
+import threading
+from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -52,8 +54,17 @@ class ServiceState:
         self.users = UserStore(self.state_dir / "users.sqlite")
         self.audit = AuditLog(self.state_dir / "audit.jsonl", signer=self.signer)
         self.policy: QueryPolicy = load_query_policy(self.policy_path)
+        self._analyst_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._locks_guard = threading.Lock()
+        self.poll_limiter = anyio.CapacityLimiter(500)  # node long polls never wait behind analysts' queries
         self.broker = NodeBroker(self.signer, self.audit.head, self.users.node_sites,
                                  reply_timeout=self.reply_timeout, poll_wait=self.poll_wait)
+
+
+    def analyst_lock(self, name: str) -> threading.Lock:
+        """One query at a time per analyst: the differencing guard must see the analyst's previous result."""
+        with self._locks_guard:
+            return self._analyst_locks[name]
 
 
 class NodeReply(BaseModel):
@@ -71,13 +82,20 @@ class BodyLimit:
     A plain ASGI middleware: Starlette's BaseHTTPMiddleware would hide client disconnects from the long
     polls, so a node that went away would count as connected until its poll timed out."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, users: UserStore) -> None:
         self.app = app
+        self.users = users
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
-            limit = MAX_REPLY_BYTES if scope["path"].startswith("/v1/node/") else MAX_REQUEST_BYTES
-            length = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1")
+            headers = dict(scope["headers"])
+            limit = MAX_REQUEST_BYTES
+            if scope["path"].startswith("/v1/node/"):  # a node's large reply is read only for a node's token
+                auth = headers.get(b"authorization", b"").decode("latin-1")
+                who = self.users.authenticate(auth.removeprefix("Bearer ").strip()) if auth.startswith(
+                    "Bearer ") else None
+                limit = MAX_REPLY_BYTES if who is not None and who.role == "node" else MAX_REQUEST_BYTES
+            length = headers.get(b"content-length", b"").decode("latin-1")
             response = None
             if not length.isdigit():
                 response = JSONResponse(status_code=411, content={"detail": "send a Content-Length header"})
@@ -130,7 +148,7 @@ def create_app(state: ServiceState) -> FastAPI:
                               "summaries with disclosure control; every query is audited.")
     app.state.service = state
 
-    app.add_middleware(BodyLimit)
+    app.add_middleware(BodyLimit, users=state.users)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -139,7 +157,7 @@ def create_app(state: ServiceState) -> FastAPI:
 
     @app.get("/v1/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "audit_head": state.audit.head().model_dump()}
+        return {"status": "ok"}
 
     @app.get("/v1/whoami")
     def whoami(who: Annotated[Principal, Depends(principal)]) -> dict[str, Any]:
@@ -152,8 +170,10 @@ def create_app(state: ServiceState) -> FastAPI:
     @app.post("/v1/queries")
     def ask(q: Query, who: Annotated[Principal, Depends(role("analyst"))]) -> dict[str, Any]:
         """Ask an aggregate question; the answer is released or refused, and audited either way."""
-        history = [e for e in state.audit.entries() if e.get("analyst") == who.name and e.get("outcome") == "released"]
-        return run_query(q, state.broker, state.policy, state.audit, who.name, history=history).to_dict()
+        with state.analyst_lock(who.name):
+            history = [e for e in state.audit.entries()
+                       if e.get("analyst") == who.name and e.get("outcome") == "released"]
+            return run_query(q, state.broker, state.policy, state.audit, who.name, history=history).to_dict()
 
     @app.get("/v1/queries")
     def my_queries(who: Annotated[Principal, Depends(role("analyst"))]) -> list[dict[str, Any]]:
@@ -194,7 +214,7 @@ def create_app(state: ServiceState) -> FastAPI:
         tasks: list[Any] = []
         while True:  # in short slices, so that a node that went away stops counting as connected
             slice_s = max(0.0, min(0.5, deadline - anyio.current_time()))
-            tasks = await anyio.to_thread.run_sync(state.broker.poll, site, slice_s)
+            tasks = await anyio.to_thread.run_sync(state.broker.poll, site, slice_s, limiter=state.poll_limiter)
             if await request.is_disconnected():
                 state.broker.requeue(site, tasks)  # the node went away: another poll (or the timeout) takes them
                 tasks = []

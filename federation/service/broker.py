@@ -25,6 +25,7 @@ from federation.transport import Sealed, seal
 @dataclass
 class Pending:
     site: str
+    kind: str
     picked: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
     reply: Any = None
@@ -74,7 +75,7 @@ class NodeBroker:
                     out[site] = f"the node of {site} is not connected"
                     continue
                 task_id, sealed = seal(self.signer, site, kind, head, task)
-                self._pending[task_id] = Pending(site)
+                self._pending[task_id] = Pending(site, kind)
                 self._queues[site].append((task_id, sealed))
                 waiting[site] = task_id
             self._cv.notify_all()
@@ -133,6 +134,9 @@ class NodeBroker:
             p = self._pending.get(task_id)
             if p is None or p.site != site:
                 return False
+            expected = SiteReply if p.kind == "summaries" else list
+            if not error and not isinstance(reply, expected):
+                reply, error = None, f"the node of {site} sent a reply of the wrong kind"
             p.reply, p.error = reply, error
             p.done.set()
         return True

@@ -247,3 +247,29 @@ def test_a_site_can_only_make_disclosure_stricter(federated: Settings, tmp_path:
         combined = row["combined"]
         assert isinstance(combined, dict) or combined >= 50
     assert any(0 < truth.get(("site-c", row["group"][0]), 0) < 50 for row in r.payload["rows"])
+
+
+def test_a_filter_value_of_the_wrong_type_cannot_make_a_site_quote_a_row(fresh_audit: Settings) -> None:
+    import duckdb
+
+    from federation.query.site.data import open_site
+
+    codes = {c for (c,) in pooled(fresh_audit, "SELECT DISTINCT race FROM patients WHERE race IS NOT NULL")}
+    q = Query(study_id=STUDY, sites=["site-a"], filters=[Filter(column="race", op="==", value=0)])
+    # the channel: comparing a text column with a number makes DuckDB quote a value it could not convert
+    data = open_site(fresh_audit.storage, "site-a", STUDY)
+    try:
+        data.sql("SELECT count(*) FROM unit_patients WHERE race = ?", [0])
+        raise AssertionError("DuckDB converted every race code to a number")
+    except duckdb.Error as exc:
+        assert any(c in str(exc) for c in codes)
+    finally:
+        data.close()
+    # with the type guard off, the site's refusal still carries no error text (only the kind of error)
+    with switched_off("comparison_type"):
+        leaked = run_local(q, fresh_audit, "mallory")
+    assert leaked.status == "refused" and "the node's log has the details" in leaked.reason
+    assert not any(c in leaked.reason for c in codes)
+    # with it on, the query is refused before any site is asked, saying what to compare with
+    refused = run_local(q, fresh_audit, "eve")
+    assert refused.status == "refused" and "race is string: compare it with text, not 0" in refused.reason

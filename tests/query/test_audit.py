@@ -135,3 +135,9 @@ def test_verify_catches_a_full_rechain_with_a_stolen_key(logged: tuple[AuditLog,
     assert _verify(log, node_log) == 1  # ... but not with the heads the node recorded
     out = capsys.readouterr().out
     assert "(rewritten)" in out or "(truncated)" in out
+
+
+def test_offline_verify_needs_the_pinned_key(logged: tuple[AuditLog, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    log, _ = logged
+    assert main(["audit", "verify", "--log", str(log.path)]) == 2
+    assert "give --service-key" in capsys.readouterr().err

@@ -55,7 +55,27 @@ def test_parameters_outside_what_sites_compute_are_refused_not_crashed(federated
     from federation.query import Filter, run_local
 
     settings = federated.model_copy(update={"audit_log": tmp_path / "audit.jsonl"})
-    for q in (Query(study_id=STUDY, statistic="km", grid_days=0.5),  # a daily-or-finer grid is never computed
-              Query(study_id=STUDY, filters=[Filter(column="sex", op="!=", value=f"x{i}") for i in range(25)])):
-        r = run_local(q, settings, "t")
-        assert r.status == "refused" and "sites do not compute" in r.reason and r.audit_id is not None
+    r = run_local(Query(study_id=STUDY, statistic="km", grid_days=0.5), settings, "t")  # finer than a day
+    assert r.status == "refused" and "sites do not compute" in r.reason and r.audit_id is not None
+    with pytest.raises(ValueError, match="at most 20"):  # and the query model itself bounds what it carries
+        Query(study_id=STUDY, filters=[Filter(column="sex", op="!=", value=f"x{i}") for i in range(25)])
+
+
+def test_a_query_that_fails_is_audited_as_failed_and_releases_nothing(federated: Settings, tmp_path: Path) -> None:
+    from federation.query import run_local
+    from federation.query.central.audit import AuditLog
+
+    settings = federated.model_copy(update={"audit_log": tmp_path / "audit.jsonl"})
+    # the same covariate twice: a singular information matrix
+    r = run_local(Query(study_id=STUDY, statistic="cox", covariates=["os_days", "os_days"]), settings, "t")
+    assert r.status == "failed" and r.payload == {} and "nothing was released" in r.reason
+    assert AuditLog(settings.audit_log).entries()[-1]["outcome"] == "failed"
+
+
+def test_results_with_too_many_groups_are_refused_before_suppression(federated: Settings, tmp_path: Path) -> None:
+    from federation.query import run_local
+
+    settings = federated.model_copy(update={"audit_log": tmp_path / "audit.jsonl"})
+    r = run_local(Query(study_id=STUDY, table="adverse_events", group_by=["meddra_code", "grade", "arm"]), settings,
+                  "t")
+    assert r.status == "refused" and "more than 120 groups" in r.reason

@@ -72,6 +72,11 @@ def test_malformed_and_oversized_requests_get_4xx_without_a_traceback(federated_
     assert r.status_code == 413
     r = httpx.post(f"{fed.url}/v1/queries", json={"study_id": "NO-SUCH-STUDY"}, headers=headers, timeout=30)
     assert r.status_code == 200 and r.json()["status"] == "refused"
+    # a large body to the node endpoint is read only with a node's token
+    r = httpx.post(f"{fed.url}/v1/node/replies/x", content=b"{" + b" " * 1_000_000 + b"}", timeout=30,
+                   headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert _get(fed, "/v1/health").json() == {"status": "ok"}  # no audit head (query count) without a token
 
 
 def test_a_node_that_is_down_gives_that_sites_error_and_partial_still_works(federated_nodes: LocalFederation,
@@ -131,6 +136,26 @@ def test_the_service_restarts_without_losing_history_or_audit(federated_nodes: L
     # the differencing history survived: one patient more than the earlier query is still refused
     second = mallory.query(STUDY, filters=[Filter(column="age_at_diagnosis_years", op="<", value=hi)]).result
     assert second.status == "refused" and "differencing" in second.reason
+
+
+def test_concurrent_queries_of_one_analyst_cannot_slip_past_the_differencing_guard(
+        federated_nodes: LocalFederation, federated: Settings) -> None:
+    fed = federated_nodes
+    fed.add_user("racer", "analyst")
+    racer = Client(fed.url, fed.token("racer"))
+    ages = sorted(v for (v,) in pooled(federated, "SELECT age_at_diagnosis_years FROM patients"))
+    i = len(ages) // 3
+    lo, hi = (ages[i - 1] + ages[i]) / 2, (ages[i] + ages[i + 1]) / 2
+    queries = [Query(study_id=STUDY, filters=[Filter(column="age_at_diagnosis_years", op="<", value=v)])
+               for v in (lo, hi)]
+    results: list[Any] = [None, None]
+    threads = [threading.Thread(target=lambda j=j: results.__setitem__(j, racer.query(queries[j]).result))
+               for j in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(r.status for r in results) == ["refused", "released"]
 
 
 def test_cli_query_through_the_service_and_nothing_the_analyst_configures_counts(

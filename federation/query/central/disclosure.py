@@ -16,12 +16,13 @@ suppressing until every hidden small count is protected.
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import linprog
 
-from federation.query.guard import Guard
+from federation.query.guard import Guard, QueryRefused
 
 
 class ComplementarySuppressionGuard(Guard):
@@ -66,7 +67,7 @@ def _lines(shape: tuple[int, int, int], released: np.ndarray) -> list[list[tuple
 
 
 def suppress(cells: np.ndarray, k_site: list[int], k_combined: int, *, col_margin: bool = True,
-             row_margin: bool = True, max_rounds: int = 50) -> Released:
+             row_margin: bool = True, max_rounds: int = 50, time_limit_s: float = 20.0) -> Released:
     """Primary and complementary suppression of a (sites, rows, cols) table of counts.
 
     `col_margin`/`row_margin` False when those totals are not part of the release (e.g. a count by one
@@ -85,9 +86,10 @@ def suppress(cells: np.ndarray, k_site: list[int], k_combined: int, *, col_margi
     if not ComplementarySuppressionGuard.enabled():
         return Released(values=np.where(hidden | ~part, np.nan, e), primary=primary,
                         complementary=np.zeros(e.shape, dtype=bool))
+    deadline = time.monotonic() + time_limit_s
     for _ in range(max_rounds):
         _complement_lines(e, part, hidden)
-        weak = _audit(cells, e, part, hidden, primary, k)
+        weak = _audit(cells, e, part, hidden, primary, k, deadline)
         if not weak:
             break
         for idx in weak:
@@ -141,7 +143,7 @@ def _lp_range(obj: np.ndarray, rows: list[np.ndarray], rhs: list[float]) -> tupl
 
 
 def _audit(cells: np.ndarray, e: np.ndarray, part: np.ndarray, hidden: np.ndarray, primary: np.ndarray,
-           k: np.ndarray) -> list[tuple[int, int, int]]:
+           k: np.ndarray, deadline: float = float("inf")) -> list[tuple[int, int, int]]:
     """Primary entries whose feasible range, given everything released, is narrower than k."""
     if not primary.any():
         return []
@@ -151,6 +153,9 @@ def _audit(cells: np.ndarray, e: np.ndarray, part: np.ndarray, hidden: np.ndarra
     rhs = [float(e[idx]) for idx in known]
     weak = []
     for idx in zip(*np.nonzero(primary), strict=True):
+        if time.monotonic() > deadline:
+            raise QueryRefused("disclosure control could not protect this table's small cells in time",
+                               "group by fewer or coarser columns, or filter first")
         lo, hi = _lp_range(_coef(idx, shape), rows, rhs)
         if hi - lo < k[idx] - 1e-9:
             weak.append((int(idx[0]), int(idx[1]), int(idx[2])))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from federation.query.site.partial import SiteReply, SiteTask, answer_task
+from federation.query.site.partial import SiteReply, SiteTask, answer_task, site_error
 from federation.settings import Settings
 from federation.storage import layout
 
@@ -51,7 +51,7 @@ class InProcessGateway:
             try:
                 return site, answer_task(self.settings, site, task)
             except Exception as exc:  # noqa: BLE001 - any failure of one site is reported for that site
-                return site, f"{type(exc).__name__}: {exc}"
+                return site, site_error(exc)
 
         if not tasks:
             return {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,12 +30,14 @@ from federation.query.policy import EffectiveThresholds, QueryPolicy
 from federation.query.site.partial import SiteTask
 from federation.query.site.summaries import Answer, Refusal, Request, RowCount
 
+log = logging.getLogger("federation.service")
+
 
 @dataclass
 class Result:
     query: Query
     analyst: str
-    status: str = "released"  # released | refused
+    status: str = "released"  # released | refused | failed
     reason: str = ""
     suggestion: str = ""
     versions: dict[str, str] = field(default_factory=dict)
@@ -100,6 +103,9 @@ class Context:
                 if q.sites is not None or "has no published version" not in reply:
                     errors[site] = reply
                 continue
+            if len(reply.answers) != len(requests):
+                errors[site] = f"{site} sent {len(reply.answers)} answers to {len(requests)} requests"
+                continue
             answers[site] = list(reply.answers)
         if errors and not q.allow_partial:
             raise QueryRefused("some sites could not be reached: " + "; ".join(f"{s}: {e}" for s, e in errors.items()),
@@ -126,8 +132,9 @@ class Context:
         out: dict[str, list[Answer]] = {}
         for site in self.sites:
             reply = replies.get(site, "no reply")
-            if isinstance(reply, str):
-                raise QueryRefused(f"{site} stopped answering during the query ({reply}); nothing was released",
+            if isinstance(reply, str) or len(reply.answers) != len(requests):
+                why = reply if isinstance(reply, str) else "a malformed reply"
+                raise QueryRefused(f"{site} stopped answering during the query ({why}); nothing was released",
                                    "ask again")
             out[site] = self.refuse_on_refusal(list(reply.answers))
         return out
@@ -180,6 +187,10 @@ def run_query(q: Query, gateway: SiteGateway, policy: QueryPolicy, audit: AuditL
         result.status, result.payload = "refused", {}
         result.reason = (f"the query asks for something sites do not compute: {error['msg']} "
                          f"({'.'.join(map(str, error['loc']))})")
+    except Exception as exc:  # noqa: BLE001 - anything else: nothing is released, and the failure is audited
+        log.exception("query failed")
+        result.status, result.payload, result.suggestion = "failed", {}, "report it to the consortium's data team"
+        result.reason = f"the query could not be computed ({type(exc).__name__}); nothing was released"
     entry = audit.append({"analyst": analyst, "query": q.model_dump(mode="json"), "fingerprint": q.fingerprint(),
                           "versions": result.versions, "outcome": result.status, "reason": result.reason,
                           "excluded": result.excluded, "released": digest(result.payload)})

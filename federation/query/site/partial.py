@@ -8,13 +8,14 @@ policy, runs the site guards and computes each requested summary. Nothing but `S
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from federation.config import SiteThresholds, load_site
-from federation.exceptions import ConfigurationError
+from federation.exceptions import ConfigurationError, FederationError
 from federation.query.guard import QueryRefused
 from federation.query.policy import ConsortiumDisclosurePolicy, EffectiveThresholds, effective_thresholds
 from federation.query.policy import load_query_policy as _load_policy
@@ -22,6 +23,8 @@ from federation.query.site.data import open_site
 from federation.query.site.guards import SITE_GUARDS
 from federation.query.site.summaries import AnyAnswer, AnyRequest, NotTakingPart, Refusal, SiteContext, check_columns
 from federation.settings import Settings
+
+log = logging.getLogger("federation.node")
 
 
 class SiteTask(BaseModel):
@@ -65,6 +68,14 @@ def _own_thresholds(sites_dir: Path, site_id: str, stamp: int) -> SiteThresholds
         return None
 
 
+def site_error(exc: BaseException) -> str:
+    """What may leave a site about a failure: our own messages, else only the kind of error. A database
+    error can quote a value it failed to convert, i.e. one patient's value; its text stays in the node log."""
+    if isinstance(exc, FederationError):
+        return str(exc)
+    return f"{type(exc).__name__} at the site (the node's log has the details)"
+
+
 def answer_task(settings: Settings, site_id: str, task: SiteTask) -> SiteReply:
     """Answer `task` from `site_id`'s published data; raises SiteUnavailable when there is none."""
     data = open_site(settings.storage, site_id, task.study_id, task.version)
@@ -84,6 +95,9 @@ def answer_task(settings: Settings, site_id: str, task: SiteTask) -> SiteReply:
                 answers.append(Refusal(reason=exc.reason, not_taking_part=True))
             except QueryRefused as exc:
                 answers.append(Refusal(reason=exc.reason, suggestion=exc.suggestion))
+            except Exception as exc:  # noqa: BLE001 - a summary that fails is refused without its error text
+                log.warning("%s: %s failed: %s", site_id, request.kind, exc)
+                answers.append(Refusal(reason=f"{site_id} could not compute a summary ({site_error(exc)})"))
     finally:
         data.close()
     return SiteReply(site_id=site_id, version_number=data.version.number, version_id=data.version.version_id,

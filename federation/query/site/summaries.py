@@ -20,7 +20,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from federation.query.columns import GROUPABLE, NUMERIC, require, unit_columns
+from federation.query.columns import GROUPABLE, NUMERIC, check_value, require, unit_columns
 from federation.query.guard import QueryRefused
 from federation.query.model import Exists, Filter
 from federation.query.policy import EffectiveThresholds, QueryPolicy
@@ -219,6 +219,11 @@ class Request(BaseModel):
             out += [(f.column, f"filtering {e.table}", None, e.table) for f in e.where]
         return out
 
+    def compared(self) -> list[tuple[str, str, object]]:
+        """Every (table, column, value) the request compares."""
+        out: list[tuple[str, str, object]] = [(self.table, f.column, f.value) for f in self.filters]
+        return out + [(e.table, f.column, f.value) for e in self.exists for f in e.where]
+
     def filtered(self) -> bool:
         return bool(self.filters or self.exists)
 
@@ -288,6 +293,13 @@ class DifferenceCounts(Request):
             out += [(d, "grouping", GROUPABLE, self.table) for d in e.dims]
         return out
 
+    def compared(self) -> list[tuple[str, str, object]]:
+        out = super().compared()
+        for e in self.earlier:
+            out += [(self.table, f.column, f.value) for f in e.filters]
+            out += [(x.table, f.column, f.value) for x in e.exists for f in x.where]
+        return out
+
     def answer(self, ctx: SiteContext) -> Answer:
         items = []
         for e in self.earlier:
@@ -333,6 +345,9 @@ class ValueHits(Grouped):
 
     def uses(self) -> list[tuple[str, str, set[str] | None, str]]:
         return super().uses() + [(self.column, "a proportion", None, self.table)]
+
+    def compared(self) -> list[tuple[str, str, object]]:
+        return [*super().compared(), (self.table, self.column, self.value)]
 
     def answer(self, ctx: SiteContext) -> Answer:
         frm, params = self.frm()
@@ -452,6 +467,10 @@ class Model(Request):
             out.append((self.outcome.column, "the outcome", None, self.table))
         return out
 
+    def compared(self) -> list[tuple[str, str, object]]:
+        out = super().compared()
+        return out + ([(self.table, self.outcome.column, self.outcome.value)] if self.outcome is not None else [])
+
     def categorical(self, study_id: str) -> list[str]:
         types = unit_columns(study_id, self.table)
         return [c for c in self.covariates if types.get(c) in ("string", "bool")]
@@ -560,3 +579,5 @@ REQUEST = TypeAdapter(AnyRequest)
 def check_columns(request: Request, ctx: SiteContext) -> None:
     for column, what, kinds, table in request.uses():
         require(ctx.policy, ctx.study_id, table, column, what, kinds)
+    for table, column, value in request.compared():
+        check_value(ctx.study_id, table, column, value)

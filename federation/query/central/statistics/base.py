@@ -49,7 +49,13 @@ class Statistic:
         raise NotImplementedError
 
 
+MAX_GROUPS = 120  # groups (or crosstab cells) per result: bounds the suppression audit's work
+
+
 def sorted_keys(keys: set[Key]) -> list[Key]:
+    if len(keys) > MAX_GROUPS:
+        raise QueryRefused(f"the result would have more than {MAX_GROUPS} groups; disclosure control of so many "
+                           "small cells is not offered", "group by fewer or coarser columns, or filter first")
     return sorted(keys, key=lambda t: tuple((x is None, str(x)) for x in t))
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from federation.query.central.disclosure import suppress
 from federation.query.central.statistics.base import Key, Statistic, cell, count_table, sorted_keys
-from federation.query.columns import GROUPABLE, require
+from federation.query.columns import GROUPABLE, check_value, require
 from federation.query.guard import QueryRefused
 from federation.query.model import Query
 from federation.query.policy import QueryPolicy
@@ -24,9 +24,11 @@ def check_filters(q: Query, policy: QueryPolicy) -> None:
         require(policy, q.study_id, q.table, g, "grouping", GROUPABLE)
     for f in q.filters:
         require(policy, q.study_id, q.table, f.column, "filtering")
+        check_value(q.study_id, q.table, f.column, f.value)
     for e in q.exists:
         for f in e.where:
             require(policy, q.study_id, e.table, f.column, f"filtering {e.table}")
+            check_value(q.study_id, e.table, f.column, f.value)
 
 
 def per_site_counts(answers: dict[str, list[Answer]]) -> dict[str, dict[Key, int]]:
@@ -75,6 +77,7 @@ class Crosstab(Count):
         keys = {key for c in per_site.values() for key in c}
         row_keys = sorted_keys({(key[0],) for key in keys})
         col_keys = sorted_keys({(key[1],) for key in keys})
+        sorted_keys({(r, c) for r in row_keys for c in col_keys})  # the full table is what gets audited
         names = ctx.sites
         cells = np.array([[[per_site[s].get((r[0], c[0]), 0) for c in col_keys] for r in row_keys] for s in names],
                          dtype=float)
