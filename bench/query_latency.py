@@ -143,12 +143,17 @@ def main() -> int:
             "km_inprocess": timed(lambda: run_local(q_km, settings, analyst), "Kaplan-Meier in-process gateway, warm"),
             "km_floor": timed(floor_km, "pooled DuckDB Kaplan-Meier (floor)"),
         }
-        node_ms: dict[str, list[float]] = {}
+        node_ms: dict[str, list[float]] = {}  # a node's own time per task once its site is loaded
         for log in (fed.workdir / "node-logs").glob("*.jsonl"):
+            loaded = False
             for line in log.read_text().splitlines():
                 e = json.loads(line)
-                if e.get("event") == "answered" and e.get("requests"):
-                    node_ms.setdefault("km" if "km_counts" in e["requests"] else "crosstab", []).append(e["ms"])
+                if e.get("event") == "started":
+                    loaded = False
+                elif e.get("event") == "answered" and e.get("requests"):
+                    if loaded:
+                        node_ms.setdefault("km" if "km_counts" in e["requests"] else "crosstab", []).append(e["ms"])
+                    loaded = True
     finally:
         fed.stop()
     med = {k: statistics.median(v) for k, v in res.items()}
@@ -163,7 +168,7 @@ def main() -> int:
     print()
     print(f"| {n_sites} sites, {n_patients:,} patients | service + nodes, just started (ms) | service + nodes, "
           "warm (ms) | in-process, warm (ms) | pooled DuckDB floor (ms) | ratio cold / warm to floor | node task "
-          "(median ms) |")
+          "warm (median ms) |")
     print("|---|---|---|---|---|---|---|")
     for name, key in (("crosstab stage x arm", "crosstab"), ("Kaplan-Meier EFS by arm (monthly grid)", "km")):
         print(f"| {name} | {med[key + '_service_cold'] * 1000:,.0f} | {med[key + '_service'] * 1000:,.0f} | "
