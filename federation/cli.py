@@ -93,10 +93,20 @@ def _build_parser() -> argparse.ArgumentParser:
     u.add_argument("--force", action="store_true", help="upload even if local validation fails")
     u.add_argument("--upload-id", default=None, help="explicit upload id (default: derived from the content)")
 
-    ul = sub.add_parser("uploads", help="list the upload catalog: status, rows, version, report of each upload")
-    ul.add_argument("--site", default=None, help="only this site")
+    ul = sub.add_parser(
+        "uploads", help="list uploads: status, rows, version, report of each upload",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Data engineers: the whole upload catalog, read with the pipeline's storage identity (--config).\n"
+            "Site coordinators: your own site's uploads through the query service (--server, your token);\n"
+            "add --report UPLOAD_ID --output report.html to fetch one upload's validation report."))
+    ul.add_argument("--site", default=None, help="only this site (catalog mode)")
     ul.add_argument("--config", type=Path, default=None, help="settings YAML (default $FEDERATION_CONFIG)")
     ul.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ul.add_argument("--server", default=None, help="ask the query service as a site coordinator")
+    ul.add_argument("--credentials", type=Path, default=None, help="token file (mode 0600)")
+    ul.add_argument("--report", default=None, metavar="UPLOAD_ID", help="fetch this upload's validation report")
+    ul.add_argument("--output", type=Path, default=Path("report.html"), help="where --report writes (report.html)")
 
     ing = sub.add_parser("ingest", help="process pending uploads now, without Airflow (what site_ingest does)")
     ing.add_argument("--config", type=Path, default=None, help="settings YAML (default $FEDERATION_CONFIG)")
@@ -318,6 +328,8 @@ def _uploads(args: argparse.Namespace) -> int:
     from federation.settings import load_settings
     from federation.storage import open_store
 
+    if args.server:
+        return _site_uploads(args)
     settings = load_settings(args.config)
     entries = [e for e in read_catalog(open_store(settings.storage, "pipeline"), settings)
                if args.site in (None, e.site_id)]
@@ -332,6 +344,30 @@ def _uploads(args: argparse.Namespace) -> int:
         rows = sum(e.rows.values())
         print(f"{e.site_id:<8} {e.upload_id:<20} {e.status:<12} {rows:>9,} {e.version_id:<26} "
               f"{e.report or e.message}")
+    return 0
+
+
+def _site_uploads(args: argparse.Namespace) -> int:
+    import json
+
+    from federation.client import Client
+
+    client = Client(args.server, credentials=args.credentials)
+    if args.report:
+        args.output.write_text(client.site_report(args.report), encoding="utf-8")
+        print(f"wrote {args.output} (open it in a browser)")
+        return 0
+    answer = client.site_uploads()
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    print(f"uploads of {answer['site']}:")
+    if not answer["uploads"]:
+        print("  no uploads processed yet")
+    for u in answer["uploads"]:
+        print(f"  {u['upload_id']:<20} {u['status']:<12} {sum(u['rows'].values()):>9,} {u['version_id']:<26} "
+              f"{u['updated'][:19]}  {u['message']}" + ("  (report: --report " + u["upload_id"] + ")"
+                                                         if u["has_report"] else ""))
     return 0
 
 

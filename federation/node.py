@@ -30,12 +30,14 @@ from federation.query.central.audit import Head
 from federation.query.site.partial import answer_task, site_error
 from federation.settings import Settings
 from federation.signing import Verifier
+from federation.storage.identities import query_identity
 from federation.transport import (
     CLOCK_SKEW_S,
     TASK_LIFETIME_S,
     ReplayGuard,
     Sealed,
     TaskRejected,
+    UploadStatus,
     open_head,
     open_task,
 )
@@ -139,6 +141,8 @@ class SiteNode:
             heads = self.log.heads()
             self.log.append("answered", task_id=env.task_id, kind="heads", n=len(heads))
             return env.task_id, {"heads": [h.model_dump() for h in heads]}
+        if env.kind in ("uploads", "report"):
+            return env.task_id, self._uploads(env.task_id, env.upload_id)
         assert env.task is not None
         started = time.perf_counter()
         try:
@@ -151,6 +155,32 @@ class SiteNode:
                         requests=[r.kind for r in env.task.requests], answers=[a.kind for a in reply.answers],
                         head=env.audit_head.model_dump(), ms=round((time.perf_counter() - started) * 1000, 1))
         return env.task_id, {"reply": reply.model_dump(mode="json")}
+
+    def _uploads(self, task_id: str, upload_id: str | None) -> dict[str, Any]:
+        """For the site's coordinator: its uploads' statuses, or one upload's validation report."""
+        from federation.ingest.pipeline import read_catalog
+        from federation.storage import layout, open_store
+
+        try:
+            store = open_store(self.settings.storage, query_identity(self.site_id))
+            if upload_id is None:
+                entries = read_catalog(store, self.settings, self.site_id)
+                statuses = [UploadStatus(upload_id=e.upload_id, study_id=e.study_id, status=e.status,
+                                         message=e.message, rows=e.rows, version_id=e.version_id,
+                                         updated=e.updated, has_report=bool(e.report)).model_dump()
+                            for e in entries if e.site_id == self.site_id]
+                self.log.append("answered", task_id=task_id, kind="uploads", n=len(statuses))
+                return {"uploads": statuses}
+            key = layout.report_prefix(self.settings.storage, self.site_id, upload_id) + "report.html"
+            html = store.get_bytes(key).decode("utf-8", errors="replace")
+            self.log.append("answered", task_id=task_id, kind="report", upload_id=upload_id)
+            return {"report": html}
+        except KeyError:
+            self.log.append("answered", task_id=task_id, kind="report", upload_id=upload_id, found=False)
+            return {"error": f"no report for upload {upload_id} at {self.site_id}"}
+        except Exception as exc:  # noqa: BLE001 - reported without its text, logged here
+            log.warning("uploads task %s failed: %s", task_id, exc)
+            return {"error": site_error(exc)}
 
     def _work(self, sealed: Sealed) -> None:
         task_id, body = self.handle(sealed)

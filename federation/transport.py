@@ -31,16 +31,34 @@ class TaskRejected(FederationError):
         self.reason = reason
 
 
+Kind = Literal["summaries", "heads", "uploads", "report"]
+
+
+class UploadStatus(BaseModel):
+    """One upload of a site as its coordinator sees it (from the catalog; no patient data)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    upload_id: str
+    study_id: str = ""
+    status: str
+    message: str = ""
+    rows: dict[str, int] = Field(default_factory=dict)
+    version_id: str = ""
+    updated: str = ""
+    has_report: bool = False
+
+
 class Envelope(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     task_id: str
     site_id: str
-    kind: Literal["summaries", "heads"]
+    kind: Kind
     issued_at: float
     expires_at: float
     audit_head: Head
     task: SiteTask | None = None
+    upload_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,80}$")  # kind "report"
 
 
 class Sealed(BaseModel):
@@ -51,11 +69,11 @@ class Sealed(BaseModel):
     signature: str = Field(max_length=200)
 
 
-def seal(signer: Signer, site_id: str, kind: Literal["summaries", "heads"], head: Head,
-         task: SiteTask | None = None, lifetime: float = TASK_LIFETIME_S) -> tuple[str, Sealed]:
+def seal(signer: Signer, site_id: str, kind: Kind, head: Head, task: SiteTask | None = None,
+         lifetime: float = TASK_LIFETIME_S, upload_id: str | None = None) -> tuple[str, Sealed]:
     now = time.time()
     env = Envelope(task_id=uuid.uuid4().hex, site_id=site_id, kind=kind, issued_at=now, expires_at=now + lifetime,
-                   audit_head=head, task=task)
+                   audit_head=head, task=task, upload_id=upload_id)
     text = env.model_dump_json()
     return env.task_id, Sealed(envelope=text, signature=signer.sign(text.encode()))
 

@@ -2,7 +2,7 @@
 
 `process_upload` is what the Airflow task calls and what `federation ingest`
 calls without Airflow. Every outcome, good or bad, is written to the upload
-catalog (`<pipeline>/catalog/<site>/<upload_id>.json`); bad input never
+catalog (`<pipeline>/catalog/<site>/uploads/<upload_id>.json`); bad input never
 raises. Only storage outages raise (TransientStorageError), so Airflow
 retries them; nothing is published before the final commit.
 """
@@ -53,9 +53,11 @@ class CatalogEntry:
         return (json.dumps(asdict(self), indent=2) + "\n").encode()
 
 
-def read_catalog(store: ObjectStore, settings: Settings) -> list[CatalogEntry]:
+def read_catalog(store: ObjectStore, settings: Settings, site_id: str | None = None) -> list[CatalogEntry]:
+    """The upload catalog, of every site or of `site_id` only (what that site's node may read)."""
     out = []
-    for obj in store.list(layout.catalog_root(settings.storage)):
+    prefix = layout.catalog_site(settings.storage, site_id) if site_id else layout.catalog_root(settings.storage)
+    for obj in store.list(prefix):
         out.append(CatalogEntry(**json.loads(store.get_bytes(obj.key))))
     return sorted(out, key=lambda e: (e.updated, e.site_id, e.upload_id))
 

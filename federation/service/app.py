@@ -19,8 +19,9 @@ from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Path as UrlPath
 from fastapi import Query as Param
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,10 +30,10 @@ from federation.query.central.runner import run_query
 from federation.query.model import Query
 from federation.query.policy import QueryPolicy, load_query_policy
 from federation.query.site.partial import SiteReply
-from federation.service.broker import NodeBroker
+from federation.service.broker import Failure, NodeBroker
 from federation.service.users import Principal, UserStore
 from federation.signing import load_or_create_signer
-from federation.transport import seal_head
+from federation.transport import UploadStatus, seal_head
 
 log = logging.getLogger("federation.service")
 MAX_REQUEST_BYTES = 256 * 1024
@@ -73,7 +74,15 @@ class NodeReply(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reply: SiteReply | None = None
     heads: list[Head] | None = None
+    uploads: list[UploadStatus] | None = None
+    report: str | None = Field(default=None, max_length=32_000_000)
     error: str = Field(default="", max_length=2000)
+
+    def payload(self) -> Any:
+        for value in (self.reply, self.heads, self.uploads, self.report):
+            if value is not None:
+                return value
+        return None
 
 
 class BodyLimit:
@@ -196,6 +205,26 @@ def create_app(state: ServiceState) -> FastAPI:
                 "nodes_checked": sorted(w.node for w in witnesses),
                 "nodes_unreachable": {s: h for s, h in heads.items() if isinstance(h, str)}}
 
+    @app.get("/v1/site/uploads")
+    def site_uploads(who: Annotated[Principal, Depends(role("site_coordinator"))]) -> dict[str, Any]:
+        """Your site's uploads: status, rows, published version, whether a validation report exists."""
+        assert who.site is not None
+        answer = state.broker.ask_uploads(who.site)
+        if isinstance(answer, str):
+            raise HTTPException(503, str(answer))
+        return {"site": who.site, "uploads": [u.model_dump() for u in answer]}
+
+    @app.get("/v1/site/uploads/{upload_id}/report", response_class=HTMLResponse)
+    def site_report(upload_id: Annotated[str, UrlPath(pattern=r"^[A-Za-z0-9._-]{1,80}$")],
+                    who: Annotated[Principal, Depends(role("site_coordinator"))]) -> HTMLResponse:
+        """The validation report of one of your site's uploads (HTML: your file, line, column and value)."""
+        assert who.site is not None
+        answer = state.broker.ask_uploads(who.site, upload_id)
+        if isinstance(answer, Failure):
+            raise HTTPException(404 if answer.startswith("no report") else 503, str(answer))
+        assert isinstance(answer, str)
+        return HTMLResponse(answer)
+
     @app.get("/v1/users")
     def users(who: Annotated[Principal, Depends(role("admin"))]) -> list[dict[str, Any]]:
         return state.users.all()
@@ -230,8 +259,7 @@ def create_app(state: ServiceState) -> FastAPI:
         assert who.site is not None
         if body.reply is not None and body.reply.site_id != who.site:
             raise HTTPException(403, f"a node of {who.site} cannot answer for {body.reply.site_id}")
-        ok = state.broker.deliver(who.site, task_id, body.reply if body.reply is not None else body.heads,
-                                  body.error)
+        ok = state.broker.deliver(who.site, task_id, body.payload(), body.error)
         if not ok:
             raise HTTPException(404, f"no task {task_id} is waiting for {who.site} (it timed out or was answered)")
         return {"accepted": True}

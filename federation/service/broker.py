@@ -14,12 +14,23 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from federation.query.central.audit import Head
 from federation.query.site.partial import SiteReply, SiteTask
 from federation.signing import Signer
-from federation.transport import Sealed, seal
+from federation.transport import Kind, Sealed, UploadStatus, seal
+
+_REPLY_KINDS: dict[str, Callable[[Any], bool]] = {
+    "summaries": lambda r: isinstance(r, SiteReply),
+    "heads": lambda r: isinstance(r, list) and all(isinstance(h, Head) for h in r),
+    "uploads": lambda r: isinstance(r, list) and all(isinstance(u, UploadStatus) for u in r),
+    "report": lambda r: isinstance(r, str),
+}
+
+
+class Failure(str):
+    """Why a site gave no reply (a str, so callers that only need the text can treat it as one)."""
 
 
 @dataclass
@@ -61,7 +72,11 @@ class NodeBroker:
     def ask_heads(self, sites: list[str]) -> dict[str, list[Head] | str]:
         return self._ask({s: ("heads", None) for s in sites})  # type: ignore[return-value]
 
-    def _ask(self, tasks: dict[str, tuple[Literal["summaries", "heads"], SiteTask | None]]) -> dict[str, Any]:
+    def ask_uploads(self, site: str, upload_id: str | None = None) -> list[UploadStatus] | str | Failure:
+        """A site's upload statuses (or, with `upload_id`, that upload's report HTML), from its node."""
+        return self._ask({site: ("report" if upload_id else "uploads", None)}, upload_id)[site]  # type: ignore[no-any-return]
+
+    def _ask(self, tasks: dict[str, tuple[Kind, SiteTask | None]], upload_id: str | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {}
         waiting: dict[str, str] = {}
         head = self.head()
@@ -69,12 +84,12 @@ class NodeBroker:
         with self._cv:
             for site, (kind, task) in tasks.items():
                 if site not in known:
-                    out[site] = f"no node is registered for {site}"
+                    out[site] = Failure(f"no node is registered for {site}")
                     continue
                 if not (self._polling[site] > 0 or time.time() - self._last_poll.get(site, 0) < 5.0):
-                    out[site] = f"the node of {site} is not connected"
+                    out[site] = Failure(f"the node of {site} is not connected")
                     continue
-                task_id, sealed = seal(self.signer, site, kind, head, task)
+                task_id, sealed = seal(self.signer, site, kind, head, task, upload_id=upload_id)
                 self._pending[task_id] = Pending(site, kind)
                 self._queues[site].append((task_id, sealed))
                 waiting[site] = task_id
@@ -89,11 +104,11 @@ class NodeBroker:
                 self._pending.pop(task_id, None)
                 self._queues[site] = [(t, s) for t, s in self._queues[site] if t != task_id]
             if not picked and not p.done.is_set():
-                out[site] = f"the node of {site} is not connected (it did not pick up the task)"
+                out[site] = Failure(f"the node of {site} is not connected (it did not pick up the task)")
             elif not p.done.is_set():
-                out[site] = f"the node of {site} did not answer within {self.reply_timeout:g} s"
+                out[site] = Failure(f"the node of {site} did not answer within {self.reply_timeout:g} s")
             elif p.error:
-                out[site] = p.error
+                out[site] = Failure(p.error)
             else:
                 out[site] = p.reply
         return out
@@ -134,8 +149,7 @@ class NodeBroker:
             p = self._pending.get(task_id)
             if p is None or p.site != site:
                 return False
-            expected = SiteReply if p.kind == "summaries" else list
-            if not error and not isinstance(reply, expected):
+            if not error and not _REPLY_KINDS[p.kind](reply):
                 reply, error = None, f"the node of {site} sent a reply of the wrong kind"
             p.reply, p.error = reply, error
             p.done.set()

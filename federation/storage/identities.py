@@ -28,8 +28,11 @@ def query_identity(site: str) -> str:
 
 
 def query_actions(site: str, cfg: StorageConfig) -> list[str]:
-    harmonized = layout.harmonized_site(cfg, site)
-    return [f"Read:{harmonized}*", f"List:{harmonized}*"]
+    # the site's node: its harmonized data, and its own uploads' statuses and reports for its coordinator
+    # (the catalog grant sits one level above the listed prefix: see layout.catalog_site)
+    prefixes = [layout.harmonized_site(cfg, site), layout.reports_site(cfg, site),
+                f"{layout.catalog_root(cfg)}{site}/"]
+    return [f"{action}:{prefix}*" for prefix in prefixes for action in ("Read", "List")]
 
 
 def pipeline_actions(cfg: StorageConfig) -> list[str]:

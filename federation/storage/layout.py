@@ -5,7 +5,7 @@
 <reports>/<site>/<upload_id>/report.html|json, failures.csv     written by the pipeline, read by the site
 <harmonized>/<site>/<study>/data/<upload_id>/<table>.parquet   written by the pipeline
 <harmonized>/<site>/<study>/_versions/<NNNNNN>.json            the commit of each version
-<pipeline>/catalog/<site>/<upload_id>.json                     status of every upload
+<pipeline>/catalog/<site>/uploads/<upload_id>.json             status of every upload
 <pipeline>/quarantine/<site>/<upload_id>/...                   copies of rejected exports
 ```
 
@@ -84,8 +84,14 @@ def catalog_root(cfg: StorageConfig) -> str:
     return f"{cfg.pipeline_bucket}/catalog/"
 
 
+def catalog_site(cfg: StorageConfig, site: str) -> str:
+    """One site's catalog entries; one level below the site, because SeaweedFS grants `List:<prefix>/*` only
+    for listings deeper than the prefix itself (a site's node lists here with its own identity)."""
+    return f"{catalog_root(cfg)}{site}/uploads/"
+
+
 def catalog_key(cfg: StorageConfig, site: str, upload_id: str) -> str:
-    return f"{catalog_root(cfg)}{site}/{upload_id}.json"
+    return f"{catalog_site(cfg, site)}{upload_id}.json"
 
 
 def quarantine_prefix(cfg: StorageConfig, site: str, upload_id: str) -> str:

@@ -60,7 +60,7 @@ def test_rerun_is_idempotent(backend: Settings, clean_exports: Path) -> None:
     ref = UploadRef("site-c", first.upload_id, True)
     # the catalog short-circuits; and even without it, publishing again gives the same version
     again = process_upload(backend, ref)
-    store.put_bytes(f"pipeline/catalog/site-c/{first.upload_id}.json", b'{"site_id": "site-c", "upload_id": "'
+    store.put_bytes(f"pipeline/catalog/site-c/uploads/{first.upload_id}.json", b'{"site_id": "site-c", "upload_id": "'
                     + first.upload_id.encode() + b'", "status": "failed"}')
     forced = process_upload(backend, ref)
     assert first.version_id == again.version_id == forced.version_id == "site-c/PONC-WT-01@v1"

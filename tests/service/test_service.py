@@ -158,6 +158,37 @@ def test_concurrent_queries_of_one_analyst_cannot_slip_past_the_differencing_gua
     assert sorted(r.status for r in results) == ["refused", "released"]
 
 
+def test_a_site_coordinator_sees_only_their_sites_uploads_and_reports(federated_nodes: LocalFederation,
+                                                                     tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    fed = federated_nodes
+    fed.add_user("coord-a", "site_coordinator", "site-a")
+    coordinator = Client(fed.url, fed.token("coord-a"))
+    uploads = coordinator.site_uploads()
+    assert uploads["site"] == "site-a" and len(uploads["uploads"]) == 1
+    upload = uploads["uploads"][0]
+    assert upload["status"] == "published" and upload["has_report"] and upload["rows"]["patients"] > 0
+    html = coordinator.site_report(upload["upload_id"])
+    assert "<html" in html.lower() and "site-a" in html
+    # another site's upload id is not found: the request only ever reaches site-a's node
+    other = next(u for u in Client(fed.url, fed.token("coord-a")).site_uploads()["uploads"])["upload_id"]
+    fed.add_user("coord-b", "site_coordinator", "site-b")
+    b_upload = Client(fed.url, fed.token("coord-b")).site_uploads()["uploads"][0]["upload_id"]
+    assert b_upload != other
+    with pytest.raises(ServiceError) as exc:
+        coordinator.site_report(b_upload)
+    assert exc.value.status == 404
+    with pytest.raises(ServiceError) as exc:  # an analyst is not a site coordinator
+        Client(fed.url, fed.token("analyst")).site_uploads()
+    assert exc.value.status == 403
+    creds = write_secret(tmp_path / "coord", fed.token("coord-a"))
+    assert main(["uploads", "--server", fed.url, "--credentials", str(creds)]) == 0
+    assert "uploads of site-a" in capsys.readouterr().out
+    assert main(["uploads", "--server", fed.url, "--credentials", str(creds), "--report", upload["upload_id"],
+                 "--output", str(tmp_path / "r.html")]) == 0
+    assert (tmp_path / "r.html").read_text() == html
+
+
 def test_cli_query_through_the_service_and_nothing_the_analyst_configures_counts(
         federated_nodes: LocalFederation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
