@@ -576,14 +576,16 @@ def _node(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from federation.node import SiteNode, read_token
+    from federation.node import SiteNode
+    from federation.secretfile import token_from
     from federation.settings import load_settings
     from federation.signing import Verifier
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = load_settings(args.config)
-    node = SiteNode(settings, args.site, args.server, read_token(args.token_file, "FEDERATION_NODE_TOKEN"),
-                    Verifier.from_file(args.service_key), args.log or Path(f"node-{args.site}.jsonl"),
+    token = token_from("FEDERATION_NODE_TOKEN", args.token_file, "token file")
+    node = SiteNode(settings, args.site, args.server, token, Verifier.from_file(args.service_key),
+                    args.log or Path(f"node-{args.site}.jsonl"),
                     poll_wait=args.poll_wait, allow_http=args.allow_insecure_http)
     stop = threading.Event()
 

@@ -22,6 +22,7 @@ import httpx
 from federation.exceptions import FederationError
 from federation.query.central.runner import Result
 from federation.query.model import Query
+from federation.secretfile import token_from
 
 TOKEN_ENV = "FEDERATION_TOKEN"
 SERVER_ENV = "FEDERATION_SERVER"
@@ -41,14 +42,8 @@ def resolve_token(token: str | None = None, credentials: Path | None = None) -> 
     """The token: given, else $FEDERATION_TOKEN, else the credentials file (which must be mode 0600)."""
     if token:
         return token
-    if os.environ.get(TOKEN_ENV):
-        return os.environ[TOKEN_ENV].strip()
     path = (credentials or Path(os.environ.get("FEDERATION_CREDENTIALS", str(DEFAULT_CREDENTIALS)))).expanduser()
-    if not path.exists():
-        raise FederationError(f"no token: set {TOKEN_ENV}, or put your token in {path} (chmod 600)")
-    if path.stat().st_mode & 0o077:
-        raise FederationError(f"credentials file {path} is readable by others; run: chmod 600 {path}")
-    return path.read_text(encoding="utf-8").strip()
+    return token_from(TOKEN_ENV, path, "credentials file")
 
 
 def resolve_server(server: str | None = None) -> str:

@@ -85,20 +85,6 @@ class NodeLog:
         return [Head.model_validate(e["head"]) for e in self.entries() if e.get("event") == "head"]
 
 
-def read_token(token_file: Path | None, env: str) -> str:
-    """A token from the environment variable `env`, else from `token_file` (which must be mode 0600)."""
-    value = os.environ.get(env)
-    if value:
-        return value.strip()
-    if token_file is None:
-        raise ConfigurationError(f"no token: set {env} or give a token file")
-    if not token_file.exists():
-        raise ConfigurationError(f"token file {token_file} does not exist")
-    if token_file.stat().st_mode & 0o077:
-        raise ConfigurationError(f"token file {token_file} is readable by others; run: chmod 600 {token_file}")
-    return token_file.read_text(encoding="utf-8").strip()
-
-
 class SiteNode:
     def __init__(self, settings: Settings, site_id: str, server: str, token: str, service_key: Verifier,
                  log_path: Path, *, poll_wait: float = 20.0, workers: int = 4, allow_http: bool = False) -> None:

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from federation.exceptions import ConfigurationError
+from federation.secretfile import read_private
 
 
 class Signer:
@@ -55,9 +56,7 @@ class Verifier:
 def load_or_create_signer(path: Path) -> Signer:
     """The service key at `path` (PEM, mode 0600), created on first start; its public key next to it (.pub)."""
     if path.exists():
-        if path.stat().st_mode & 0o077:
-            raise ConfigurationError(f"{path} is readable by others; run: chmod 600 {path}")
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        key = serialization.load_pem_private_key(read_private(path, "signing key"), password=None)
         if not isinstance(key, Ed25519PrivateKey):
             raise ConfigurationError(f"{path} is not an Ed25519 private key")
     else:

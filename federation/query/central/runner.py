@@ -147,8 +147,7 @@ class Context:
         return answers
 
 
-def run_query(q: Query, gateway: SiteGateway, policy: QueryPolicy, audit: AuditLog, analyst: str,
-              *, history: list[dict[str, Any]] | None = None) -> Result:
+def run_query(q: Query, gateway: SiteGateway, policy: QueryPolicy, audit: AuditLog, analyst: str) -> Result:
     """Run `q` for the authenticated `analyst`; the result is released or refused, and audited."""
     from federation.query.central.guards import CENTRAL_GUARDS
 
@@ -156,8 +155,7 @@ def run_query(q: Query, gateway: SiteGateway, policy: QueryPolicy, audit: AuditL
     try:
         statistic = Statistic.for_query(q)
         statistic.check(q, policy)
-        earlier = history if history is not None else [
-            e for e in audit.entries() if e.get("analyst") == analyst and e.get("outcome") == "released"]
+        earlier = [e for e in audit.entries() if e.get("analyst") == analyst and e.get("outcome") == "released"]
         ctx = Context(query=q, gateway=gateway, policy=policy, result=result, history=earlier)
         sites = q.sites or gateway.candidate_sites(q.study_id)
         if not sites:
