@@ -99,13 +99,16 @@ def _build_parser() -> argparse.ArgumentParser:
         description=(
             "Data engineers: the whole upload catalog, read with the pipeline's storage identity (--config).\n"
             "Site coordinators: your own site's uploads through the query service (--server, your token);\n"
-            "add --report UPLOAD_ID --output report.html to fetch one upload's validation report."))
+            "and one upload's validation report from your site's own report area, with your site's storage\n"
+            "identity (--report UPLOAD_ID --site SITE --config settings.yaml): reports quote your rows, so they\n"
+            "never pass through the query service."))
     ul.add_argument("--site", default=None, help="only this site (catalog mode)")
     ul.add_argument("--config", type=Path, default=None, help="settings YAML (default $FEDERATION_CONFIG)")
     ul.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ul.add_argument("--server", default=None, help="ask the query service as a site coordinator")
     ul.add_argument("--credentials", type=Path, default=None, help="token file (mode 0600)")
-    ul.add_argument("--report", default=None, metavar="UPLOAD_ID", help="fetch this upload's validation report")
+    ul.add_argument("--report", default=None, metavar="UPLOAD_ID",
+                    help="fetch this upload's validation report with --site's own storage identity")
     ul.add_argument("--output", type=Path, default=Path("report.html"), help="where --report writes (report.html)")
 
     ing = sub.add_parser("ingest", help="process pending uploads now, without Airflow (what site_ingest does)")
@@ -328,6 +331,8 @@ def _uploads(args: argparse.Namespace) -> int:
     from federation.settings import load_settings
     from federation.storage import open_store
 
+    if args.report:
+        return _site_report(args)
     if args.server:
         return _site_uploads(args)
     settings = load_settings(args.config)
@@ -352,12 +357,7 @@ def _site_uploads(args: argparse.Namespace) -> int:
 
     from federation.client import Client
 
-    client = Client(args.server, credentials=args.credentials)
-    if args.report:
-        args.output.write_text(client.site_report(args.report), encoding="utf-8")
-        print(f"wrote {args.output} (open it in a browser)")
-        return 0
-    answer = client.site_uploads()
+    answer = Client(args.server, credentials=args.credentials).site_uploads()
     if args.json:
         print(json.dumps(answer, indent=2))
         return 0
@@ -368,6 +368,27 @@ def _site_uploads(args: argparse.Namespace) -> int:
         print(f"  {u['upload_id']:<20} {u['status']:<12} {sum(u['rows'].values()):>9,} {u['version_id']:<26} "
               f"{u['updated'][:19]}  {u['message']}" + ("  (report: --report " + u["upload_id"] + ")"
                                                          if u["has_report"] else ""))
+    return 0
+
+
+def _site_report(args: argparse.Namespace) -> int:
+    from federation.settings import load_settings
+    from federation.storage import layout, open_store
+
+    if not args.site:
+        print("error: --report needs --site (your site id; its storage identity reads the report)", file=sys.stderr)
+        return 2
+    settings = load_settings(args.config)
+    store = open_store(settings.storage, args.site)
+    key = layout.report_prefix(settings.storage, args.site, args.report) + "report.html"
+    try:
+        data = store.get_bytes(key)
+    except KeyError:
+        print(f"error: no report for upload {args.report} of {args.site} ({key}); `federation uploads --server "
+              "...` lists your uploads and which have a report", file=sys.stderr)
+        return 2
+    args.output.write_bytes(data)
+    print(f"wrote {args.output} (open it in a browser)")
     return 0
 
 

@@ -85,16 +85,6 @@ class Client:
         """Site coordinators: your site's uploads and their statuses."""
         return self._call("GET", "/v1/site/uploads")  # type: ignore[no-any-return]
 
-    def site_report(self, upload_id: str) -> str:
-        """Site coordinators: one upload's validation report (HTML)."""
-        try:
-            r = self._http.get(f"/v1/site/uploads/{upload_id}/report")
-        except httpx.HTTPError as exc:
-            raise FederationError(f"cannot reach the query service at {self.server}: {exc}") from None
-        if r.status_code >= 400:
-            raise ServiceError(r.status_code, r.json().get("detail", r.text))
-        return r.text
-
     def history(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/queries")  # type: ignore[no-any-return]
 

@@ -108,7 +108,7 @@ class SiteNode:
         """After a restart, tasks answered within their lifetime stay refused as replays."""
         now = dt.datetime.now(dt.UTC)
         for e in self.log.entries():
-            if e.get("event") == "answered" and e.get("task_id"):
+            if e.get("event") == "accepted" and e.get("task_id"):
                 at = dt.datetime.fromisoformat(e["time"])
                 if (now - at).total_seconds() < TASK_LIFETIME_S + CLOCK_SKEW_S:
                     self.replay.remember(e["task_id"], at.timestamp() + TASK_LIFETIME_S)
@@ -122,13 +122,14 @@ class SiteNode:
             self.log.append("rejected", task_id=task_id, reason=exc.reason)
             log.warning("rejected task %s: %s", task_id, exc.reason)
             return task_id, {"error": f"rejected by the node of {self.site_id}: {exc.reason}"}
+        self.log.append("accepted", task_id=env.task_id, kind=env.kind)
         self.log.saw_head(env.audit_head)
         if env.kind == "heads":
             heads = self.log.heads()
             self.log.append("answered", task_id=env.task_id, kind="heads", n=len(heads))
             return env.task_id, {"heads": [h.model_dump() for h in heads]}
-        if env.kind in ("uploads", "report"):
-            return env.task_id, self._uploads(env.task_id, env.upload_id)
+        if env.kind == "uploads":
+            return env.task_id, self._uploads(env.task_id)
         assert env.task is not None
         started = time.perf_counter()
         try:
@@ -142,34 +143,32 @@ class SiteNode:
                         head=env.audit_head.model_dump(), ms=round((time.perf_counter() - started) * 1000, 1))
         return env.task_id, {"reply": reply.model_dump(mode="json")}
 
-    def _uploads(self, task_id: str, upload_id: str | None) -> dict[str, Any]:
-        """For the site's coordinator: its uploads' statuses, or one upload's validation report."""
+    def _uploads(self, task_id: str) -> dict[str, Any]:
+        """For the site's coordinator: its uploads' statuses (counts and messages). Validation reports quote
+        row values, so they never go through the service: the coordinator reads them from the site's own
+        report area with the site's storage identity (`federation uploads --report`)."""
         from federation.ingest.pipeline import read_catalog
-        from federation.storage import layout, open_store
+        from federation.storage import open_store
 
         try:
             store = open_store(self.settings.storage, query_identity(self.site_id))
-            if upload_id is None:
-                entries = read_catalog(store, self.settings, self.site_id)
-                statuses = [UploadStatus(upload_id=e.upload_id, study_id=e.study_id, status=e.status,
-                                         message=e.message, rows=e.rows, version_id=e.version_id,
-                                         updated=e.updated, has_report=bool(e.report)).model_dump()
-                            for e in entries if e.site_id == self.site_id]
-                self.log.append("answered", task_id=task_id, kind="uploads", n=len(statuses))
-                return {"uploads": statuses}
-            key = layout.report_prefix(self.settings.storage, self.site_id, upload_id) + "report.html"
-            html = store.get_bytes(key).decode("utf-8", errors="replace")
-            self.log.append("answered", task_id=task_id, kind="report", upload_id=upload_id)
-            return {"report": html}
-        except KeyError:
-            self.log.append("answered", task_id=task_id, kind="report", upload_id=upload_id, found=False)
-            return {"error": f"no report for upload {upload_id} at {self.site_id}"}
+            entries = read_catalog(store, self.settings, self.site_id)
+            statuses = [UploadStatus(upload_id=e.upload_id, study_id=e.study_id, status=e.status,
+                                     message=e.message, rows=e.rows, version_id=e.version_id,
+                                     updated=e.updated, has_report=bool(e.report)).model_dump()
+                        for e in entries if e.site_id == self.site_id]
+            self.log.append("answered", task_id=task_id, kind="uploads", n=len(statuses))
+            return {"uploads": statuses}
         except Exception as exc:  # noqa: BLE001 - reported without its text, logged here
             log.warning("uploads task %s failed: %s", task_id, exc)
             return {"error": site_error(exc)}
 
     def _work(self, sealed: Sealed) -> None:
-        task_id, body = self.handle(sealed)
+        try:
+            task_id, body = self.handle(sealed)
+        except Exception as exc:  # noqa: BLE001 - a worker must never die silently; the service waits for a reply
+            log.exception("task failed")
+            task_id, body = _loose_task_id(sealed.envelope), {"error": site_error(exc)}
         if not task_id:
             return  # nothing to answer: the task named no usable id
         try:

@@ -8,6 +8,7 @@ site, not expired, not from the future and not seen before (replay); anything el
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from typing import Literal
@@ -31,7 +32,7 @@ class TaskRejected(FederationError):
         self.reason = reason
 
 
-Kind = Literal["summaries", "heads", "uploads", "report"]
+Kind = Literal["summaries", "heads", "uploads"]
 
 
 class UploadStatus(BaseModel):
@@ -58,7 +59,6 @@ class Envelope(BaseModel):
     expires_at: float
     audit_head: Head
     task: SiteTask | None = None
-    upload_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,80}$")  # kind "report"
 
 
 class Sealed(BaseModel):
@@ -70,10 +70,10 @@ class Sealed(BaseModel):
 
 
 def seal(signer: Signer, site_id: str, kind: Kind, head: Head, task: SiteTask | None = None,
-         lifetime: float = TASK_LIFETIME_S, upload_id: str | None = None) -> tuple[str, Sealed]:
+         lifetime: float = TASK_LIFETIME_S) -> tuple[str, Sealed]:
     now = time.time()
     env = Envelope(task_id=uuid.uuid4().hex, site_id=site_id, kind=kind, issued_at=now, expires_at=now + lifetime,
-                   audit_head=head, task=task, upload_id=upload_id)
+                   audit_head=head, task=task)
     text = env.model_dump_json()
     return env.task_id, Sealed(envelope=text, signature=signer.sign(text.encode()))
 
@@ -90,18 +90,25 @@ def open_head(verifier: Verifier, sealed: Sealed) -> Head:
 
 
 class ReplayGuard:
-    """Task ids a node has accepted and that have not expired yet."""
+    """Task ids a node has accepted and that have not expired yet (safe for the node's worker threads)."""
 
     def __init__(self) -> None:
         self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     def remember(self, task_id: str, expires_at: float) -> None:
-        self._seen[task_id] = expires_at
+        with self._lock:
+            self._seen[task_id] = expires_at
 
-    def seen(self, task_id: str, now: float) -> bool:
-        for t in [t for t, exp in self._seen.items() if exp + CLOCK_SKEW_S < now]:
-            del self._seen[t]
-        return task_id in self._seen
+    def first_time(self, task_id: str, expires_at: float, now: float) -> bool:
+        """Record `task_id`; False when it was already recorded (a replay). One atomic step."""
+        with self._lock:
+            for t in [t for t, exp in self._seen.items() if exp + CLOCK_SKEW_S < now]:
+                del self._seen[t]
+            if task_id in self._seen:
+                return False
+            self._seen[task_id] = expires_at
+            return True
 
 
 def open_task(verifier: Verifier, sealed: Sealed, site_id: str, replay: ReplayGuard,
@@ -122,7 +129,6 @@ def open_task(verifier: Verifier, sealed: Sealed, site_id: str, replay: ReplayGu
         raise TaskRejected("the task has expired (delayed or replayed)")
     if env.issued_at > now + CLOCK_SKEW_S:
         raise TaskRejected("the task was issued in the future (check the clocks)")
-    if replay.seen(env.task_id, now):
+    if not replay.first_time(env.task_id, env.expires_at, now):
         raise TaskRejected(f"task {env.task_id} was already answered (replayed)")
-    replay.remember(env.task_id, env.expires_at)
     return env

@@ -44,7 +44,7 @@ def test_a_signed_fresh_task_is_answered_and_logged(node: SiteNode, service: Sig
     task_id, sealed = seal(service, "site-a", "summaries", HEAD, _task(RowCount()))
     got_id, body = node.handle(sealed)
     assert got_id == task_id and body["reply"]["answers"][0]["cells"][0]["n"] > 0
-    assert _events(node) == ["head", "answered"]
+    assert _events(node) == ["accepted", "head", "answered"]
     assert node.log.heads() == [HEAD]
 
 
@@ -74,7 +74,7 @@ def test_a_replayed_task_is_refused(node: SiteNode, service: Signer) -> None:
     assert "reply" in node.handle(sealed)[1]
     _, body = node.handle(sealed)
     assert "already answered (replayed)" in body["error"]
-    assert _events(node) == ["head", "answered", "rejected"]
+    assert _events(node) == ["accepted", "head", "answered", "rejected"]
 
 
 def test_an_expired_task_or_one_for_another_site_is_refused(node: SiteNode, service: Signer) -> None:

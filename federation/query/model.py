@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -32,6 +33,8 @@ class Filter(BaseModel):
     @field_validator("value")
     @classmethod
     def _scalar_or_list(cls, v: Any) -> Any:
+        if any(isinstance(x, float) and not math.isfinite(x) for x in (v if isinstance(v, list) else [v])):
+            raise ValueError("a filter value must be a finite number")
         if isinstance(v, str) and len(v) > 200:
             raise ValueError("a filter value is at most 200 characters")
         if isinstance(v, list):
@@ -57,7 +60,7 @@ class Exists(BaseModel):
 
 
 class Query(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     study_id: str = Field(max_length=64)
     table: Literal["patients", "adverse_events", "treatments"] = "patients"
@@ -76,6 +79,13 @@ class Query(BaseModel):
     sites: list[str] | None = Field(default=None, max_length=200)  # default: every site with published data
     versions: dict[str, int] | None = Field(default=None, max_length=200)  # pin site -> version (reproduce)
     allow_partial: bool = False
+
+    @field_validator("value")
+    @classmethod
+    def _finite_value(cls, v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError("the value must be a finite number")
+        return v
 
     def canonical(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

@@ -19,9 +19,8 @@ from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi import Path as UrlPath
 from fastapi import Query as Param
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -75,11 +74,10 @@ class NodeReply(BaseModel):
     reply: SiteReply | None = None
     heads: list[Head] | None = None
     uploads: list[UploadStatus] | None = None
-    report: str | None = Field(default=None, max_length=32_000_000)
     error: str = Field(default="", max_length=2000)
 
     def payload(self) -> Any:
-        for value in (self.reply, self.heads, self.uploads, self.report):
+        for value in (self.reply, self.heads, self.uploads):
             if value is not None:
                 return value
         return None
@@ -119,7 +117,8 @@ class BodyLimit:
 _bearer = HTTPBearer(auto_error=False)
 
 
-def principal(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+async def principal(request: Request,
+                    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
     """The caller, from the bearer token only."""
     users: UserStore = request.app.state.service.users
     if creds is None or not creds.credentials:
@@ -140,7 +139,7 @@ class role:  # noqa: N801 - reads as a dependency: Depends(role("analyst"))
     def __init__(self, *allowed: str) -> None:
         self.allowed = allowed
 
-    def __call__(self, who: Annotated[Principal, Depends(principal)]) -> Principal:
+    async def __call__(self, who: Annotated[Principal, Depends(principal)]) -> Principal:
         if who.role not in self.allowed:
             raise HTTPException(403, f"{who.name} is a {who.role}; this needs the role {' or '.join(self.allowed)}")
         return who
@@ -179,8 +178,13 @@ def create_app(state: ServiceState) -> FastAPI:
     @app.post("/v1/queries")
     def ask(q: Query, who: Annotated[Principal, Depends(role("analyst"))]) -> dict[str, Any]:
         """Ask an aggregate question; the answer is released or refused, and audited either way."""
-        with state.analyst_lock(who.name):  # the history run_query reads includes the analyst's last result
+        lock = state.analyst_lock(who.name)  # the history run_query reads must include the analyst's last result
+        if not lock.acquire(blocking=False):
+            raise HTTPException(409, "you already have a query running; ask again when it has answered")
+        try:
             return run_query(q, state.broker, state.policy, state.audit, who.name).to_dict()
+        finally:
+            lock.release()
 
     @app.get("/v1/queries")
     def my_queries(who: Annotated[Principal, Depends(role("analyst"))]) -> list[dict[str, Any]]:
@@ -205,23 +209,13 @@ def create_app(state: ServiceState) -> FastAPI:
 
     @app.get("/v1/site/uploads")
     def site_uploads(who: Annotated[Principal, Depends(role("site_coordinator"))]) -> dict[str, Any]:
-        """Your site's uploads: status, rows, published version, whether a validation report exists."""
+        """Your site's uploads: status, rows, published version, whether a validation report exists (read the
+        report itself from your site's report area: it quotes your rows, so it never passes this service)."""
         assert who.site is not None
         answer = state.broker.ask_uploads(who.site)
-        if isinstance(answer, str):
+        if isinstance(answer, Failure):
             raise HTTPException(503, str(answer))
         return {"site": who.site, "uploads": [u.model_dump() for u in answer]}
-
-    @app.get("/v1/site/uploads/{upload_id}/report", response_class=HTMLResponse)
-    def site_report(upload_id: Annotated[str, UrlPath(pattern=r"^[A-Za-z0-9._-]{1,80}$")],
-                    who: Annotated[Principal, Depends(role("site_coordinator"))]) -> HTMLResponse:
-        """The validation report of one of your site's uploads (HTML: your file, line, column and value)."""
-        assert who.site is not None
-        answer = state.broker.ask_uploads(who.site, upload_id)
-        if isinstance(answer, Failure):
-            raise HTTPException(404 if answer.startswith("no report") else 503, str(answer))
-        assert isinstance(answer, str)
-        return HTMLResponse(answer)
 
     @app.get("/v1/users")
     def users(who: Annotated[Principal, Depends(role("admin"))]) -> list[dict[str, Any]]:
@@ -252,7 +246,7 @@ def create_app(state: ServiceState) -> FastAPI:
                 "head": seal_head(state.signer, state.audit.head()).model_dump()}
 
     @app.post("/v1/node/replies/{task_id}")
-    def node_reply(task_id: str, body: NodeReply, who: Annotated[Principal, Depends(role("node"))]
+    async def node_reply(task_id: str, body: NodeReply, who: Annotated[Principal, Depends(role("node"))]
                    ) -> dict[str, Any]:
         assert who.site is not None
         if body.reply is not None and body.reply.site_id != who.site:

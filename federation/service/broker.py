@@ -25,7 +25,6 @@ _REPLY_KINDS: dict[str, Callable[[Any], bool]] = {
     "summaries": lambda r: isinstance(r, SiteReply),
     "heads": lambda r: isinstance(r, list) and all(isinstance(h, Head) for h in r),
     "uploads": lambda r: isinstance(r, list) and all(isinstance(u, UploadStatus) for u in r),
-    "report": lambda r: isinstance(r, str),
 }
 
 
@@ -72,11 +71,11 @@ class NodeBroker:
     def ask_heads(self, sites: list[str]) -> dict[str, list[Head] | str]:
         return self._ask({s: ("heads", None) for s in sites})  # type: ignore[return-value]
 
-    def ask_uploads(self, site: str, upload_id: str | None = None) -> list[UploadStatus] | str | Failure:
-        """A site's upload statuses (or, with `upload_id`, that upload's report HTML), from its node."""
-        return self._ask({site: ("report" if upload_id else "uploads", None)}, upload_id)[site]  # type: ignore[no-any-return]
+    def ask_uploads(self, site: str) -> list[UploadStatus] | Failure:
+        """A site's upload statuses (counts and messages, no patient data), from its node."""
+        return self._ask({site: ("uploads", None)})[site]  # type: ignore[no-any-return]
 
-    def _ask(self, tasks: dict[str, tuple[Kind, SiteTask | None]], upload_id: str | None = None) -> dict[str, Any]:
+    def _ask(self, tasks: dict[str, tuple[Kind, SiteTask | None]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         waiting: dict[str, str] = {}
         head = self.head()
@@ -89,7 +88,7 @@ class NodeBroker:
                 if not (self._polling[site] > 0 or time.time() - self._last_poll.get(site, 0) < 5.0):
                     out[site] = Failure(f"the node of {site} is not connected")
                     continue
-                task_id, sealed = seal(self.signer, site, kind, head, task, upload_id=upload_id)
+                task_id, sealed = seal(self.signer, site, kind, head, task)
                 self._pending[task_id] = Pending(site, kind)
                 self._queues[site].append((task_id, sealed))
                 waiting[site] = task_id

@@ -28,10 +28,9 @@ def query_identity(site: str) -> str:
 
 
 def query_actions(site: str, cfg: StorageConfig) -> list[str]:
-    # the site's node: its harmonized data, and its own uploads' statuses and reports for its coordinator
-    # (the catalog grant sits one level above the listed prefix: see layout.catalog_site)
-    prefixes = [layout.harmonized_site(cfg, site), layout.reports_site(cfg, site),
-                f"{layout.catalog_root(cfg)}{site}/"]
+    # the site's node: its harmonized data, and its own uploads' statuses for its coordinator (the catalog
+    # grant sits one level above the listed prefix: see layout.catalog_site)
+    prefixes = [layout.harmonized_site(cfg, site), f"{layout.catalog_root(cfg)}{site}/"]
     return [f"{action}:{prefix}*" for prefix in prefixes for action in ("Read", "List")]
 
 

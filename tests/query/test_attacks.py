@@ -273,3 +273,28 @@ def test_a_filter_value_of_the_wrong_type_cannot_make_a_site_quote_a_row(fresh_a
     # with it on, the query is refused before any site is asked, saying what to compare with
     refused = run_local(q, fresh_audit, "eve")
     assert refused.status == "refused" and "race is string: compare it with text, not 0" in refused.reason
+
+
+def test_queries_on_other_tables_do_not_push_an_earlier_query_out_of_the_differencing_history(
+        fresh_audit: Settings, tmp_path: Any) -> None:
+    import yaml
+
+    from federation.query.policy import load_query_policy
+
+    policy = tmp_path / "policy.yaml"
+    data = yaml.safe_load(fresh_audit.query_policy.read_text())
+    data["disclosure"]["differencing_lookback"] = 3
+    policy.write_text(yaml.safe_dump(data))
+    load_query_policy.cache_clear()
+    settings = fresh_audit.model_copy(update={"query_policy": policy})
+    ages = sorted(v for (v,) in pooled(settings, "SELECT age_at_diagnosis_years FROM patients"))
+    i = len(ages) // 2
+    lo, hi = (ages[i - 1] + ages[i]) / 2, (ages[i] + ages[i + 1]) / 2
+    first = Query(study_id=STUDY, filters=[Filter(column="age_at_diagnosis_years", op="<", value=lo)])
+    second = Query(study_id=STUDY, filters=[Filter(column="age_at_diagnosis_years", op="<", value=hi)])
+    assert run_local(first, settings, "mallory").status == "released"
+    for arm in ("EE4A", "DD4A", "M", "NR"):  # padding: more queries than the lookback, on another table
+        run_local(Query(study_id=STUDY, table="treatments", filters=[Filter(column="arm", op="!=", value=arm)]),
+                  settings, "mallory")
+    refused = run_local(second, settings, "mallory")
+    assert refused.status == "refused" and "differencing" in refused.reason

@@ -89,7 +89,6 @@ def test_consortium_hosted_and_site_hosted_sites_answer_together(clean_exports: 
             coordinator = Client(fed.url, fed.token("coord-c"))
             (status,) = coordinator.site_uploads()["uploads"]
             assert status["status"] == "published" and status["has_report"]
-            assert "<html" in coordinator.site_report(status["upload_id"]).lower()
             check = Client(fed.url, fed.token("auditor")).audit_verify()
             assert check["problems"] == [] and check["nodes_checked"] == ["site-a", "site-b", "site-c"]
     finally:

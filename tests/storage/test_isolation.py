@@ -65,10 +65,10 @@ def test_site_a_uses_its_own_areas(seeded) -> None:  # type: ignore[no-untyped-d
 def test_query_identity_reads_only_its_sites_harmonized_data(seeded) -> None:  # type: ignore[no-untyped-def]
     q = seeded.store("query-site-a")  # held by site-a's node only
     assert q.get_bytes("harmonized/site-a/PONC-WT-01/_versions/000001.json") == b"{}"
-    # ... and its own uploads' statuses and reports, which its coordinator asks for through the service
-    assert q.get_bytes("reports/site-a/u1/report.html") == b"a's report"
+    # ... and its own uploads' statuses, which its coordinator asks for through the service; not the reports
     assert [o.key for o in q.list("pipeline/catalog/site-a/uploads/")] == ["pipeline/catalog/site-a/uploads/u1.json"]
-    for key in [*B_KEYS, "landing/site-a/u9/patients.csv", "pipeline/catalog/site-b/uploads/u1.json"]:
+    for key in [*B_KEYS, "landing/site-a/u9/patients.csv", "pipeline/catalog/site-b/uploads/u1.json",
+                "reports/site-a/u1/report.html"]:
         with pytest.raises(AccessDenied):
             q.get_bytes(key)
     with pytest.raises(AccessDenied):

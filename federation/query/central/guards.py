@@ -71,16 +71,21 @@ class DifferencingGuard(CentralGuard):
     def _earlier(self, ctx: Context) -> list[tuple[dict[str, Any], Query]]:
         q = ctx.query
         lookback = ctx.policy.disclosure.differencing_lookback
-        out = []
-        for entry in reversed(ctx.history[-lookback:] if lookback else []):
+        out: list[tuple[dict[str, Any], Query]] = []
+        # the lookback counts only earlier queries on the same study and table: unrelated queries cannot
+        # push a comparable one out of view
+        for entry in reversed(ctx.history):
+            if len(out) >= lookback:
+                break
+            query = entry.get("query") or {}
+            if query.get("study_id") != q.study_id or query.get("table", "patients") != q.table:
+                continue
             try:
-                old = Query.model_validate(entry["query"])
+                old = Query.model_validate(query)
             except ValueError:
                 continue
-            if old.study_id != q.study_id or old.table != q.table or (old.filters, old.exists) == (q.filters,
-                                                                                                   q.exists):
-                continue
-            out.append((entry, old))
+            if (old.filters, old.exists) != (q.filters, q.exists):
+                out.append((entry, old))
         return out
 
     def requests(self, ctx: Context) -> list[Request]:
