@@ -298,3 +298,32 @@ def test_queries_on_other_tables_do_not_push_an_earlier_query_out_of_the_differe
                   settings, "mallory")
     refused = run_local(second, settings, "mallory")
     assert refused.status == "refused" and "differencing" in refused.reason
+
+
+def test_a_model_on_a_category_of_one_patient_is_refused_by_the_site(fresh_audit: Settings) -> None:
+    # site-a has a single NR patient: a coefficient for arm = NR would be fitted on that one patient there
+    q = Query(study_id=STUDY, statistic="logistic", outcome=Filter(column="efs_event", op="==", value=True),
+              covariates=["arm"], sites=["site-a"])
+    with switched_off("site_model"):
+        leaked = run_local(q, fresh_audit, "mallory")
+    assert leaked.status in ("released", "failed")  # fitted (or diverged) on the single patient
+    refused = run_local(q, fresh_audit, "eve")
+    assert refused.status == "refused" and "arm = NR has fewer than 5 rows at one site" in refused.reason
+
+
+def test_a_site_below_its_minimum_rows_takes_no_part_only_with_the_site_guard_on(federated: Settings,
+                                                                                 tmp_path: Any) -> None:
+    import shutil
+
+    import yaml
+
+    sites = tmp_path / "sites"
+    shutil.copytree(federated.sites_dir, sites)
+    data = yaml.safe_load((sites / "site-a.yaml").read_text())
+    data["disclosure"] = {"min_site_rows": 100_000}
+    (sites / "site-a.yaml").write_text(yaml.safe_dump(data))
+    settings = federated.model_copy(update={"sites_dir": sites, "audit_log": tmp_path / "audit.jsonl"})
+    with switched_off("site_rows"):
+        assert "site-a" in run_local(Query(study_id=STUDY), settings, "t").versions
+    r = run_local(Query(study_id=STUDY), settings, "t")
+    assert "site-a" not in r.versions and "does not take part" in r.excluded["site-a"]
