@@ -28,6 +28,9 @@ _REPLY_KINDS: dict[str, Callable[[Any], bool]] = {
 }
 
 
+CONNECTED_WITHIN_S = 5.0
+
+
 class Failure(str):
     """Why a site gave no reply (a str, so callers that only need the text can treat it as one)."""
 
@@ -63,7 +66,11 @@ class NodeBroker:
 
     def connected(self, site: str) -> bool:
         with self._cv:
-            return self._polling[site] > 0 or time.time() - self._last_poll.get(site, 0) < 5.0
+            return self._connected(site)
+
+    def _connected(self, site: str) -> bool:
+        """Polling now, or polled within the last few seconds (call with the lock held)."""
+        return self._polling[site] > 0 or time.time() - self._last_poll.get(site, 0) < CONNECTED_WITHIN_S
 
     def ask(self, tasks: dict[str, SiteTask]) -> dict[str, SiteReply | str]:
         return self._ask({s: ("summaries", t) for s, t in tasks.items()})  # type: ignore[return-value]
@@ -85,7 +92,7 @@ class NodeBroker:
                 if site not in known:
                     out[site] = Failure(f"no node is registered for {site}")
                     continue
-                if not (self._polling[site] > 0 or time.time() - self._last_poll.get(site, 0) < 5.0):
+                if not self._connected(site):
                     out[site] = Failure(f"the node of {site} is not connected")
                     continue
                 task_id, sealed = seal(self.signer, site, kind, head, task)
@@ -156,5 +163,5 @@ class NodeBroker:
 
     def status(self) -> list[dict[str, Any]]:
         with self._cv:
-            return [{"site": s, "connected": self._polling[s] > 0 or time.time() - self._last_poll.get(s, 0) < 5.0,
-                     "last_poll": self._last_poll.get(s)} for s in self.node_sites()]
+            return [{"site": s, "connected": self._connected(s), "last_poll": self._last_poll.get(s)}
+                    for s in self.node_sites()]

@@ -17,8 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from federation.config import SiteThresholds, load_site
 from federation.exceptions import ConfigurationError, FederationError
 from federation.query.guard import QueryRefused
-from federation.query.policy import ConsortiumDisclosurePolicy, EffectiveThresholds, effective_thresholds
-from federation.query.policy import load_query_policy as _load_policy
+from federation.query.policy import (
+    ConsortiumDisclosurePolicy,
+    EffectiveThresholds,
+    effective_thresholds,
+    load_query_policy,
+)
 from federation.query.site.data import open_site
 from federation.query.site.guards import SITE_GUARDS
 from federation.query.site.summaries import AnyAnswer, AnyRequest, NotTakingPart, Refusal, SiteContext, check_columns
@@ -81,7 +85,7 @@ def answer_task(settings: Settings, site_id: str, task: SiteTask) -> SiteReply:
     data = open_site(settings.storage, site_id, task.study_id, task.version)
     thresholds = site_thresholds(settings, site_id, task.thresholds)
     ctx = SiteContext(study_id=task.study_id, data=data, thresholds=thresholds,
-                      policy=_load_policy(settings.query_policy))
+                      policy=load_query_policy(settings.query_policy))
     answers = []
     try:
         for request in task.requests:

@@ -386,18 +386,17 @@ class ValueBracket(Grouped):
                                for r in rows])
 
 
-class CountAtOrBelow(Request):
-    """In one group: non-missing rows of a numeric column at or below each threshold (quantile search)."""
+class CountAtOrBelow(Grouped):
+    """In one group (`key`, one value per `dims` column): non-missing rows of a numeric column at or below
+    each threshold (quantile search)."""
 
     kind: Literal["count_at_or_below"] = "count_at_or_below"
     column: str
-    dims: list[str] = Field(default_factory=list, max_length=3)
     key: list[Label] = Field(default_factory=list, max_length=3)
     thresholds: list[float] = Field(max_length=MAX_THRESHOLDS)
 
     def uses(self) -> list[tuple[str, str, set[str] | None, str]]:
-        return (super().uses() + [(self.column, "quantiles", NUMERIC, self.table)]
-                + [(d, "grouping", GROUPABLE, self.table) for d in self.dims])
+        return super().uses() + [(self.column, "quantiles", NUMERIC, self.table)]
 
     def answer(self, ctx: SiteContext) -> Answer:
         if len(self.key) != len(self.dims):
