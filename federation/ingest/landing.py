@@ -66,6 +66,10 @@ def upload_export(store: ObjectStore, cfg: StorageConfig, site_id: str, study_id
                   folder: Path, *, upload_id: str | None = None, now: dt.datetime | None = None,
                   progress: Callable[[str], None] = lambda _m: None) -> Manifest:
     """Upload the CSV files of `folder`, then the manifest last. Safe to call again after a failure."""
+    links = sorted(p.name for p in folder.iterdir() if p.is_symlink())
+    if links:
+        raise UploadError(f"{folder} holds symbolic links ({', '.join(links)}); they are never followed: "
+                          "copy the files themselves into the export folder")
     csvs = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".csv")
     if not csvs:
         raise UploadError(f"{folder} holds no .csv files")

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from pathlib import Path
 from typing import Any
 
+from federation.csvsafe import SafeWriter
 from federation.query.central.runner import Result
 
 HIDDEN = "<5"
@@ -115,7 +115,7 @@ def to_csv(result: Result) -> str:
         return f"{result.status},{json_quote(result.reason)}\n"
     header, rows = rows_of(result)
     buf = io.StringIO()
-    w = csv.writer(buf)
+    w = SafeWriter(buf)
     w.writerow(header)
     w.writerows(rows)
     return buf.getvalue()

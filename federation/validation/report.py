@@ -4,7 +4,6 @@ every failing cell (capped, with an "and N more" line)."""
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import html
 import json
@@ -13,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from federation.csvsafe import SafeWriter
 from federation.validation.findings import Finding
 
 Status = Literal["valid", "invalid", "unusable"]
@@ -139,7 +139,7 @@ class Report:
     def _write_csv(self, path: Path) -> None:
         rows = self.unusable + self.findings
         with path.open("w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
+            w = SafeWriter(fh)
             w.writerow(["severity", "file", "line", "column", "value", "rule", "message", "detail", "hint"])
             for f in rows[:CSV_CAP]:
                 w.writerow([f.severity, f.file, f.line or "", f.column or "", f.value or "", f.rule, f.message,

@@ -76,7 +76,14 @@ def validate_export(request: ValidationRequest, progress: ProgressFn = _no_progr
         return report
 
     wanted = tables_of(dictionary, study)
-    files = {p.name.lower(): p for p in request.path.iterdir() if p.is_file()}
+    entries = sorted(request.path.iterdir())
+    for link in (p for p in entries if p.is_symlink()):  # never follow a link out of the export folder
+        report.unusable.append(Finding(
+            severity="error", rule="symbolic_link", table="", file=link.name,
+            message=f"{link.name} is a symbolic link; it was not read",
+            hint="copy the file itself into the export folder instead of linking to it",
+        ))
+    files = {p.name.lower(): p for p in entries if p.is_file() and not p.is_symlink()}
     sources: dict[str, SourceTable] = {}
     for name, path in sorted(files.items()):
         stem = name[:-4] if name.endswith(".csv") else None
