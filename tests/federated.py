@@ -100,3 +100,26 @@ def federated_nodes(federated: Settings, tmp_path_factory: pytest.TempPathFactor
     fed.start()
     yield fed
     fed.stop()
+
+
+def close_cut_points(settings: Settings, k: int = 5, nth: int = 0, site: str | None = None) -> tuple[float, float]:
+    """Two neighbouring declared cut points of age, a and b, such that `age < a` and `age < b` are answered
+    by the same sites (each keeps and leaves out at least k patients there) and differ, in those sites
+    together, by 1..k-1 patients: both are released alone, and subtracting them isolates those few. With
+    `site`, at that site only (ask with `sites=[site]`)."""
+    rows = pooled(settings, "SELECT site_id, age_at_diagnosis_years FROM patients")
+    rows = [r for r in rows if site is None or r[0] == site]
+    size = {s: sum(1 for t, _ in rows if t == s) for s, _ in rows}
+
+    def taking_part(c: float) -> set[str]:
+        return {s for s in size if k <= sum(1 for t, v in rows if t == s and v < c) <= size[s] - k}
+
+    for i in range(1, 44):
+        a, b = i / 2, (i + 1) / 2
+        sites = taking_part(a)
+        between = sum(1 for s, v in rows if s in sites and a <= v < b)
+        if sites and sites == taking_part(b) and 0 < between < k:
+            if nth == 0:
+                return a, b
+            nth -= 1
+    raise AssertionError("the test data has no two neighbouring cut points a few patients apart")

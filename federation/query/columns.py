@@ -22,6 +22,7 @@ PATIENT_LEVEL = {
 EVENT_PATIENT_COLUMNS = ["sex", "arm", "age_group", "stage", "histology_risk", "risk_group"]
 GROUPABLE = {"string", "bool", "int8", "int16"}
 NUMERIC = {"int8", "int16", "int32", "float64"}
+CONTINUOUS = NUMERIC - GROUPABLE  # filtered only at the policy's cut points
 
 
 @lru_cache(maxsize=64)
@@ -56,6 +57,37 @@ def check_value(study_id: str, table: str, column: str, value: object) -> None:
     for v in value if isinstance(value, list) else [value]:
         if not isinstance(v, expected) or (kind != "bool" and isinstance(v, bool)):
             raise QueryRefused(f"{column} is {kind}: compare it with {word}, not {v!r}")
+
+
+class CutPointGuard(Guard):
+    """A continuous column is compared only with < or >= at a cut point the policy declares (no arbitrary threshold)."""
+
+
+def _point(x: float) -> str:
+    return f"{x:g}"
+
+
+def check_comparison(policy: QueryPolicy, study_id: str, table: str, column: str, op: str, value: object) -> None:
+    """One comparison of a filter, an outcome or a proportion: the value's type, and for a continuous column
+    a declared cut point with `<` or `>=` (so a subset is always a union of declared bins)."""
+    check_value(study_id, table, column, value)
+    if not CutPointGuard.enabled() or unit_columns(study_id, table).get(column) not in CONTINUOUS:
+        return
+    grid = policy.cut_points.get(column)
+    if grid is None:
+        raise QueryRefused(f"{column} is continuous and the query policy declares no cut points for it, so it "
+                           "cannot be filtered on", f"summarize it instead (--column {column}), or ask the "
+                           "consortium to declare cut points for it")
+    first = grid.points[min(1, len(grid.points) - 1)]
+    if op not in ("<", ">="):
+        raise QueryRefused(f"{column} is continuous: compare it with < or >= at a declared cut point "
+                           f"({grid.describe()}), not with {op}",
+                           f"e.g. '{column} < {_point(first)}' and '{column} >= {_point(first)}'")
+    assert isinstance(value, int | float)
+    if not grid.on_grid(float(value)):
+        near = " or ".join(_point(x) for x in grid.nearest(float(value)))
+        raise QueryRefused(f"{_point(float(value))} is not a declared cut point of {column} ({grid.describe()})",
+                           f"use {near}")
 
 
 def require(policy: QueryPolicy, study_id: str, table: str, column: str, what: str,

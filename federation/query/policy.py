@@ -8,7 +8,8 @@ answers) read it. A site may only tighten the thresholds (`SiteThresholds` in it
 
 from __future__ import annotations
 
-from functools import lru_cache
+import bisect
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import yaml
@@ -50,11 +51,48 @@ def effective_thresholds(consortium: ConsortiumDisclosurePolicy, site: SiteThres
                                glm_max_param_ratio=consortium.glm_max_param_ratio)
 
 
+class CutPoints(BaseModel):
+    """The thresholds a continuous column may be compared with: every `step` from `low` to `high`.
+
+    Filters on a continuous column are `< cut` or `>= cut` at one of these points, so every subset an
+    analyst can form is a union of declared bins [cut_i, cut_i+1): no arbitrary threshold can be moved
+    across a single patient's value. `whole` rounds each point to a whole number (days at each month:
+    30, 61, 91, ..., 365, 730, ...)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    step: float = Field(gt=0)
+    low: float = 0.0
+    high: float
+    whole: bool = False
+    unit: str = ""
+
+    @cached_property
+    def points(self) -> tuple[float, ...]:
+        n = int(round((self.high - self.low) / self.step))
+        pts = [self.low + i * self.step for i in range(n + 1)]
+        return tuple(sorted({float(round(p)) for p in pts} if self.whole else pts))
+
+    def on_grid(self, value: float) -> bool:
+        i = bisect.bisect_left(self.points, value - 1e-9)
+        return i < len(self.points) and abs(self.points[i] - value) <= 1e-9 * max(1.0, abs(value))
+
+    def nearest(self, value: float) -> list[float]:
+        """The declared cut points just below and just above `value`."""
+        i = bisect.bisect_left(self.points, value)
+        return [self.points[j] for j in (i - 1, i) if 0 <= j < len(self.points)]
+
+    def describe(self) -> str:
+        unit = f" {self.unit}" if self.unit else ""
+        return f"every {self.step:g}{unit} from {self.low:g} to {self.high:g}"
+
+
 class QueryPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     disclosure: ConsortiumDisclosurePolicy = Field(default_factory=lambda: ConsortiumDisclosurePolicy())
     columns: dict[str, dict[str, list[str]]]
+    cut_points: dict[str, CutPoints] = Field(default_factory=dict)
 
     def allowed(self, study_id: str, table: str) -> list[str]:
         per_study = self.columns.get(study_id) or self.columns.get("default") or {}

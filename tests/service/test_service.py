@@ -16,7 +16,7 @@ from federation.client import Client, ServiceError
 from federation.localrun import LocalFederation, write_secret
 from federation.query import Filter, Query
 from federation.settings import Settings
-from tests.federated import STUDY, pooled
+from tests.federated import STUDY, close_cut_points, pooled
 
 pytestmark = pytest.mark.integration
 
@@ -121,10 +121,9 @@ def test_the_service_restarts_without_losing_history_or_audit(federated_nodes: L
                                                               federated: Settings) -> None:
     fed = federated_nodes
     mallory = Client(fed.url, fed.token("mallory"))
-    ages = sorted(v for (v,) in pooled(federated, "SELECT age_at_diagnosis_years FROM patients"))
-    i = len(ages) // 2
-    lo, hi = (ages[i - 1] + ages[i]) / 2, (ages[i] + ages[i + 1]) / 2
-    first = mallory.query(STUDY, filters=[Filter(column="age_at_diagnosis_years", op="<", value=lo)]).result
+    lo, hi = close_cut_points(federated, site="site-a")
+    first = mallory.query(STUDY, sites=["site-a"],
+                          filters=[Filter(column="age_at_diagnosis_years", op="<", value=lo)]).result
     assert first.status == "released"
     auditor = Client(fed.url, fed.token("auditor"))
     before = auditor.audit()
@@ -134,7 +133,8 @@ def test_the_service_restarts_without_losing_history_or_audit(federated_nodes: L
     assert after == before
     assert auditor.audit_verify()["problems"] == []
     # the differencing history survived: one patient more than the earlier query is still refused
-    second = mallory.query(STUDY, filters=[Filter(column="age_at_diagnosis_years", op="<", value=hi)]).result
+    second = mallory.query(STUDY, sites=["site-a"],
+                           filters=[Filter(column="age_at_diagnosis_years", op="<", value=hi)]).result
     assert second.status == "refused" and "differencing" in second.reason
 
 
@@ -143,11 +143,9 @@ def test_concurrent_queries_of_one_analyst_cannot_slip_past_the_differencing_gua
     fed = federated_nodes
     fed.add_user("racer", "analyst")
     racer = Client(fed.url, fed.token("racer"))
-    ages = sorted(v for (v,) in pooled(federated, "SELECT age_at_diagnosis_years FROM patients"))
-    i = len(ages) // 3
-    lo, hi = (ages[i - 1] + ages[i]) / 2, (ages[i] + ages[i + 1]) / 2
-    queries = [Query(study_id=STUDY, filters=[Filter(column="age_at_diagnosis_years", op="<", value=v)])
-               for v in (lo, hi)]
+    lo, hi = close_cut_points(federated, site="site-f")
+    queries = [Query(study_id=STUDY, sites=["site-f"],
+                     filters=[Filter(column="age_at_diagnosis_years", op="<", value=v)]) for v in (lo, hi)]
     results: list[Any] = [None, None]
 
     def ask(j: int) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from federation.query.central.runner import Context
 from federation.query.guard import Guard, QueryRefused
 from federation.query.model import Query
+from federation.query.site.guards import small_subset, small_subset_reason
 from federation.query.site.summaries import (
     Answer,
     DifferenceCounts,
@@ -34,7 +35,8 @@ class CentralGuard(Guard, abstract=True):
 
 
 class SubsetGuard(CentralGuard):
-    """A filter must keep 0 or at least k rows, and leave 0 or at least k out, at every site and combined."""
+    """A filter must keep at least k rows and leave at least k out at a site, or that site takes no part
+    (none counts as fewer than k, so the answer never tells an empty subset from a small one)."""
 
     def requests(self, ctx: Context) -> list[Request]:
         q = ctx.query
@@ -43,21 +45,15 @@ class SubsetGuard(CentralGuard):
     def check(self, ctx: Context, answers: dict[str, list[Answer]]) -> None:
         if not ctx.query.filters and not ctx.query.exists:
             return
-        base = chosen = 0
         for site, (size,) in answers.items():
             assert isinstance(size, SubsetSize)
             ks = ctx.thresholds[site].min_cell
-            base += size.base
-            chosen += size.chosen
-            if 0 < size.chosen < ks or 0 < size.base - size.chosen < ks:
-                raise QueryRefused(
-                    f"the filter selects fewer than {ks} rows, or leaves fewer than {ks} rows out, at one or more "
-                    "sites: comparing it with the unfiltered result would isolate a few patients",
-                    "use a broader filter, or group by the variable instead of filtering on it")
-        k = ctx.k
-        if 0 < chosen < k or 0 < base - chosen < k:
-            raise QueryRefused(f"the filter selects fewer than {k} rows, or leaves fewer than {k} out, in all sites "
-                               "together", "use a broader filter")
+            if small_subset(size.base, size.chosen, ks):
+                ctx.exclude(site, small_subset_reason(ks))
+        if not ctx.sites:
+            raise QueryRefused("no site can take part in this query: " + small_subset_reason(ctx.policy.disclosure
+                                                                                              .min_cell),
+                               "use a broader filter, or group by the variable instead of filtering on it")
 
 
 def small_difference(only_new: int, only_old: int, k: int) -> bool:

@@ -81,6 +81,12 @@ class Context:
     def sites(self) -> list[str]:
         return sorted(self.thresholds)
 
+    def exclude(self, site: str, reason: str) -> None:
+        """Leave `site` out of this query (a guard decided it cannot take part); the others go on."""
+        for held in (self.thresholds, self.version_numbers, self.result.versions):
+            held.pop(site, None)
+        self.result.excluded[site] = reason
+
     @property
     def k(self) -> int:
         """The threshold of the combined table: the strictest of the sites taking part."""
@@ -123,7 +129,9 @@ class Context:
             self.version_numbers[site] = replies[site].version_number  # type: ignore[union-attr]
             self.result.versions[site] = replies[site].version_id  # type: ignore[union-attr]
         if not answers:
-            raise QueryRefused("no site can take part in this query", "check the study id and published data")
+            why = "; ".join(f"{s}: {r}" for s, r in sorted(self.result.excluded.items()))
+            raise QueryRefused("no site can take part in this query" + (f" ({why})" if why else ""),
+                               "use a broader filter, or check the study id and published data")
         return answers
 
     def ask(self, requests: list[Request]) -> dict[str, list[Answer]]:
@@ -170,9 +178,9 @@ def run_query(q: Query, gateway: SiteGateway, policy: QueryPolicy, audit: AuditL
         for i, (_, reqs) in enumerate(parts):
             split[i] = {s: a[start:start + len(reqs)] for s, a in first.items()}
             start += len(reqs)
-        for i, (owner, _) in enumerate(parts[1:-1], start=1):
-            owner.check(ctx, {s: ctx.refuse_on_refusal(a) for s, a in split[i].items()})
-        stat_answers = {s: ctx.refuse_on_refusal(a) for s, a in split[len(parts) - 1].items()}
+        for i, (owner, _) in enumerate(parts[1:-1], start=1):  # a guard may leave sites out of the query
+            owner.check(ctx, {s: ctx.refuse_on_refusal(a) for s, a in split[i].items() if s in ctx.thresholds})
+        stat_answers = {s: ctx.refuse_on_refusal(a) for s, a in split[len(parts) - 1].items() if s in ctx.thresholds}
         result.payload = statistic.combine(ctx, stat_answers)
         if ctx.combined_only:
             result.payload = hide_per_site(result.payload)

@@ -38,21 +38,30 @@ class SiteRowsGuard(SiteGuard):
             raise NotTakingPart(f"fewer than {k} rows in {request.table}: does not take part")
 
 
+def small_subset(base: int, chosen: int, k: int) -> bool:
+    """A filter that keeps fewer than k rows or leaves fewer than k out, *none included*: the answer for 0 and
+    for 1..k-1 must be the same, or refusals become an oracle (bisection on a threshold finds a patient)."""
+    return chosen < k or base - chosen < k
+
+
+def small_subset_reason(k: int) -> str:
+    """The one text for a site left out by a filter: it never says which side was small, nor how small."""
+    return (f"takes no part: the filter keeps fewer than {k} rows here, or leaves fewer than {k} out "
+            "(possibly none)")
+
+
 class SiteSubsetGuard(SiteGuard):
-    """At this site a filter must keep 0 or at least min_cell rows, and leave 0 or at least min_cell out."""
+    """At this site a filter must keep at least min_cell rows and leave at least min_cell out, or the site
+    takes no part (the same answer whether the small side holds no row or a few)."""
 
     @classmethod
     def check(cls, request: Request, ctx: SiteContext) -> None:
         if not request.filtered() or isinstance(request, SubsetCount | DifferenceCounts):
-            return  # the subset size itself goes to the service's subset guard, which refuses the same way
+            return  # the subset size itself goes to the service's subset guard, which decides the same way
         k = ctx.thresholds.min_cell
-        base = ctx.base_rows(request.table)
-        chosen = ctx.chosen_rows(request.table, request.filters, request.exists)
-        if 0 < chosen < k or 0 < base - chosen < k:
-            raise QueryRefused(
-                f"the filter selects fewer than {k} rows, or leaves fewer than {k} rows out, at one or more "
-                "sites: comparing it with the unfiltered result would isolate a few patients",
-                "use a broader filter, or group by the variable instead of filtering on it")
+        if small_subset(ctx.base_rows(request.table), ctx.chosen_rows(request.table, request.filters,
+                                                                       request.exists), k):
+            raise NotTakingPart(small_subset_reason(k))
 
 
 class SiteModelGuard(SiteGuard):

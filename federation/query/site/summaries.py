@@ -20,7 +20,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from federation.query.columns import GROUPABLE, NUMERIC, check_value, require, unit_columns
+from federation.query.columns import GROUPABLE, NUMERIC, check_comparison, require, unit_columns
 from federation.query.guard import QueryRefused
 from federation.query.model import Exists, Filter
 from federation.query.policy import EffectiveThresholds, QueryPolicy
@@ -219,10 +219,10 @@ class Request(BaseModel):
             out += [(f.column, f"filtering {e.table}", None, e.table) for f in e.where]
         return out
 
-    def compared(self) -> list[tuple[str, str, object]]:
-        """Every (table, column, value) the request compares."""
-        out: list[tuple[str, str, object]] = [(self.table, f.column, f.value) for f in self.filters]
-        return out + [(e.table, f.column, f.value) for e in self.exists for f in e.where]
+    def compared(self) -> list[tuple[str, str, str, object]]:
+        """Every (table, column, operator, value) the request compares."""
+        out: list[tuple[str, str, str, object]] = [(self.table, f.column, f.op, f.value) for f in self.filters]
+        return out + [(e.table, f.column, f.op, f.value) for e in self.exists for f in e.where]
 
     def filtered(self) -> bool:
         return bool(self.filters or self.exists)
@@ -293,11 +293,11 @@ class DifferenceCounts(Request):
             out += [(d, "grouping", GROUPABLE, self.table) for d in e.dims]
         return out
 
-    def compared(self) -> list[tuple[str, str, object]]:
+    def compared(self) -> list[tuple[str, str, str, object]]:
         out = super().compared()
         for e in self.earlier:
-            out += [(self.table, f.column, f.value) for f in e.filters]
-            out += [(x.table, f.column, f.value) for x in e.exists for f in x.where]
+            out += [(self.table, f.column, f.op, f.value) for f in e.filters]
+            out += [(x.table, f.column, f.op, f.value) for x in e.exists for f in x.where]
         return out
 
     def answer(self, ctx: SiteContext) -> Answer:
@@ -346,8 +346,8 @@ class ValueHits(Grouped):
     def uses(self) -> list[tuple[str, str, set[str] | None, str]]:
         return super().uses() + [(self.column, "a proportion", None, self.table)]
 
-    def compared(self) -> list[tuple[str, str, object]]:
-        return [*super().compared(), (self.table, self.column, self.value)]
+    def compared(self) -> list[tuple[str, str, str, object]]:
+        return [*super().compared(), (self.table, self.column, "==", self.value)]
 
     def answer(self, ctx: SiteContext) -> Answer:
         frm, params = self.frm()
@@ -466,9 +466,10 @@ class Model(Request):
             out.append((self.outcome.column, "the outcome", None, self.table))
         return out
 
-    def compared(self) -> list[tuple[str, str, object]]:
+    def compared(self) -> list[tuple[str, str, str, object]]:
         out = super().compared()
-        return out + ([(self.table, self.outcome.column, self.outcome.value)] if self.outcome is not None else [])
+        o = self.outcome
+        return out + ([(self.table, o.column, o.op, o.value)] if o is not None else [])
 
     def categorical(self, study_id: str) -> list[str]:
         types = unit_columns(study_id, self.table)
@@ -578,5 +579,5 @@ REQUEST = TypeAdapter(AnyRequest)
 def check_columns(request: Request, ctx: SiteContext) -> None:
     for column, what, kinds, table in request.uses():
         require(ctx.policy, ctx.study_id, table, column, what, kinds)
-    for table, column, value in request.compared():
-        check_value(ctx.study_id, table, column, value)
+    for table, column, op, value in request.compared():
+        check_comparison(ctx.policy, ctx.study_id, table, column, op, value)

@@ -8,7 +8,7 @@ import numpy as np
 
 from federation.query.central.disclosure import suppress
 from federation.query.central.statistics.base import Key, Statistic, cell, count_table, sorted_keys
-from federation.query.columns import GROUPABLE, check_value, require
+from federation.query.columns import GROUPABLE, check_comparison, require
 from federation.query.guard import QueryRefused
 from federation.query.model import Query
 from federation.query.policy import QueryPolicy
@@ -24,11 +24,11 @@ def check_filters(q: Query, policy: QueryPolicy) -> None:
         require(policy, q.study_id, q.table, g, "grouping", GROUPABLE)
     for f in q.filters:
         require(policy, q.study_id, q.table, f.column, "filtering")
-        check_value(q.study_id, q.table, f.column, f.value)
+        check_comparison(policy, q.study_id, q.table, f.column, f.op, f.value)
     for e in q.exists:
         for f in e.where:
             require(policy, q.study_id, e.table, f.column, f"filtering {e.table}")
-            check_value(q.study_id, e.table, f.column, f.value)
+            check_comparison(policy, q.study_id, e.table, f.column, f.op, f.value)
 
 
 def per_site_counts(answers: dict[str, list[Answer]]) -> dict[str, dict[Key, int]]:

@@ -10,7 +10,7 @@ from federation.query.central.combine import wilson
 from federation.query.central.disclosure import suppress
 from federation.query.central.statistics.base import Statistic, sorted_keys
 from federation.query.central.statistics.counts import check_filters
-from federation.query.columns import check_value, require
+from federation.query.columns import check_comparison, require
 from federation.query.guard import QueryRefused
 from federation.query.model import Query
 from federation.query.policy import QueryPolicy
@@ -30,7 +30,7 @@ class Proportion(Statistic):
         if not isinstance(q.value, str | bool | int | float):
             raise QueryRefused("the value of a proportion must be a string, a number or a boolean")
         require(policy, q.study_id, q.table, q.column, "a proportion")
-        check_value(q.study_id, q.table, q.column, q.value)
+        check_comparison(policy, q.study_id, q.table, q.column, "==", q.value)
 
     def requests(self, q: Query) -> list[Request]:
         assert q.column

@@ -12,7 +12,7 @@ import numpy as np
 from federation.query.central.combine import newton_step, z_test
 from federation.query.central.statistics.base import Statistic
 from federation.query.central.statistics.counts import check_filters
-from federation.query.columns import check_value, require
+from federation.query.columns import check_comparison, require
 from federation.query.guard import QueryRefused
 from federation.query.model import Query
 from federation.query.policy import QueryPolicy
@@ -101,7 +101,7 @@ class Logistic(Regression):
             raise QueryRefused("logistic regression needs --outcome and at least one --covariate")
         super().check(q, policy)
         require(policy, q.study_id, q.table, q.outcome.column, "the outcome")
-        check_value(q.study_id, q.table, q.outcome.column, q.outcome.value)
+        check_comparison(policy, q.study_id, q.table, q.outcome.column, q.outcome.op, q.outcome.value)
 
     def combine(self, ctx: Context, answers: dict[str, list[Answer]]) -> dict[str, Any]:
         assert ctx.query.outcome is not None

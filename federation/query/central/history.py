@@ -1,0 +1,205 @@
+"""One differencing history for every analyst, every site selection and every version, indexed.
+
+Every released result leaves a *footprint*: the study, the unit table, the subset (filters and exists
+filters), the group-by columns, the sites with the version each answered from, and whether per-site values
+were released. The differencing guard compares a new query with every footprint on the same study and
+table, whoever asked it: colluding analysts, or one analyst under several identities, share one history.
+
+The audit log stays the record; this index (SQLite, next to the audit log) keeps one row per *distinct*
+footprint with the first audit entry that released it, and reads only the audit lines appended since its
+last sync (it remembers the byte offset). A consortium's 100,000 routine results collapse to the distinct
+footprints the guard must compare with, found through an index on (study, table).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from federation.query.central.audit import AuditLog
+from federation.query.model import Exists, Filter, Query
+
+VERSION_NUMBER = re.compile(r"@v(\d+)$")
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What one released result covered: rows of `subset` in `table` of `study_id`, by `dims`, at each
+    (site, version), combined, and per site too when `per_site`."""
+
+    study_id: str
+    table: str
+    subset: str  # canonical JSON: {"exists": [...], "filters": [...]}
+    dims: tuple[str, ...]
+    versions: tuple[tuple[str, int], ...]
+    per_site: bool
+
+    @classmethod
+    def of(cls, query: Query, versions: dict[str, int], per_site: bool) -> Footprint:
+        subset = json.dumps({"filters": [f.model_dump(mode="json") for f in query.filters],
+                             "exists": [e.model_dump(mode="json") for e in query.exists]},
+                            sort_keys=True, separators=(",", ":"))
+        return cls(study_id=query.study_id, table=query.table, subset=subset, dims=tuple(query.group_by),
+                   versions=tuple(sorted(versions.items())), per_site=per_site)
+
+    @classmethod
+    def from_json(cls, text: str) -> Footprint:
+        d = json.loads(text)
+        return cls(study_id=d["study_id"], table=d["table"], subset=d["subset"], dims=tuple(d["dims"]),
+                   versions=tuple((s, int(v)) for s, v in d["versions"]), per_site=bool(d["per_site"]))
+
+    def to_json(self) -> str:
+        return json.dumps({"study_id": self.study_id, "table": self.table, "subset": self.subset,
+                           "dims": list(self.dims), "versions": [list(v) for v in self.versions],
+                           "per_site": self.per_site}, sort_keys=True, separators=(",", ":"))
+
+    def key(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    def subset_key(self) -> str:
+        return hashlib.sha256(f"{self.table}\0{self.subset}".encode()).hexdigest()[:24]
+
+    def filters(self) -> tuple[list[Filter], list[Exists]]:
+        d = json.loads(self.subset)
+        return ([Filter.model_validate(f) for f in d["filters"]], [Exists.model_validate(e) for e in d["exists"]])
+
+    @property
+    def sites(self) -> dict[str, int]:
+        return dict(self.versions)
+
+
+@dataclass(frozen=True)
+class Earlier:
+    """A distinct earlier footprint and the first audit entry that released it."""
+
+    footprint: Footprint
+    audit_id: int
+    analyst: str
+
+
+def footprint_of_entry(entry: dict[str, Any]) -> Footprint | None:
+    """The footprint of a released audit entry, or None for anything that released nothing."""
+    if entry.get("outcome") != "released":
+        return None
+    try:
+        query = Query.model_validate(entry["query"])
+        versions = {site: int(VERSION_NUMBER.search(v).group(1))  # type: ignore[union-attr]
+                    for site, v in (entry.get("versions") or {}).items()}
+    except (ValueError, KeyError, AttributeError, TypeError):
+        return None
+    per_site = bool((entry.get("released") or {}).get("per_site", True))
+    return Footprint.of(query, versions, per_site)
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS footprints (key TEXT PRIMARY KEY, study TEXT NOT NULL, tbl TEXT NOT NULL,
+                                       body TEXT NOT NULL, first_id INTEGER NOT NULL, analyst TEXT NOT NULL,
+                                       releases INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS footprints_by_table ON footprints (study, tbl);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class History:
+    """The index of released footprints of one audit log (see the module docstring)."""
+
+    _open: dict[Path, History] = {}
+    _open_lock = threading.Lock()
+
+    def __init__(self, audit: AuditLog, path: Path | None = None) -> None:
+        self.audit = audit
+        self.path = path or audit.path.with_name(audit.path.name + ".history.sqlite")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False)
+        self._db.executescript(SCHEMA)
+        self._lock = threading.RLock()
+        self._table_locks: dict[tuple[str, str], threading.Lock] = {}
+
+    @classmethod
+    def of(cls, audit: AuditLog) -> History:
+        """The one index of `audit`'s file in this process (shared by every query, so that its locks hold)."""
+        with cls._open_lock:
+            key = audit.path.resolve()
+            if key not in cls._open:
+                cls._open[key] = cls(audit)
+            return cls._open[key]
+
+    @contextmanager
+    def serialized(self, study_id: str, table: str) -> Iterator[None]:
+        """Queries on one study and table are checked and recorded one at a time: two analysts' concurrent
+        queries cannot both pass the check without seeing each other."""
+        with self._lock:
+            lock = self._table_locks.setdefault((study_id, table), threading.Lock())
+        with lock:
+            yield
+
+    def _meta(self, name: str, default: str) -> str:
+        row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else default
+
+    def sync(self) -> None:
+        """Index the audit entries appended since the last sync (all of them if the log was replaced)."""
+        with self._lock:
+            path = self.audit.path
+            offset = int(self._meta("offset", "0"))
+            size = path.stat().st_size if path.exists() else 0
+            head = self._meta("head", "")
+            if size < offset or (offset and head != _line_hash_at(path, offset)):
+                self._db.execute("DELETE FROM footprints")
+                offset = 0
+            if size == offset:
+                return
+            with path.open("rb") as fh:
+                fh.seek(offset)
+                data = fh.read(size - offset)
+            complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits for the next sync
+            for line in complete.splitlines():
+                if line.strip():
+                    self._record(json.loads(line))
+            offset += len(complete)
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('offset', ?)", (str(offset),))
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('head', ?)", (_line_hash_at(path, offset),))
+            self._db.commit()
+
+    def _record(self, entry: dict[str, Any]) -> None:
+        fp = footprint_of_entry(entry)
+        if fp is None:
+            return
+        self._db.execute(
+            "INSERT INTO footprints VALUES (?, ?, ?, ?, ?, ?, 1) ON CONFLICT (key) DO UPDATE SET "
+            "releases = releases + 1", (fp.key(), fp.study_id, fp.table, fp.to_json(), int(entry["id"]),
+                                         str(entry.get("analyst", ""))))
+
+    def earlier(self, study_id: str, table: str) -> list[Earlier]:
+        """Every distinct footprint released on `study_id`/`table`, oldest first."""
+        self.sync()
+        with self._lock:
+            rows = self._db.execute("SELECT body, first_id, analyst FROM footprints WHERE study = ? AND tbl = ? "
+                                    "ORDER BY first_id", (study_id, table)).fetchall()
+        return [Earlier(Footprint.from_json(body), int(first), analyst) for body, first, analyst in rows]
+
+    def counts(self) -> tuple[int, int]:
+        """(released results indexed, distinct footprints)."""
+        self.sync()
+        with self._lock:
+            total, distinct = self._db.execute("SELECT coalesce(sum(releases), 0), count(*) FROM footprints"
+                                               ).fetchone()
+        return int(total), int(distinct)
+
+
+def _line_hash_at(path: Path, offset: int) -> str:
+    """A fingerprint of the audit line that ends at `offset` (to notice a log replaced by another)."""
+    if offset == 0 or not path.exists():
+        return ""
+    with path.open("rb") as fh:
+        fh.seek(max(0, offset - 512))
+        tail = fh.read(offset - max(0, offset - 512))
+    return hashlib.sha256(tail).hexdigest()
