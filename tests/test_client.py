@@ -27,6 +27,7 @@ def test_client_tables_plots_and_html(federated_nodes: LocalFederation, tmp_path
     html = counts._repr_html_()
     assert "suppr." in html and "audit entry" in html
     km = c.query(STUDY, statistic="km", endpoint="efs", group_by=["histology_risk"])
+    assert km.result.status == "released", km.result.reason
     assert {"day", "survival", "ci95_low", "ci95_high", "at_risk"} <= set(km.combined.columns)
     assert km.plot(tmp_path / "km.png").stat().st_size > 10_000
     assert km.plot() is not None  # a matplotlib figure for notebooks

@@ -31,7 +31,6 @@ class ConsortiumDisclosurePolicy(BaseModel):
     min_site_rows: int = Field(10, ge=1)
     glm_max_param_ratio: float = Field(0.33, gt=0, le=1)
     quantile_probs: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
-    differencing_lookback: int = Field(200, ge=0)
 
 
 class EffectiveThresholds(BaseModel):

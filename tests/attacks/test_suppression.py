@@ -182,23 +182,35 @@ def test_site_below_minimum_rows_does_not_take_part(federated: Settings, tmp_pat
 
 
 def test_per_site_differences_withhold_per_site_values(fresh_audit: Settings) -> None:
-    # everyone by arm, then one sex by arm: site-a's single NR patient is in the first result only, so
-    # site-a's NR values of the two results would differ by one patient; the combined values differ by many
-    (sex,) = pooled(fresh_audit, "SELECT sex FROM patients WHERE site_id = 'site-a' AND arm = 'NR'")[0]
-    other = "F" if sex == "M" else "M"
-    first = run_local(Query(study_id=STUDY, group_by=["arm"]), fresh_audit, "eve")
-    second = run_local(Query(study_id=STUDY, group_by=["arm"], filters=[Filter(column="sex", op="==", value=other)]),
-                       fresh_audit, "eve")
+    # "not F" and "M" differ by the patients of unknown sex: many in all sites together, a few at some sites
+    unknown = dict(pooled(fresh_audit, "SELECT site_id, count(*) FROM patients WHERE sex = 'U' GROUP BY 1"))
+    few = sorted(s for s, n in unknown.items() if 0 < n < 5)
+    assert few and sum(unknown.values()) >= 5
+    not_f = Query(study_id=STUDY, filters=[Filter(column="sex", op="!=", value="F")])
+    male = Query(study_id=STUDY, filters=[Filter(column="sex", op="==", value="M")])
+    unguarded = fresh_audit.model_copy(update={"audit_log": fresh_audit.audit_log.with_name("unguarded.jsonl")})
+    with switched_off("differencing"):
+        a, b = run_local(not_f, unguarded, "mallory"), run_local(male, unguarded, "mallory")
+    site = few[0]
+    assert a.payload["total"]["per_site"][site] - b.payload["total"]["per_site"][site] == unknown[site]
+
+    first, second = run_local(not_f, fresh_audit, "eve"), run_local(male, fresh_audit, "eve")
     assert first.status == second.status == "released", second.reason
-    assert all(v == {"suppressed": True} for r in second.payload["rows"] for v in r["per_site"].values())
-    assert any("withheld" in n for n in second.notes)
-    truth = dict(pooled(fresh_audit, f"SELECT arm, count(*) FROM patients WHERE sex = '{other}' GROUP BY 1"))
-    for r in second.payload["rows"]:
-        if not isinstance(r["combined"], dict):
-            assert r["combined"] == truth[r["group"][0]]
-    # a third analyst asking the second query first gets the per-site values
-    fresh = run_local(second.query, fresh_audit, "walter")
-    assert any(not isinstance(v, dict) for r in fresh.payload["rows"] for v in r["per_site"].values())
+    assert all(v == {"suppressed": True} for v in second.payload["total"]["per_site"].values())
+    note = next(n for n in second.notes if "withheld" in n)
+    assert f"your earlier result #{first.audit_id}" in note  # it says which earlier query it matched
+    truth = pooled(fresh_audit, "SELECT count(*) FROM patients WHERE sex = 'M' AND site_id IN "
+                   f"({', '.join(repr(s) for s in second.sites)})")[0][0]
+    assert second.payload["total"]["combined"] == truth  # the combined value stays exact
+    # one history for everyone: another analyst (a colluder, or eve under another name) gets the same
+    walter = run_local(male, fresh_audit, "walter")
+    assert walter.status == "released", walter.reason
+    assert all(v == {"suppressed": True} for v in walter.payload["total"]["per_site"].values())
+    assert any("another analyst" in n for n in walter.notes)
+    # while on a service with no earlier result, the same query keeps its per-site values
+    elsewhere = fresh_audit.model_copy(update={"audit_log": fresh_audit.audit_log.with_name("other.jsonl")})
+    fresh = run_local(male, elsewhere, "walter")
+    assert all(isinstance(v, int) for v in fresh.payload["total"]["per_site"].values())
 
 
 def test_a_site_can_only_make_disclosure_stricter(federated: Settings, tmp_path: Any) -> None:

@@ -29,6 +29,11 @@ class ComplementarySuppressionGuard(Guard):
     """Hide further cells until no suppressed count can be derived from what is released (LP audit)."""
 
 
+class SiteInsiderGuard(Guard):
+    """A combined count is hidden when the other sites' part of it is 1..k-1 for some site: that site knows
+    its own contribution and would subtract it."""
+
+
 @dataclass
 class Released:
     """Counts as released: `values` with NaN where suppressed, and why each entry is hidden."""
@@ -82,6 +87,10 @@ def suppress(cells: np.ndarray, k_site: list[int], k_combined: int, *, col_margi
         part[:, R1 - 1, :] = False
     k = np.array(list(k_site) + [k_combined], dtype=float)[:, None, None] * np.ones(e.shape)
     primary = part & (e >= 1) & (e < k)
+    n = S1 - 1  # the combined table's index, and the number of sites
+    if SiteInsiderGuard.enabled() and n > 1:  # the combined table as each site's insider sees it
+        rest = e[n][None, :, :] - e[:n]
+        primary[n] |= part[n] & ((rest >= 1) & (rest < k[n])).any(axis=0)
     hidden = primary.copy()
     if not ComplementarySuppressionGuard.enabled():
         return Released(values=np.where(hidden | ~part, np.nan, e), primary=primary,

@@ -7,18 +7,27 @@ or restricts what is released (`check`). Suppression of small cells is a guard t
 
 from __future__ import annotations
 
-from typing import Any
-
+from federation.query.central.atoms import AtomSpace
+from federation.query.central.candidates import CellTable, Sizes, nested_near, related, triple_near
+from federation.query.central.differencing import Leak, Vectors
+from federation.query.central.history import Earlier, Footprint
 from federation.query.central.runner import Context
+from federation.query.central.statistics.counts import check_filters
 from federation.query.guard import Guard, QueryRefused
 from federation.query.model import Query
 from federation.query.site.guards import small_subset, small_subset_reason
+from federation.query.site.partial import SiteTask
 from federation.query.site.summaries import (
+    MAX_EARLIER,
     Answer,
-    DifferenceCounts,
-    Differences,
-    Earlier,
+    Counts,
+    FootprintSizes,
+    GroupCounts,
+    Refusal,
     Request,
+    Sized,
+    SizeLists,
+    Subset,
     SubsetCount,
     SubsetSize,
 )
@@ -56,66 +65,161 @@ class SubsetGuard(CentralGuard):
                                "use a broader filter, or group by the variable instead of filtering on it")
 
 
-def small_difference(only_new: int, only_old: int, k: int) -> bool:
-    """Nested subsets whose difference is a few rows: subtracting the two results isolates them."""
-    return (only_new == 0 and 0 < only_old < k) or (only_old == 0 and 0 < only_new < k)
-
-
 class DifferencingGuard(CentralGuard):
-    """Two released results on rows that differ by a few patients in some cell must not both be shown."""
+    """No combination of this result with earlier released results (every analyst's, every site selection,
+    every version) may isolate fewer than k patients, for an analyst or for a site insider."""
 
-    def _earlier(self, ctx: Context) -> list[tuple[dict[str, Any], Query]]:
+    def requests(self, ctx: Context) -> list[Request]:  # the new cells' sizes, to find candidates
         q = ctx.query
-        lookback = ctx.policy.disclosure.differencing_lookback
-        out: list[tuple[dict[str, Any], Query]] = []
-        # the lookback counts only earlier queries on the same study and table: unrelated queries cannot
-        # push a comparable one out of view
-        for entry in reversed(ctx.history):
-            if len(out) >= lookback:
-                break
-            query = entry.get("query") or {}
-            if query.get("study_id") != q.study_id or query.get("table", "patients") != q.table:
-                continue
-            try:
-                old = Query.model_validate(query)
-            except ValueError:
-                continue
-            if (old.filters, old.exists) != (q.filters, q.exists):
-                out.append((entry, old))
-        return out
-
-    def requests(self, ctx: Context) -> list[Request]:
-        q = ctx.query
-        self.compared = self._earlier(ctx)
-        if not self.compared:
-            return []
-        return [DifferenceCounts(table=q.table, filters=q.filters, exists=q.exists,
-                                 earlier=[Earlier(filters=old.filters, exists=old.exists,
-                                                  dims=[d for d in q.group_by if d in old.group_by])
-                                          for _, old in self.compared])]
+        return [GroupCounts(table=q.table, filters=q.filters, exists=q.exists, dims=q.group_by, sketch=True)]
 
     def check(self, ctx: Context, answers: dict[str, list[Answer]]) -> None:
-        if not self.compared:
+        q = ctx.query
+        earlier = [e for e in ctx.history.earlier(q.study_id, q.table) if comparable(ctx, e)]
+        if not earlier:
             return
-        k = ctx.k
-        for i, (entry, old) in enumerate(self.compared):
-            combined: dict[tuple[Any, ...], list[int]] = {}
-            old_had_sites = bool(entry.get("released", {}).get("per_site", True))
-            for site, (diff,) in answers.items():
-                assert isinstance(diff, Differences)
-                for cell in diff.items[i]:
-                    total = combined.setdefault(tuple(cell.key), [0, 0])
-                    total[0] += cell.only_new
-                    total[1] += cell.only_old
-                    if old_had_sites and small_difference(cell.only_new, cell.only_old,
-                                                          ctx.thresholds[site].min_cell):
-                        ctx.combined_only = True
-            if any(small_difference(a, b, k) for a, b in combined.values()):
-                raise QueryRefused(
-                    f"this query and your earlier query #{entry['id']} ({old.describe()}) differ by fewer than {k} "
-                    "rows in a cell: subtracting one result from the other would isolate a few patients "
-                    "(differencing)",
-                    "ask for the groups you compare directly, e.g. with --by, so that disclosure control covers them")
+        new = Footprint.of(q, ctx.version_numbers, per_site=True)
+        new_sizes: Sizes = {}
+        for site, (counts,) in answers.items():
+            assert isinstance(counts, Counts)
+            new_sizes[site] = [(tuple(c.key), c.n if c.patients is None else c.patients, c.sketch or "0" * 128)
+                               for c in counts.cells]
+        picked = find_candidates(ctx, new, new_sizes, earlier)
+        ctx.result.checked["candidates"] = len(picked)
+        if not picked:
+            return
+        if len(picked) > MAX_EARLIER:
+            raise QueryRefused("this query is related to more earlier results than the differencing check compares "
+                               "in one query; nothing was released",
+                               "ask the consortium's data team to review the query history of this study")
+        space = AtomSpace.ask(ctx, [new, *(e.footprint for e in picked)])
+        new_all, pool = space.vectors([0]), space.vectors(range(1, len(picked) + 1))
+        leak = space.first_leak(new_all, pool, ctx.k)
+        if leak is not None and space.leak_of_per_site is leak:
+            combined = space.vectors([0], per_site=False)
+            leak = space.first_leak(combined, pool, ctx.k)
+            if leak is None:
+                ctx.combined_only = True
+                ctx.result.notes.append(
+                    "per-site values are withheld: with " + cite(ctx, picked, pool, space.leak_of_per_site)
+                    + " they would isolate fewer than k patients at a site (differencing); the combined values "
+                    "are exact")
+                return
+        if leak is not None:
+            names = cite(ctx, picked, pool, leak)
+            raise QueryRefused(
+                f"with {names}, this result would isolate fewer than {ctx.k} patients (differencing: {leak.how} "
+                "it)", "ask for the groups you compare in one query (e.g. with --by), so that disclosure control "
+                "covers them together")
+
+
+_TABLES: dict[tuple[int, str, str, tuple[str, ...]], tuple[CellTable, list[str]]] = {}
+
+
+def find_candidates(ctx: Context, new: Footprint, new_sizes: Sizes, earlier: list[Earlier]) -> list[Earlier]:
+    """Earlier footprints that could combine with the new one: a cell nested in a new cell with 1..k-1 rows
+    between them (for the analyst, a site insider, or at one site), or filters of the same family (for
+    triples). Cells of footprints not yet sized are asked of the sites once and kept in the history index."""
+    sizes = sized(ctx, earlier)
+    sites = sorted({s for e in earlier for s in e.footprint.sites} | set(new.sites))
+    keys = [e.footprint.key() for e in earlier]
+    cache = (id(ctx.history), new.study_id, new.table, tuple(sites))
+    table, covered = _TABLES.get(cache, (None, []))
+    if table is None or keys[:len(covered)] != covered or len(keys) - len(covered) > 500:
+        table, covered = CellTable.build([(i, sizes[k]) for i, k in enumerate(keys)], sites), keys
+        _TABLES[cache] = (table, covered)
+    near = nested_near(new_sizes, table, sites, ctx.k)
+    if len(keys) > len(covered):  # released since the table was built: compared directly
+        recent = CellTable.build([(i, sizes[keys[i]]) for i in range(len(covered), len(keys))], sites)
+        near |= nested_near(new_sizes, recent, sites, ctx.k)
+    members = [i for i, e in enumerate(earlier) if related(new, e.footprint)]
+    family = CellTable.build([(i, sizes[keys[i]]) for i in members], sites)
+    triples = triple_near(new_sizes, family, sites, ctx.k)
+    ctx.result.checked = {"earlier_footprints": len(earlier), "nested_near": len(near), "related": len(members),
+                          "triple_near": len(triples)}
+    return [earlier[i] for i in sorted(near | triples)]
+
+
+def sized(ctx: Context, earlier: list[Earlier]) -> dict[str, Sizes]:
+    """Cell sizes of every earlier footprint, from the index, asking the sites for those not yet sized."""
+    keys = [e.footprint.key() for e in earlier]
+    have = ctx.history.sizes(keys)
+    missing = [e.footprint for e in earlier if e.footprint.key() not in have]
+    if missing:
+        have.update(ask_sizes(ctx, missing))
+    return have
+
+
+def ask_sizes(ctx: Context, footprints: list[Footprint]) -> dict[str, Sizes]:
+    tasks: dict[str, SiteTask] = {}
+    plan: dict[str, list[int]] = {}
+    for site in sorted({s for fp in footprints for s in fp.sites}):
+        subsets: dict[str, int] = {}
+        defs: list[Subset] = []
+        items: list[Sized] = []
+        plan[site] = []
+        for x, fp in enumerate(footprints):
+            if site not in fp.sites:
+                continue
+            if fp.subset_key() not in subsets:
+                filters, exists = fp.filters()
+                subsets[fp.subset_key()] = len(defs)
+                defs.append(Subset(filters=filters, exists=exists))
+            items.append(Sized(subset=subsets[fp.subset_key()], version=fp.sites[site], dims=list(fp.dims)))
+            plan[site].append(x)
+        requests: list[Request] = [
+            FootprintSizes(table=footprints[0].table, subsets=defs, items=items[i:i + MAX_EARLIER])  # type: ignore[arg-type]
+            for i in range(0, len(items), MAX_EARLIER)]
+        tasks[site] = SiteTask(study_id=footprints[0].study_id, version=None, thresholds=ctx.policy.disclosure,
+                               requests=requests)
+    replies = ctx.gateway.ask(tasks)
+    out: dict[str, Sizes] = {fp.key(): {} for fp in footprints}
+    partial: set[str] = set()
+    for site, xs in plan.items():
+        reply = replies.get(site, "no reply")
+        if isinstance(reply, str) and site not in ctx.sites:  # outside this query and down: sized later
+            partial.update(footprints[x].key() for x in xs)
+            continue
+        if isinstance(reply, str) or any(not isinstance(a, SizeLists) for a in reply.answers):
+            why = reply if isinstance(reply, str) else next(
+                (a.reason for a in reply.answers if isinstance(a, Refusal)), "a malformed reply")
+            raise QueryRefused(f"the differencing check needs every site that answered earlier results, and {site} "
+                               f"could not answer it ({why}); nothing was released", "ask again later")
+        lists = [cells for a in reply.answers for cells in a.items]  # type: ignore[union-attr]
+        for x, cells in zip(xs, lists, strict=True):
+            out[footprints[x].key()][site] = [(tuple(c.key), c.n if c.patients is None else c.patients,
+                                               c.sketch or "0" * 128) for c in cells]
+    ctx.history.store_sizes({key: sizes for key, sizes in out.items() if key not in partial})
+    return out
+
+
+def comparable(ctx: Context, earlier: Earlier) -> bool:
+    """An earlier footprint whose filters today's policy still accepts (the sites check them again)."""
+    filters, exists = earlier.footprint.filters()
+    try:
+        check_filters(Query(study_id=earlier.footprint.study_id, table=earlier.footprint.table,  # type: ignore[arg-type]
+                            filters=filters, exists=exists, group_by=list(earlier.footprint.dims)), ctx.policy)
+    except (QueryRefused, ValueError):
+        return False
+    return True
+
+
+def cite(ctx: Context, earlier: list[Earlier], pool: Vectors, leak: Leak | None) -> str:
+    """The earlier results a leak involves, as the analyst may see them: their own queries described,
+    another analyst's only by audit number."""
+    if leak is None:
+        return "an earlier result"
+    parts = []
+    for i in leak.earlier:
+        e = earlier[pool.owner[i] - 1]
+        if e.analyst == ctx.result.analyst:
+            filters, exists = e.footprint.filters()
+            described = Query(study_id=e.footprint.study_id, table=e.footprint.table,  # type: ignore[arg-type]
+                              filters=filters, exists=exists, group_by=list(e.footprint.dims)).describe()
+            parts.append(f"your earlier result #{e.audit_id} ({described})")
+        else:
+            parts.append(f"an earlier result released to another analyst (audit #{e.audit_id})")
+    return " and ".join(parts)
 
 
 CENTRAL_GUARDS: list[type[CentralGuard]] = [SubsetGuard, DifferencingGuard]

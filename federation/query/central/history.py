@@ -105,6 +105,7 @@ CREATE TABLE IF NOT EXISTS footprints (key TEXT PRIMARY KEY, study TEXT NOT NULL
                                        releases INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS footprints_by_table ON footprints (study, tbl);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sizes (key TEXT PRIMARY KEY, body TEXT NOT NULL);
 """
 
 
@@ -121,6 +122,7 @@ class History:
         self._db = sqlite3.connect(self.path, check_same_thread=False)
         self._db.executescript(SCHEMA)
         self._lock = threading.RLock()
+        self._size_cache: dict[str, dict[str, list[tuple[tuple[object, ...], int, str]]]] = {}
         self._table_locks: dict[tuple[str, str], threading.Lock] = {}
 
     @classmethod
@@ -153,7 +155,7 @@ class History:
             size = path.stat().st_size if path.exists() else 0
             head = self._meta("head", "")
             if size < offset or (offset and head != _line_hash_at(path, offset)):
-                self._db.execute("DELETE FROM footprints")
+                self._db.execute("DELETE FROM footprints")  # sizes stay: a footprint's cells never change
                 offset = 0
             if size == offset:
                 return
@@ -185,6 +187,32 @@ class History:
             rows = self._db.execute("SELECT body, first_id, analyst FROM footprints WHERE study = ? AND tbl = ? "
                                     "ORDER BY first_id", (study_id, table)).fetchall()
         return [Earlier(Footprint.from_json(body), int(first), analyst) for body, first, analyst in rows]
+
+    def sizes(self, keys: list[str]) -> dict[str, dict[str, list[tuple[tuple[object, ...], int, str]]]]:
+        """Cached cell sizes of footprints (site -> [(cell key, units)]); footprints not yet sized are absent."""
+        out: dict[str, dict[str, list[tuple[tuple[object, ...], int, str]]]] = {}
+        with self._lock:
+            for key in keys:
+                if key in self._size_cache:
+                    out[key] = self._size_cache[key]
+            missing = [k for k in keys if k not in out]
+            for i in range(0, len(missing), 500):
+                chunk = missing[i:i + 500]
+                rows = self._db.execute(f"SELECT key, body FROM sizes WHERE key IN ({','.join('?' * len(chunk))})",
+                                        chunk).fetchall()
+                for key, body in rows:
+                    value = {site: [(tuple(c[0]), int(c[1]), str(c[2])) for c in cells]
+                             for site, cells in json.loads(body).items()}
+                    self._size_cache[key] = out[key] = value
+        return out
+
+    def store_sizes(self, sized: dict[str, dict[str, list[tuple[tuple[object, ...], int, str]]]]) -> None:
+        with self._lock:
+            for key, value in sized.items():
+                body = json.dumps({site: [[list(k), n, sk] for k, n, sk in cells] for site, cells in value.items()})
+                self._db.execute("INSERT OR REPLACE INTO sizes VALUES (?, ?)", (key, body))
+                self._size_cache[key] = value
+            self._db.commit()
 
     def counts(self) -> tuple[int, int]:
         """(released results indexed, distinct footprints)."""

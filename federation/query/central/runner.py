@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from federation.query.central.audit import AuditLog
 from federation.query.central.gateway import SiteGateway
+from federation.query.central.history import History
 from federation.query.central.statistics import Statistic
 from federation.query.guard import QueryRefused
 from federation.query.model import Query
@@ -45,6 +46,7 @@ class Result:
     payload: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     audit_id: int | None = None
+    checked: dict[str, int] = field(default_factory=dict)  # what the differencing check compared (not released)
 
     @property
     def sites(self) -> list[str]:
@@ -72,7 +74,7 @@ class Context:
     gateway: SiteGateway
     policy: QueryPolicy
     result: Result
-    history: list[dict[str, Any]]  # earlier released audit entries the differencing guard compares with
+    history: History  # every released result, of every analyst (the differencing guard compares with it)
     thresholds: dict[str, EffectiveThresholds] = field(default_factory=dict)
     version_numbers: dict[str, int] = field(default_factory=dict)
     combined_only: bool = False
@@ -156,15 +158,22 @@ class Context:
 
 
 def run_query(q: Query, gateway: SiteGateway, policy: QueryPolicy, audit: AuditLog, analyst: str) -> Result:
-    """Run `q` for the authenticated `analyst`; the result is released or refused, and audited."""
+    """Run `q` for the authenticated `analyst`; the result is released or refused, and audited. Queries on
+    one study and table run one at a time, so that each is checked against every result released before."""
+    history = History.of(audit)
+    with history.serialized(q.study_id, q.table):
+        return _run(q, gateway, policy, audit, analyst, history)
+
+
+def _run(q: Query, gateway: SiteGateway, policy: QueryPolicy, audit: AuditLog, analyst: str,
+         history: History) -> Result:
     from federation.query.central.guards import CENTRAL_GUARDS
 
     result = Result(query=q, analyst=analyst)
     try:
         statistic = Statistic.for_query(q)
         statistic.check(q, policy)
-        earlier = [e for e in audit.entries() if e.get("analyst") == analyst and e.get("outcome") == "released"]
-        ctx = Context(query=q, gateway=gateway, policy=policy, result=result, history=earlier)
+        ctx = Context(query=q, gateway=gateway, policy=policy, result=result, history=history)
         sites = q.sites or gateway.candidate_sites(q.study_id)
         if not sites:
             raise QueryRefused("no site can take part in this query", "check the study id and published data")
@@ -182,10 +191,8 @@ def run_query(q: Query, gateway: SiteGateway, policy: QueryPolicy, audit: AuditL
             owner.check(ctx, {s: ctx.refuse_on_refusal(a) for s, a in split[i].items() if s in ctx.thresholds})
         stat_answers = {s: ctx.refuse_on_refusal(a) for s, a in split[len(parts) - 1].items() if s in ctx.thresholds}
         result.payload = statistic.combine(ctx, stat_answers)
-        if ctx.combined_only:
+        if ctx.combined_only:  # the differencing guard said why in a note
             result.payload = hide_per_site(result.payload)
-            result.notes.append("per-site values are withheld: with one of your earlier queries they would "
-                                "isolate a few patients at a site (differencing); the combined values are exact")
     except QueryRefused as exc:
         result.status, result.reason, result.suggestion, result.payload = "refused", exc.reason, exc.suggestion, {}
     except ValidationError as exc:  # a parameter outside what any site answers (e.g. too many filters)
@@ -207,9 +214,15 @@ def run_query(q: Query, gateway: SiteGateway, policy: QueryPolicy, audit: AuditL
 def digest(payload: dict[str, Any]) -> dict[str, Any]:
     """What was released, for the audit log: counts of suppressed entries and a hash of the values."""
     text = json.dumps(payload, sort_keys=True, default=str)
-    per_site = any(v != {"suppressed": True} for v in _per_site_values(payload))
+    per_site = any(not _is_withheld(v) for v in _per_site_values(payload))
     return {"sha256": hashlib.sha256(text.encode()).hexdigest(), "suppressed": text.count('"suppressed"'),
             "per_site": per_site, "bytes": len(text)}
+
+
+def _is_withheld(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(_is_withheld(v) for v in value)
+    return value in ({"suppressed": True}, {"points": [], "withheld": True})
 
 
 def _per_site_values(payload: Any) -> list[Any]:
@@ -226,10 +239,19 @@ def _per_site_values(payload: Any) -> list[Any]:
     return out
 
 
+def _withheld(value: Any) -> Any:
+    """A per-site value withheld, in the shape readers expect: a matrix stays a matrix, a curve a curve."""
+    if isinstance(value, list):
+        return [_withheld(v) for v in value]
+    if isinstance(value, dict) and "points" in value:
+        return {"points": [], "withheld": True}
+    return {"suppressed": True}
+
+
 def hide_per_site(payload: Any) -> Any:
     """Drop every per-site value of a result (the combined values stay)."""
     if isinstance(payload, dict):
-        return {k: ({s: {"suppressed": True} for s in v} if k == "per_site" and isinstance(v, dict)
+        return {k: ({s: _withheld(x) for s, x in v.items()} if k == "per_site" and isinstance(v, dict)
                     else hide_per_site(v)) for k, v in payload.items()}
     if isinstance(payload, list):
         return [hide_per_site(v) for v in payload]

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from federation.query.guard import Guard, QueryRefused
 from federation.query.site.summaries import (
-    DifferenceCounts,
+    FootprintSizes,
+    HistoryAtoms,
     ModelTerms,
     NotTakingPart,
     Request,
@@ -31,8 +32,8 @@ class SiteRowsGuard(SiteGuard):
 
     @classmethod
     def check(cls, request: Request, ctx: SiteContext) -> None:
-        if isinstance(request, RowCount):
-            return
+        if isinstance(request, RowCount | HistoryAtoms | FootprintSizes):
+            return  # the history check covers every site that ever answered, whatever its size now
         k = ctx.thresholds.min_site_rows
         if ctx.base_rows(request.table) < k:
             raise NotTakingPart(f"fewer than {k} rows in {request.table}: does not take part")
@@ -56,7 +57,7 @@ class SiteSubsetGuard(SiteGuard):
 
     @classmethod
     def check(cls, request: Request, ctx: SiteContext) -> None:
-        if not request.filtered() or isinstance(request, SubsetCount | DifferenceCounts):
+        if not request.filtered() or isinstance(request, SubsetCount | HistoryAtoms | FootprintSizes):
             return  # the subset size itself goes to the service's subset guard, which decides the same way
         k = ctx.thresholds.min_cell
         if small_subset(ctx.base_rows(request.table), ctx.chosen_rows(request.table, request.filters,

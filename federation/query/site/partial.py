@@ -85,7 +85,8 @@ def answer_task(settings: Settings, site_id: str, task: SiteTask) -> SiteReply:
     data = open_site(settings.storage, site_id, task.study_id, task.version)
     thresholds = site_thresholds(settings, site_id, task.thresholds)
     ctx = SiteContext(study_id=task.study_id, data=data, thresholds=thresholds,
-                      policy=load_query_policy(settings.query_policy))
+                      policy=load_query_policy(settings.query_policy),
+                      opener=lambda v: open_site(settings.storage, site_id, task.study_id, v))
     answers = []
     try:
         for request in task.requests:

@@ -32,7 +32,7 @@ MISSING = "(missing)"
 Label = str | bool | int | None  # one category of a groupable column; None where the value is missing
 MAX_GRID_INTERVALS = 2000
 MAX_THRESHOLDS = 64
-MAX_EARLIER = 1000
+MAX_EARLIER = 2000
 MAX_PARAMETERS = 60
 
 
@@ -54,6 +54,8 @@ class Answer(BaseModel):
 class Cell(Answer):
     key: list[Label]
     n: int
+    patients: int | None = None  # distinct patients among the n rows (event tables)
+    sketch: str | None = None  # 512-bit membership sketch of the cell's rows (differencing guard), hex
 
 
 class Counts(Answer):
@@ -67,15 +69,21 @@ class SubsetSize(Answer):
     chosen: int
 
 
-class DiffCell(Answer):
-    key: list[Label]
-    only_new: int
-    only_old: int
+class AtomCell(Answer):
+    key: list[Label]  # values of the request's dims
+    bits: str  # membership in each requested (subset, version) column, as hex of a little-endian bitset
+    n: int  # rows
+    patients: int  # distinct patients among them
 
 
-class Differences(Answer):
-    kind: Literal["differences"] = "differences"
-    items: list[list[DiffCell]]
+class SizeLists(Answer):
+    kind: Literal["size_lists"] = "size_lists"
+    items: list[list[Cell]]
+
+
+class Atoms(Answer):
+    kind: Literal["atoms"] = "atoms"
+    cells: list[AtomCell]
 
 
 class MomentCell(Answer):
@@ -160,7 +168,7 @@ class Refusal(Answer):
     not_taking_part: bool = False  # too few rows at this site: it takes no part, the others may go on
 
 
-AnyAnswer = Annotated[Counts | SubsetSize | Differences | Moments | Hits | Brackets | AtOrBelow | KmIntervals
+AnyAnswer = Annotated[Counts | SubsetSize | Atoms | SizeLists | Moments | Hits | Brackets | AtOrBelow | KmIntervals
                       | ModelProfile | ModelSums | Refusal, Field(discriminator="kind")]
 ANSWER = TypeAdapter(AnyAnswer)
 
@@ -179,6 +187,14 @@ class SiteContext:
     thresholds: EffectiveThresholds
     policy: QueryPolicy
     memo: dict[Any, Any] = field(default_factory=dict)
+    opener: Callable[[int], SiteData] | None = None  # opens another published version (history checks)
+
+    def version(self, number: int) -> SiteData:
+        if number == self.data.version.number:
+            return self.data
+        if self.opener is None:
+            raise QueryRefused("this site answers from one version only here")
+        return self.opener(number)
 
     def once(self, key: Any, compute: Callable[[], Any]) -> Any:
         if key not in self.memo:
@@ -260,63 +276,156 @@ class SubsetCount(Request):
                                                                                   self.exists))
 
 
+SKETCH_WORDS = 8  # 8 x 64 = 512 bits
+
+
+def group_counts(data: SiteData, table: str, filters: list[Filter], exists: list[Exists], dims: list[str],
+                 sketch: bool = False) -> list[Cell]:
+    """Rows per group, distinct patients for event tables, and with `sketch` a 512-bit sketch of each cell's
+    rows: bit md5(row identity) mod 512 is set for each row, so a cell inside another has its bits inside
+    the other's (the differencing guard's cheap test for nested cells; md5 is stable across versions)."""
+    frm, params = subset(table, filters, exists)
+    sel, grp = group_select(dims)
+    words = ""
+    if sketch:
+        words = "".join(f", bit_or(CASE WHEN h // 64 = {w} THEN (1::UBIGINT << (h % 64)::INTEGER) ELSE 0::UBIGINT "
+                        f"END)" for w in range(SKETCH_WORDS))
+        frm = (f"FROM (SELECT *, (md5_number(CAST(rid AS VARCHAR)) % 512)::INTEGER AS h FROM "
+               f"(SELECT *, {row_identity(table)} AS rid {frm}))")
+    patients = ", count(DISTINCT pid)" if table != "patients" else ""
+    rows = data.sql(f"SELECT {sel}count(*){patients}{words} {frm}{grp}", params)
+    nd, out = len(dims), []
+    for r in rows:
+        sk = "".join(f"{int(x or 0):016x}" for x in r[-SKETCH_WORDS:]) if sketch else None
+        out.append(Cell(key=[label(x) for x in r[:nd]], n=int(r[nd]),
+                        patients=int(r[nd + 1]) if patients else None, sketch=sk))
+    return out
+
+
 class GroupCounts(Grouped):
-    """Rows per group (count, crosstab)."""
+    """Rows per group, and distinct patients per group for event tables (count, crosstab)."""
 
     kind: Literal["group_counts"] = "group_counts"
+    sketch: bool = False
 
     def answer(self, ctx: SiteContext) -> Answer:
-        frm, params = self.frm()
-        sel, grp = group_select(self.dims)
-        rows = ctx.data.sql(f"SELECT {sel}count(*) {frm}{grp}", params)
-        return Counts(cells=[Cell(key=[label(x) for x in r[:-1]], n=int(r[-1])) for r in rows])
+        return Counts(cells=group_counts(ctx.data, self.table, self.filters, self.exists, self.dims, self.sketch))
 
 
-class Earlier(BaseModel):
+
+
+class Subset(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     filters: list[Filter] = Field(default_factory=list, max_length=20)
     exists: list[Exists] = Field(default_factory=list, max_length=5)
-    dims: list[str] = Field(default_factory=list, max_length=3)  # the group-by columns both queries share
 
 
-class DifferenceCounts(Request):
-    """Per group, rows kept by this query but not an earlier one, and the reverse (differencing guard)."""
+class Released(BaseModel):
+    """One released subset at the version this site answered it from."""
 
-    kind: Literal["difference_counts"] = "difference_counts"
-    earlier: list[Earlier] = Field(default_factory=list, max_length=MAX_EARLIER)
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    subset: int = Field(ge=0)
+    version: int = Field(ge=1)
+
+
+def row_identity(table: str) -> str:
+    """SQL naming a row the same way in every version: the patient's pseudonym, and for event rows also
+    their content (a corrected event is a new row) and rank among identical rows."""
+    if table == "patients":
+        return "pid"
+    content = "concat_ws('|', *COLUMNS(* EXCLUDE (upload_id, schema_version)))"
+    return f"pid || ':' || md5({content}) || ':' || row_number() OVER (PARTITION BY {content})"
+
+
+class ManySubsets(Request):
+    """A request over many earlier released subsets (the differencing guard's); every one is checked."""
+
+    subsets: list[Subset] = Field(max_length=MAX_EARLIER)
 
     def uses(self) -> list[tuple[str, str, set[str] | None, str]]:
         out = super().uses()
-        for e in self.earlier:
-            out += [(f.column, "filtering", None, self.table) for f in e.filters]
-            out += [(f.column, f"filtering {x.table}", None, x.table) for x in e.exists for f in x.where]
-            out += [(d, "grouping", GROUPABLE, self.table) for d in e.dims]
+        for x in self.subsets:
+            out += [(f.column, "filtering", None, self.table) for f in x.filters]
+            out += [(f.column, f"filtering {e.table}", None, e.table) for e in x.exists for f in e.where]
         return out
 
     def compared(self) -> list[tuple[str, str, str, object]]:
         out = super().compared()
-        for e in self.earlier:
-            out += [(self.table, f.column, f.op, f.value) for f in e.filters]
-            out += [(x.table, f.column, f.op, f.value) for x in e.exists for f in x.where]
+        for x in self.subsets:
+            out += [(self.table, f.column, f.op, f.value) for f in x.filters]
+            out += [(e.table, f.column, f.op, f.value) for e in x.exists for f in e.where]
         return out
 
+
+class HistoryAtoms(ManySubsets):
+    """Rows grouped by their `dims` values and by membership in each released (subset, version): the
+    differencing guard's view of everything released on this table (counts only; rows matched across
+    versions by identity)."""
+
+    kind: Literal["history_atoms"] = "history_atoms"
+    columns: list[Released] = Field(max_length=MAX_EARLIER)
+    dims: list[str] = Field(default_factory=list, max_length=12)
+
+    def uses(self) -> list[tuple[str, str, set[str] | None, str]]:
+        return super().uses() + [(d, "grouping", GROUPABLE, self.table) for d in self.dims]
+
     def answer(self, ctx: SiteContext) -> Answer:
-        items = []
-        for e in self.earlier:
-            new_p: list[Any] = []
-            new_w = where(self.filters, self.exists, new_p)
-            old_p: list[Any] = []
-            old_w = where(e.filters, e.exists, old_p)
-            sel, grp = group_select(e.dims)
-            in_new, in_old = f"(({new_w}) IS TRUE)", f"(({old_w}) IS TRUE)"
-            sql = (f"SELECT {sel}count(*) FILTER (WHERE {in_new} AND NOT {in_old}), "
-                   f"count(*) FILTER (WHERE {in_old} AND NOT {in_new}) FROM unit_{self.table}{grp}")
-            rows = ctx.data.sql(sql, new_p + old_p + old_p + new_p)
-            items.append([DiffCell(key=[label(x) for x in r[:-2]], only_new=int(r[-2]), only_old=int(r[-1]))
-                          for r in rows])
-        return Differences(items=items)
+        if any(c.subset >= len(self.subsets) for c in self.columns):
+            raise QueryRefused("a released column names a subset that is not in the request")
+        by_version: dict[int, list[int]] = {}
+        for i, c in enumerate(self.columns):
+            by_version.setdefault(c.version, []).append(i)
+        rows: dict[str, list[Any]] = {}  # identity -> [dims values, pid, bits]
+        for version in sorted(by_version, reverse=True):  # dims values from the newest version holding the row
+            data = ctx.version(version)
+            params: list[Any] = []
+            chosen = [self.subsets[self.columns[i].subset] for i in by_version[version]]
+            conds = [f"(({where(x.filters, x.exists, params)}) IS TRUE)" for x in chosen]
+            dims = "".join(f", {ident(d)}" for d in self.dims)
+            got = data.sql(f"SELECT {row_identity(self.table)} AS rid, pid{dims}, {', '.join(conds)} "
+                           f"FROM unit_{self.table}", params)
+            nd = len(self.dims)
+            for r in got:
+                held = rows.setdefault(r[0], [tuple(label(x) for x in r[2:2 + nd]), r[1], 0])
+                for i, hit in zip(by_version[version], r[2 + nd:], strict=True):
+                    if hit:
+                        held[2] |= 1 << i
+        cells: dict[tuple[Any, int], list[Any]] = {}
+        for key, pid, bits in rows.values():
+            if bits:
+                cell = cells.setdefault((key, bits), [0, set()])
+                cell[0] += 1
+                cell[1].add(pid)
+        width = max(1, (len(self.columns) + 3) // 4)
+        return Atoms(cells=[AtomCell(key=list(key), bits=f"{bits:0{width}x}", n=n, patients=len(pids))
+                            for (key, bits), (n, pids) in cells.items()])
 
 
+class Sized(BaseModel):
+    """One earlier released footprint at this site: its subset, version and group-by columns."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    subset: int = Field(ge=0)
+    version: int = Field(ge=1)
+    dims: list[str] = Field(default_factory=list, max_length=3)
+
+
+class FootprintSizes(ManySubsets):
+    """Cell sizes of earlier released results, each at the version it was released from (the differencing
+    guard's index; computed once per result and kept by the service)."""
+
+    kind: Literal["footprint_sizes"] = "footprint_sizes"
+    items: list[Sized] = Field(max_length=MAX_EARLIER)
+
+    def uses(self) -> list[tuple[str, str, set[str] | None, str]]:
+        return super().uses() + [(d, "grouping", GROUPABLE, self.table) for i in self.items for d in i.dims]
+
+    def answer(self, ctx: SiteContext) -> Answer:
+        if any(i.subset >= len(self.subsets) for i in self.items):
+            raise QueryRefused("an item names a subset that is not in the request")
+        return SizeLists(items=[group_counts(ctx.version(i.version), self.table, self.subsets[i.subset].filters,
+                                             self.subsets[i.subset].exists, i.dims, sketch=True)
+                                for i in self.items])
 class ColumnMoments(Grouped):
     """Per group: n, mean and sum of squared deviations of a numeric column (sum, mean, variance)."""
 
@@ -570,7 +679,7 @@ def _cached_cases(key: tuple[str, str, str], load: Callable[[], dict[str, Any]])
     return data
 
 
-AnyRequest = Annotated[RowCount | SubsetCount | GroupCounts | DifferenceCounts | ColumnMoments | ValueHits
+AnyRequest = Annotated[RowCount | SubsetCount | GroupCounts | HistoryAtoms | FootprintSizes | ColumnMoments | ValueHits
                        | ValueBracket | CountAtOrBelow | KmCounts | ModelLevels | ModelTerms,
                        Field(discriminator="kind")]
 REQUEST = TypeAdapter(AnyRequest)

@@ -1,0 +1,186 @@
+"""The atoms of the sites a set of footprints involves, and each footprint's released cells as 0/1 vectors
+over them (the input of `differencing`). One `HistoryAtoms` task per site, in one round."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy import sparse
+
+from federation.query.central.differencing import Leak, TooMuchHistory, Vectors, pair_leaks, triple_leaks
+from federation.query.central.history import Footprint
+from federation.query.guard import QueryRefused
+from federation.query.site.partial import SiteTask
+from federation.query.site.summaries import Atoms, HistoryAtoms, Refusal, Released, Subset
+
+if TYPE_CHECKING:
+    from federation.query.central.runner import Context
+
+
+class AtomSpace:
+    def __init__(self, footprints: list[Footprint], sites: list[str], dims: list[str]) -> None:
+        self.footprints = footprints
+        self.sites = sites
+        self.dims = dims
+        self.leak_of_per_site: Leak | None = None
+        self.skipped: list[str] = []
+        self.site_of = np.zeros(0, dtype=int)
+        self.weight = np.zeros(0)
+        self.member = np.zeros((0, len(footprints)), dtype=bool)  # atom x footprint
+        self.keys: list[tuple[Any, ...]] = []
+
+    @classmethod
+    def ask(cls, ctx: Context, footprints: list[Footprint]) -> AtomSpace:
+        """Ask every site any footprint involves for its atoms over all of them."""
+        dims = sorted({d for fp in footprints for d in fp.dims})
+        sites = sorted({s for fp in footprints for s in fp.sites})
+        space = cls(footprints, sites, dims)
+        tasks, columns_of = {}, {}
+        for site in sites:
+            subsets: dict[str, int] = {}
+            defs: list[Subset] = []
+            columns: list[Released] = []
+            col_index: dict[tuple[int, int], int] = {}
+            where: dict[int, int] = {}  # footprint -> column at this site
+            for x, fp in enumerate(footprints):
+                if site not in fp.sites:
+                    continue
+                sk = fp.subset_key()
+                if sk not in subsets:
+                    filters, exists = fp.filters()
+                    subsets[sk] = len(defs)
+                    defs.append(Subset(filters=filters, exists=exists))
+                col = (subsets[sk], fp.sites[site])
+                if col not in col_index:
+                    col_index[col] = len(columns)
+                    columns.append(Released(subset=col[0], version=col[1]))
+                where[x] = col_index[col]
+            columns_of[site] = where
+            request = HistoryAtoms(table=footprints[0].table, subsets=defs, columns=columns, dims=dims)  # type: ignore[arg-type]
+            tasks[site] = SiteTask(study_id=footprints[0].study_id, version=None,
+                                   thresholds=ctx.policy.disclosure, requests=[request])
+        replies = ctx.gateway.ask(tasks)
+        site_of: list[int] = []
+        weight: list[float] = []
+        keys: list[tuple[Any, ...]] = []
+        member_rows: list[np.ndarray] = []
+        for i, site in enumerate(sites):
+            reply = replies.get(site, "no reply")
+            if isinstance(reply, str) and site not in ctx.sites:
+                # a site outside this query that cannot answer now: its rows only widen earlier results, so
+                # leaving them out can only make differences look smaller (refuse more), never hide one
+                space.skipped.append(site)
+                continue
+            if isinstance(reply, str) or len(reply.answers) != 1:
+                raise QueryRefused(f"the differencing check needs every site that answered earlier results, and "
+                                   f"{site} could not answer it ({reply if isinstance(reply, str) else 'bad reply'})"
+                                   "; nothing was released", "ask again later")
+            (atoms,) = reply.answers
+            if isinstance(atoms, Refusal):
+                raise QueryRefused(f"the differencing check was refused at {site}: {atoms.reason}",
+                                   atoms.suggestion)
+            assert isinstance(atoms, Atoms)
+            where = columns_of[site]
+            for cell in atoms.cells:
+                bits = int(cell.bits, 16)
+                row = np.zeros(len(footprints), dtype=bool)
+                for x, c in where.items():
+                    row[x] = bool(bits >> c & 1)
+                site_of.append(i)
+                weight.append(cell.n if footprints[0].table == "patients" else cell.patients)
+                keys.append(tuple(cell.key))
+                member_rows.append(row)
+        space.site_of = np.asarray(site_of, dtype=int)
+        space.weight = np.asarray(weight, dtype=float)
+        space.keys = keys
+        space.member = np.asarray(member_rows, dtype=bool).reshape(len(member_rows), len(footprints))
+        return space
+
+    def _codes(self, dims: tuple[str, ...]) -> np.ndarray:
+        """One integer per atom naming its cell on `dims`."""
+        if not dims:
+            return np.zeros(len(self.keys), dtype=int)
+        pos = [self.dims.index(d) for d in dims]
+        seen: dict[tuple[Any, ...], int] = {}
+        return np.asarray([seen.setdefault(tuple(k[p] for p in pos), len(seen)) for k in self.keys], dtype=int)
+
+    def vectors(self, indexes: Iterable[int], per_site: bool = True) -> Vectors:
+        """The released cells of the given footprints: combined over their sites, and per site when they
+        released per-site values (and `per_site`)."""
+        rows: list[np.ndarray] = []
+        owner: list[int] = []
+        flags: list[bool] = []
+        codes_of: dict[tuple[str, ...], np.ndarray] = {}
+        n_atoms = len(self.keys)
+        for x in indexes:
+            fp = self.footprints[x]
+            inside = self.member[:, x] if n_atoms else np.zeros(0, dtype=bool)
+            if not inside.any():
+                continue
+            codes = codes_of.setdefault(fp.dims, self._codes(fp.dims))
+            for code in np.unique(codes[inside]):
+                rows.append(np.nonzero(inside & (codes == code))[0])
+                owner.append(x)
+                flags.append(False)
+            if fp.per_site and per_site:
+                for s in np.unique(self.site_of[inside]):
+                    here = inside & (self.site_of == s)
+                    for code in np.unique(codes[here]):
+                        rows.append(np.nonzero(here & (codes == code))[0])
+                        owner.append(x)
+                        flags.append(True)
+        indptr = np.cumsum([0] + [len(r) for r in rows])
+        indices = np.concatenate(rows) if rows else np.zeros(0, dtype=int)
+        matrix = sparse.csr_matrix((np.ones(len(indices)), indices, indptr), shape=(len(rows), n_atoms))
+        return Vectors(matrix=matrix, owner=owner, per_site=flags)
+
+    def first_leak(self, new: Vectors, pool: Vectors, k: int) -> Leak | None:
+        """The first small set `new` makes derivable with `pool` (indexes into the vectors given)."""
+        (new, new_at), (pool, pool_at) = informative(new, pool, self.weight, k)
+        leaks = [Leak(new=int(new_at[x.new]), earlier=tuple(int(pool_at[i]) for i in x.earlier), how=x.how)
+                 for x in self._leaks(new, pool, k)]
+        if leaks and leaks[0].new in self._per_site_rows(new, new_at):
+            self.leak_of_per_site = leaks[0]
+        return leaks[0] if leaks else None
+
+    @staticmethod
+    def _per_site_rows(v: Vectors, at: np.ndarray) -> set[int]:
+        return {int(at[i]) for i, p in enumerate(v.per_site) if p}
+
+    def _leaks(self, new: Vectors, pool: Vectors, k: int) -> list[Leak]:
+        leaks = pair_leaks(new, pool, self.weight, self.site_of, len(self.sites), k)
+        if not leaks:
+            try:
+                leaks = triple_leaks(new, pool, self.weight, k)
+            except TooMuchHistory:
+                raise QueryRefused("the differencing check found more combinations with earlier results than it "
+                                   "checks in one query; nothing was released",
+                                   "ask the consortium's data team to review the query history") from None
+        return leaks
+
+
+def _rows(v: Vectors, keep: np.ndarray) -> tuple[Vectors, np.ndarray]:
+    idx = np.nonzero(keep)[0]
+    return Vectors(matrix=v.matrix[idx], owner=[v.owner[i] for i in idx],
+                   per_site=[v.per_site[i] for i in idx]), idx
+
+
+def informative(new: Vectors, pool: Vectors, w: np.ndarray, k: int
+                ) -> tuple[tuple[Vectors, np.ndarray], tuple[Vectors, np.ndarray]]:
+    """Leave out cells of 1..k-1 rows (suppressed when released, so never released as such) and new cells
+    identical to an earlier one (they add nothing to what is known); with the indexes of the rows kept."""
+    def small(v: Vectors) -> np.ndarray:
+        sizes = np.asarray(v.matrix @ w).ravel() if v.matrix.shape[0] else np.zeros(0)
+        return (sizes > 0.5) & (sizes < k - 0.5)
+
+    pool_kept, pool_at = _rows(pool, ~small(pool))
+    new_kept, new_at = _rows(new, ~small(new))
+    if pool_kept.matrix.shape[0] and new_kept.matrix.shape[0]:
+        known = {pool_kept.matrix[i].indices.tobytes() for i in range(pool_kept.matrix.shape[0])}
+        fresh = np.array([new_kept.matrix[j].indices.tobytes() not in known
+                          for j in range(new_kept.matrix.shape[0])])
+        new_kept, at = _rows(new_kept, fresh)
+        new_at = new_at[at]
+    return (new_kept, new_at), (pool_kept, pool_at)
