@@ -90,6 +90,22 @@ def check_comparison(policy: QueryPolicy, study_id: str, table: str, column: str
                            f"use {near}")
 
 
+class KmGridGuard(Guard):
+    """A Kaplan-Meier grid is one the policy declares (months, quarters, ...), never one the analyst sets."""
+
+
+def check_km_grid(policy: QueryPolicy, grid_days: float, horizon_days: float) -> None:
+    if not KmGridGuard.enabled():
+        return
+    d = policy.disclosure
+    if not any(abs(grid_days - g) < 1e-9 for g in d.km_grids_days):
+        raise QueryRefused(f"a Kaplan-Meier grid of {grid_days:g} days is not one the policy declares",
+                           "use --grid-days " + " or ".join(f"{g:g}" for g in d.km_grids_days))
+    if horizon_days > d.km_max_horizon_days:
+        raise QueryRefused(f"the horizon is beyond the policy's {d.km_max_horizon_days:g} days",
+                           f"use a horizon of at most {d.km_max_horizon_days:g} days")
+
+
 def require(policy: QueryPolicy, study_id: str, table: str, column: str, what: str,
             kinds: set[str] | None = None) -> None:
     """Refuse `column` for `what` unless the policy allows it on `table` (and its type is one of `kinds`)."""

@@ -53,6 +53,8 @@ def registered() -> dict[str, type[Guard]]:
     """Every guard, site and central, by name."""
     import federation.query.central.disclosure  # noqa: F401 - registers its guard
     import federation.query.central.guards  # noqa: F401
+    import federation.query.central.statistics.base  # noqa: F401 - registers the shared suppression guard
+    import federation.query.central.statistics.km  # noqa: F401
     import federation.query.columns  # noqa: F401
     import federation.query.site.guards  # noqa: F401
 

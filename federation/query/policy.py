@@ -31,6 +31,8 @@ class ConsortiumDisclosurePolicy(BaseModel):
     min_site_rows: int = Field(10, ge=1)
     glm_max_param_ratio: float = Field(0.33, gt=0, le=1)
     quantile_probs: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
+    km_grids_days: tuple[float, ...] = (30.4375, 91.3125, 182.625, 365.25)  # months, quarters, half-years, years
+    km_max_horizon_days: float = Field(7305.0, gt=0)
 
 
 class EffectiveThresholds(BaseModel):

@@ -14,6 +14,16 @@ from federation.query.central.runner import Result
 HIDDEN = "<5"
 
 
+def _bin(v: dict[str, Any]) -> list[str]:
+    """A quantile's bin (lo, hi]: its upper end and width; an open bin at either end of the grid."""
+    lo, hi = v.get("bin", [None, v.get("value")])
+    if hi is None:
+        return [f"> {_fmt(lo)}", "open bin"]
+    if lo is None:
+        return [f"<= {_fmt(hi)}", "open bin"]
+    return [_fmt(hi), f"{v['error_bound']:.2g}"]
+
+
 def _fmt(v: Any, hidden: str = "suppr.") -> str:
     if isinstance(v, dict) and v.get("suppressed"):
         return hidden
@@ -64,8 +74,7 @@ def rows_of(result: Result) -> tuple[list[str], list[list[Any]]]:
                 rows.append([*r["group"], "suppr.", "", "", ""])
                 continue
             for prob, v in c["quantiles"].items():
-                rows.append([*r["group"], c["n"], prob, *(["suppr.", ""] if v.get("suppressed")
-                                                          else [_fmt(v["value"]), f"{v['error_bound']:.2g}"])])
+                rows.append([*r["group"], c["n"], prob, *(["suppr.", ""] if v.get("suppressed") else _bin(v))])
         return header, rows
     if stat == "km":
         header = [*p["dims"], "curve", "day", "survival", "ci95 low", "ci95 high", "at risk"]

@@ -37,7 +37,7 @@ def build_report(client: Client, out: Path, spec_path: Path = DEFAULT_SPEC, prog
             q = Query.model_validate({**item["query"], "study_id": study})
             progress(f"  {study}: {item['title']}")
             r = client.query(q).result
-            if r.status == "refused" and r.reason.startswith(NO_DATA):
+            if r.status == "refused" and r.reason.startswith(NO_DATA) and not r.excluded:
                 sections.append("<p>No site has published data for this study yet.</p>")
                 break
             results.append(r)

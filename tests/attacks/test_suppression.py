@@ -135,8 +135,10 @@ def test_km_hides_small_risk_sets(federated: Settings) -> None:
     # site-a has one NR patient: its curve shows nothing beyond the start, and that start hides the count
     assert nr["per_site"]["site-a"]["points"][0]["at_risk"] == {"suppressed": True}
     assert len(nr["per_site"]["site-a"]["points"]) == 1
-    # ... and so does every other site's start, or combined minus the others would give site-a's one patient
-    assert isinstance(nr["combined"]["points"][0]["at_risk"], int)
+    # ... and so does every other site's start, and the combined one: combined minus the others (or all sites
+    # minus all but site-a, or site-a's own insider) would give site-a's one patient
+    assert nr["combined"]["points"][0]["at_risk"] == {"suppressed": True}
+    assert nr["combined"]["risk_table"][0]["at_risk"] == {"suppressed": True}
     assert all(c["points"][0]["at_risk"] == {"suppressed": True} for c in nr["per_site"].values())
     # at every released point, sites' numbers at risk are all shown or all hidden (no subtraction possible)
     for curve in r.payload["curves"]:
@@ -275,7 +277,8 @@ def test_a_model_on_a_category_of_one_patient_is_refused_by_the_site(fresh_audit
         leaked = run_local(q, fresh_audit, "mallory")
     assert leaked.status in ("released", "failed")  # fitted (or diverged) on the single patient
     refused = run_local(q, fresh_audit, "eve")
-    assert refused.status == "refused" and "arm = NR has fewer than 5 rows at one site" in refused.reason
+    assert refused.status == "refused" and "outcome x category cell here" in refused.reason
+    assert "possibly none" in refused.reason  # the same text for an empty cell as for a small one
 
 
 def test_a_site_below_its_minimum_rows_takes_no_part_only_with_the_site_guard_on(federated: Settings,

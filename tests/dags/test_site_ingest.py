@@ -88,5 +88,8 @@ def test_consortium_report_dag_builds_the_report(federated_settings_file: Path, 
     assert len(list((settings.report_dir / "latest").glob("*.csv"))) >= 7
     entries = [e for e in Client(fed.url, fed.token("auditor")).audit() if e["analyst"] == "consortium-report"]
     assert len(entries) >= 7 and all(e["outcome"] == "released" for e in entries[:7])
+    # the report keeps its per-site values: none of its queries is withheld because of another of its queries
+    # (the note that says so would be the first under its table)
+    assert "withheld" not in html
     # the registry's study without published data is named in the report, not left out
     assert "PONC-NB-02" in html and "No site has published data for this study yet." in html

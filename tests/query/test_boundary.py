@@ -59,19 +59,17 @@ def test_answers_over_real_data_are_sized_by_groups_and_grid_not_by_patients(fed
     n_patients = pooled(federated, "SELECT count(*) FROM patients WHERE site_id = 'site-b'")[0][0]
     requests = [sm.GroupCounts(dims=["arm"]), sm.ColumnMoments(column="os_days", dims=["sex"]),
                 sm.KmCounts(endpoint="efs", grid_days=30.4375, horizon_days=3652.5, dims=["arm"]),
-                sm.ValueBracket(column="age_at_diagnosis_years")]
+                sm.ValueCounts(column="age_at_diagnosis_years")]
     reply = answer_task(federated, "site-b", SiteTask(study_id=STUDY, thresholds=ConsortiumDisclosurePolicy(),
                                                       requests=requests))
-    counts, moments, km, bracket = reply.answers
+    counts, moments, km, values = reply.answers
     assert isinstance(counts, sm.Counts) and len(counts.cells) <= 5
     assert sum(c.n for c in counts.cells) == n_patients
     assert isinstance(moments, sm.Moments) and len(moments.cells) <= 3
     assert isinstance(km, sm.KmIntervals) and all(len(g.at_risk) == 120 for g in km.groups)
-    assert isinstance(bracket, sm.Brackets)
-    ages = [a for (a,) in pooled(federated, "SELECT age_at_diagnosis_years FROM patients WHERE site_id = 'site-b'")]
-    # the bracket bounds the search without being any patient's value
-    assert bracket.cells[0].low < min(ages) and bracket.cells[0].high > max(ages)
-    assert bracket.cells[0].low not in ages and bracket.cells[0].high not in ages
+    # quantiles start from a count only: no minimum, maximum or bracket of the values leaves the site
+    assert isinstance(values, sm.Counts) and [c.n for c in values.cells] == [n_patients]
+    assert set(sm.Cell.model_fields) == {"key", "n", "patients", "sketch"}
 
 
 def test_the_site_part_imports_without_the_central_part_or_the_service() -> None:

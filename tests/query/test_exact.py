@@ -134,25 +134,30 @@ def test_kaplan_meier_on_the_grid_equals_pooled(federated: Settings, ask: Callab
 def test_logistic_regression_equals_pooled_statsmodels(federated: Settings, ask: Callable[[Query], Result]) -> None:
     import statsmodels.api as sm
 
-    # sites where every category of the covariates has enough rows (the disclosure check refuses the others)
-    counts = pooled(federated, "SELECT site_id, histology_risk, count(*) FROM unit_patients GROUP BY ALL")
-    small = {site for site, _, n in counts if n < 5}
-    sites = sorted({site for site, _, _ in counts} - small)
-    assert len(sites) >= 3
     q = Query(study_id=STUDY, statistic="logistic", outcome=Filter(column="efs_event", op="==", value=True),
-              covariates=["histology_risk", "age_at_diagnosis_years", "enrollment_year"], sites=sites)
+              covariates=["risk_group", "age_at_diagnosis_years", "enrollment_year"])
     r = ask(q)
     assert r.status == "released", r.reason
-    in_sites = ", ".join(f"'{s}'" for s in sites)
-    rows = pooled(federated, f"""SELECT efs_event::int, histology_risk, age_at_diagnosis_years, enrollment_year
-                                  FROM unit_patients WHERE site_id IN ({in_sites})""")
+    # sites with an outcome x category cell of fewer than 5 patients take no part, and only those
+    cells = pooled(federated, "SELECT site_id, risk_group, efs_event, count(*) FROM unit_patients "
+                              "WHERE risk_group IS NOT NULL GROUP BY ALL")
+    by_site: dict[str, dict[tuple[str, bool], int]] = {}
+    for site, level, event, n in cells:
+        by_site.setdefault(site, {})[(level, event)] = n
+    small = {s for s, c in by_site.items() if any(c.get((lv, ev), 0) < 5 for lv in {x for x, _ in c}
+                                                    for ev in (True, False))}
+    assert set(r.excluded) == small and len(r.sites) >= 3
+    in_sites = ", ".join(f"'{s}'" for s in r.sites)
+    rows = pooled(federated, f"""SELECT efs_event::int, risk_group, age_at_diagnosis_years, enrollment_year
+                                  FROM unit_patients WHERE site_id IN ({in_sites}) AND risk_group IS NOT NULL""")
     y = np.array([a for a, *_ in rows], dtype=float)
-    x = np.column_stack([np.ones(len(y)), [1.0 if b == "UNFAVORABLE" else 0.0 for _, b, _, _ in rows],
+    x = np.column_stack([np.ones(len(y)), [1.0 if b == "LOW" else 0.0 for _, b, _, _ in rows],
+                         [1.0 if b == "STANDARD" else 0.0 for _, b, _, _ in rows],
                          [c for _, _, c, _ in rows], [d for *_, d in rows]]).astype(float)
     fit = sm.Logit(y, x).fit(disp=0, method="newton", tol=1e-12, maxiter=100)
     coef = r.payload["coefficients"]
-    assert [c["term"] for c in coef] == ["(intercept)", "histology_risk[UNFAVORABLE]", "age_at_diagnosis_years",
-                                         "enrollment_year"]
+    assert [c["term"] for c in coef] == ["(intercept)", "risk_group[LOW]", "risk_group[STANDARD]",
+                                         "age_at_diagnosis_years", "enrollment_year"]
     assert np.allclose([c["estimate"] for c in coef], fit.params, atol=1e-6, rtol=0)
     assert np.allclose([c["se"] for c in coef], fit.bse, atol=1e-6, rtol=0)
     assert r.payload["converged"] and r.payload["n"] == len(y)
@@ -160,12 +165,11 @@ def test_logistic_regression_equals_pooled_statsmodels(federated: Settings, ask:
     assert not math.isnan(r.payload["log_likelihood"])
 
 
-def test_logistic_refuses_rare_categories(federated: Settings, ask: Callable[[Query], Result]) -> None:
+def test_logistic_leaves_out_a_site_with_a_rare_category(federated: Settings, ask: Callable[[Query], Result]) -> None:
     q = Query(study_id=STUDY, statistic="logistic", outcome=Filter(column="efs_event", op="==", value=True),
               covariates=["arm"])  # site-a has a single NR patient
     r = ask(q)
-    assert r.status == "refused" and "arm = NR has fewer than 5 rows" in r.reason
-    assert r.suggestion
+    assert "site-a" not in r.sites and "outcome x category cell" in r.excluded["site-a"]
 
 
 def test_same_query_same_versions_same_result(federated: Settings, ask: Callable[[Query], Result]) -> None:
@@ -176,19 +180,23 @@ def test_same_query_same_versions_same_result(federated: Settings, ask: Callable
 
 
 def test_grouped_quantiles_within_the_stated_bound(federated: Settings, ask: Callable[[Query], Result]) -> None:
-    r = ask(Query(study_id=STUDY, statistic="quantiles", column="os_days", probs=[0.5], group_by=["sex"]))
+    r = ask(Query(study_id=STUDY, statistic="quantiles", column="os_days", probs=[0.5], group_by=["arm"]))
+    counts = ask(Query(study_id=STUDY, group_by=["arm"]))
+    hidden = {row["group"][0] for row in counts.payload["rows"] if isinstance(row["combined"], dict)}
     checked = 0
     for row in r.payload["rows"]:
         c = row["combined"]
+        # a group the count by the same groups hides is hidden here too (its n would give it away)
+        assert c.get("suppressed", False) == (row["group"][0] in hidden)
         if c.get("suppressed") or c["quantiles"]["0.5"].get("suppressed"):
             continue
         values = np.array([v for (v,) in pooled(
-            federated, f"SELECT os_days FROM patients WHERE sex = '{row['group'][0]}'")], dtype=float)
+            federated, f"SELECT os_days FROM patients WHERE arm = '{row['group'][0]}'")], dtype=float)
         q = c["quantiles"]["0.5"]
-        assert 0 <= q["value"] - np.quantile(values, 0.5, method="inverted_cdf") <= q["error_bound"] + 1e-9
+        lo, hi = q["bin"]
+        assert lo < np.quantile(values, 0.5, method="inverted_cdf") <= hi and q["error_bound"] == hi - lo
         checked += 1
     assert checked >= 2
-
 
 def test_cox_stratified_by_site_equals_pooled_statsmodels(federated: Settings, ask: Callable[[Query], Result]) -> None:
     from statsmodels.duration.hazard_regression import PHReg

@@ -56,7 +56,7 @@ def test_parameters_outside_what_sites_compute_are_refused_not_crashed(federated
 
     settings = federated.model_copy(update={"audit_log": tmp_path / "audit.jsonl"})
     r = run_local(Query(study_id=STUDY, statistic="km", grid_days=0.5), settings, "t")  # finer than a day
-    assert r.status == "refused" and "sites do not compute" in r.reason and r.audit_id is not None
+    assert r.status == "refused" and "not one the policy declares" in r.reason and r.audit_id is not None
     with pytest.raises(ValueError, match="at most 20"):  # and the query model itself bounds what it carries
         Query(study_id=STUDY, filters=[Filter(column="sex", op="!=", value=f"x{i}") for i in range(25)])
 

@@ -29,6 +29,11 @@ class ComplementarySuppressionGuard(Guard):
     """Hide further cells until no suppressed count can be derived from what is released (LP audit)."""
 
 
+class PatientUnitsGuard(Guard):
+    """In an event table a cell is small by its distinct patients, not its rows (five rows of one patient are
+    one person's values)."""
+
+
 class SiteInsiderGuard(Guard):
     """A combined count is hidden when the other sites' part of it is 1..k-1 for some site: that site knows
     its own contribution and would subtract it."""
@@ -72,11 +77,14 @@ def _lines(shape: tuple[int, int, int], released: np.ndarray) -> list[list[tuple
 
 
 def suppress(cells: np.ndarray, k_site: list[int], k_combined: int, *, col_margin: bool = True,
-             row_margin: bool = True, max_rounds: int = 50, time_limit_s: float = 20.0) -> Released:
+             row_margin: bool = True, max_rounds: int = 50, time_limit_s: float = 20.0,
+             units: np.ndarray | None = None) -> Released:
     """Primary and complementary suppression of a (sites, rows, cols) table of counts.
 
     `col_margin`/`row_margin` False when those totals are not part of the release (e.g. a count by one
     dimension has no column totals). Entries not released are kept out of the analyst's equations.
+    `units`, for event tables: the distinct patients of each cell (same shape as `cells`); a cell of many
+    rows but 1..k-1 patients is a primary cell too.
     """
     e = extend(cells)
     S1, R1, C1 = e.shape
@@ -87,6 +95,11 @@ def suppress(cells: np.ndarray, k_site: list[int], k_combined: int, *, col_margi
         part[:, R1 - 1, :] = False
     k = np.array(list(k_site) + [k_combined], dtype=float)[:, None, None] * np.ones(e.shape)
     primary = part & (e >= 1) & (e < k)
+    if units is not None and PatientUnitsGuard.enabled():  # patients per cell; combined: the sites' sum
+        u = np.zeros(e.shape)
+        u[:-1, :-1, :-1] = units
+        u[-1, :-1, :-1] = units.sum(axis=0)
+        primary[:, :-1, :-1] |= (part & (u >= 1) & (u < k))[:, :-1, :-1]
     n = S1 - 1  # the combined table's index, and the number of sites
     if SiteInsiderGuard.enabled() and n > 1:  # the combined table as each site's insider sees it
         rest = e[n][None, :, :] - e[:n]

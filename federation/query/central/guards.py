@@ -57,7 +57,7 @@ class SubsetGuard(CentralGuard):
         for site, (size,) in answers.items():
             assert isinstance(size, SubsetSize)
             ks = ctx.thresholds[site].min_cell
-            if small_subset(size.base, size.chosen, ks):
+            if small_subset(size.chosen, size.left, ks):
                 ctx.exclude(site, small_subset_reason(ks))
         if not ctx.sites:
             raise QueryRefused("no site can take part in this query: " + small_subset_reason(ctx.policy.disclosure

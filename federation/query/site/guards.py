@@ -3,10 +3,13 @@ by the site's configuration). They hold even if the query service were wrong or 
 
 from __future__ import annotations
 
+import numpy as np
+
 from federation.query.guard import Guard, QueryRefused
 from federation.query.site.summaries import (
     FootprintSizes,
     HistoryAtoms,
+    ModelLevels,
     ModelTerms,
     NotTakingPart,
     Request,
@@ -39,16 +42,17 @@ class SiteRowsGuard(SiteGuard):
             raise NotTakingPart(f"fewer than {k} rows in {request.table}: does not take part")
 
 
-def small_subset(base: int, chosen: int, k: int) -> bool:
-    """A filter that keeps fewer than k rows or leaves fewer than k out, *none included*: the answer for 0 and
-    for 1..k-1 must be the same, or refusals become an oracle (bisection on a threshold finds a patient)."""
-    return chosen < k or base - chosen < k
+def small_subset(chosen: int, left: int, k: int) -> bool:
+    """A filter that keeps fewer than k units or leaves fewer than k out, *none included*: the answer for 0
+    and for 1..k-1 must be the same, or refusals become an oracle (bisection on a threshold finds a patient).
+    Units are rows of `patients` and distinct patients of an event table."""
+    return chosen < k or left < k
 
 
 def small_subset_reason(k: int) -> str:
     """The one text for a site left out by a filter: it never says which side was small, nor how small."""
-    return (f"takes no part: the filter keeps fewer than {k} rows here, or leaves fewer than {k} out "
-            "(possibly none)")
+    return (f"takes no part: the filter keeps fewer than {k} rows (or patients) here, or leaves fewer than {k} "
+            "out (possibly none)")
 
 
 class SiteSubsetGuard(SiteGuard):
@@ -60,37 +64,40 @@ class SiteSubsetGuard(SiteGuard):
         if not request.filtered() or isinstance(request, SubsetCount | HistoryAtoms | FootprintSizes):
             return  # the subset size itself goes to the service's subset guard, which decides the same way
         k = ctx.thresholds.min_cell
-        if small_subset(ctx.base_rows(request.table), ctx.chosen_rows(request.table, request.filters,
-                                                                       request.exists), k):
+        if small_subset(*ctx.subset_units(request.table, request.filters, request.exists), k):
             raise NotTakingPart(small_subset_reason(k))
 
 
 class SiteModelGuard(SiteGuard):
-    """A model needs few parameters for its rows, and enough events, non-events and rows per category, here."""
+    """A model needs few parameters for its rows here; and every outcome x category cell at this site (events
+    and non-events overall and in each category of each categorical covariate) holds at least min_cell
+    patients, or the site takes no part (the same answer for an empty cell as for a small one)."""
 
     @classmethod
     def check(cls, request: Request, ctx: SiteContext) -> None:
-        if not isinstance(request, ModelTerms):
+        if not isinstance(request, ModelLevels | ModelTerms):
             return
         data = request.complete_cases(ctx)
         n = len(data[request.covariates[0]])
         k, ratio = ctx.thresholds.min_cell, ctx.thresholds.glm_max_param_ratio
-        n_params = request.n_parameters()
-        if n_params > ratio * n:
-            raise QueryRefused(f"the model has {n_params} parameters, more than {ratio} x the rows at one site",
+        if isinstance(request, ModelTerms) and request.n_parameters() > ratio * n:
+            raise QueryRefused(f"the model has more parameters than {ratio} x the rows at one site",
                                "use fewer covariates or coarser categories")
-        events = int(request.response(data).sum())
-        what = "outcome" if request.model == "logistic" else f"{request.endpoint.upper()} endpoint"
-        if 0 < events < k or 0 < n - events < k:
-            raise QueryRefused(f"the {what} has fewer than {k} events or non-events at one site",
-                               "choose a more common outcome")
-        for c, levels in request.levels.items():
-            values = [label(v) for v in data[c]]
-            for level in levels:
-                m = values.count(level)
-                if 0 < m < k:
-                    raise QueryRefused(f"category {c} = {level} has fewer than {k} rows at one site",
-                                       f"merge rare categories of {c} or leave it out")
+        y = request.response(data) > 0.5
+        if min(int(y.sum()), int((~y).sum())) < k:
+            raise NotTakingPart(MODEL_CELLS.format(k=k))
+        levels = request.levels if isinstance(request, ModelTerms) else {
+            c: sorted({label(v) for v in data[c]}, key=str) for c in request.categorical(ctx.study_id)}
+        for c, wanted in levels.items():
+            values = np.array([label(v) for v in data[c]], dtype=object)
+            for level in wanted:
+                here = values == level
+                if here.any() and min(int((here & y).sum()), int((here & ~y).sum())) < k:
+                    raise NotTakingPart(MODEL_CELLS.format(k=k))
+
+
+MODEL_CELLS = ("takes no part in this model: an outcome x category cell here (events or non-events, overall or "
+               "in one category) holds fewer than {k} patients (possibly none)")
 
 
 SITE_GUARDS: list[type[SiteGuard]] = [SiteRowsGuard, SiteSubsetGuard, SiteModelGuard]

@@ -20,7 +20,15 @@ from typing import Annotated, Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from federation.query.columns import GROUPABLE, NUMERIC, check_comparison, require, unit_columns
+from federation.query.columns import (
+    GROUPABLE,
+    NUMERIC,
+    CutPointGuard,
+    check_comparison,
+    check_km_grid,
+    require,
+    unit_columns,
+)
 from federation.query.guard import QueryRefused
 from federation.query.model import Exists, Filter
 from federation.query.policy import EffectiveThresholds, QueryPolicy
@@ -31,7 +39,7 @@ from federation.query.site.sql import group_select, ident, subset, where
 MISSING = "(missing)"
 Label = str | bool | int | None  # one category of a groupable column; None where the value is missing
 MAX_GRID_INTERVALS = 2000
-MAX_THRESHOLDS = 64
+MAX_THRESHOLDS = 512
 MAX_EARLIER = 2000
 MAX_PARAMETERS = 60
 
@@ -64,9 +72,11 @@ class Counts(Answer):
 
 
 class SubsetSize(Answer):
+    """Units (rows; distinct patients for event tables) the filters keep, and units they leave out."""
+
     kind: Literal["subset_size"] = "subset_size"
-    base: int
     chosen: int
+    left: int
 
 
 class AtomCell(Answer):
@@ -89,6 +99,7 @@ class Atoms(Answer):
 class MomentCell(Answer):
     key: list[Label]
     n: int
+    patients: int | None = None  # distinct patients behind the n values (event tables)
     mean: float
     m2: float  # sum of squared deviations from the mean
 
@@ -107,18 +118,6 @@ class HitCell(Answer):
 class Hits(Answer):
     kind: Literal["hits"] = "hits"
     cells: list[HitCell]
-
-
-class BracketCell(Answer):
-    key: list[Label]
-    n: int
-    low: float  # at or below every value, rounded outward to one significant digit (never a patient's value)
-    high: float
-
-
-class Brackets(Answer):
-    kind: Literal["brackets"] = "brackets"
-    cells: list[BracketCell]
 
 
 class AtOrBelow(Answer):
@@ -168,7 +167,7 @@ class Refusal(Answer):
     not_taking_part: bool = False  # too few rows at this site: it takes no part, the others may go on
 
 
-AnyAnswer = Annotated[Counts | SubsetSize | Atoms | SizeLists | Moments | Hits | Brackets | AtOrBelow | KmIntervals
+AnyAnswer = Annotated[Counts | SubsetSize | Atoms | SizeLists | Moments | Hits | AtOrBelow | KmIntervals
                       | ModelProfile | ModelSums | Refusal, Field(discriminator="kind")]
 ANSWER = TypeAdapter(AnyAnswer)
 
@@ -204,10 +203,16 @@ class SiteContext:
     def base_rows(self, table: str) -> int:
         return int(self.once(("rows", table), lambda: self.data.sql(f"SELECT count(*) FROM unit_{table}")[0][0]))
 
-    def chosen_rows(self, table: str, filters: list[Filter], exists: list[Exists]) -> int:
-        frm, params = subset(table, filters, exists)
-        return int(self.once(("chosen", frm, repr(params)), lambda: self.data.sql(f"SELECT count(*) {frm}",
-                                                                                   params)[0][0]))
+    def subset_units(self, table: str, filters: list[Filter], exists: list[Exists]) -> tuple[int, int]:
+        """Units the filters keep and leave out: rows of `patients`; distinct patients of an event table (the
+        rows of one patient are one person's values, however many there are)."""
+        params: list[Any] = []
+        cond = f"(({where(filters, exists, params)}) IS TRUE)"
+        unit = "*" if table == "patients" else "DISTINCT pid"
+        sql = (f"SELECT count({unit}) FILTER (WHERE {cond}), count({unit}) FILTER (WHERE NOT {cond}) "
+               f"FROM unit_{table}")
+        row = self.once(("units", sql, repr(params)), lambda: self.data.sql(sql, params + params)[0])
+        return int(row[0]), int(row[1])
 
 
 # ---- requests ------------------------------------------------------------------------------------------
@@ -267,13 +272,13 @@ class RowCount(Request):
 
 
 class SubsetCount(Request):
-    """Rows of the unit table, and rows the filters keep (the subset guard's inputs)."""
+    """Units the filters keep and leave out (the subset guard's inputs)."""
 
     kind: Literal["subset_count"] = "subset_count"
 
     def answer(self, ctx: SiteContext) -> Answer:
-        return SubsetSize(base=ctx.base_rows(self.table), chosen=ctx.chosen_rows(self.table, self.filters,
-                                                                                  self.exists))
+        chosen, left = ctx.subset_units(self.table, self.filters, self.exists)
+        return SubsetSize(chosen=chosen, left=left)
 
 
 SKETCH_WORDS = 8  # 8 x 64 = 512 bits
@@ -439,10 +444,11 @@ class ColumnMoments(Grouped):
         frm, params = self.frm()
         sel, grp = group_select(self.dims)
         col = ident(self.column)
-        rows = ctx.data.sql(f"SELECT {sel}count({col}), avg({col}), coalesce(var_pop({col}) * count({col}), 0) "
-                            f"{frm} AND {col} IS NOT NULL{grp}", params)
-        return Moments(cells=[MomentCell(key=[label(x) for x in r[:-3]], n=int(r[-3]), mean=float(r[-2] or 0.0),
-                                         m2=float(r[-1])) for r in rows])
+        patients = "count(DISTINCT pid)" if self.table != "patients" else "NULL"
+        rows = ctx.data.sql(f"SELECT {sel}{patients}, count({col}), avg({col}), "
+                            f"coalesce(var_pop({col}) * count({col}), 0) {frm} AND {col} IS NOT NULL{grp}", params)
+        return Moments(cells=[MomentCell(key=[label(x) for x in r[:-4]], patients=r[-4], n=int(r[-3]),
+                                         mean=float(r[-2] or 0.0), m2=float(r[-1])) for r in rows])
 
 
 class ValueHits(Grouped):
@@ -467,18 +473,10 @@ class ValueHits(Grouped):
         return Hits(cells=[HitCell(key=[label(x) for x in r[:-2]], hits=int(r[-2]), n=int(r[-1])) for r in rows])
 
 
-def _outward(x: float, up: bool) -> float:
-    """`x` rounded away from the data to one significant digit: brackets a search, reveals no value."""
-    if x == 0:
-        return 1.0 if up else -1.0
-    step = 10.0 ** math.floor(math.log10(abs(x)))
-    return (math.ceil(x / step) + 1) * step if up else (math.floor(x / step) - 1) * step
+class ValueCounts(Grouped):
+    """Per group: non-missing rows of a numeric column (quantiles; no minimum, maximum or bracket leaves)."""
 
-
-class ValueBracket(Grouped):
-    """Per group: non-missing rows of a numeric column and a coarse bracket of its values (quantiles)."""
-
-    kind: Literal["value_bracket"] = "value_bracket"
+    kind: Literal["value_counts"] = "value_counts"
     column: str
 
     def uses(self) -> list[tuple[str, str, set[str] | None, str]]:
@@ -488,11 +486,8 @@ class ValueBracket(Grouped):
         frm, params = self.frm()
         sel, grp = group_select(self.dims)
         col = ident(self.column)
-        rows = ctx.data.sql(f"SELECT {sel}count({col}), min({col}), max({col}) {frm} AND {col} IS NOT NULL{grp}",
-                            params)
-        return Brackets(cells=[BracketCell(key=[label(x) for x in r[:-3]], n=int(r[-3]),
-                                           low=_outward(float(r[-2]), up=False), high=_outward(float(r[-1]), up=True))
-                               for r in rows])
+        rows = ctx.data.sql(f"SELECT {sel}count({col}) {frm} AND {col} IS NOT NULL{grp}", params)
+        return Counts(cells=[Cell(key=[label(x) for x in r[:-1]], n=int(r[-1])) for r in rows])
 
 
 class CountAtOrBelow(Grouped):
@@ -510,6 +505,9 @@ class CountAtOrBelow(Grouped):
     def answer(self, ctx: SiteContext) -> Answer:
         if len(self.key) != len(self.dims):
             raise QueryRefused("a group key needs one value per group-by column")
+        grid = ctx.policy.cut_points.get(self.column)
+        if CutPointGuard.enabled() and (grid is None or not all(grid.on_grid(t) for t in self.thresholds)):
+            raise QueryRefused(f"quantiles of {self.column} are searched only at its declared cut points")
         frm, params = self.frm()
         col = ident(self.column)
         in_group = "".join(f" AND {ident(g)} IS NOT DISTINCT FROM ?" for g in self.dims)
@@ -534,6 +532,7 @@ class KmCounts(Grouped):
         return np.arange(0.0, self.horizon_days + self.grid_days, self.grid_days)
 
     def answer(self, ctx: SiteContext) -> Answer:
+        check_km_grid(ctx.policy, self.grid_days, self.horizon_days)
         grid = self.grid()
         frm, params = self.frm()
         time_col, event_col = f"{self.endpoint}_days", f"{self.endpoint}_event"
@@ -579,6 +578,12 @@ class Model(Request):
         out = super().compared()
         o = self.outcome
         return out + ([(self.table, o.column, o.op, o.value)] if o is not None else [])
+
+    def response(self, data: dict[str, Any]) -> np.ndarray:
+        if self.model == "cox":
+            return np.asarray(data[f"{self.endpoint}_event"], dtype=bool).astype(float)
+        assert self.outcome is not None
+        return outcome_indicator(self.outcome, data[self.outcome.column])
 
     def categorical(self, study_id: str) -> list[str]:
         types = unit_columns(study_id, self.table)
@@ -631,12 +636,6 @@ class ModelTerms(Model):
                 cols.append(np.asarray(data[c], dtype=float))
         return np.column_stack(cols) if cols else np.zeros((n, 0))
 
-    def response(self, data: dict[str, Any]) -> np.ndarray:
-        if self.model == "cox":
-            return np.asarray(data[f"{self.endpoint}_event"], dtype=bool).astype(float)
-        assert self.outcome is not None
-        return outcome_indicator(self.outcome, data[self.outcome.column])
-
     def answer(self, ctx: SiteContext) -> Answer:
         data = self.complete_cases(ctx)
         x, y = self.design(data), self.response(data)
@@ -680,7 +679,7 @@ def _cached_cases(key: tuple[str, str, str], load: Callable[[], dict[str, Any]])
 
 
 AnyRequest = Annotated[RowCount | SubsetCount | GroupCounts | HistoryAtoms | FootprintSizes | ColumnMoments | ValueHits
-                       | ValueBracket | CountAtOrBelow | KmCounts | ModelLevels | ModelTerms,
+                       | ValueCounts | CountAtOrBelow | KmCounts | ModelLevels | ModelTerms,
                        Field(discriminator="kind")]
 REQUEST = TypeAdapter(AnyRequest)
 

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from federation.query.central.disclosure import Released, suppress
-from federation.query.guard import QueryRefused
+from federation.query.guard import Guard, QueryRefused
 from federation.query.model import Query
 from federation.query.policy import QueryPolicy
-from federation.query.site.summaries import Answer, Request
+from federation.query.site.summaries import Answer, Counts, Request
 
 if TYPE_CHECKING:
     from federation.query.central.runner import Context
@@ -64,10 +64,31 @@ def cell(v: float) -> Any:
     return {"suppressed": True} if np.isnan(v) else int(v)
 
 
-def count_table(ctx: Context, per_site: dict[str, dict[Key, int]], keys: list[Key], *, totals: bool = True
-                ) -> Released:
+def count_table(ctx: Context, per_site: dict[str, dict[Key, int]], keys: list[Key], *, totals: bool = True,
+                patients: dict[str, dict[Key, int]] | None = None) -> Released:
     """Suppression of counts by group for every site and combined; `totals` when the result releases
-    the total over the groups too (a count does; the n behind means and quantiles does not)."""
+    the total over the groups too (a count does; the n behind means and quantiles does not); `patients`
+    per cell for event tables (a cell of 1..k-1 patients is hidden however many rows it has)."""
     sites = ctx.sites
     cells = np.array([[[per_site[s].get(key, 0)] for key in keys] for s in sites], dtype=float)
-    return suppress(cells, [ctx.thresholds[s].min_cell for s in sites], ctx.k, col_margin=False, row_margin=totals)
+    units = (np.array([[[patients[s].get(key, 0)] for key in keys] for s in sites], dtype=float)
+             if patients is not None else None)
+    return suppress(cells, [ctx.thresholds[s].min_cell for s in sites], ctx.k, col_margin=False, row_margin=totals,
+                    units=units)
+
+
+def shared_pattern(ctx: Context, answers: dict[str, Counts], keys: list[Key]) -> np.ndarray:
+    """Which (site or combined, group) cells the count of the same rows by the same groups hides: every
+    statistic that reveals its counts hides at least these, so that no statistic shows a count that the
+    count (with its totals) hid. Shape (sites + 1, groups); True = hidden."""
+    rows = {s: {tuple(c.key): c.n for c in a.cells} for s, a in answers.items()}
+    patients = ({s: {tuple(c.key): c.patients or 0 for c in a.cells} for s, a in answers.items()}
+                if ctx.query.table != "patients" else None)
+    rel = count_table(ctx, rows, keys, totals=True, patients=patients)
+    if not SharedSuppressionGuard.enabled():
+        return np.zeros((len(ctx.sites) + 1, len(keys)), dtype=bool)
+    return np.asarray(np.isnan(rel.values[:, :len(keys), 0]))
+
+
+class SharedSuppressionGuard(Guard):
+    """Statistics that reveal counts hide at least the cells the count of the same rows hides."""

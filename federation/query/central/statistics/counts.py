@@ -31,11 +31,12 @@ def check_filters(q: Query, policy: QueryPolicy) -> None:
             check_comparison(policy, q.study_id, e.table, f.column, f.op, f.value)
 
 
-def per_site_counts(answers: dict[str, list[Answer]]) -> dict[str, dict[Key, int]]:
+def per_site_counts(answers: dict[str, list[Answer]], patients: bool = False) -> dict[str, dict[Key, int]]:
+    """Rows (or, with `patients`, distinct patients) per group of each site's first `Counts` answer."""
     out = {}
     for site, (counts, *_) in answers.items():
         assert isinstance(counts, Counts)
-        out[site] = {tuple(c.key): c.n for c in counts.cells}
+        out[site] = {tuple(c.key): (c.patients or 0) if patients else c.n for c in counts.cells}
     return out
 
 
@@ -51,7 +52,8 @@ class Count(Statistic):
     def combine(self, ctx: Context, answers: dict[str, list[Answer]]) -> dict[str, Any]:
         per_site = per_site_counts(answers)
         keys = sorted_keys({key for c in per_site.values() for key in c}) or [()]
-        rel = count_table(ctx, per_site, keys)
+        events = ctx.query.table != "patients"
+        rel = count_table(ctx, per_site, keys, patients=per_site_counts(answers, patients=True) if events else None)
         names = ctx.sites
         S, R = len(names), len(keys)
         rows = [{"group": list(key), "combined": cell(rel.values[S, r, 0]),
@@ -81,7 +83,12 @@ class Crosstab(Count):
         names = ctx.sites
         cells = np.array([[[per_site[s].get((r[0], c[0]), 0) for c in col_keys] for r in row_keys] for s in names],
                          dtype=float)
-        rel = suppress(cells, [ctx.thresholds[s].min_cell for s in names], ctx.k)
+        units = None
+        if q.table != "patients":
+            pts = per_site_counts(answers, patients=True)
+            units = np.array([[[pts[s].get((r[0], c[0]), 0) for c in col_keys] for r in row_keys] for s in names],
+                             dtype=float)
+        rel = suppress(cells, [ctx.thresholds[s].min_cell for s in names], ctx.k, units=units)
 
         def matrix(i: int) -> list[list[Any]]:
             v = rel.values[i]

@@ -15,7 +15,8 @@ import numpy as np
 from federation.query.central.combine import km_from_counts, log_log_ci
 from federation.query.central.statistics.base import Statistic, sorted_keys
 from federation.query.central.statistics.counts import check_filters
-from federation.query.guard import QueryRefused
+from federation.query.columns import check_km_grid
+from federation.query.guard import Guard, QueryRefused
 from federation.query.model import Query
 from federation.query.policy import EffectiveThresholds, QueryPolicy
 from federation.query.site.summaries import Answer, KmCounts, KmIntervals, Request
@@ -33,6 +34,7 @@ class KaplanMeier(Statistic):
         check_filters(q, policy)
         if q.table != "patients":
             raise QueryRefused("survival models are computed on patients", "use --table patients")
+        check_km_grid(policy, q.grid_days, q.horizon_days)
 
     def requests(self, q: Query) -> list[Request]:
         return [KmCounts(table=q.table, filters=q.filters, exists=q.exists, dims=q.group_by, endpoint=q.endpoint,
@@ -56,12 +58,16 @@ class KaplanMeier(Statistic):
             parts = {s: per_site[s].get(key, zero) for s in names}
             at_risk = np.asarray(sum(p[0] for p in parts.values()))
             events = np.asarray(sum(p[1] for p in parts.values()))
-            combined = release_curve(at_risk, events, grid, k)
-            combined["risk_table"] = risk_table(at_risk, grid, k)
             common = common_points({s: (parts[s][0], parts[s][1]) for s in names}, ctx.thresholds)
-            # a site's number at risk at the start is shown only if every site's is (else: combined minus the rest)
+            # a number at risk (a site's, or the combined one) is shown only where every site's is 0 or at least
+            # its k: then neither a site insider, nor two site selections (all sites, all but one), nor the
+            # per-site curves with the combined one can leave 1..k-1 patients at risk
             risk_ok = {j for j in range(n_int)
                        if all(parts[s][0][j] >= ctx.thresholds[s].min_cell or parts[s][0][j] == 0 for s in names)}
+            if not SiteRiskGuard.enabled():
+                risk_ok = set(range(n_int))
+            combined = release_curve(at_risk, events, grid, k, risk_ok=risk_ok)
+            combined["risk_table"] = risk_table(at_risk, grid, k, risk_ok=risk_ok)
             site_curves = {s: release_curve(parts[s][0], parts[s][1], grid, ctx.thresholds[s].min_cell,
                                             only=common, risk_ok=risk_ok) for s in names}
             curves.append({"group": list(key), "combined": combined, "per_site": site_curves})
@@ -73,8 +79,14 @@ class KaplanMeier(Statistic):
                 "curves": curves}
 
 
-def risk_table(at_risk: np.ndarray, grid: np.ndarray, k: int, every_days: float = 365.25) -> list[dict[str, Any]]:
-    """Number at risk at each whole year (the start of the grid interval containing it); small numbers hidden."""
+class SiteRiskGuard(Guard):
+    """A number at risk is shown only where every site's number at risk is 0 or at least its k."""
+
+
+def risk_table(at_risk: np.ndarray, grid: np.ndarray, k: int, every_days: float = 365.25,
+               risk_ok: set[int] | None = None) -> list[dict[str, Any]]:
+    """Number at risk at each whole year (the start of the grid interval containing it); small numbers, and
+    numbers at times where some site's is 1..k-1 (`risk_ok`), hidden."""
     out: list[dict[str, Any]] = []
     year = 0
     while year * every_days <= grid[-1]:
@@ -82,7 +94,8 @@ def risk_table(at_risk: np.ndarray, grid: np.ndarray, k: int, every_days: float 
         if j >= len(at_risk):
             break
         n = int(at_risk[j])
-        out.append({"year": year, "at_risk": n if n >= k or n == 0 else {"suppressed": True}})
+        shown = (n >= k or n == 0) and (risk_ok is None or j in risk_ok)
+        out.append({"year": year, "at_risk": n if shown else {"suppressed": True}})
         year += 1
     return out
 

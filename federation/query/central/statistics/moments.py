@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from federation.query.central.combine import merge_moments
-from federation.query.central.statistics.base import Statistic, count_table, sorted_keys
+from federation.query.central.statistics.base import Statistic, count_table, shared_pattern, sorted_keys
 from federation.query.central.statistics.counts import check_filters
 from federation.query.columns import NUMERIC, require
 from federation.query.guard import QueryRefused
 from federation.query.model import Query
 from federation.query.policy import QueryPolicy
-from federation.query.site.summaries import Answer, ColumnMoments, Moments, Request
+from federation.query.site.summaries import Answer, ColumnMoments, Counts, GroupCounts, Moments, Request
 
 if TYPE_CHECKING:
     from federation.query.central.runner import Context
@@ -33,18 +33,25 @@ class MomentStatistic(Statistic):
 
     def requests(self, q: Query) -> list[Request]:
         assert q.column
-        return [ColumnMoments(table=q.table, filters=q.filters, exists=q.exists, dims=q.group_by, column=q.column)]
+        return [ColumnMoments(table=q.table, filters=q.filters, exists=q.exists, dims=q.group_by, column=q.column),
+                GroupCounts(table=q.table, filters=q.filters, exists=q.exists, dims=q.group_by)]
 
     def combine(self, ctx: Context, answers: dict[str, list[Answer]]) -> dict[str, Any]:
         q = ctx.query
         per_site: dict[str, dict[tuple[Any, ...], tuple[int, float, float]]] = {}
-        for site, (moments,) in answers.items():
-            assert isinstance(moments, Moments)
+        patients: dict[str, dict[tuple[Any, ...], int]] = {}
+        rows: dict[str, Counts] = {}
+        for site, (moments, group_rows) in answers.items():
+            assert isinstance(moments, Moments) and isinstance(group_rows, Counts)
             per_site[site] = {tuple(c.key): (c.n, c.mean, c.m2) for c in moments.cells}
-        keys = sorted_keys({key for c in per_site.values() for key in c}) or [()]
+            patients[site] = {tuple(c.key): c.patients or 0 for c in moments.cells}
+            rows[site] = group_rows
+        keys = sorted_keys({key for c in per_site.values() for key in c}
+                           | {tuple(c.key) for a in rows.values() for c in a.cells}) or [()]
         names = ctx.sites
         counts = {s: {key: per_site[s].get(key, EMPTY)[0] for key in keys} for s in names}
-        rel = count_table(ctx, counts, keys, totals=False)
+        rel = count_table(ctx, counts, keys, totals=False, patients=patients if q.table != "patients" else None)
+        hidden = np.isnan(rel.values[:, :len(keys), 0]) | shared_pattern(ctx, rows, keys)
         S = len(names)
 
         def describe(m: tuple[int, float, float], hidden: bool) -> dict[str, Any]:
@@ -57,11 +64,11 @@ class MomentStatistic(Statistic):
                 out["sum"] = mean * n
             return out
 
-        rows = []
+        out = []
         for r, key in enumerate(keys):
             merged = merge_moments(per_site[s].get(key, EMPTY) for s in names)
-            rows.append({"group": list(key), "combined": describe(merged, bool(np.isnan(rel.values[S, r, 0]))),
-                         "per_site": {s: describe(per_site[s].get(key, EMPTY), bool(np.isnan(rel.values[i, r, 0])))
-                                      for i, s in enumerate(names)}})
+            out.append({"group": list(key), "combined": describe(merged, bool(hidden[S, r])),
+                        "per_site": {s: describe(per_site[s].get(key, EMPTY), bool(hidden[i, r]))
+                                     for i, s in enumerate(names)}})
         ctx.result.notes.append("no minimum or maximum is released; means and variances are exact (Chan's merge)")
-        return {"statistic": q.statistic, "column": q.column, "dims": q.group_by, "rows": rows}
+        return {"statistic": q.statistic, "column": q.column, "dims": q.group_by, "rows": out}

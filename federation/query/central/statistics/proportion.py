@@ -8,13 +8,13 @@ import numpy as np
 
 from federation.query.central.combine import wilson
 from federation.query.central.disclosure import suppress
-from federation.query.central.statistics.base import Statistic, sorted_keys
+from federation.query.central.statistics.base import Statistic, shared_pattern, sorted_keys
 from federation.query.central.statistics.counts import check_filters
 from federation.query.columns import check_comparison, require
 from federation.query.guard import QueryRefused
 from federation.query.model import Query
 from federation.query.policy import QueryPolicy
-from federation.query.site.summaries import Answer, Hits, Request, ValueHits
+from federation.query.site.summaries import Answer, Counts, GroupCounts, Hits, Request, ValueHits
 
 if TYPE_CHECKING:
     from federation.query.central.runner import Context
@@ -35,15 +35,19 @@ class Proportion(Statistic):
     def requests(self, q: Query) -> list[Request]:
         assert q.column
         return [ValueHits(table=q.table, filters=q.filters, exists=q.exists, dims=q.group_by, column=q.column,
-                          value=q.value)]
+                          value=q.value),
+                GroupCounts(table=q.table, filters=q.filters, exists=q.exists, dims=q.group_by)]
 
     def combine(self, ctx: Context, answers: dict[str, list[Answer]]) -> dict[str, Any]:
         q = ctx.query
         per_site: dict[str, dict[tuple[Any, ...], tuple[int, int]]] = {}
-        for site, (hits,) in answers.items():
-            assert isinstance(hits, Hits)
+        group_rows: dict[str, Counts] = {}
+        for site, (hits, counts) in answers.items():
+            assert isinstance(hits, Hits) and isinstance(counts, Counts)
             per_site[site] = {tuple(c.key): (c.hits, c.n) for c in hits.cells}
+            group_rows[site] = counts
         group_keys = sorted_keys({key for c in per_site.values() for key in c}) or [()]
+        shared = shared_pattern(ctx, group_rows, group_keys)
         names = ctx.sites
         pairs = [[per_site[s].get(g, (0, 0)) for g in group_keys] for s in names]
         cells = np.array([[[hits, n - hits] for hits, n in row] for row in pairs], dtype=float)
@@ -52,7 +56,7 @@ class Proportion(Statistic):
 
         def share(i: int, r: int) -> dict[str, Any]:
             x, n = rel.values[i, r, 0], rel.values[i, r, 2]
-            if np.isnan(x) or np.isnan(n):
+            if np.isnan(x) or np.isnan(n) or shared[i, r]:
                 return {"suppressed": True}
             lo, hi = wilson(int(x), int(n))
             return {"x": int(x), "n": int(n), "proportion": x / n if n else None, "ci95": [lo, hi]}

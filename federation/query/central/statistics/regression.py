@@ -29,6 +29,9 @@ class Regression(Statistic):
     ratio_name: ClassVar[str]
 
     def check(self, q: Query, policy: QueryPolicy) -> None:
+        if q.table != "patients":
+            raise QueryRefused("models are fitted on patients (one row each): an event table repeats patients",
+                               "use --table patients, with an --exists filter on the events you need")
         check_filters(q, policy)
         for c in q.covariates:
             require(policy, q.study_id, q.table, c, "a covariate")

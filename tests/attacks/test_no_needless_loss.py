@@ -1,0 +1,40 @@
+"""No needless loss (issue 8, item 12): the analyst guide's examples, asked in order on one service, keep
+their per-site values; the differencing guard acts only on real differences, and then says which earlier
+result it matched."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from federation.query import Filter, Query, run_local
+from federation.settings import Settings
+from tests.federated import STUDY
+
+GUIDE = [  # docs/analyst.md, in order
+    Query(study_id=STUDY, group_by=["arm"]),
+    Query(study_id=STUDY, statistic="crosstab", group_by=["stage", "histology_risk"]),
+    Query(study_id=STUDY, statistic="mean", column="age_at_diagnosis_years", group_by=["sex"]),
+    Query(study_id=STUDY, statistic="quantiles", column="age_at_diagnosis_years", probs=[0.25, 0.5]),
+    Query(study_id=STUDY, statistic="proportion", column="efs_event", value=True, group_by=["arm"]),
+    Query(study_id=STUDY, statistic="km", endpoint="efs", group_by=["arm"]),
+    Query(study_id=STUDY, group_by=["arm"], exists=[{"table": "adverse_events",  # type: ignore[list-item]
+                                                     "where": [{"column": "grade", "op": ">=", "value": 3}]}]),
+    Query(study_id=STUDY, statistic="logistic", outcome=Filter(column="efs_event", op="==", value=True),
+          covariates=["histology_risk", "age_at_diagnosis_years"]),
+    Query(study_id=STUDY, statistic="cox", endpoint="efs", covariates=["age_at_diagnosis_years"]),
+]
+
+
+def withheld(r: Any) -> int:
+    return sum(1 for n in r.notes if "per-site values are withheld" in n)
+
+
+def test_the_analyst_guide_in_order_keeps_its_per_site_values(fresh_audit: Settings) -> None:
+    results = [run_local(q, fresh_audit, "ana") for q in GUIDE]
+    assert [r.status for r in results] == ["released"] * len(GUIDE), [r.reason for r in results]
+    assert [withheld(r) for r in results] == [0] * len(GUIDE)
+    # and twice over (another analyst repeating the guide): nothing new is released, nothing is withheld
+    again = [run_local(q, fresh_audit, "bob") for q in GUIDE]
+    assert [withheld(r) for r in again] == [0] * len(GUIDE) and all(r.status == "released" for r in again)
+    exists = results[6]
+    assert any(isinstance(v, int) for row in exists.payload["rows"] for v in row["per_site"].values())

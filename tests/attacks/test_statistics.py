@@ -1,0 +1,117 @@
+"""Channels through the statistics themselves (issue 8, items 6 to 10): the same cells hidden in every
+statistic, Kaplan-Meier grids, regression cells, quantile bounds and event tables. Each attack first
+succeeds with its guard switched off."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from federation.query import Filter, Query, run_local
+from federation.query.guard import switched_off
+from federation.settings import Settings
+from tests.federated import STUDY, pooled
+
+
+def elsewhere(settings: Settings, name: str) -> Settings:
+    return settings.model_copy(update={"audit_log": settings.audit_log.with_name(f"{name}.jsonl")})
+
+
+def test_a_mean_does_not_show_the_n_that_the_count_hid(fresh_audit: Settings) -> None:
+    count = run_local(Query(study_id=STUDY, group_by=["arm"]), fresh_audit, "mallory")
+    cells = {r["group"][0]: r["per_site"]["site-a"] for r in count.payload["rows"]}
+    assert cells["NR"] == {"suppressed": True}
+    partner = next(arm for arm, v in cells.items() if arm != "NR" and v == {"suppressed": True})  # complementary
+    total_a = count.payload["total"]["per_site"]["site-a"]
+    mean = Query(study_id=STUDY, group_by=["arm"], statistic="mean", column="os_days")
+
+    def recovered(r: Any) -> int | None:
+        ns = {row["group"][0]: row["per_site"]["site-a"].get("n") for row in r.payload["rows"]}
+        if ns.get(partner) is None:
+            return None
+        return total_a - sum(n or 0 for arm, n in ns.items() if arm != "NR")
+
+    with switched_off("shared_suppression"):
+        assert recovered(run_local(mean, elsewhere(fresh_audit, "unguarded"), "mallory")) == 1  # NR's one patient
+    safe = run_local(mean, fresh_audit, "mallory")
+    assert safe.status == "released" and recovered(safe) is None
+
+
+def test_an_event_table_cell_of_one_or_two_patients_is_hidden_however_many_rows(fresh_audit: Settings) -> None:
+    root = f"{fresh_audit.storage.root}/harmonized/site-f/{STUDY}/data/*"
+    (rows, patients), = pooled(fresh_audit, f"""SELECT count(*), count(DISTINCT t.pid)
+                                 FROM read_parquet('{root}/treatments.parquet') t
+                                 JOIN read_parquet('{root}/diagnoses.parquet') d USING (pid) WHERE d.stage = 'V'""")
+    assert rows >= 5 and 0 < patients < 5
+    q = Query(study_id=STUDY, table="treatments", sites=["site-f"], statistic="mean", column="dose",
+              group_by=["stage"])
+    with switched_off("patient_units"):
+        leaked = run_local(q, elsewhere(fresh_audit, "unguarded"), "mallory")
+    v = next(r for r in leaked.payload["rows"] if r["group"] == ["V"])["combined"]
+    assert v["n"] >= 5 and "variance" in v  # a mean and a variance of one or two patients' doses
+    safe = run_local(q, fresh_audit, "mallory")
+    assert next(r for r in safe.payload["rows"] if r["group"] == ["V"])["combined"] == {"suppressed": True}
+    count = run_local(Query(study_id=STUDY, table="treatments", sites=["site-f"], group_by=["stage"]), fresh_audit,
+                      "mallory")
+    assert next(r for r in count.payload["rows"] if r["group"] == ["V"])["combined"] == {"suppressed": True}
+
+
+def test_a_kaplan_meier_grid_is_the_policys_not_the_analysts(fresh_audit: Settings) -> None:
+    daily = Query(study_id=STUDY, statistic="km", endpoint="os", grid_days=1.0, horizon_days=400.0)
+    with switched_off("km_grid"):
+        leaked = run_local(daily, elsewhere(fresh_audit, "unguarded"), "mallory")
+    assert leaked.status == "released"
+    days = {p["day"] for p in leaked.payload["curves"][0]["combined"]["points"]}
+    assert any(d % 30.4375 for d in days)  # points on single days: events and censorings day by day
+    refused = run_local(daily, fresh_audit, "mallory")
+    assert refused.status == "refused" and "not one the policy declares" in refused.reason
+    assert "30.4375" in refused.suggestion
+
+
+def _one_level(settings: Settings) -> tuple[str, str, int, int]:
+    """A site and risk group with 1..4 deaths among at least 5 patients there."""
+    rows = pooled(settings, "SELECT site_id, risk_group, count(*), count(*) FILTER (WHERE os_event) "
+                            "FROM unit_patients WHERE risk_group IS NOT NULL GROUP BY ALL ORDER BY ALL")
+    site, level, n, deaths = next(r for r in rows if r[2] >= 5 and 0 < r[3] < 5)
+    return site, level, n, deaths
+
+
+def test_a_regression_does_not_invert_to_a_small_outcome_cell(fresh_audit: Settings) -> None:
+    site, level, n, deaths = _one_level(fresh_audit)
+    q = Query(study_id=STUDY, sites=[site], statistic="logistic", outcome=Filter(column="os_event", op="==",
+                                                                                  value=True),
+              covariates=["risk_group"])
+    with switched_off("site_model"):
+        leaked = run_local(q, elsewhere(fresh_audit, "unguarded"), "mallory")
+    assert leaked.status == "released", leaked.reason
+    coef = {c["term"]: c["estimate"] for c in leaked.payload["coefficients"]}
+    logit = coef["(intercept)"] + coef.get(f"risk_group[{level}]", 0.0)
+    assert round(n / (1 + math.exp(-logit))) == deaths  # the estimate gives "deaths among n" exactly
+    refused = run_local(q, fresh_audit, "mallory")
+    assert refused.status == "refused" and "outcome x category cell" in refused.reason
+
+
+def test_quantile_bounds_come_from_the_policy_not_the_data(fresh_audit: Settings) -> None:
+    from federation.query.policy import ConsortiumDisclosurePolicy
+    from federation.query.site import summaries as sm
+    from federation.query.site.partial import SiteTask, answer_task
+
+    ages = [v for (v,) in pooled(fresh_audit, "SELECT age_at_diagnosis_years FROM patients")]
+    for where in ([], [Filter(column="sex", op="==", value="F")]):
+        r = run_local(Query(study_id=STUDY, statistic="quantiles", column="age_at_diagnosis_years",
+                            probs=[0.25, 0.5, 0.75], filters=where), fresh_audit, "mallory")
+        for q in r.payload["rows"][0]["combined"]["quantiles"].values():
+            lo, hi = q["bin"]
+            assert q["error_bound"] == pytest.approx(0.5) and (lo * 2).is_integer() and (hi * 2).is_integer()
+        assert str(min(ages)) not in str(r.payload) and str(max(ages)) not in str(r.payload)
+    # the search a site answers is on declared cut points only: a bisection grid would find the minimum
+    probe = sm.CountAtOrBelow(column="age_at_diagnosis_years", thresholds=[min(ages) - 1e-9, min(ages)])
+    task = SiteTask(study_id=STUDY, thresholds=ConsortiumDisclosurePolicy(), requests=[probe])
+    site = pooled(fresh_audit, f"SELECT site_id FROM patients WHERE age_at_diagnosis_years = {min(ages)}")[0][0]
+    with switched_off("cut_point"):
+        (counts,) = answer_task(fresh_audit, site, task).answers
+    assert isinstance(counts, sm.AtOrBelow) and counts.counts[1] - counts.counts[0] >= 1
+    (refused,) = answer_task(fresh_audit, site, task).answers
+    assert isinstance(refused, sm.Refusal) and "declared cut points" in refused.reason
