@@ -154,7 +154,7 @@ def main() -> int:
     first = run_local(new_queries[0], settings, "bench")
     first_s = time.perf_counter() - t0
     print(f"indexing the audit log: {index_s:.1f} s; first query (sizes every distinct footprint at the sites): "
-          f"{first_s:.1f} s ({first.status})", flush=True)
+          f"{first_s:.1f} s ({first.status} {first.reason})", flush=True)
 
     def run(settings_: Settings, label: str) -> tuple[list[float], list[float], list[str], list[dict[str, int]]]:
         guard_times.clear()

@@ -137,7 +137,7 @@ def _build_parser() -> argparse.ArgumentParser:
             "  federation query --study PONC-WT-01 --stat km --endpoint efs --by arm --plot efs.png\n"
             "  federation query --study PONC-WT-01 --by arm --exists 'adverse_events: grade >= 3'\n"
             "  federation query --study PONC-WT-01 --stat logistic --outcome 'efs_event == true' \\\n"
-            "      --covariate histology_risk --covariate age_at_diagnosis_years"),
+            "      --covariate age_at_diagnosis_years --covariate enrollment_year"),
     )
     qp.add_argument("--study", required=True, help="study id")
     qp.add_argument("--table", default="patients", choices=["patients", "adverse_events", "treatments"],

@@ -167,3 +167,25 @@ def test_a_site_insider_cannot_subtract_its_own_cell_from_a_combined_one() -> No
     # and the hidden combined cell cannot be derived from the totals either
     lo, hi = dc.range_of(safe, cells.shape, (2, 0, 0))
     assert hi - lo >= 5
+
+
+def test_per_site_triples_and_a_subset_asked_last_are_checked(fresh_audit: Settings) -> None:
+    # red-team review: everyone, age >= 4 and age < 3.5 give the bin [3.5, 4) at one site from per-site
+    # values (the combined bin is large), and in any order
+    site_a = pooled(fresh_audit, f"SELECT count(*) FROM patients WHERE site_id = 'site-a' AND {AGE} >= 3.5 "
+                                 f"AND {AGE} < 4")[0][0]
+    assert 0 < site_a < 5
+    queries = [Query(study_id=STUDY), Query(study_id=STUDY, filters=[Filter(column=AGE, op=">=", value=4.0)]),
+               Query(study_id=STUDY, filters=[Filter(column=AGE, op="<", value=3.5)])]
+
+    def derived(rs: list[Any]) -> Any:
+        values = [r.payload["total"]["per_site"]["site-a"] for r in rs]
+        return values[0] - values[1] - values[2] if all(isinstance(v, int) for v in values) else None
+
+    with switched_off("differencing"):
+        assert derived([run_local(q, elsewhere(fresh_audit, "unguarded"), "mallory") for q in queries]) == site_a
+    assert derived([run_local(q, fresh_audit, "mallory") for q in queries]) is None
+    # the subset asked last, at one site (so combined = that site): a - b - q
+    one = [q.model_copy(update={"sites": ["site-a"]}) for q in queries]
+    results = [run_local(q, elsewhere(fresh_audit, "one-site"), "mallory") for q in one]
+    assert [r.status for r in results[:2]] == ["released", "released"] and results[2].status == "refused"

@@ -1,6 +1,10 @@
 """No needless loss (issue 8, item 12): the analyst guide's examples, asked in order on one service, keep
 their per-site values; the differencing guard acts only on real differences, and then says which earlier
-result it matched."""
+result it matched.
+
+(A logistic model on a categorical covariate that leaves a single site taking part releases that site's
+complete-case n, which with a per-site count by sex gives its few patients of unknown sex: the guard
+refuses it, rightly; the guide's model example uses numeric covariates.)"""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ GUIDE = [  # docs/analyst.md, in order
     Query(study_id=STUDY, group_by=["arm"], exists=[{"table": "adverse_events",  # type: ignore[list-item]
                                                      "where": [{"column": "grade", "op": ">=", "value": 3}]}]),
     Query(study_id=STUDY, statistic="logistic", outcome=Filter(column="efs_event", op="==", value=True),
-          covariates=["histology_risk", "age_at_diagnosis_years"]),
+          covariates=["age_at_diagnosis_years", "enrollment_year"]),
     Query(study_id=STUDY, statistic="cox", endpoint="efs", covariates=["age_at_diagnosis_years"]),
 ]
 
@@ -31,7 +35,7 @@ def withheld(r: Any) -> int:
 
 def test_the_analyst_guide_in_order_keeps_its_per_site_values(fresh_audit: Settings) -> None:
     results = [run_local(q, fresh_audit, "ana") for q in GUIDE]
-    assert [r.status for r in results] == ["released"] * len(GUIDE), [r.reason for r in results]
+    assert [r.status for r in results] == ["released"] * len(GUIDE), [r.reason for r in results if r.reason]
     assert [withheld(r) for r in results] == [0] * len(GUIDE)
     # and twice over (another analyst repeating the guide): nothing new is released, nothing is withheld
     again = [run_local(q, fresh_audit, "bob") for q in GUIDE]

@@ -115,3 +115,27 @@ def test_quantile_bounds_come_from_the_policy_not_the_data(fresh_audit: Settings
     assert isinstance(counts, sm.AtOrBelow) and counts.counts[1] - counts.counts[0] >= 1
     (refused,) = answer_task(fresh_audit, site, task).answers
     assert isinstance(refused, sm.Refusal) and "declared cut points" in refused.reason
+
+
+def test_a_proportion_does_not_show_the_count_a_count_hid(fresh_audit: Settings) -> None:
+    # red-team review: count by arm hides site-a's NR cell (1) and its partners; proportions of two arms
+    # without a group-by showed the partners' counts, and the total gave NR
+    count = run_local(Query(study_id=STUDY, group_by=["arm"]), fresh_audit, "mallory")
+    cells = {r["group"][0]: r["per_site"]["site-a"] for r in count.payload["rows"]}
+    hidden = [arm for arm, v in cells.items() if arm != "NR" and isinstance(v, dict)]
+    shown = sum(v for v in cells.values() if isinstance(v, int))
+    total = count.payload["total"]["per_site"]["site-a"]
+
+    def recovered(settings: Settings) -> int | None:
+        xs = []
+        for arm in hidden:
+            r = run_local(Query(study_id=STUDY, statistic="proportion", column="arm", value=arm), settings, "eve")
+            x = r.payload["rows"][0]["per_site"]["site-a"]
+            if not isinstance(x, dict) or "x" not in x:
+                return None
+            xs.append(x["x"])
+        return total - shown - sum(xs)
+
+    with switched_off("shared_suppression"):
+        assert recovered(elsewhere(fresh_audit, "unguarded")) == 1
+    assert recovered(fresh_audit) is None

@@ -100,46 +100,57 @@ def _bits_inside(q: np.ndarray, e: np.ndarray, sign: int) -> np.ndarray:
     return np.asarray(_site_bits_inside(q, e, sign).all(axis=0))
 
 
+PATTERNS = ("q+a-b", "a+b-q", "q-a-b", "a-b-q")
+
+
 def triple_near(new: Sizes, family: CellTable, sites: list[str], k: int) -> set[int]:
-    """Footprints of the same family with cells a, b whose totals could make `q + a - b`, `a + b - q` or
-    `q - a - b` a set of 1..k-1 rows for a new cell q (sizes only; a and b inside q for the last)."""
+    """Footprints of the same family with cells a, b whose sizes could make `q + a - b`, `a + b - q`,
+    `q - a - b` or `a - b - q` a set of 1..k-1 rows for a new cell q: over all sites (combined cells) and
+    at each site alone (per-site cells); sizes and sketches only."""
     if not len(family.owners):
         return set()
     mine = CellTable.build([(0, new)], sites)
-    totals = family.n.sum(axis=0)
-    shown = totals >= k
     found: set[int] = set()
-    for q in range(len(mine.owners)):
-        t = int(mine.n[:, q].sum())
-        if t < k:
-            continue
-        inside_q = shown & (family.n <= mine.n[:, q:q + 1]).all(axis=0) & _bits_inside(
-            mine.sketch[:, q:q + 1, :], family.sketch, -1)
-        for pattern in ("q+a-b", "a+b-q", "q-a-b"):
-            pool = inside_q if pattern == "q-a-b" else shown
-            idx = np.nonzero(pool)[0]
-            if not len(idx):
+    views = [slice(None)] + [slice(s, s + 1) for s in range(len(sites))]
+    for view in views:
+        n, sk = family.n[view], family.sketch[view]
+        totals = n.sum(axis=0)
+        shown = totals >= k
+        for q in range(len(mine.owners)):
+            qn, qs = mine.n[view, q:q + 1], mine.sketch[view, q:q + 1, :]
+            t = int(qn.sum())
+            if t < k:
                 continue
-            order = idx[np.argsort(totals[idx], kind="stable")]
-            sizes = totals[order]
-            na = totals[idx]
-            lo, hi = {"q+a-b": (t + na - (k - 1), t + na - 1), "a+b-q": (t - na + 1, t - na + (k - 1)),
-                      "q-a-b": (t - na - (k - 1), t - na - 1)}[pattern]
-            first = np.searchsorted(sizes, lo, side="left")
-            last = np.searchsorted(sizes, hi, side="right")
-            counts = last - first
-            if not counts.any():
-                continue
-            # every (a, b) pair inside a window, then the same test at every site: the derived set has
-            # 0..k-1 rows at each site (its sites' parts add up to the total)
-            a_cells = np.repeat(idx, counts)
-            starts = np.repeat(first - np.cumsum(counts) + counts, counts)
-            b_cells = order[np.arange(counts.sum()) + starts]
-            na_s, nb_s, nq_s = family.n[:, a_cells], family.n[:, b_cells], mine.n[:, q:q + 1]
-            v = {"q+a-b": nq_s + na_s - nb_s, "a+b-q": na_s + nb_s - nq_s, "q-a-b": nq_s - na_s - nb_s}[pattern]
-            ok = (a_cells != b_cells) & ((v >= 0) & (v <= k - 1)).all(axis=0)
-            ok &= (v.sum(axis=0) >= 1) & (v.sum(axis=0) <= k - 1)
-            found.update(int(x) for x in np.unique(family.owners[np.concatenate([a_cells[ok], b_cells[ok]])]))
+            inside_q = shown & (n <= qn).all(axis=0) & _bits_inside(qs, sk, -1)
+            holds_q = shown & (n >= qn).all(axis=0) & _bits_inside(qs, sk, 1)
+            for pattern in PATTERNS:
+                pool = {"q-a-b": inside_q, "a-b-q": holds_q}.get(pattern, shown)
+                idx = np.nonzero(pool)[0]
+                if not len(idx):
+                    continue
+                others = np.nonzero(inside_q if pattern == "q-a-b" else shown)[0]
+                order = others[np.argsort(totals[others], kind="stable")]
+                sizes = totals[order]
+                na = totals[idx]
+                lo, hi = {"q+a-b": (t + na - (k - 1), t + na - 1), "a+b-q": (t - na + 1, t - na + (k - 1)),
+                          "q-a-b": (t - na - (k - 1), t - na - 1), "a-b-q": (na - t - (k - 1), na - t - 1)
+                          }[pattern]
+                first = np.searchsorted(sizes, lo, side="left")
+                last = np.searchsorted(sizes, hi, side="right")
+                counts = last - first
+                if not counts.any():
+                    continue
+                # every (a, b) pair inside a window, then the same test at every site of the view: the
+                # derived set has 0..k-1 rows at each site (its sites' parts add up to the total)
+                a_cells = np.repeat(idx, counts)
+                starts = np.repeat(first - np.cumsum(counts) + counts, counts)
+                b_cells = order[np.arange(counts.sum()) + starts]
+                na_s, nb_s = n[:, a_cells], n[:, b_cells]
+                v = {"q+a-b": qn + na_s - nb_s, "a+b-q": na_s + nb_s - qn, "q-a-b": qn - na_s - nb_s,
+                     "a-b-q": na_s - nb_s - qn}[pattern]
+                ok = (a_cells != b_cells) & ((v >= 0) & (v <= k - 1)).all(axis=0)
+                ok &= (v.sum(axis=0) >= 1) & (v.sum(axis=0) <= k - 1)
+                found.update(int(x) for x in np.unique(family.owners[np.concatenate([a_cells[ok], b_cells[ok]])]))
     return found
 
 

@@ -11,7 +11,8 @@ A new result isolates a few patients when, with what was released before, it yie
 small non-empty set:
 - **pairs**: one cell nested in another with fewer than k rows between them (`e - q` or `q - e`),
   also as seen by a **site insider** who removes their own site's rows from the difference;
-- **triples**: `q + a - b`, `a + b - q` or `q - a - b` equal to a 0/1 vector of 1..k-1 rows (e.g.
+- **triples**: `q + a - b`, `a + b - q`, `q - a - b` or `a - b - q` equal to a 0/1 vector of 1..k-1 rows,
+  per site as well as combined (e.g.
   `age < 2`, `age >= 1.5` and everyone give the bin [1.5, 2)); found by a size window on sorted totals,
   then checked exactly.
 """
@@ -73,29 +74,32 @@ def pair_leaks(new: Vectors, pool: Vectors, w: np.ndarray, site_of: np.ndarray, 
 
 
 def triple_leaks(new: Vectors, pool: Vectors, w: np.ndarray, k: int, budget: int = 2_000_000) -> list[Leak]:
-    """`q + a - b`, `a + b - q`, `q - a - b` that are 0/1 vectors of 1..k-1 rows (combined cells only)."""
-    keep = [i for i, p in enumerate(pool.per_site) if not p]
-    if not keep or new.matrix.shape[0] == 0:
+    """`q + a - b`, `a + b - q`, `q - a - b` and `a - b - q` that are 0/1 vectors of 1..k-1 rows, for every
+    new cell q and earlier cells a, b (combined and per-site cells alike)."""
+    if not pool.matrix.shape[0] or not new.matrix.shape[0]:
         return []
-    P = pool.matrix[keep].astype(bool).tocsr()
+    P = pool.matrix.astype(bool).tocsr()
     sizes = np.asarray(P.astype(np.float64) @ w).ravel()
     order = np.argsort(sizes, kind="stable")
     sorted_sizes = sizes[order]
     dense = P.toarray()  # pool x atoms, bool
     out: list[Leak] = []
     checked = 0
-    for j in (j for j, p in enumerate(new.per_site) if not p):
+    for j in range(new.matrix.shape[0]):
         q = new.matrix[j].toarray().ravel().astype(bool)
         nq = float(w[q].sum())
         inter_q = dense[:, q] @ w[q]  # |a n q| for every a
-        for pattern in ("q+a-b", "a+b-q", "q-a-b"):
-            for a in range(len(keep)):
+        for pattern in ("q+a-b", "a+b-q", "q-a-b", "a-b-q"):
+            for a in range(len(sizes)):
                 na = sizes[a]
                 if pattern == "q-a-b" and abs(inter_q[a] - na) > 0.5:
                     continue  # a must lie inside q
-                target = {"q+a-b": nq + na, "a+b-q": nq - na, "q-a-b": nq - na}[pattern]
-                # the derived set has 1..k-1 rows: |b| = target - size (q+a-b, q-a-b) or size - ... (a+b-q)
-                lo, hi = (target - k + 1, target - 1) if pattern != "a+b-q" else (target + 1, target + k - 1)
+                if pattern == "a-b-q" and abs(inter_q[a] - nq) > 0.5:
+                    continue  # q must lie inside a
+                # the derived set has 1..k-1 rows: a window on |b|
+                lo, hi = {"q+a-b": (nq + na - k + 1, nq + na - 1), "a+b-q": (nq - na + 1, nq - na + k - 1),
+                          "q-a-b": (nq - na - k + 1, nq - na - 1), "a-b-q": (na - nq - k + 1, na - nq - 1)
+                          }[pattern]
                 first, last = np.searchsorted(sorted_sizes, [lo - 0.5, hi + 0.5])
                 for b in order[first:last]:
                     if b == a:
@@ -103,19 +107,14 @@ def triple_leaks(new: Vectors, pool: Vectors, w: np.ndarray, k: int, budget: int
                     checked += 1
                     if checked > budget:
                         raise TooMuchHistory()
-                    va, vb = dense[a], dense[b]
-                    if pattern == "q+a-b":
-                        v = q.astype(int) + va - vb
-                    elif pattern == "a+b-q":
-                        v = va.astype(int) + vb - q
-                    else:
-                        v = q.astype(int) - va - vb
+                    va, vb = dense[a].astype(int), dense[b].astype(int)
+                    v = {"q+a-b": q + va - vb, "a+b-q": va + vb - q, "q-a-b": q - va - vb,
+                         "a-b-q": va - vb - q}[pattern]
                     if v.min() < 0 or v.max() > 1:
                         continue
                     n = float(w[v == 1].sum())
                     if 0.5 < n < k - 0.5:
-                        out.append(Leak(new=j, earlier=(keep[a], keep[int(b)]),
-                                        how=f"gives a few rows by {pattern} with"))
+                        out.append(Leak(new=j, earlier=(a, int(b)), how=f"gives a few rows by {pattern} with"))
                         return out
     return out
 

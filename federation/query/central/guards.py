@@ -12,7 +12,9 @@ from federation.query.central.candidates import CellTable, Sizes, nested_near, r
 from federation.query.central.differencing import Leak, Vectors
 from federation.query.central.history import Earlier, Footprint
 from federation.query.central.runner import Context
+from federation.query.central.statistics import Statistic
 from federation.query.central.statistics.counts import check_filters
+from federation.query.columns import GROUPABLE, require
 from federation.query.guard import Guard, QueryRefused
 from federation.query.model import Query
 from federation.query.site.guards import small_subset, small_subset_reason
@@ -20,9 +22,7 @@ from federation.query.site.partial import SiteTask
 from federation.query.site.summaries import (
     MAX_EARLIER,
     Answer,
-    Counts,
     FootprintSizes,
-    GroupCounts,
     Refusal,
     Request,
     Sized,
@@ -69,21 +69,13 @@ class DifferencingGuard(CentralGuard):
     """No combination of this result with earlier released results (every analyst's, every site selection,
     every version) may isolate fewer than k patients, for an analyst or for a site insider."""
 
-    def requests(self, ctx: Context) -> list[Request]:  # the new cells' sizes, to find candidates
-        q = ctx.query
-        return [GroupCounts(table=q.table, filters=q.filters, exists=q.exists, dims=q.group_by, sketch=True)]
-
     def check(self, ctx: Context, answers: dict[str, list[Answer]]) -> None:
         q = ctx.query
         earlier = [e for e in ctx.history.earlier(q.study_id, q.table) if comparable(ctx, e)]
         if not earlier:
             return
-        new = Footprint.of(q, ctx.version_numbers, per_site=True)
-        new_sizes: Sizes = {}
-        for site, (counts,) in answers.items():
-            assert isinstance(counts, Counts)
-            new_sizes[site] = [(tuple(c.key), c.n if c.patients is None else c.patients, c.sketch or "0" * 128)
-                               for c in counts.cells]
+        new = Footprint.of(q, ctx.version_numbers, per_site=Statistic.for_query(q).per_site)
+        new_sizes = ask_sizes(ctx, [new])[new.key()]  # its cells on every column it reveals counts of
         picked = find_candidates(ctx, new, new_sizes, earlier)
         ctx.result.checked["candidates"] = len(picked)
         if not picked:
@@ -150,7 +142,18 @@ def sized(ctx: Context, earlier: list[Earlier]) -> dict[str, Sizes]:
     return have
 
 
+SIZING_BATCH = 500  # footprints sized per round (bounds each task and each reply)
+
+
 def ask_sizes(ctx: Context, footprints: list[Footprint]) -> dict[str, Sizes]:
+    """Cell sizes and sketches of `footprints`, asked of their sites in rounds of SIZING_BATCH and kept."""
+    out: dict[str, Sizes] = {}
+    for i in range(0, len(footprints), SIZING_BATCH):
+        out.update(_ask_sizes_round(ctx, footprints[i:i + SIZING_BATCH]))
+    return out
+
+
+def _ask_sizes_round(ctx: Context, footprints: list[Footprint]) -> dict[str, Sizes]:
     tasks: dict[str, SiteTask] = {}
     plan: dict[str, list[int]] = {}
     for site in sorted({s for fp in footprints for s in fp.sites}):
@@ -167,9 +170,8 @@ def ask_sizes(ctx: Context, footprints: list[Footprint]) -> dict[str, Sizes]:
                 defs.append(Subset(filters=filters, exists=exists))
             items.append(Sized(subset=subsets[fp.subset_key()], version=fp.sites[site], dims=list(fp.dims)))
             plan[site].append(x)
-        requests: list[Request] = [
-            FootprintSizes(table=footprints[0].table, subsets=defs, items=items[i:i + MAX_EARLIER])  # type: ignore[arg-type]
-            for i in range(0, len(items), MAX_EARLIER)]
+        requests: list[Request] = [FootprintSizes(table=footprints[0].table, subsets=defs,  # type: ignore[arg-type]
+                                                  items=items)]
         tasks[site] = SiteTask(study_id=footprints[0].study_id, version=None, thresholds=ctx.policy.disclosure,
                                requests=requests)
     replies = ctx.gateway.ask(tasks)
@@ -194,11 +196,15 @@ def ask_sizes(ctx: Context, footprints: list[Footprint]) -> dict[str, Sizes]:
 
 
 def comparable(ctx: Context, earlier: Earlier) -> bool:
-    """An earlier footprint whose filters today's policy still accepts (the sites check them again)."""
-    filters, exists = earlier.footprint.filters()
+    """An earlier footprint whose filters and columns today's policy still accepts (the sites check them
+    again)."""
+    fp = earlier.footprint
+    filters, exists = fp.filters()
     try:
-        check_filters(Query(study_id=earlier.footprint.study_id, table=earlier.footprint.table,  # type: ignore[arg-type]
-                            filters=filters, exists=exists, group_by=list(earlier.footprint.dims)), ctx.policy)
+        check_filters(Query(study_id=fp.study_id, table=fp.table, filters=filters, exists=exists),  # type: ignore[arg-type]
+                      ctx.policy)
+        for d in fp.dims:
+            require(ctx.policy, fp.study_id, fp.table, d, "grouping", GROUPABLE)
     except (QueryRefused, ValueError):
         return False
     return True
@@ -213,10 +219,7 @@ def cite(ctx: Context, earlier: list[Earlier], pool: Vectors, leak: Leak | None)
     for i in leak.earlier:
         e = earlier[pool.owner[i] - 1]
         if e.analyst == ctx.result.analyst:
-            filters, exists = e.footprint.filters()
-            described = Query(study_id=e.footprint.study_id, table=e.footprint.table,  # type: ignore[arg-type]
-                              filters=filters, exists=exists, group_by=list(e.footprint.dims)).describe()
-            parts.append(f"your earlier result #{e.audit_id} ({described})")
+            parts.append(f"your earlier result #{e.audit_id} ({e.described})")
         else:
             parts.append(f"an earlier result released to another analyst (audit #{e.audit_id})")
     return " and ".join(parts)

@@ -47,7 +47,7 @@ class Footprint:
         subset = json.dumps({"filters": [f.model_dump(mode="json") for f in query.filters],
                              "exists": [e.model_dump(mode="json") for e in query.exists]},
                             sort_keys=True, separators=(",", ":"))
-        return cls(study_id=query.study_id, table=query.table, subset=subset, dims=tuple(query.group_by),
+        return cls(study_id=query.study_id, table=query.table, subset=subset, dims=released_dims(query),
                    versions=tuple(sorted(versions.items())), per_site=per_site)
 
     @classmethod
@@ -76,6 +76,16 @@ class Footprint:
         return dict(self.versions)
 
 
+def released_dims(query: Query) -> tuple[str, ...]:
+    """The columns whose cells a result's numbers are compared on: its group-by columns. The split a
+    statistic makes inside a group (a proportion's column, a model's outcome, a curve's events) is not a
+    footprint dimension: those counts are protected within the result (shared suppression by the split
+    column, the model's cell guard, the curve's event coarsening), not across results (decision 0009,
+    "Open"). Making them dimensions was tried: the check runs before the statistic suppresses its own
+    small cells, so it refused ordinary queries (a proportion after a count by the same groups)."""
+    return tuple(query.group_by)
+
+
 @dataclass(frozen=True)
 class Earlier:
     """A distinct earlier footprint and the first audit entry that released it."""
@@ -83,6 +93,7 @@ class Earlier:
     footprint: Footprint
     audit_id: int
     analyst: str
+    described: str = ""  # the first query that released it, as its analyst wrote it
 
 
 def footprint_of_entry(entry: dict[str, Any]) -> Footprint | None:
@@ -102,7 +113,7 @@ def footprint_of_entry(entry: dict[str, Any]) -> Footprint | None:
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS footprints (key TEXT PRIMARY KEY, study TEXT NOT NULL, tbl TEXT NOT NULL,
                                        body TEXT NOT NULL, first_id INTEGER NOT NULL, analyst TEXT NOT NULL,
-                                       releases INTEGER NOT NULL);
+                                       releases INTEGER NOT NULL, described TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS footprints_by_table ON footprints (study, tbl);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sizes (key TEXT PRIMARY KEY, body TEXT NOT NULL);
@@ -175,18 +186,20 @@ class History:
         fp = footprint_of_entry(entry)
         if fp is None:
             return
+        described = Query.model_validate(entry["query"]).describe()
         self._db.execute(
-            "INSERT INTO footprints VALUES (?, ?, ?, ?, ?, ?, 1) ON CONFLICT (key) DO UPDATE SET "
+            "INSERT INTO footprints VALUES (?, ?, ?, ?, ?, ?, 1, ?) ON CONFLICT (key) DO UPDATE SET "
             "releases = releases + 1", (fp.key(), fp.study_id, fp.table, fp.to_json(), int(entry["id"]),
-                                         str(entry.get("analyst", ""))))
+                                         str(entry.get("analyst", "")), described))
 
     def earlier(self, study_id: str, table: str) -> list[Earlier]:
         """Every distinct footprint released on `study_id`/`table`, oldest first."""
         self.sync()
         with self._lock:
-            rows = self._db.execute("SELECT body, first_id, analyst FROM footprints WHERE study = ? AND tbl = ? "
-                                    "ORDER BY first_id", (study_id, table)).fetchall()
-        return [Earlier(Footprint.from_json(body), int(first), analyst) for body, first, analyst in rows]
+            rows = self._db.execute("SELECT body, first_id, analyst, described FROM footprints WHERE study = ? AND "
+                                    "tbl = ? ORDER BY first_id", (study_id, table)).fetchall()
+        return [Earlier(Footprint.from_json(body), int(first), analyst, described)
+                for body, first, analyst, described in rows]
 
     def sizes(self, keys: list[str]) -> dict[str, dict[str, list[tuple[tuple[object, ...], int, str]]]]:
         """Cached cell sizes of footprints (site -> [(cell key, units)]); footprints not yet sized are absent."""

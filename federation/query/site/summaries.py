@@ -256,7 +256,7 @@ class Request(BaseModel):
 
 
 class Grouped(Request):
-    dims: list[str] = Field(default_factory=list, max_length=3)
+    dims: list[str] = Field(default_factory=list, max_length=4)  # up to 3 group-by columns and a split
 
     def uses(self) -> list[tuple[str, str, set[str] | None, str]]:
         return super().uses() + [(d, "grouping", GROUPABLE, self.table) for d in self.dims]
@@ -369,7 +369,7 @@ class HistoryAtoms(ManySubsets):
 
     kind: Literal["history_atoms"] = "history_atoms"
     columns: list[Released] = Field(max_length=MAX_EARLIER)
-    dims: list[str] = Field(default_factory=list, max_length=12)
+    dims: list[str] = Field(default_factory=list, max_length=32)
 
     def uses(self) -> list[tuple[str, str, set[str] | None, str]]:
         return super().uses() + [(d, "grouping", GROUPABLE, self.table) for d in self.dims]
@@ -412,7 +412,7 @@ class Sized(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     subset: int = Field(ge=0)
     version: int = Field(ge=1)
-    dims: list[str] = Field(default_factory=list, max_length=3)
+    dims: list[str] = Field(default_factory=list, max_length=16)
 
 
 class FootprintSizes(ManySubsets):

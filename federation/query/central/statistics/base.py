@@ -26,6 +26,7 @@ Key = tuple[Any, ...]
 
 class Statistic:
     names: ClassVar[tuple[str, ...]] = ()
+    per_site: ClassVar[bool] = True  # whether results carry per-site values
     registry: ClassVar[dict[str, type[Statistic]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

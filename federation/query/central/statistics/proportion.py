@@ -14,7 +14,7 @@ from federation.query.columns import check_comparison, require
 from federation.query.guard import QueryRefused
 from federation.query.model import Query
 from federation.query.policy import QueryPolicy
-from federation.query.site.summaries import Answer, Counts, GroupCounts, Hits, Request, ValueHits
+from federation.query.site.summaries import Answer, Counts, GroupCounts, Hits, Request, ValueHits, label
 
 if TYPE_CHECKING:
     from federation.query.central.runner import Context
@@ -36,18 +36,25 @@ class Proportion(Statistic):
         assert q.column
         return [ValueHits(table=q.table, filters=q.filters, exists=q.exists, dims=q.group_by, column=q.column,
                           value=q.value),
-                GroupCounts(table=q.table, filters=q.filters, exists=q.exists, dims=q.group_by)]
+                GroupCounts(table=q.table, filters=q.filters, exists=q.exists, dims=q.group_by),
+                GroupCounts(table=q.table, filters=q.filters, exists=q.exists, dims=[*q.group_by, q.column])]
 
     def combine(self, ctx: Context, answers: dict[str, list[Answer]]) -> dict[str, Any]:
         q = ctx.query
         per_site: dict[str, dict[tuple[Any, ...], tuple[int, int]]] = {}
         group_rows: dict[str, Counts] = {}
-        for site, (hits, counts) in answers.items():
-            assert isinstance(hits, Hits) and isinstance(counts, Counts)
+        split_rows: dict[str, Counts] = {}
+        for site, (hits, counts, split) in answers.items():
+            assert isinstance(hits, Hits) and isinstance(counts, Counts) and isinstance(split, Counts)
             per_site[site] = {tuple(c.key): (c.hits, c.n) for c in hits.cells}
             group_rows[site] = counts
+            split_rows[site] = split
         group_keys = sorted_keys({key for c in per_site.values() for key in c}) or [()]
         shared = shared_pattern(ctx, group_rows, group_keys)
+        # x is the count of (group, column == value): hidden at least where the count by group and column is
+        split_keys = sorted_keys({tuple(c.key) for a in split_rows.values() for c in a.cells})
+        by_column = shared_pattern(ctx, split_rows, split_keys) if split_keys else None
+        hit_of = {key: j for j, key in enumerate(split_keys)}
         names = ctx.sites
         pairs = [[per_site[s].get(g, (0, 0)) for g in group_keys] for s in names]
         cells = np.array([[[hits, n - hits] for hits, n in row] for row in pairs], dtype=float)
@@ -56,7 +63,9 @@ class Proportion(Statistic):
 
         def share(i: int, r: int) -> dict[str, Any]:
             x, n = rel.values[i, r, 0], rel.values[i, r, 2]
-            if np.isnan(x) or np.isnan(n) or shared[i, r]:
+            j = hit_of.get((*group_keys[r], label(q.value)))
+            if np.isnan(x) or np.isnan(n) or shared[i, r] or (by_column is not None and j is not None
+                                                              and by_column[i, j]):
                 return {"suppressed": True}
             lo, hi = wilson(int(x), int(n))
             return {"x": int(x), "n": int(n), "proportion": x / n if n else None, "ci95": [lo, hi]}

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 class Quantiles(Statistic):
     names = ("quantiles",)
+    per_site = False  # only combined values are released
 
     def check(self, q: Query, policy: QueryPolicy) -> None:
         check_filters(q, policy)

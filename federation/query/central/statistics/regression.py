@@ -25,6 +25,7 @@ Z95 = 1.959963984540054
 
 
 class Regression(Statistic):
+    per_site = False  # only combined values are released
     model: ClassVar[Literal["logistic", "cox"]]
     ratio_name: ClassVar[str]
 
