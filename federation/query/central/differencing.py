@@ -69,7 +69,8 @@ def pair_leaks(new: Vectors, pool: Vectors, w: np.ndarray, site_of: np.ndarray, 
         leak |= (nested_e & _small(only_e - e_s, k)) | (nested_q & _small(only_q - q_s, k))
     out = []
     for i, j in zip(*np.nonzero(leak), strict=True):
-        out.append(Leak(new=int(j), earlier=(int(i),), how="differs by fewer than k rows from"))
+        out.append(Leak(new=int(j), earlier=(int(i),), how="a cell of one lies inside a cell of the other with "
+                                                               "fewer than k patients between them"))
     return out
 
 
@@ -114,7 +115,9 @@ def triple_leaks(new: Vectors, pool: Vectors, w: np.ndarray, k: int, budget: int
                         continue
                     n = float(w[v == 1].sum())
                     if 0.5 < n < k - 0.5:
-                        out.append(Leak(new=j, earlier=(a, int(b)), how=f"gives a few rows by {pattern} with"))
+                        out.append(Leak(new=j, earlier=(a, int(b)),
+                                        how=f"{pattern} of their cells, q being this one's, is a set of fewer than k "
+                                            "patients"))
                         return out
     return out
 

@@ -100,8 +100,9 @@ class DifferencingGuard(CentralGuard):
         if leak is not None:
             names = cite(ctx, picked, pool, leak)
             raise QueryRefused(
-                f"with {names}, this result would isolate fewer than {ctx.k} patients (differencing: {leak.how} "
-                "it)", "ask for the groups you compare in one query (e.g. with --by), so that disclosure control "
+                f"with {names}, this result would isolate fewer than {ctx.k} patients (differencing: "
+                f"{leak.how.replace('k patients', f'{ctx.k} patients')})",
+                "ask for the groups you compare in one query (e.g. with --by), so that disclosure control "
                 "covers them together")
 
 
