@@ -119,7 +119,9 @@ class AtomSpace:
             inside = self.member[:, x] if n_atoms else np.zeros(0, dtype=bool)
             if not inside.any():
                 continue
-            codes = codes_of.setdefault(fp.dims, self._codes(fp.dims))
+            if fp.dims not in codes_of:
+                codes_of[fp.dims] = self._codes(fp.dims)
+            codes = codes_of[fp.dims]
             for code in np.unique(codes[inside]):
                 rows.append(np.nonzero(inside & (codes == code))[0])
                 owner.append(x)
@@ -178,9 +180,11 @@ def informative(new: Vectors, pool: Vectors, w: np.ndarray, k: int
     pool_kept, pool_at = _rows(pool, ~small(pool))
     new_kept, new_at = _rows(new, ~small(new))
     if pool_kept.matrix.shape[0] and new_kept.matrix.shape[0]:
-        known = {pool_kept.matrix[i].indices.tobytes() for i in range(pool_kept.matrix.shape[0])}
-        fresh = np.array([new_kept.matrix[j].indices.tobytes() not in known
-                          for j in range(new_kept.matrix.shape[0])])
+        def rows_of(m: sparse.csr_matrix) -> list[bytes]:
+            return [m.indices[m.indptr[i]:m.indptr[i + 1]].tobytes() for i in range(m.shape[0])]
+
+        known = set(rows_of(pool_kept.matrix))
+        fresh = np.array([row not in known for row in rows_of(new_kept.matrix)])
         new_kept, at = _rows(new_kept, fresh)
         new_at = new_at[at]
     return (new_kept, new_at), (pool_kept, pool_at)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -150,7 +151,13 @@ def triple_near(new: Sizes, family: CellTable, sites: list[str], k: int) -> set[
                      "a-b-q": na_s - nb_s - qn}[pattern]
                 ok = (a_cells != b_cells) & ((v >= 0) & (v <= k - 1)).all(axis=0)
                 ok &= (v.sum(axis=0) >= 1) & (v.sum(axis=0) <= k - 1)
-                found.update(int(x) for x in np.unique(family.owners[np.concatenate([a_cells[ok], b_cells[ok]])]))
+                a_ok, b_ok = a_cells[ok], b_cells[ok]
+                # the inclusions each pattern needs, on sketches (never false for a true inclusion)
+                sa, sb = sk[:, a_ok, :], sk[:, b_ok, :]
+                small, big = {"q+a-b": (sb, sa | qs), "a+b-q": (np.broadcast_to(qs, sa.shape), sa | sb),
+                              "q-a-b": (sb, np.broadcast_to(qs, sb.shape)), "a-b-q": (sb, sa)}[pattern]
+                fits = ((small & ~big) == 0).all(axis=(0, 2))
+                found.update(int(x) for x in np.unique(family.owners[np.concatenate([a_ok[fits], b_ok[fits]])]))
     return found
 
 
@@ -161,6 +168,7 @@ def related(new: Footprint, earlier: Footprint) -> bool:
     return _categorical(new) == _categorical(earlier)
 
 
+@lru_cache(maxsize=200_000)
 def _categorical(fp: Footprint) -> str:
     d = json.loads(fp.subset)
     kept = [f for f in d["filters"] if f["op"] not in ("<", ">=")]

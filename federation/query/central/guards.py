@@ -106,6 +106,7 @@ class DifferencingGuard(CentralGuard):
                 "covers them together")
 
 
+TRIPLE_FAMILY = 1000  # related footprints searched for triples (the most recent): bounds the work per query
 _TABLES: dict[tuple[int, str, str, tuple[str, ...]], tuple[CellTable, list[str]]] = {}
 
 
@@ -125,7 +126,8 @@ def find_candidates(ctx: Context, new: Footprint, new_sizes: Sizes, earlier: lis
     if len(keys) > len(covered):  # released since the table was built: compared directly
         recent = CellTable.build([(i, sizes[keys[i]]) for i in range(len(covered), len(keys))], sites)
         near |= nested_near(new_sizes, recent, sites, ctx.k)
-    members = [i for i, e in enumerate(earlier) if related(new, e.footprint)]
+    # triples: among the most recent related footprints (pairs above: the whole history)
+    members = [i for i, e in enumerate(earlier) if related(new, e.footprint)][-TRIPLE_FAMILY:]
     family = CellTable.build([(i, sizes[keys[i]]) for i in members], sites)
     triples = triple_near(new_sizes, family, sites, ctx.k)
     ctx.result.checked = {"earlier_footprints": len(earlier), "nested_near": len(near), "related": len(members),
@@ -196,9 +198,19 @@ def _ask_sizes_round(ctx: Context, footprints: list[Footprint]) -> dict[str, Siz
     return out
 
 
+_COMPARABLE: dict[tuple[int, str], bool] = {}
+
+
 def comparable(ctx: Context, earlier: Earlier) -> bool:
     """An earlier footprint whose filters and columns today's policy still accepts (the sites check them
-    again)."""
+    again); remembered per policy object."""
+    key = (id(ctx.policy), earlier.footprint.key())
+    if key not in _COMPARABLE:
+        _COMPARABLE[key] = _comparable(ctx, earlier)
+    return _COMPARABLE[key]
+
+
+def _comparable(ctx: Context, earlier: Earlier) -> bool:
     fp = earlier.footprint
     filters, exists = fp.filters()
     try:

@@ -62,7 +62,11 @@ class Footprint:
                            "per_site": self.per_site}, sort_keys=True, separators=(",", ":"))
 
     def key(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()
+        cached: str | None = self.__dict__.get("_key")
+        if cached is None:
+            cached = hashlib.sha256(self.to_json().encode()).hexdigest()
+            object.__setattr__(self, "_key", cached)
+        return cached
 
     def subset_key(self) -> str:
         return hashlib.sha256(f"{self.table}\0{self.subset}".encode()).hexdigest()[:24]
