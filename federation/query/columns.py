@@ -100,7 +100,8 @@ def check_km_grid(policy: QueryPolicy, grid_days: float, horizon_days: float) ->
     d = policy.disclosure
     if not any(abs(grid_days - g) < 1e-9 for g in d.km_grids_days):
         raise QueryRefused(f"a Kaplan-Meier grid of {grid_days:g} days is not one the policy declares",
-                           "use --grid-days " + " or ".join(f"{g:g}" for g in d.km_grids_days))
+                           "leave grid_days unset (months), or use one of " + ", ".join(f"{g:g}"
+                                                                                      for g in d.km_grids_days))
     if horizon_days > d.km_max_horizon_days:
         raise QueryRefused(f"the horizon is beyond the policy's {d.km_max_horizon_days:g} days",
                            f"use a horizon of at most {d.km_max_horizon_days:g} days")
