@@ -57,6 +57,11 @@ def fresh_audit(federated: Settings, tmp_path: Path) -> Settings:
     return federated.model_copy(update={"audit_log": tmp_path / "audit.jsonl"})
 
 
+def elsewhere(settings: Settings, name: str) -> Settings:
+    """The same data behind another service (its own audit log and differencing history)."""
+    return settings.model_copy(update={"audit_log": settings.audit_log.with_name(f"{name}.jsonl")})
+
+
 def pooled(settings: Settings, sql: str) -> list[tuple]:  # type: ignore[type-arg]
     """The same question asked of all sites' Parquet pooled in one DuckDB (what federation must equal)."""
     root = settings.storage.root / settings.storage.harmonized_bucket

@@ -14,14 +14,9 @@ import pytest
 from federation.query import Filter, Query, run_local
 from federation.query.guard import switched_off
 from federation.settings import Settings
-from tests.federated import STUDY, close_cut_points, pooled
+from tests.federated import STUDY, close_cut_points, elsewhere, pooled
 
 AGE = "age_at_diagnosis_years"
-
-
-def elsewhere(settings: Settings, name: str) -> Settings:
-    """The same data behind another service (its own audit log and history)."""
-    return settings.model_copy(update={"audit_log": settings.audit_log.with_name(f"{name}.jsonl")})
 
 
 def total(r: Any, site: str | None = None) -> int:

@@ -12,11 +12,7 @@ import pytest
 from federation.query import Filter, Query, run_local
 from federation.query.guard import switched_off
 from federation.settings import Settings
-from tests.federated import STUDY, pooled
-
-
-def elsewhere(settings: Settings, name: str) -> Settings:
-    return settings.model_copy(update={"audit_log": settings.audit_log.with_name(f"{name}.jsonl")})
+from tests.federated import STUDY, elsewhere, pooled
 
 
 def test_a_mean_does_not_show_the_n_that_the_count_hid(fresh_audit: Settings) -> None:

@@ -19,6 +19,24 @@ if TYPE_CHECKING:
     from federation.query.central.runner import Context
 
 
+def subsets_at(footprints: list[Footprint], site: str) -> tuple[list[Subset], list[tuple[int, int]]]:
+    """The distinct subsets of the footprints that involve `site`, and (footprint, subset) for each of them:
+    what a site is asked about, each subset once."""
+    index: dict[str, int] = {}
+    defs: list[Subset] = []
+    pairs: list[tuple[int, int]] = []
+    for x, fp in enumerate(footprints):
+        if site not in fp.sites:
+            continue
+        key = fp.subset_key()
+        if key not in index:
+            filters, exists = fp.filters()
+            index[key] = len(defs)
+            defs.append(Subset(filters=filters, exists=exists))
+        pairs.append((x, index[key]))
+    return defs, pairs
+
+
 class AtomSpace:
     def __init__(self, footprints: list[Footprint], sites: list[str], dims: list[str]) -> None:
         self.footprints = footprints
@@ -39,20 +57,12 @@ class AtomSpace:
         space = cls(footprints, sites, dims)
         tasks, columns_of = {}, {}
         for site in sites:
-            subsets: dict[str, int] = {}
-            defs: list[Subset] = []
+            defs, pairs = subsets_at(footprints, site)
             columns: list[Released] = []
             col_index: dict[tuple[int, int], int] = {}
             where: dict[int, int] = {}  # footprint -> column at this site
-            for x, fp in enumerate(footprints):
-                if site not in fp.sites:
-                    continue
-                sk = fp.subset_key()
-                if sk not in subsets:
-                    filters, exists = fp.filters()
-                    subsets[sk] = len(defs)
-                    defs.append(Subset(filters=filters, exists=exists))
-                col = (subsets[sk], fp.sites[site])
+            for x, sub in pairs:
+                col = (sub, footprints[x].sites[site])
                 if col not in col_index:
                     col_index[col] = len(columns)
                     columns.append(Released(subset=col[0], version=col[1]))

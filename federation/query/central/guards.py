@@ -7,7 +7,7 @@ or restricts what is released (`check`). Suppression of small cells is a guard t
 
 from __future__ import annotations
 
-from federation.query.central.atoms import AtomSpace
+from federation.query.central.atoms import AtomSpace, subsets_at
 from federation.query.central.candidates import CellTable, Sizes, nested_near, related, triple_near
 from federation.query.central.differencing import Leak, Vectors
 from federation.query.central.history import Earlier, Footprint
@@ -27,7 +27,6 @@ from federation.query.site.summaries import (
     Request,
     Sized,
     SizeLists,
-    Subset,
     SubsetCount,
     SubsetSize,
 )
@@ -160,19 +159,10 @@ def _ask_sizes_round(ctx: Context, footprints: list[Footprint]) -> dict[str, Siz
     tasks: dict[str, SiteTask] = {}
     plan: dict[str, list[int]] = {}
     for site in sorted({s for fp in footprints for s in fp.sites}):
-        subsets: dict[str, int] = {}
-        defs: list[Subset] = []
-        items: list[Sized] = []
-        plan[site] = []
-        for x, fp in enumerate(footprints):
-            if site not in fp.sites:
-                continue
-            if fp.subset_key() not in subsets:
-                filters, exists = fp.filters()
-                subsets[fp.subset_key()] = len(defs)
-                defs.append(Subset(filters=filters, exists=exists))
-            items.append(Sized(subset=subsets[fp.subset_key()], version=fp.sites[site], dims=list(fp.dims)))
-            plan[site].append(x)
+        defs, pairs = subsets_at(footprints, site)
+        items = [Sized(subset=sub, version=footprints[x].sites[site], dims=list(footprints[x].dims))
+                 for x, sub in pairs]
+        plan[site] = [x for x, _ in pairs]
         requests: list[Request] = [FootprintSizes(table=footprints[0].table, subsets=defs,  # type: ignore[arg-type]
                                                   items=items)]
         tasks[site] = SiteTask(study_id=footprints[0].study_id, version=None, thresholds=ctx.policy.disclosure,
