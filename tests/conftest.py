@@ -26,6 +26,16 @@ def clean_exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture()
+def export(clean_exports: Path, tmp_path: Path) -> Path:
+    """A copy of site-a's clean PONC-WT-01 export that a test may change."""
+    import shutil
+
+    folder = tmp_path / "export"
+    shutil.copytree(clean_exports / "site-a" / "PONC-WT-01", folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def broken_exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Exports of all six site styles with every error kind injected (PONC-NB-02)."""

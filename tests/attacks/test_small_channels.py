@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -21,12 +20,6 @@ from tests.validation.helpers import validate_folder
 STUDY = "PONC-WT-01"
 TRAVERSAL = "../../harmonized/site-c/PONC-WT-01/_versions"
 
-
-@pytest.fixture()
-def export(clean_exports: Path, tmp_path: Path) -> Path:
-    folder = tmp_path / "export"
-    shutil.copytree(clean_exports / "site-a" / STUDY, folder)
-    return folder
 
 
 def test_an_upload_id_cannot_walk_into_another_sites_data(backend: Settings, export: Path) -> None:

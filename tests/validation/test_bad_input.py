@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,12 +11,6 @@ from tests.validation.helpers import cells, validate_folder
 
 STUDY = "PONC-WT-01"
 
-
-@pytest.fixture()
-def export(clean_exports: Path, tmp_path: Path) -> Path:
-    folder = tmp_path / "export"
-    shutil.copytree(clean_exports / "site-a" / STUDY, folder)
-    return folder
 
 
 @pytest.fixture()

@@ -12,8 +12,8 @@ from scipy import sparse
 from federation.query.central.differencing import Leak, TooMuchHistory, Vectors, pair_leaks, triple_leaks
 from federation.query.central.history import Footprint
 from federation.query.guard import QueryRefused
-from federation.query.site.partial import SiteTask
-from federation.query.site.summaries import Atoms, HistoryAtoms, Refusal, Released, Subset
+from federation.query.site.partial import SiteReply, SiteTask
+from federation.query.site.summaries import Answer, Atoms, HistoryAtoms, Refusal, Released, Subset
 
 if TYPE_CHECKING:
     from federation.query.central.runner import Context
@@ -35,6 +35,27 @@ def subsets_at(footprints: list[Footprint], site: str) -> tuple[list[Subset], li
             defs.append(Subset(filters=filters, exists=exists))
         pairs.append((x, index[key]))
     return defs, pairs
+
+
+def history_answers(ctx: Context, replies: dict[str, SiteReply | str], site: str, kind: type[Answer]
+                    ) -> list[Answer] | None:
+    """A site's one answer of `kind` to a differencing-check task. None when the site is down and outside
+    this query: its rows only widen earlier results, so leaving them out can only make differences look
+    smaller (refuse more), never hide one. Refused when a site of this query cannot answer, or any site
+    refuses."""
+    reply = replies.get(site, "no reply")
+    if isinstance(reply, str) and site not in ctx.sites:
+        return None
+    if not isinstance(reply, str):
+        refusal = next((a for a in reply.answers if isinstance(a, Refusal)), None)
+        if refusal is not None:
+            raise QueryRefused(f"the differencing check was refused at {site}: {refusal.reason}",
+                               refusal.suggestion)
+        if len(reply.answers) == 1 and isinstance(reply.answers[0], kind):
+            return list(reply.answers)
+    why = reply if isinstance(reply, str) else "a malformed reply"
+    raise QueryRefused(f"the differencing check needs every site that answered earlier results, and {site} "
+                       f"could not answer it ({why}); nothing was released", "ask again later")
 
 
 class AtomSpace:
@@ -77,20 +98,11 @@ class AtomSpace:
         keys: list[tuple[Any, ...]] = []
         member_rows: list[np.ndarray] = []
         for i, site in enumerate(sites):
-            reply = replies.get(site, "no reply")
-            if isinstance(reply, str) and site not in ctx.sites:
-                # a site outside this query that cannot answer now: its rows only widen earlier results, so
-                # leaving them out can only make differences look smaller (refuse more), never hide one
+            answers = history_answers(ctx, replies, site, Atoms)
+            if answers is None:
                 space.skipped.append(site)
                 continue
-            if isinstance(reply, str) or len(reply.answers) != 1:
-                raise QueryRefused(f"the differencing check needs every site that answered earlier results, and "
-                                   f"{site} could not answer it ({reply if isinstance(reply, str) else 'bad reply'})"
-                                   "; nothing was released", "ask again later")
-            (atoms,) = reply.answers
-            if isinstance(atoms, Refusal):
-                raise QueryRefused(f"the differencing check was refused at {site}: {atoms.reason}",
-                                   atoms.suggestion)
+            (atoms,) = answers
             assert isinstance(atoms, Atoms)
             where = columns_of[site]
             for cell in atoms.cells:

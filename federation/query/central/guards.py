@@ -7,7 +7,7 @@ or restricts what is released (`check`). Suppression of small cells is a guard t
 
 from __future__ import annotations
 
-from federation.query.central.atoms import AtomSpace, subsets_at
+from federation.query.central.atoms import AtomSpace, history_answers, subsets_at
 from federation.query.central.candidates import CellTable, Sizes, nested_near, related, triple_near
 from federation.query.central.differencing import Leak, Vectors
 from federation.query.central.history import Earlier, Footprint
@@ -23,7 +23,6 @@ from federation.query.site.summaries import (
     MAX_EARLIER,
     Answer,
     FootprintSizes,
-    Refusal,
     Request,
     Sized,
     SizeLists,
@@ -171,16 +170,13 @@ def _ask_sizes_round(ctx: Context, footprints: list[Footprint]) -> dict[str, Siz
     out: dict[str, Sizes] = {fp.key(): {} for fp in footprints}
     partial: set[str] = set()
     for site, xs in plan.items():
-        reply = replies.get(site, "no reply")
-        if isinstance(reply, str) and site not in ctx.sites:  # outside this query and down: sized later
+        answers = history_answers(ctx, replies, site, SizeLists)
+        if answers is None:  # outside this query and down: sized on a later query
             partial.update(footprints[x].key() for x in xs)
             continue
-        if isinstance(reply, str) or any(not isinstance(a, SizeLists) for a in reply.answers):
-            why = reply if isinstance(reply, str) else next(
-                (a.reason for a in reply.answers if isinstance(a, Refusal)), "a malformed reply")
-            raise QueryRefused(f"the differencing check needs every site that answered earlier results, and {site} "
-                               f"could not answer it ({why}); nothing was released", "ask again later")
-        lists = [cells for a in reply.answers for cells in a.items]  # type: ignore[union-attr]
+        (sizes,) = answers
+        assert isinstance(sizes, SizeLists)
+        lists = sizes.items
         for x, cells in zip(xs, lists, strict=True):
             out[footprints[x].key()][site] = [(tuple(c.key), c.n if c.patients is None else c.patients,
                                                c.sketch or "0" * 128) for c in cells]

@@ -47,7 +47,9 @@ class Footprint:
         subset = json.dumps({"filters": [f.model_dump(mode="json") for f in query.filters],
                              "exists": [e.model_dump(mode="json") for e in query.exists]},
                             sort_keys=True, separators=(",", ":"))
-        return cls(study_id=query.study_id, table=query.table, subset=subset, dims=released_dims(query),
+        # dims are the group-by columns only: a statistic's split inside a group (a proportion's column, a
+        # model's outcome, a curve's events) is protected within the result, not across results (0009, Open)
+        return cls(study_id=query.study_id, table=query.table, subset=subset, dims=tuple(query.group_by),
                    versions=tuple(sorted(versions.items())), per_site=per_site)
 
     @classmethod
@@ -78,16 +80,6 @@ class Footprint:
     @property
     def sites(self) -> dict[str, int]:
         return dict(self.versions)
-
-
-def released_dims(query: Query) -> tuple[str, ...]:
-    """The columns whose cells a result's numbers are compared on: its group-by columns. The split a
-    statistic makes inside a group (a proportion's column, a model's outcome, a curve's events) is not a
-    footprint dimension: those counts are protected within the result (shared suppression by the split
-    column, the model's cell guard, the curve's event coarsening), not across results (decision 0009,
-    "Open"). Making them dimensions was tried: the check runs before the statistic suppresses its own
-    small cells, so it refused ordinary queries (a proportion after a count by the same groups)."""
-    return tuple(query.group_by)
 
 
 @dataclass(frozen=True)
