@@ -7,6 +7,11 @@ site selections. Then new exploratory queries run through the in-process gateway
 central code the service runs), and the benchmark reports per query the total time and the differencing
 guard's share, against the same queries on an empty history in the same run (the floor).
 
+Suppressed cells: a result's hidden cells are part of its footprint (the span check runs around them). The
+written history marks them the way small sites make them: in about a third of the results with a group-by,
+one group at the smallest site selected and, as its complement, another group there (codes drawn from the
+dictionary's); a synthetic pattern, not the one suppression would choose, but the same load on the check.
+
 The first query after the history was written also indexes it (reading the audit log into the SQLite
 index) and sizes every distinct footprint at the sites (one `FootprintSizes` task per site); that one-off
 cost is reported on its own.
@@ -63,6 +68,15 @@ def routine(i: int, study: str) -> dict[str, Any]:
     return {"study_id": study, "statistic": "count", "group_by": dims}
 
 
+def hidden_cells(rng: random.Random, dims: list[str], chosen: list[str], smallest: str) -> dict[str, Any]:
+    """A synthetic suppression pattern: two groups hidden at the smallest site, in a third of the results."""
+    values = [CODES.get(d, ["1-4", "<1", "5-9", "10-14"] if d == "age_group" else []) for d in dims]
+    if not dims or smallest not in chosen or not all(values) or rng.random() > 1 / 3:
+        return {}
+    keys = {tuple(rng.choice(v) for v in values) for _ in range(2)}
+    return {"hidden": [[smallest, dims, list(key)] for key in keys]}
+
+
 def write_history(path: Path, n: int, sites: list[str], study: str, seed: int) -> int:
     """`n` released results as the service would have audited them; returns the distinct footprints."""
     from federation.query.central.audit import GENESIS, _hash
@@ -71,17 +85,21 @@ def write_history(path: Path, n: int, sites: list[str], study: str, seed: int) -
 
     rng = random.Random(seed)
     prev, distinct = GENESIS, set()
+    smallest = sites[0]
     start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     with path.open("w", encoding="utf-8") as fh:
         for i in range(1, n + 1):
             raw = routine(i, study) if rng.random() < 0.6 else exploratory(rng, sites, study)
             q = Query.model_validate(raw)
             chosen = q.sites or sites
-            entry = {"id": i, "time": (start + dt.timedelta(seconds=30 * i)).isoformat(timespec="microseconds"),
+            when = (start + dt.timedelta(seconds=30 * i)).isoformat(timespec="microseconds")
+            entry: dict[str, Any] = {"id": i, "time": when,
                      "analyst": f"analyst-{rng.randrange(50)}", "query": q.model_dump(mode="json"),
                      "fingerprint": q.fingerprint(), "versions": {s: f"{s}/{study}@v1" for s in chosen},
                      "outcome": "released", "reason": "", "excluded": {},
-                     "released": {"sha256": "", "suppressed": 0, "per_site": rng.random() < 0.8, "bytes": 0},
+                     "released": {"sha256": "", "suppressed": 0, "per_site": rng.random() < 0.8, "bytes": 0,
+                                  **hidden_cells(rng, q.group_by, chosen, smallest),
+                                  **({"levels": [q.group_by, []]} if q.statistic == "count" else {})},
                      "prev": prev}
             entry["hash"] = _hash(entry)
             prev = entry["hash"]
@@ -134,16 +152,16 @@ def main() -> int:
           f"(written in {time.perf_counter() - t0:.1f} s)", flush=True)
 
     guard_times: list[float] = []
-    original = guards.DifferencingGuard.check
+    original = guards.DifferencingGuard.released
 
-    def timed_check(self: Any, ctx: Any, answers: Any) -> None:
+    def timed_check(self: Any, ctx: Any) -> None:
         t = time.perf_counter()
         try:
-            original(self, ctx, answers)
+            original(self, ctx)
         finally:
             guard_times.append(time.perf_counter() - t)
 
-    guards.DifferencingGuard.check = timed_check  # type: ignore[method-assign]
+    guards.DifferencingGuard.released = timed_check  # type: ignore[method-assign]
     rng = random.Random(99)
     new_queries = [Query.model_validate(exploratory(rng, sites, study)) for _ in range(args.queries)]
 

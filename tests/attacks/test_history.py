@@ -184,3 +184,89 @@ def test_per_site_triples_and_a_subset_asked_last_are_checked(fresh_audit: Setti
     one = [q.model_copy(update={"sites": ["site-a"]}) for q in queries]
     results = [run_local(q, elsewhere(fresh_audit, "one-site"), "mallory") for q in one]
     assert [r.status for r in results[:2]] == ["released", "released"] and results[2].status == "refused"
+
+
+A2_SITES = ["site-b", "site-c", "site-d", "site-e"]
+ONE_EACH = ["site-c", "site-d", "site-e"]  # one patient aged 10-14 at each
+
+
+def by_group(r: Any) -> dict[tuple[Any, ...], dict[str, Any]]:
+    assert r.status == "released", r.reason
+    return {tuple(row["group"]): {"combined": row["combined"], **row["per_site"]} for row in r.payload["rows"]}
+
+
+def a2_ages(everyone: Any, grouped: Any, filtered: Any, groups: list[str]) -> dict[str, float]:
+    """The red team's A2: everyone's mean at a site, minus the groups the mean by age group showed, minus a
+    filtered mean of a group it hid as a complement, leaves the one patient it hid as primary."""
+    found = {}
+    whole, parts, extra = by_group(everyone)[()], by_group(grouped), by_group(filtered)[()]
+    for site in ONE_EACH:
+        cells = [parts[(g,)][site] for g in groups] + [extra[site]]
+        if any("mean" not in c for c in [whole[site], *cells]):
+            continue
+        n = whole[site]["n"] - sum(c["n"] for c in cells)
+        if n == 1:
+            found[site] = round(whole[site]["n"] * whole[site]["mean"] - sum(c["n"] * c["mean"] for c in cells), 4)
+    return found
+
+
+def test_a_cell_hidden_as_a_complement_is_not_released_later(fresh_audit: Settings) -> None:
+    """A2: four results, five cells. The mean by age group hides each 10-14 patient and, as its complement, the
+    site's <1 group; a later mean filtered to <1 must not show what the grouped mean hid."""
+    truth = dict(pooled(fresh_audit, f"SELECT site_id, round({AGE}, 4) FROM unit_patients "
+                                     "WHERE age_group = '10-14'"))
+    queries = [Query(study_id=STUDY, statistic="mean", column=AGE, sites=A2_SITES),
+               Query(study_id=STUDY, statistic="mean", column=AGE, group_by=["age_group"], sites=A2_SITES),
+               Query(study_id=STUDY, statistic="mean", column=AGE, sites=ONE_EACH,
+                     filters=[Filter(column="age_group", op="==", value="<1")])]
+    with switched_off("differencing"):
+        unguarded = [run_local(q, elsewhere(fresh_audit, "unguarded"), "mallory") for q in queries]
+    assert a2_ages(*unguarded, groups=["1-4", "5-9"]) == {s: truth[s] for s in ONE_EACH}  # three patients' ages
+
+    everyone, grouped = (run_local(q, fresh_audit, "mallory") for q in queries[:2])
+    assert by_group(grouped)[("<1",)]["site-c"] == {"suppressed": True}  # the complement of site-c's one patient
+    last = run_local(queries[2], fresh_audit, "eve")  # another identity
+    assert last.status == "refused" and "pin down a hidden cell" in last.reason and "audit #2" in last.reason
+
+
+def test_a_hidden_cell_is_not_released_through_a_union_of_groups(fresh_audit: Settings) -> None:
+    """The cross-family variant: `age_group in [1-4, 5-9, 10-14]` minus the shown 1-4 and 5-9 cells."""
+    grouped = Query(study_id=STUDY, statistic="mean", column=AGE, group_by=["age_group"], sites=A2_SITES)
+    union = Query(study_id=STUDY, statistic="mean", column=AGE, sites=ONE_EACH,
+                  filters=[Filter(column="age_group", op="in", value=["1-4", "5-9", "10-14"])])
+
+    def ages(g: Any, u: Any) -> dict[str, float]:
+        parts, whole = by_group(g), by_group(u)[()]
+        out = {}
+        for site in ONE_EACH:
+            cells = [parts[(x,)][site] for x in ("1-4", "5-9")]
+            if all("mean" in c for c in [whole[site], *cells]) and whole[site]["n"] - sum(c["n"] for c in cells) == 1:
+                out[site] = whole[site]["n"] * whole[site]["mean"] - sum(c["n"] * c["mean"] for c in cells)
+        return out
+
+    with switched_off("differencing"):
+        unguarded = elsewhere(fresh_audit, "unguarded")
+        assert len(ages(run_local(grouped, unguarded, "m"), run_local(union, unguarded, "m"))) == 3
+    first = run_local(grouped, fresh_audit, "mallory")
+    second = run_local(union, fresh_audit, "mallory")
+    assert first.status == "released"
+    assert second.status == "refused" and "your earlier result #1" in second.reason
+
+
+def test_a_new_result_hides_what_earlier_results_would_give_away(fresh_audit: Settings) -> None:
+    """A2 asked the other way round: the filtered mean first; then the mean by age group would hide the 10-14
+    patients and <1 as their complement, but the <1 cells were already shown."""
+    queries = [Query(study_id=STUDY, statistic="mean", column=AGE, sites=A2_SITES),
+               Query(study_id=STUDY, statistic="mean", column=AGE, sites=ONE_EACH,
+                     filters=[Filter(column="age_group", op="==", value="<1")]),
+               Query(study_id=STUDY, statistic="mean", column=AGE, group_by=["age_group"], sites=A2_SITES)]
+    with switched_off("differencing"):
+        everyone, filtered, grouped = (run_local(q, elsewhere(fresh_audit, "unguarded"), "m") for q in queries)
+    assert len(a2_ages(everyone, grouped, filtered, groups=["1-4", "5-9"])) == 3
+
+    everyone, filtered = (run_local(q, fresh_audit, "mallory") for q in queries[:2])
+    grouped = run_local(queries[2], fresh_audit, "mallory")
+    # refused, not only per-site withheld: site-b's insider knows its own <1 patients, and the combined
+    # 1-4 and 5-9 cells with everyone's means and the filtered ones would leave the three 10-14 patients
+    assert grouped.status == "refused" and "pin down a hidden cell" in grouped.reason
+    assert "your earlier result #1" in grouped.reason and "your earlier result #2" in grouped.reason

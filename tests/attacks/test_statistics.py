@@ -135,3 +135,26 @@ def test_a_proportion_does_not_show_the_count_a_count_hid(fresh_audit: Settings)
     with switched_off("shared_suppression"):
         assert recovered(elsewhere(fresh_audit, "unguarded")) == 1
     assert recovered(fresh_audit) is None
+
+
+def test_a_kaplan_meier_curve_does_not_show_the_count_a_count_hid(fresh_audit: Settings) -> None:
+    # found by the span check: count by arm hides site-a's NR cell (1) and its partners; a curve by arm showed
+    # each partner's number at risk at day 0 (its count), and the site total then gave NR's one patient
+    count = run_local(Query(study_id=STUDY, group_by=["arm"]), fresh_audit, "mallory")
+    cells = {r["group"][0]: r["per_site"]["site-a"] for r in count.payload["rows"]}
+    total = count.payload["total"]["per_site"]["site-a"]
+    km = Query(study_id=STUDY, statistic="km", endpoint="efs", group_by=["arm"])
+
+    def recovered(r: Any) -> int | None:
+        start = {c["group"][0]: c["per_site"]["site-a"]["points"][:1] for c in r.payload["curves"]}
+        shown = {arm: v if isinstance(v, int) else (start[arm] or [{}])[0].get("at_risk") for arm, v in cells.items()
+                 if arm != "NR"}
+        if not all(isinstance(n, int) for n in shown.values()):
+            return None
+        return total - sum(shown.values())  # type: ignore[arg-type]
+
+    with switched_off("shared_suppression", "differencing"):
+        assert recovered(run_local(km, elsewhere(fresh_audit, "unguarded"), "mallory")) == 1
+    safe = run_local(km, fresh_audit, "mallory")
+    assert safe.status == "released" and recovered(safe) is None
+    assert not any("withheld" in n for n in safe.notes)  # hidden like the count, not by the differencing guard

@@ -132,19 +132,18 @@ def test_km_hides_small_risk_sets(federated: Settings) -> None:
         for row in curve["combined"]["risk_table"]:
             assert isinstance(row["at_risk"], dict) or row["at_risk"] == 0 or row["at_risk"] >= 5
     nr = next(c for c in r.payload["curves"] if c["group"] == ["NR"])
-    # site-a has one NR patient: its curve shows nothing beyond the start, and that start hides the count
-    assert nr["per_site"]["site-a"]["points"][0]["at_risk"] == {"suppressed": True}
-    assert len(nr["per_site"]["site-a"]["points"]) == 1
-    # ... and so does every other site's start, and the combined one: combined minus the others (or all sites
-    # minus all but site-a, or site-a's own insider) would give site-a's one patient
+    # site-a has one NR patient: its curve is withheld (the count by arm hides that cell)
+    assert nr["per_site"]["site-a"] == {"points": [], "withheld": True}
+    # ... and every other site's start, and the combined one, hide their numbers: combined minus the others (or
+    # all sites minus all but site-a, or site-a's own insider) would give site-a's one patient
     assert nr["combined"]["points"][0]["at_risk"] == {"suppressed": True}
     assert nr["combined"]["risk_table"][0]["at_risk"] == {"suppressed": True}
-    assert all(c["points"][0]["at_risk"] == {"suppressed": True} for c in nr["per_site"].values())
+    assert all(c.get("withheld") or c["points"][0]["at_risk"] == {"suppressed": True} for c in nr["per_site"].values())
     # at every released point, sites' numbers at risk are all shown or all hidden (no subtraction possible)
     for curve in r.payload["curves"]:
-        site_points = [c["points"] for c in curve["per_site"].values()]
-        assert len({len(pts) for pts in site_points}) == 1
-        for i in range(len(site_points[0])):
+        site_points = [c["points"] for c in curve["per_site"].values() if not c.get("withheld")]
+        assert len({len(pts) for pts in site_points}) <= 1
+        for i in range(len(site_points[0]) if site_points else 0):
             hidden = {isinstance(pts[i]["at_risk"], dict) for pts in site_points}
             assert len(hidden) == 1, (curve["group"], i)
 
@@ -297,3 +296,20 @@ def test_a_site_below_its_minimum_rows_takes_no_part_only_with_the_site_guard_on
         assert "site-a" in run_local(Query(study_id=STUDY), settings, "t").versions
     r = run_local(Query(study_id=STUDY), settings, "t")
     assert "site-a" not in r.versions and "does not take part" in r.excluded["site-a"]
+
+
+def test_an_insider_cannot_use_their_own_hidden_cell_to_undo_its_complement() -> None:
+    # found by the span check on the analyst guide: two sites' small cells of one group were each other's
+    # complement in the combined row; each site's insider knows its own and got the other's
+    cells = np.array([[[2], [30], [30]], [[3], [30], [30]], [[30], [30], [30]]], dtype=float)
+    with switched_off("site_insider"):
+        weak = dc.suppress(cells, [5, 5, 5], 5)
+    lo, hi = dc.range_of(weak, cells.shape, (0, 0, 0), insider=(1, cells[1]))
+    assert hi - lo < 5  # site-b's insider pins site-a's two patients down
+    assert weak.values[0, 0, 0] != weak.values[0, 0, 0] and weak.values[1, 0, 0] != weak.values[1, 0, 0]
+    safe = dc.suppress(cells, [5, 5, 5], 5)
+    for site in range(3):
+        for small in ((0, 0, 0), (1, 0, 0)):
+            if small[0] != site:
+                lo, hi = dc.range_of(safe, cells.shape, small, insider=(site, cells[site]))
+                assert hi - lo >= 5, (site, small, lo, hi)

@@ -10,7 +10,7 @@ import numpy as np
 from scipy import sparse
 
 from federation.query.central.differencing import Leak, TooMuchHistory, Vectors, pair_leaks, triple_leaks
-from federation.query.central.history import Footprint
+from federation.query.central.history import Footprint, key_json
 from federation.query.guard import QueryRefused
 from federation.query.site.partial import SiteReply, SiteTask
 from federation.query.site.summaries import Answer, Atoms, HistoryAtoms, Refusal, Released, Subset
@@ -63,12 +63,12 @@ class AtomSpace:
         self.footprints = footprints
         self.sites = sites
         self.dims = dims
-        self.leak_of_per_site: Leak | None = None
         self.skipped: list[str] = []
         self.site_of = np.zeros(0, dtype=int)
         self.weight = np.zeros(0)
         self.member = np.zeros((0, len(footprints)), dtype=bool)  # atom x footprint
         self.keys: list[tuple[Any, ...]] = []
+        self._code_cache: dict[tuple[str, ...], tuple[np.ndarray, list[str]]] = {}
 
     @classmethod
     def ask(cls, ctx: Context, footprints: list[Footprint]) -> AtomSpace:
@@ -120,58 +120,69 @@ class AtomSpace:
         space.member = np.asarray(member_rows, dtype=bool).reshape(len(member_rows), len(footprints))
         return space
 
-    def _codes(self, dims: tuple[str, ...]) -> np.ndarray:
-        """One integer per atom naming its cell on `dims`."""
-        if not dims:
-            return np.zeros(len(self.keys), dtype=int)
-        pos = [self.dims.index(d) for d in dims]
-        seen: dict[tuple[Any, ...], int] = {}
-        return np.asarray([seen.setdefault(tuple(k[p] for p in pos), len(seen)) for k in self.keys], dtype=int)
+    def _codes(self, dims: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+        """One integer per atom naming its cell on `dims`, and each cell's key (as `key_json`)."""
+        cached = self._code_cache.get(dims)
+        if cached is None:
+            pos = [self.dims.index(d) for d in dims]
+            seen: dict[str, int] = {}
+            codes = np.asarray([seen.setdefault(key_json([k[p] for p in pos]), len(seen)) for k in self.keys],
+                               dtype=int)
+            cached = self._code_cache[dims] = (codes, list(seen))
+        return cached
 
     def vectors(self, indexes: Iterable[int], per_site: bool = True) -> Vectors:
-        """The released cells of the given footprints: combined over their sites, and per site when they
-        released per-site values (and `per_site`)."""
+        """The cells the given footprints showed, at each of their levels: combined over their sites, and per
+        site when they released per-site values (and `per_site`); cells they hid are left out."""
         rows: list[np.ndarray] = []
         owner: list[int] = []
         flags: list[bool] = []
-        codes_of: dict[tuple[str, ...], np.ndarray] = {}
         n_atoms = len(self.keys)
         for x in indexes:
             fp = self.footprints[x]
             inside = self.member[:, x] if n_atoms else np.zeros(0, dtype=bool)
             if not inside.any():
                 continue
-            if fp.dims not in codes_of:
-                codes_of[fp.dims] = self._codes(fp.dims)
-            codes = codes_of[fp.dims]
-            for code in np.unique(codes[inside]):
-                rows.append(np.nonzero(inside & (codes == code))[0])
-                owner.append(x)
-                flags.append(False)
-            if fp.per_site and per_site:
-                for s in np.unique(self.site_of[inside]):
-                    here = inside & (self.site_of == s)
-                    for code in np.unique(codes[here]):
-                        rows.append(np.nonzero(here & (codes == code))[0])
+            for level in fp.levels:
+                codes, names = self._codes(level)
+                for code in np.unique(codes[inside]):
+                    here = inside & (codes == code)
+                    if not fp.is_hidden("", level, names[code]):
+                        rows.append(np.nonzero(here)[0])
                         owner.append(x)
-                        flags.append(True)
+                        flags.append(False)
+                    if fp.per_site and per_site:
+                        for s in np.unique(self.site_of[here]):
+                            if not fp.is_hidden(self.sites[s], level, names[code]):
+                                rows.append(np.nonzero(here & (self.site_of == s))[0])
+                                owner.append(x)
+                                flags.append(True)
         indptr = np.cumsum([0] + [len(r) for r in rows])
         indices = np.concatenate(rows) if rows else np.zeros(0, dtype=int)
         matrix = sparse.csr_matrix((np.ones(len(indices)), indices, indptr), shape=(len(rows), n_atoms))
         return Vectors(matrix=matrix, owner=owner, per_site=flags)
+
+    def hidden_sets(self, x: int) -> np.ndarray:
+        """The atoms of each cell footprint `x` hid, as rows of a (hidden cells, atoms) 0/1 matrix."""
+        fp = self.footprints[x]
+        inside = self.member[:, x] if len(self.keys) else np.zeros(0, dtype=bool)
+        sets: list[np.ndarray] = []
+        for site, level, key in fp.hidden:
+            codes, names = self._codes(level)
+            if key not in names or (site and site not in self.sites):
+                continue
+            here = inside & (codes == names.index(key))
+            if site:
+                here &= self.site_of == self.sites.index(site)
+            sets.append(here)
+        return np.asarray(sets, dtype=bool).reshape(len(sets), len(self.keys))
 
     def first_leak(self, new: Vectors, pool: Vectors, k: int) -> Leak | None:
         """The first small set `new` makes derivable with `pool` (indexes into the vectors given)."""
         (new, new_at), (pool, pool_at) = informative(new, pool, self.weight, k)
         leaks = [Leak(new=int(new_at[x.new]), earlier=tuple(int(pool_at[i]) for i in x.earlier), how=x.how)
                  for x in self._leaks(new, pool, k)]
-        if leaks and leaks[0].new in self._per_site_rows(new, new_at):
-            self.leak_of_per_site = leaks[0]
         return leaks[0] if leaks else None
-
-    @staticmethod
-    def _per_site_rows(v: Vectors, at: np.ndarray) -> set[int]:
-        return {int(at[i]) for i, p in enumerate(v.per_site) if p}
 
     def _leaks(self, new: Vectors, pool: Vectors, k: int) -> list[Leak]:
         leaks = pair_leaks(new, pool, self.weight, self.site_of, len(self.sites), k)

@@ -23,7 +23,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from federation.query.central.history import Footprint
+from federation.query.central.history import Footprint, key_json
 
 Cells = list[tuple[tuple[object, ...], int, str]]  # (cell key on the footprint's dims, units, sketch hex)
 Sizes = dict[str, Cells]  # site -> its cells
@@ -173,3 +173,76 @@ def _categorical(fp: Footprint) -> str:
     d = json.loads(fp.subset)
     kept = [f for f in d["filters"] if f["op"] not in ("<", ">=")]
     return json.dumps([sorted(json.dumps(f, sort_keys=True) for f in kept), d["exists"]], sort_keys=True)
+
+
+@dataclass
+class Rows:
+    """A footprint's rows at each site as sketches (Python ints): all of them, and those of its hidden cells."""
+
+    rows: dict[str, int]
+    hidden: dict[str, int]
+    cells: dict[str, list[int]]
+
+
+def rows_of(fp: Footprint, sizes: Sizes) -> Rows:
+    by_level: dict[tuple[str, ...], set[tuple[str, str]]] = {}
+    for site, level, key in fp.hidden:
+        by_level.setdefault(level, set()).add((site, key))
+    out = Rows(rows={}, hidden={}, cells={})
+    for site, cells in sizes.items():
+        sketches = [int(sketch, 16) for _, _, sketch in cells]
+        whole = 0
+        for sk in sketches:
+            whole |= sk
+        hid = 0
+        for level, marks in by_level.items():
+            pos = [fp.dims.index(d) for d in level]
+            for (cell_key, _, _), sk in zip(cells, sketches, strict=True):
+                name = key_json([cell_key[p] for p in pos])
+                if ("", name) in marks or (site, name) in marks:
+                    hid |= sk
+        out.rows[site], out.hidden[site], out.cells[site] = whole, hid, sketches
+    return out
+
+
+def _inside_touching(cells: list[int], whole: int, container: int, hidden: int) -> bool:
+    """A cell (or the whole) lies inside `container` (sketch bits) and shares rows with `hidden`."""
+    return any(c & ~container == 0 and c & hidden for c in [*cells, whole] if c)
+
+
+def hidden_linked(new: Footprint, new_sizes: Sizes, earlier: list[Footprint], sizes: list[Sizes]
+                  ) -> list[tuple[int, list[int]]]:
+    """Groups for the span check (`span`): (focus, the earlier footprints around it). A focus is a result with
+    hidden cells: an earlier one whose hidden cells share rows with a new cell lying inside its rows at some
+    site, or the new one (index -1) when an earlier cell lies inside its rows and touches its hidden cells.
+    Around each focus: its companions, the results on the same rows (same filters, same versions) by fewer
+    group-by columns, which give its totals; for the new focus, the earlier results linked to it as well."""
+    mine = rows_of(new, new_sizes)
+    groups: list[tuple[int, list[int]]] = []
+    same_rows: dict[tuple[str, tuple[tuple[str, int], ...]], list[int]] = {}
+    for i, fp in enumerate(earlier):
+        same_rows.setdefault((fp.subset_key(), fp.versions), []).append(i)
+
+    def companions(fp: Footprint, exclude: int) -> list[int]:
+        return [j for j in same_rows.get((fp.subset_key(), fp.versions), [])
+                if j != exclude and set(earlier[j].dims) <= set(fp.dims)]
+
+    linked_to_new: list[int] = []
+    for i, (fp, sz) in enumerate(zip(earlier, sizes, strict=True)):
+        if not any(site in sz for site in new.sites):
+            continue
+        theirs = rows_of(fp, sz) if fp.hidden or new.hidden else None
+        if theirs is None:
+            continue
+        for site in set(new.sites) & set(sz):
+            if fp.hidden and _inside_touching(mine.cells.get(site, []), mine.rows.get(site, 0),
+                                              theirs.rows[site], theirs.hidden[site]):
+                groups.append((i, [i, *companions(fp, i)]))
+                break
+        if new.hidden and any(_inside_touching(theirs.cells[site], theirs.rows[site], mine.rows.get(site, 0),
+                                               mine.hidden.get(site, 0)) for site in set(new.sites) & set(sz)):
+            linked_to_new.append(i)
+    if new.hidden and linked_to_new:
+        around = sorted(set(linked_to_new) | set(companions(new, -1)))
+        groups.append((-1, around))
+    return groups

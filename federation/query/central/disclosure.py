@@ -124,10 +124,12 @@ def suppress(cells: np.ndarray, k_site: list[int], k_combined: int, *, col_margi
 
 
 def _complement_lines(e: np.ndarray, part: np.ndarray, hidden: np.ndarray) -> None:
-    """No line of released entries may have exactly one hidden entry: hide the smallest other non-zero one."""
+    """No line of released entries may have exactly one hidden entry: hide the smallest other non-zero one.
+    Across sites (a combined entry and its sites' parts), no released combined entry may have exactly two
+    hidden parts either: each of those sites' insiders knows their own and would get the other's."""
     changed = True
     while changed:
-        changed = False
+        changed = _insider_pairs(e, part, hidden) if SiteInsiderGuard.enabled() else False
         for line in _lines(e.shape, part):
             members = [i for i in line if part[i]]
             if len(members) < len(line):
@@ -142,6 +144,24 @@ def _complement_lines(e: np.ndarray, part: np.ndarray, hidden: np.ndarray) -> No
                 pick = min(candidates, key=lambda i: (e[i], i))
                 hidden[pick] = True
                 changed = True
+
+
+def _insider_pairs(e: np.ndarray, part: np.ndarray, hidden: np.ndarray) -> bool:
+    """Hide a third site's part (the smallest non-zero) wherever a released combined entry has exactly two
+    hidden site parts; the combined entry itself when no third part can be. True if anything changed."""
+    n = e.shape[0] - 1
+    changed = False
+    for r, c in itertools.product(range(e.shape[1]), range(e.shape[2])):
+        if not part[n, r, c] or hidden[n, r, c]:
+            continue
+        sites = [s for s in range(n) if part[s, r, c]]
+        if sum(1 for s in sites if hidden[s, r, c]) != 2:
+            continue
+        third = [s for s in sites if not hidden[s, r, c] and e[s, r, c] > 0]
+        pick = (min(third, key=lambda s: (e[s, r, c], s)), r, c) if third else (n, r, c)
+        hidden[pick] = True
+        changed = True
+    return changed
 
 
 def _coef(idx: tuple[int, int, int], shape: tuple[int, int, int]) -> np.ndarray:
@@ -204,9 +224,16 @@ def _widen(e: np.ndarray, part: np.ndarray, hidden: np.ndarray, idx: tuple[int, 
         hidden[best] = True
 
 
-def range_of(released: Released, cells_shape: tuple[int, int, int], idx: tuple[int, int, int]) -> tuple[float, float]:
-    """What an analyst can infer about entry `idx` from the release (for tests and audits)."""
+def range_of(released: Released, cells_shape: tuple[int, int, int], idx: tuple[int, int, int],
+             insider: tuple[int, np.ndarray] | None = None) -> tuple[float, float]:
+    """What an analyst can infer about entry `idx` from the release (for tests and audits); with `insider`
+    (a site and its own cells), what that site's insider can."""
     known = list(zip(*np.nonzero(~np.isnan(released.values)), strict=True))
     rows = [_coef(i, cells_shape) for i in known]
     rhs = [float(released.values[i]) for i in known]
+    if insider is not None:
+        site, own = insider
+        for r, c in np.ndindex(own.shape):
+            rows.append(_coef((site, r, c), cells_shape))
+            rhs.append(float(own[r, c]))
     return _lp_range(_coef(idx, cells_shape), rows, rhs)

@@ -8,10 +8,11 @@ or restricts what is released (`check`). Suppression of small cells is a guard t
 from __future__ import annotations
 
 from federation.query.central.atoms import AtomSpace, history_answers, subsets_at
-from federation.query.central.candidates import CellTable, Sizes, nested_near, related, triple_near
-from federation.query.central.differencing import Leak, Vectors
+from federation.query.central.candidates import CellTable, Sizes, hidden_linked, nested_near, related, triple_near
+from federation.query.central.differencing import Vectors
 from federation.query.central.history import Earlier, Footprint
-from federation.query.central.runner import Context
+from federation.query.central.runner import Context, released_cells
+from federation.query.central.span import new_leak
 from federation.query.central.statistics import Statistic
 from federation.query.central.statistics.counts import check_filters
 from federation.query.columns import GROUPABLE, require
@@ -37,8 +38,11 @@ class CentralGuard(Guard, abstract=True):
     def requests(self, ctx: Context) -> list[Request]:
         return []
 
-    def check(self, ctx: Context, answers: dict[str, list[Answer]]) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def check(self, ctx: Context, answers: dict[str, list[Answer]]) -> None:
+        """On the sites' first answers, before the statistic combines them."""
+
+    def released(self, ctx: Context) -> None:
+        """On what the combined result would show (`ctx.result.payload`), before it is released."""
 
 
 class SubsetGuard(CentralGuard):
@@ -65,16 +69,19 @@ class SubsetGuard(CentralGuard):
 
 class DifferencingGuard(CentralGuard):
     """No combination of this result with earlier released results (every analyst's, every site selection,
-    every version) may isolate fewer than k patients, for an analyst or for a site insider."""
+    every version) may isolate fewer than k patients, for an analyst or for a site insider. It runs on the
+    cells the result would show: a cell suppressed here, or in an earlier result, is in no difference."""
 
-    def check(self, ctx: Context, answers: dict[str, list[Answer]]) -> None:
+    def released(self, ctx: Context) -> None:
         q = ctx.query
         earlier = [e for e in ctx.history.earlier(q.study_id, q.table) if comparable(ctx, e)]
         if not earlier:
             return
-        new = Footprint.of(q, ctx.version_numbers, per_site=Statistic.for_query(q).per_site)
+        levels, hidden = released_cells(ctx.result.payload)
+        new = Footprint.of(q, ctx.version_numbers, per_site=Statistic.for_query(q).per_site, levels=levels,
+                           hidden=hidden)
         new_sizes = ask_sizes(ctx, [new])[new.key()]  # its cells on every column it reveals counts of
-        picked = find_candidates(ctx, new, new_sizes, earlier)
+        picked, groups = find_candidates(ctx, new, new_sizes, earlier)
         ctx.result.checked["candidates"] = len(picked)
         if not picked:
             return
@@ -83,35 +90,58 @@ class DifferencingGuard(CentralGuard):
                                "in one query; nothing was released",
                                "ask the consortium's data team to review the query history of this study")
         space = AtomSpace.ask(ctx, [new, *(e.footprint for e in picked)])
-        new_all, pool = space.vectors([0]), space.vectors(range(1, len(picked) + 1))
-        leak = space.first_leak(new_all, pool, ctx.k)
-        if leak is not None and space.leak_of_per_site is leak:
-            combined = space.vectors([0], per_site=False)
-            leak = space.first_leak(combined, pool, ctx.k)
-            if leak is None:
+        pool = space.vectors(range(1, len(picked) + 1))
+        found = leak_of(space, space.vectors([0]), pool, groups, ctx.k)
+        if found is not None and Statistic.for_query(q).per_site:
+            combined = leak_of(space, space.vectors([0], per_site=False), pool, groups, ctx.k)
+            if combined is None:
                 ctx.combined_only = True
                 ctx.result.notes.append(
-                    "per-site values are withheld: with " + cite(ctx, picked, pool, space.leak_of_per_site)
-                    + " they would isolate fewer than k patients at a site (differencing); the combined values "
-                    "are exact")
+                    "per-site values are withheld: with " + cite(ctx, picked, found[1]) + " they would isolate "
+                    "fewer than k patients at a site (differencing); the combined values are exact")
                 return
-        if leak is not None:
-            names = cite(ctx, picked, pool, leak)
+            found = combined
+        if found is not None:
+            how, involved = found
             raise QueryRefused(
-                f"with {names}, this result would isolate fewer than {ctx.k} patients (differencing: "
-                f"{leak.how.replace('k patients', f'{ctx.k} patients')})",
+                f"with {cite(ctx, picked, involved)}, this result would isolate fewer than {ctx.k} patients "
+                f"(differencing: {how.replace('k patients', f'{ctx.k} patients')})",
                 "ask for the groups you compare in one query (e.g. with --by), so that disclosure control "
                 "covers them together")
+
+
+def leak_of(space: AtomSpace, new: Vectors, pool: Vectors, groups: list[tuple[int, list[int]]], k: int
+            ) -> tuple[str, list[int]] | None:
+    """How the new cells isolate fewer than k patients with earlier ones, and which earlier results (indexes
+    of the space's footprints); None when they do not. Pairs and triples over every candidate, then the
+    span check around hidden cells."""
+    leak = space.first_leak(new, pool, k)
+    if leak is not None:
+        return leak.how, [pool.owner[i] for i in leak.earlier]
+    shown = new.matrix.toarray() > 0.5
+    for focus, around in groups:
+        members = [i + 1 for i in around]
+        before = space.vectors(members).matrix.toarray() > 0.5
+        targets = space.hidden_sets(0 if focus < 0 else focus + 1)
+        found = new_leak(before, shown, targets, space.weight, space.site_of, space.sites, k)
+        if found is not None:
+            who = "" if found.insider is None else f" for an insider at {found.insider}"
+            return (f"together they pin down {found.what} of fewer than k patients{who}, which no single result "
+                    "shows", members)
+    return None
 
 
 TRIPLE_FAMILY = 1000  # related footprints searched for triples (the most recent): bounds the work per query
 _TABLES: dict[tuple[int, str, str, tuple[str, ...]], tuple[CellTable, list[str]]] = {}
 
 
-def find_candidates(ctx: Context, new: Footprint, new_sizes: Sizes, earlier: list[Earlier]) -> list[Earlier]:
+def find_candidates(ctx: Context, new: Footprint, new_sizes: Sizes, earlier: list[Earlier]
+                    ) -> tuple[list[Earlier], list[tuple[int, list[int]]]]:
     """Earlier footprints that could combine with the new one: a cell nested in a new cell with 1..k-1 rows
-    between them (for the analyst, a site insider, or at one site), or filters of the same family (for
-    triples). Cells of footprints not yet sized are asked of the sites once and kept in the history index."""
+    between them (for the analyst, a site insider, or at one site), filters of the same family (for
+    triples), and results with hidden cells around which the span check runs (with its groups, as indexes
+    into the list returned; -1 is the new result). Cells of footprints not yet sized are asked of the sites
+    once and kept in the history index."""
     sizes = sized(ctx, earlier)
     sites = sorted({s for e in earlier for s in e.footprint.sites} | set(new.sites))
     keys = [e.footprint.key() for e in earlier]
@@ -128,9 +158,13 @@ def find_candidates(ctx: Context, new: Footprint, new_sizes: Sizes, earlier: lis
     members = [i for i, e in enumerate(earlier) if related(new, e.footprint)][-TRIPLE_FAMILY:]
     family = CellTable.build([(i, sizes[keys[i]]) for i in members], sites)
     triples = triple_near(new_sizes, family, sites, ctx.k)
+    groups = hidden_linked(new, new_sizes, [e.footprint for e in earlier], [sizes[key] for key in keys])
+    around = {i for focus, members in groups for i in [focus, *members] if i >= 0}
     ctx.result.checked = {"earlier_footprints": len(earlier), "nested_near": len(near), "related": len(members),
-                          "triple_near": len(triples)}
-    return [earlier[i] for i in sorted(near | triples)]
+                          "triple_near": len(triples), "hidden_linked": len(groups)}
+    chosen = sorted(near | triples | around)
+    at = {i: n for n, i in enumerate(chosen)}
+    return [earlier[i] for i in chosen], [(at.get(f, -1), [at[i] for i in m]) for f, m in groups]
 
 
 def sized(ctx: Context, earlier: list[Earlier]) -> dict[str, Sizes]:
@@ -209,19 +243,19 @@ def _comparable(ctx: Context, earlier: Earlier) -> bool:
     return True
 
 
-def cite(ctx: Context, earlier: list[Earlier], pool: Vectors, leak: Leak | None) -> str:
-    """The earlier results a leak involves, as the analyst may see them: their own queries described,
-    another analyst's only by audit number."""
-    if leak is None:
-        return "an earlier result"
+def cite(ctx: Context, earlier: list[Earlier], involved: list[int]) -> str:
+    """The earlier results a leak involves (indexes of the atom space's footprints, 0 being the new one), as
+    the analyst may see them: their own queries described, another analyst's only by audit number."""
     parts = []
-    for i in leak.earlier:
-        e = earlier[pool.owner[i] - 1]
+    for i in dict.fromkeys(involved):
+        if i == 0:
+            continue
+        e = earlier[i - 1]
         if e.analyst == ctx.result.analyst:
             parts.append(f"your earlier result #{e.audit_id} ({e.described})")
         else:
             parts.append(f"an earlier result released to another analyst (audit #{e.audit_id})")
-    return " and ".join(parts)
+    return " and ".join(parts) or "an earlier result"
 
 
 CENTRAL_GUARDS: list[type[CentralGuard]] = [SubsetGuard, DifferencingGuard]

@@ -30,10 +30,21 @@ from federation.query.model import Exists, Filter, Query
 VERSION_NUMBER = re.compile(r"@v(\d+)$")
 
 
+Level = tuple[str, ...]  # the group-by columns a released cell is keyed by (() for a total)
+HiddenCell = tuple[str, Level, str]  # (site, or "" for the combined cell; its level; its key as JSON)
+
+
+def key_json(key: Any) -> str:
+    """A cell key in one canonical text (keys come from site answers, the payload and the audit log alike)."""
+    return json.dumps(list(key), separators=(",", ":"), default=str)
+
+
 @dataclass(frozen=True)
 class Footprint:
     """What one released result covered: rows of `subset` in `table` of `study_id`, by `dims`, at each
-    (site, version), combined, and per site too when `per_site`."""
+    (site, version), combined, and per site too when `per_site`. `levels` are the group-by columns of each
+    kind of cell it released (a count releases its groups and their total; a crosstab its margins too), and
+    `hidden` the cells of those levels that were suppressed (not released, so not in any difference)."""
 
     study_id: str
     table: str
@@ -41,27 +52,50 @@ class Footprint:
     dims: tuple[str, ...]
     versions: tuple[tuple[str, int], ...]
     per_site: bool
+    levels: tuple[Level, ...] = ()
+    hidden: tuple[HiddenCell, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.levels:
+            object.__setattr__(self, "levels", (self.dims,))
 
     @classmethod
-    def of(cls, query: Query, versions: dict[str, int], per_site: bool) -> Footprint:
+    def of(cls, query: Query, versions: dict[str, int], per_site: bool,
+           levels: list[list[str]] | None = None, hidden: list[list[Any]] | None = None) -> Footprint:
         subset = json.dumps({"filters": [f.model_dump(mode="json") for f in query.filters],
                              "exists": [e.model_dump(mode="json") for e in query.exists]},
                             sort_keys=True, separators=(",", ":"))
         # dims are the group-by columns only: a statistic's split inside a group (a proportion's column, a
         # model's outcome, a curve's events) is protected within the result, not across results (0009, Open)
         return cls(study_id=query.study_id, table=query.table, subset=subset, dims=tuple(query.group_by),
-                   versions=tuple(sorted(versions.items())), per_site=per_site)
+                   versions=tuple(sorted(versions.items())), per_site=per_site,
+                   levels=tuple(tuple(level) for level in levels or [query.group_by]),
+                   hidden=tuple(sorted((str(site), tuple(level), key_json(key)) for site, level, key in hidden or [])))
 
     @classmethod
     def from_json(cls, text: str) -> Footprint:
         d = json.loads(text)
         return cls(study_id=d["study_id"], table=d["table"], subset=d["subset"], dims=tuple(d["dims"]),
-                   versions=tuple((s, int(v)) for s, v in d["versions"]), per_site=bool(d["per_site"]))
+                   versions=tuple((s, int(v)) for s, v in d["versions"]), per_site=bool(d["per_site"]),
+                   levels=tuple(tuple(level) for level in d.get("levels", [d["dims"]])),
+                   hidden=tuple((h[0], tuple(h[1]), h[2]) for h in d.get("hidden", [])))
 
     def to_json(self) -> str:
-        return json.dumps({"study_id": self.study_id, "table": self.table, "subset": self.subset,
-                           "dims": list(self.dims), "versions": [list(v) for v in self.versions],
-                           "per_site": self.per_site}, sort_keys=True, separators=(",", ":"))
+        body: dict[str, Any] = {"study_id": self.study_id, "table": self.table, "subset": self.subset,
+                                "dims": list(self.dims), "versions": [list(v) for v in self.versions],
+                                "per_site": self.per_site}
+        if self.levels != (self.dims,):
+            body["levels"] = [list(level) for level in self.levels]
+        if self.hidden:
+            body["hidden"] = [[site, list(level), key] for site, level, key in self.hidden]
+        return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+    def is_hidden(self, site: str, level: Level, key: str) -> bool:
+        hidden = self.__dict__.get("_hidden_set")
+        if hidden is None:
+            hidden = set(self.hidden)
+            object.__setattr__(self, "_hidden_set", hidden)
+        return (site, level, key) in hidden
 
     def key(self) -> str:
         cached: str | None = self.__dict__.get("_key")
@@ -102,10 +136,12 @@ def footprint_of_entry(entry: dict[str, Any]) -> Footprint | None:
                     for site, v in (entry.get("versions") or {}).items()}
     except (ValueError, KeyError, AttributeError, TypeError):
         return None
-    per_site = bool((entry.get("released") or {}).get("per_site", True))
-    return Footprint.of(query, versions, per_site)
+    released = entry.get("released") or {}
+    per_site = bool(released.get("per_site", True))
+    return Footprint.of(query, versions, per_site, released.get("levels"), released.get("hidden"))
 
 
+SCHEMA_VERSION = "2"  # footprints with levels and hidden cells; an index of another version is rebuilt
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS footprints (key TEXT PRIMARY KEY, study TEXT NOT NULL, tbl TEXT NOT NULL,
                                        body TEXT NOT NULL, first_id INTEGER NOT NULL, analyst TEXT NOT NULL,
@@ -128,6 +164,11 @@ class History:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False)
         self._db.executescript(SCHEMA)
+        if self._meta("schema", "") != SCHEMA_VERSION:  # an index written by another release: rebuilt from the log
+            self._db.executescript("DROP TABLE IF EXISTS footprints; DROP TABLE IF EXISTS meta; "
+                                   "DROP TABLE IF EXISTS sizes;" + SCHEMA)
+            self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            self._db.commit()
         self._lock = threading.RLock()
         self._size_cache: dict[str, dict[str, list[tuple[tuple[object, ...], int, str]]]] = {}
         self._table_locks: dict[tuple[str, str], threading.Lock] = {}

@@ -6,9 +6,11 @@ Order of work (each step can refuse, and every refusal is audited):
 2. first round, one task per site: its row count, the subset sizes and differences the guards need, and
    the statistic's first summaries; each site answers from its latest (or pinned) version and runs its
    own guards; a site with too few rows takes no part;
-3. central guards (`central.guards`): subset sizes over all sites, differencing against earlier results;
+3. central guards (`central.guards`): subset sizes over all sites;
 4. the statistic combines the summaries, asking further rounds on the same versions if it needs them
-   (quantile search, Newton iterations), and suppresses small cells (`central.disclosure`).
+   (quantile search, Newton iterations), and suppresses small cells (`central.disclosure`);
+5. central guards on what would be released: differencing of the cells actually shown (suppressed cells
+   are not shown, so they are not in any difference) against every earlier released result.
 """
 
 from __future__ import annotations
@@ -170,6 +172,7 @@ def _run(q: Query, gateway: SiteGateway, policy: QueryPolicy, audit: AuditLog, a
     from federation.query.central.guards import CENTRAL_GUARDS
 
     result = Result(query=q, analyst=analyst)
+    notes_kept: int | None = None  # a refused result keeps the notes from before the statistic combined
     try:
         statistic = Statistic.for_query(q)
         statistic.check(q, policy)
@@ -190,11 +193,15 @@ def _run(q: Query, gateway: SiteGateway, policy: QueryPolicy, audit: AuditLog, a
         for i, (owner, _) in enumerate(parts[1:-1], start=1):  # a guard may leave sites out of the query
             owner.check(ctx, {s: ctx.refuse_on_refusal(a) for s, a in split[i].items() if s in ctx.thresholds})
         stat_answers = {s: ctx.refuse_on_refusal(a) for s, a in split[len(parts) - 1].items() if s in ctx.thresholds}
+        notes_kept = len(result.notes)
         result.payload = statistic.combine(ctx, stat_answers)
+        for guard in guards:  # on the cells this result would show
+            guard.released(ctx)
         if ctx.combined_only:  # the differencing guard said why in a note
             result.payload = hide_per_site(result.payload)
     except QueryRefused as exc:
         result.status, result.reason, result.suggestion, result.payload = "refused", exc.reason, exc.suggestion, {}
+        result.notes = result.notes[:notes_kept]
     except ValidationError as exc:  # a parameter outside what any site answers (e.g. too many filters)
         error = exc.errors()[0]
         result.status, result.payload = "refused", {}
@@ -212,11 +219,74 @@ def _run(q: Query, gateway: SiteGateway, policy: QueryPolicy, audit: AuditLog, a
 
 
 def digest(payload: dict[str, Any]) -> dict[str, Any]:
-    """What was released, for the audit log: counts of suppressed entries and a hash of the values."""
+    """What was released, for the audit log: counts of suppressed entries and a hash of the values, and which
+    cells were shown (their levels, and the cells of those levels that were hidden) for the history."""
     text = json.dumps(payload, sort_keys=True, default=str)
     per_site = any(not _is_withheld(v) for v in _per_site_values(payload))
+    levels, hidden = released_cells(payload)
     return {"sha256": hashlib.sha256(text.encode()).hexdigest(), "suppressed": text.count('"suppressed"'),
-            "per_site": per_site, "bytes": len(text)}
+            "per_site": per_site, "bytes": len(text), "levels": levels, "hidden": hidden}
+
+
+def released_cells(payload: dict[str, Any]) -> tuple[list[list[str]], list[list[Any]]]:
+    """The kinds of count cells a result shows (its levels: group-by columns, () for a total) and the cells
+    of those levels it hides, as [site or "" for combined, level, key], read from the payload itself so that
+    the history records what was shown, not what a statistic meant to show. Results of other shapes
+    (curves, models) keep the default: their groups, all shown."""
+    if not payload:
+        return [], []
+    dims = list(payload.get("dims") or [])
+    levels: list[list[str]] = []
+    hidden: list[list[Any]] = []
+
+    def note(level: list[str], key: list[Any], value: Any, site: str) -> None:
+        if _is_withheld(value) or (isinstance(value, dict) and value.get("suppressed") is True):
+            hidden.append([site, level, key])
+
+    def cell(level: list[str], key: list[Any], entry: dict[str, Any]) -> None:
+        note(level, key, entry.get("combined"), "")
+        for site, value in (entry.get("per_site") or {}).items():
+            note(level, key, value, site)
+
+    kind = payload.get("statistic")
+    if kind == "crosstab":
+        rows_dim, cols_dim = payload["rows_dim"], payload["cols_dim"]
+        rows, cols = payload["rows"], payload["cols"]
+        levels = [[rows_dim, cols_dim], [rows_dim], [cols_dim], []]
+        tables = {"": payload["combined"], **payload.get("per_site", {})}
+        for site, matrix in tables.items():
+            for r, label_r in enumerate(rows):
+                for c, label_c in enumerate(cols):
+                    last_r, last_c = r == len(rows) - 1, c == len(cols) - 1
+                    level = ([] if last_r and last_c else [cols_dim] if last_r else [rows_dim] if last_c
+                             else [rows_dim, cols_dim])
+                    key = [x for x, last in ((label_r, last_r), (label_c, last_c)) if not last]
+                    note(level, key, matrix[r][c], site)
+        return levels, hidden
+    if kind in ("count", "mean", "sum", "proportion", "quantiles") and isinstance(payload.get("rows"), list):
+        levels = [dims]
+        for row in payload["rows"]:
+            cell(dims, row["group"], row)
+        if isinstance(payload.get("total"), dict):
+            if [] not in levels:
+                levels.append([])
+            cell([], [], payload["total"])
+        return levels, hidden
+    if kind == "km" and isinstance(payload.get("curves"), list):
+        # a curve shows its group's count (the number at risk at day 0, or through its steps and intervals)
+        # unless it is withheld, or stops at day 0 with that number hidden
+        def curve_hidden(curve: Any) -> bool:
+            if not isinstance(curve, dict) or curve.get("withheld"):
+                return True
+            points = curve.get("points") or []
+            return len(points) <= 1 and (not points or points[0].get("at_risk") == {"suppressed": True})
+
+        for curve in payload["curves"]:
+            for site, value in [("", curve.get("combined")), *(curve.get("per_site") or {}).items()]:
+                if curve_hidden(value):
+                    hidden.append([site, dims, curve["group"]])
+        return [dims], hidden
+    return [dims], []
 
 
 def _is_withheld(value: Any) -> bool:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from federation.query.central.combine import km_from_counts, log_log_ci
-from federation.query.central.statistics.base import Statistic, sorted_keys
+from federation.query.central.statistics.base import SharedSuppressionGuard, Statistic, count_table, sorted_keys
 from federation.query.central.statistics.counts import check_filters
 from federation.query.columns import check_km_grid
 from federation.query.guard import Guard, QueryRefused
@@ -53,8 +53,14 @@ class KaplanMeier(Statistic):
         n_int = len(grid) - 1
         zero = (np.zeros(n_int, int), np.zeros(n_int, int), np.zeros(n_int, int))
         k = ctx.k
+        # the number at risk at day 0 is each group's count: hidden at least where the count of the same
+        # patients by the same groups (with its totals) hides it, with the curve that would reveal it
+        start = {s: {key: int(per_site[s].get(key, zero)[0][:1].sum()) for key in keys} for s in names}
+        hidden = np.isnan(count_table(ctx, start, keys, totals=True).values[:, :len(keys), 0])
+        if not SharedSuppressionGuard.enabled():
+            hidden[:] = False
         curves = []
-        for key in keys:
+        for r, key in enumerate(keys):
             parts = {s: per_site[s].get(key, zero) for s in names}
             at_risk = np.asarray(sum(p[0] for p in parts.values()))
             events = np.asarray(sum(p[1] for p in parts.values()))
@@ -68,8 +74,11 @@ class KaplanMeier(Statistic):
                 risk_ok = set(range(n_int))
             combined = release_curve(at_risk, events, grid, k, risk_ok=risk_ok)
             combined["risk_table"] = risk_table(at_risk, grid, k, risk_ok=risk_ok)
-            site_curves = {s: release_curve(parts[s][0], parts[s][1], grid, ctx.thresholds[s].min_cell,
-                                            only=common, risk_ok=risk_ok) for s in names}
+            site_curves = {s: dict(WITHHELD) if hidden[i, r] else
+                           release_curve(parts[s][0], parts[s][1], grid, ctx.thresholds[s].min_cell, only=common,
+                                         risk_ok=risk_ok) for i, s in enumerate(names)}
+            if hidden[len(names), r]:
+                combined = {**WITHHELD, "risk_table": risk_table(at_risk, grid, k, risk_ok=set())}
             curves.append({"group": list(key), "combined": combined, "per_site": site_curves})
         ctx.result.notes.append(
             f"Kaplan-Meier on a grid of {q.grid_days:g} days: per interval, sites return the number at risk, events "
@@ -77,6 +86,9 @@ class KaplanMeier(Statistic):
             f"with at least {k} at risk and at least {k} events since the previous released point (or none).")
         return {"statistic": "km", "endpoint": q.endpoint, "grid_days": q.grid_days, "dims": q.group_by,
                 "curves": curves}
+
+
+WITHHELD: dict[str, Any] = {"points": [], "withheld": True}
 
 
 class SiteRiskGuard(Guard):

@@ -1,0 +1,101 @@
+"""The span check: which sets of atoms released cells pin down exactly, and which the new cells newly pin
+down for an analyst or a site insider (`federation.query.central.span`), on small hand-made tables."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from federation.query.central.runner import released_cells
+from federation.query.central.span import derivable, new_leak
+
+
+def rows(*cells: list[int]) -> np.ndarray:
+    return np.array(cells, dtype=bool)
+
+
+def test_a_bin_between_two_half_lines_and_the_whole_is_derivable() -> None:
+    # atoms: below a, [a, b), from b; cells: everyone, < b, >= a
+    shown = rows([1, 1, 1], [1, 1, 0], [0, 1, 1])
+    assert derivable(shown, rows([0, 1, 0]))[0]
+    assert not derivable(shown[:2], rows([0, 1, 0]))[0]  # two of them only give its complement's parts
+
+
+def test_atoms_no_cell_tells_apart_are_one_class() -> None:
+    shown = rows([1, 1, 0, 0], [1, 1, 1, 1])
+    assert derivable(shown, rows([1, 1, 0, 0], [0, 0, 1, 1])).all()
+    assert not derivable(shown, rows([1, 0, 0, 0]))[0]  # splits a class: never pinned down
+
+
+def test_a_complement_released_later_gives_the_primary_cell() -> None:
+    # one site; atoms: groups g1 (30), g2 (40), g3 (1 patient, primary), g4 (12, hidden as its complement)
+    weight = np.array([30.0, 40.0, 1.0, 12.0])
+    site_of = np.zeros(4, dtype=int)
+    before = rows([1, 1, 1, 1], [1, 0, 0, 0], [0, 1, 0, 0])  # the site total, and the groups shown
+    hidden = rows([0, 0, 1, 0], [0, 0, 0, 1])
+    assert new_leak(before, rows([0, 0, 1, 1]), hidden, weight, site_of, ["s"], 5) is None  # g3+g4: known already
+    leak = new_leak(before, rows([0, 0, 0, 1]), hidden, weight, site_of, ["s"], 5)  # g4 filtered: g3 follows
+    assert leak is not None and leak.units == 1.0 and leak.what == "a hidden cell" and leak.insider is None
+    # a set pinned down before the new cells is not the new result's doing
+    assert new_leak(np.vstack([before, rows([0, 0, 0, 1])]), rows([1, 1, 0, 0]), hidden, weight, site_of, ["s"],
+                    5) is None
+
+
+def test_an_insider_removes_their_own_rows() -> None:
+    # two sites, one group each side hidden; atoms: (site 0, small), (site 0, big), (site 1, small), (site 1, big)
+    weight = np.array([2.0, 30.0, 3.0, 40.0])
+    site_of = np.array([0, 0, 1, 1])
+    before = rows([1, 1, 0, 0], [0, 0, 1, 1])  # each site's total
+    new = rows([1, 0, 1, 0])  # the combined small group (5 patients: shown as at least k)
+    hidden = rows([1, 0, 0, 0], [0, 0, 1, 0])
+    assert new_leak(before, new, hidden, weight, site_of, ["a", "b"], 5) is not None  # insider a gets b's 3
+    leak = new_leak(before, new, hidden, weight, site_of, ["a", "b"], 5)
+    assert leak is not None and leak.insider in ("a", "b")
+    # without the insiders' knowledge the two small cells stay hidden from an outside analyst
+    assert not derivable(np.vstack([before, new]), hidden).any()
+
+
+def test_the_cells_a_result_hid_are_read_from_what_it_shows() -> None:
+    count = {"statistic": "count", "dims": ["arm"], "rows": [
+        {"group": ["NR"], "combined": 45, "per_site": {"site-a": {"suppressed": True}, "site-b": 44}},
+        {"group": ["M"], "combined": {"suppressed": True}, "per_site": {"site-a": 9, "site-b": 7}}],
+        "total": {"combined": 105, "per_site": {"site-a": 10, "site-b": {"suppressed": True}}}}
+    levels, hidden = released_cells(count)
+    assert levels == [["arm"], []]
+    assert sorted(map(str, hidden)) == sorted(map(str, [["site-a", ["arm"], ["NR"]], ["", ["arm"], ["M"]],
+                                                         ["site-b", [], []]]))
+    crosstab = {"statistic": "crosstab", "rows_dim": "stage", "cols_dim": "sex", "rows": ["I", "total"],
+                "cols": ["F", "total"], "combined": [[{"suppressed": True}, 8], [9, 20]], "per_site": {}}
+    levels, hidden = released_cells(crosstab)
+    assert levels == [["stage", "sex"], ["stage"], ["sex"], []] and hidden == [["", ["stage", "sex"], ["I", "F"]]]
+    km = {"statistic": "km", "dims": ["arm"], "curves": [
+        {"group": ["NR"], "combined": {"points": [{"day": 0.0, "at_risk": {"suppressed": True}}]},
+         "per_site": {"site-a": {"points": [], "withheld": True},
+                      "site-b": {"points": [{"day": 0.0, "at_risk": 40}, {"day": 30.0, "at_risk": 38}]}}}]}
+    assert released_cells(km) == ([["arm"]], [["", ["arm"], ["NR"]], ["site-a", ["arm"], ["NR"]]])
+    assert released_cells({"statistic": "logistic", "coefficients": []}) == ([[]], [])
+
+
+def test_a_decomposition_that_fails_never_lets_a_result_through(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from federation.query.central import span
+
+    def fails(*_a: object, **_k: object) -> None:
+        raise np.linalg.LinAlgError("SVD did not converge")
+
+    shown = rows([1, 1, 1], [1, 1, 0], [0, 1, 1])
+    monkeypatch.setattr(span, "null_space", fails)
+    assert derivable(shown, rows([1, 0, 0])).all()  # unsure: "derivable", so the guard refuses
+    assert not derivable(shown, rows([1, 0, 0]), unsure=False).any()  # and "was not derivable before"
+    weight, site_of = np.array([30.0, 2.0, 30.0]), np.zeros(3, dtype=int)
+    assert new_leak(shown[:1], shown[1:], rows([0, 1, 0]), weight, site_of, ["s"], 5) is not None
+
+
+def test_a_matrix_on_which_the_fast_decomposition_fails_is_still_decided() -> None:
+    # cells x classes of a real service run (tests/service after the DAG tests): LAPACK's gesdd did not converge
+    from pathlib import Path
+
+    data = np.load(Path(__file__).parent / "data" / "gesdd-does-not-converge.npz")
+    shown = np.unpackbits(data["bits"], axis=1)[:, :int(data["shape"][1])].astype(bool)
+    one_atom = np.zeros((1, shown.shape[1]), dtype=bool)
+    one_atom[0, 0] = True
+    assert derivable(shown, shown[:3]).all()  # a shown cell is derivable from the shown cells
+    assert derivable(shown, one_atom, unsure=True)[0] == derivable(shown, one_atom, unsure=False)[0]  # decided
