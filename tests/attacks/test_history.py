@@ -270,3 +270,81 @@ def test_a_new_result_hides_what_earlier_results_would_give_away(fresh_audit: Se
     # 1-4 and 5-9 cells with everyone's means and the filtered ones would leave the three 10-14 patients
     assert grouped.status == "refused" and "pin down a hidden cell" in grouped.reason
     assert "your earlier result #1" in grouped.reason and "your earlier result #2" in grouped.reason
+
+
+def differences(results: list[Any], signs: tuple[int, ...], sites: list[str],
+                cells: list[dict[str, Any]] | None = None) -> dict[str, tuple[int, float]]:
+    """Per site, the n and the sum of a signed combination of cells (ungrouped means, or `cells`) that are
+    all shown."""
+    out = {}
+    cells = cells or [by_group(r)[()] for r in results]
+    for site in sites:
+        if all("mean" in c[site] for c in cells):
+            out[site] = (sum(sg * c[site]["n"] for sg, c in zip(signs, cells, strict=True)),
+                         round(sum(sg * c[site]["n"] * c[site]["mean"] for sg, c in zip(signs, cells, strict=True)), 4))
+    return out
+
+
+def test_two_categorical_filters_and_everyone_do_not_isolate_a_group(fresh_audit: Settings) -> None:
+    """Red team T1: everyone - `age_group in [<1, 1-4]` - `age_group == 5-9` = the 10-14 patients (a triple
+    through categorical filters, which the triple search once left out)."""
+    queries = [Query(study_id=STUDY, statistic="mean", column=AGE),
+               Query(study_id=STUDY, statistic="mean", column=AGE,
+                     filters=[Filter(column="age_group", op="in", value=["<1", "1-4"])]),
+               Query(study_id=STUDY, statistic="mean", column=AGE,
+                     filters=[Filter(column="age_group", op="==", value="5-9")])]
+    truth = dict(pooled(fresh_audit, f"SELECT site_id, round({AGE}, 4) FROM unit_patients WHERE age_group = '10-14'"))
+    with switched_off("differencing"):
+        unguarded = [run_local(q, elsewhere(fresh_audit, "unguarded"), "m") for q in queries]
+    assert differences(unguarded, (1, -1, -1), ONE_EACH) == {s: (1, truth[s]) for s in ONE_EACH}
+
+    guarded = [run_local(q, fresh_audit, who) for q, who in zip(queries, ["mallory", "eve", "trent"], strict=True)]
+    assert [r.status for r in guarded[:2]] == ["released", "released"]
+    last = guarded[2]
+    assert last.status == "refused" or differences(guarded, (1, -1, -1), ONE_EACH) == {}
+    assert "differencing" in (last.reason + " ".join(last.notes))
+
+
+def test_four_filtered_results_do_not_isolate_a_group(fresh_audit: Settings) -> None:
+    """Red team Q1: `arm == DD4A`, `EE4A`, `M`, then everyone: four results, nothing hidden, site-a's one NR
+    patient is everyone minus the three (the filter family's span check)."""
+    sites = sorted(s for (s,) in pooled(fresh_audit, "SELECT DISTINCT site_id FROM patients"))
+    queries = [Query(study_id=STUDY, statistic="mean", column=AGE, filters=[Filter(column="arm", op="==", value=a)])
+               for a in ("DD4A", "EE4A", "M")] + [Query(study_id=STUDY, statistic="mean", column=AGE)]
+    ((nr_age,),) = pooled(fresh_audit, f"SELECT round({AGE}, 4) FROM unit_patients WHERE site_id = 'site-a' "
+                                       "AND arm = 'NR'")
+    with switched_off("differencing"):
+        unguarded = [run_local(q, elsewhere(fresh_audit, "unguarded"), "m") for q in queries]
+    assert differences(unguarded[::-1], (1, -1, -1, -1), sites)["site-a"] == (1, nr_age)
+
+    guarded = [run_local(q, fresh_audit, "mallory") for q in queries]
+    assert [r.status for r in guarded] == ["released"] * 4
+    assert any("per-site values are withheld" in n for n in guarded[3].notes)
+    assert "site-a" not in differences(guarded[::-1], (1, -1, -1, -1), sites)
+
+
+def test_a_filter_reaching_outside_a_result_with_hidden_cells_is_checked(fresh_audit: Settings) -> None:
+    """Red team O1: `age_group != 5-9` (T), the same by age group (hides 10-14 and <1), `age_group == 5-9` (E),
+    then `age_group in [<1, 5-9]` (N): T - (1-4) - N + E = the 10-14 patients."""
+    rest = [Filter(column="age_group", op="!=", value="5-9")]
+    queries = [Query(study_id=STUDY, statistic="mean", column=AGE, filters=rest, sites=A2_SITES),
+               Query(study_id=STUDY, statistic="mean", column=AGE, group_by=["age_group"], filters=rest,
+                     sites=A2_SITES),
+               Query(study_id=STUDY, statistic="mean", column=AGE, sites=A2_SITES,
+                     filters=[Filter(column="age_group", op="==", value="5-9")]),
+               Query(study_id=STUDY, statistic="mean", column=AGE, sites=A2_SITES,
+                     filters=[Filter(column="age_group", op="in", value=["<1", "5-9"])])]
+
+    def ages(rs: list[Any]) -> dict[str, tuple[int, float]]:
+        t, grouped, e, n = rs
+        cells = [by_group(t)[()], by_group(grouped)[("1-4",)], by_group(n)[()], by_group(e)[()]]
+        return differences(rs, (1, -1, -1, 1), ONE_EACH, cells=cells)
+
+    truth = dict(pooled(fresh_audit, f"SELECT site_id, round({AGE}, 4) FROM unit_patients WHERE age_group = '10-14'"))
+    with switched_off("differencing"):
+        unguarded = [run_local(q, elsewhere(fresh_audit, "unguarded"), "m") for q in queries]
+    assert ages(unguarded) == {s: (1, truth[s]) for s in ONE_EACH}
+
+    guarded = [run_local(q, fresh_audit, "mallory") for q in queries]
+    assert [r.status for r in guarded[:3]] == ["released"] * 3
+    assert guarded[3].status == "refused" and "pin down" in guarded[3].reason

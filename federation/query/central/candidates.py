@@ -10,9 +10,13 @@ runs over every earlier cell at once with numpy, so the exact check (`atoms`, `d
 the new query with a handful of candidates instead of the whole history.
 
 Triples. Three results combine into a small set when, for example, `age < 2`, `age >= 1.5` and no filter
-give the bin [1.5, 2). Triples are searched among *related* footprints: those whose filters differ from
-the new query's only in thresholds on continuous columns (or have none). A triple through unrelated
-categorical filters is not searched (stated in the decision record as an open limit).
+give the bin [1.5, 2), or everyone, `age_group in [<1, 1-4]` and `age_group == 5-9` give the 10-14
+group. Triples are searched among *related* footprints (filters that differ from the new query's only in
+thresholds on continuous columns, or none) and among the most recent footprints of any filters
+(`guards.find_candidates` sets both bounds).
+
+Groups for the span check (`span`): around results with hidden cells (`hidden_linked`), and filter
+families, results whose filters use only the columns the new one filters on (`filter_families`).
 """
 
 from __future__ import annotations
@@ -176,73 +180,130 @@ def _categorical(fp: Footprint) -> str:
 
 
 @dataclass
-class Rows:
-    """A footprint's rows at each site as sketches (Python ints): all of them, and those of its hidden cells."""
+class Pieces:
+    """A footprint's cells at one site (group-by level): sizes, sketches (Python ints), which are hidden
+    (their own cell, or part of a hidden total), the sketch of all its rows there, and the sums of sizes
+    that a union of its cells including a hidden one can reach (bit n of `hidden_sums`)."""
 
-    rows: dict[str, int]
-    hidden: dict[str, int]
-    cells: dict[str, list[int]]
+    sizes: list[int]
+    sketches: list[int]
+    hidden: list[bool]
+    rows: int
+    hidden_sums: int
 
 
-def rows_of(fp: Footprint, sizes: Sizes) -> Rows:
+_PIECES: dict[str, dict[str, Pieces]] = {}
+
+
+def pieces_of(fp: Footprint, sizes: Sizes) -> dict[str, Pieces]:
+    """Per site, the footprint's cells as `Pieces` (cached: a footprint's cells never change)."""
+    cached = _PIECES.get(fp.key())
+    if cached is not None:
+        return cached
     by_level: dict[tuple[str, ...], set[tuple[str, str]]] = {}
     for site, level, key in fp.hidden:
         by_level.setdefault(level, set()).add((site, key))
-    out = Rows(rows={}, hidden={}, cells={})
+    out: dict[str, Pieces] = {}
     for site, cells in sizes.items():
         sketches = [int(sketch, 16) for _, _, sketch in cells]
+        hidden = [False] * len(cells)
+        for level, marks in by_level.items():
+            pos = [fp.dims.index(d) for d in level]
+            for c, (cell_key, _, _) in enumerate(cells):
+                name = key_json([cell_key[p] for p in pos])
+                hidden[c] = hidden[c] or ("", name) in marks or (site, name) in marks
         whole = 0
         for sk in sketches:
             whole |= sk
-        hid = 0
-        for level, marks in by_level.items():
-            pos = [fp.dims.index(d) for d in level]
-            for (cell_key, _, _), sk in zip(cells, sketches, strict=True):
-                name = key_json([cell_key[p] for p in pos])
-                if ("", name) in marks or (site, name) in marks:
-                    hid |= sk
-        out.rows[site], out.hidden[site], out.cells[site] = whole, hid, sketches
+        plain, with_hidden = 1, 0  # reachable sums: unions without, and with, a hidden cell
+        for (_, n, _), h in zip(cells, hidden, strict=True):
+            if h:
+                plain, with_hidden = plain, with_hidden | (with_hidden << n) | (plain << n)
+            else:
+                plain, with_hidden = plain | (plain << n), with_hidden | (with_hidden << n)
+        out[site] = Pieces(sizes=[n for _, n, _ in cells], sketches=sketches, hidden=hidden, rows=whole,
+                           hidden_sums=with_hidden)
+    if len(_PIECES) > 200_000:
+        _PIECES.clear()
+    _PIECES[fp.key()] = out
     return out
 
 
-def _inside_touching(cells: list[int], whole: int, container: int, hidden: int) -> bool:
-    """A cell (or the whole) lies inside `container` (sketch bits) and shares rows with `hidden`."""
-    return any(c & ~container == 0 and c & hidden for c in [*cells, whole] if c)
+def _aligned(cells: list[tuple[int, int]], focus: Pieces) -> bool:
+    """Some cell (size, sketch) lies inside the focus's rows and has the size of a union of its cells that
+    includes a hidden one: it may be that union, and then it shows the hidden rows' total (sizes and
+    sketches only: never false for a true union)."""
+    return any(n > 0 and sk & ~focus.rows == 0 and focus.hidden_sums >> n & 1 for n, sk in cells)
 
 
 def hidden_linked(new: Footprint, new_sizes: Sizes, earlier: list[Footprint], sizes: list[Sizes]
                   ) -> list[tuple[int, list[int]]]:
     """Groups for the span check (`span`): (focus, the earlier footprints around it). A focus is a result with
-    hidden cells: an earlier one whose hidden cells share rows with a new cell lying inside its rows at some
-    site, or the new one (index -1) when an earlier cell lies inside its rows and touches its hidden cells.
-    Around each focus: its companions, the results on the same rows (same filters, same versions) by fewer
-    group-by columns, which give its totals; for the new focus, the earlier results linked to it as well."""
-    mine = rows_of(new, new_sizes)
+    hidden cells: an earlier one with a new cell that may be a union of its cells including a hidden one, at
+    some site (e.g. a filter to the group it hid as a complement), or the new one (index -1) when an
+    earlier cell may be such a union of its cells. Around each focus: its companions, the results on the
+    same rows (same filters, same versions) by any group-by columns, whose cells add up to its totals;
+    for the new focus, the earlier results linked to it as well."""
+    mine = pieces_of(new, new_sizes)
+    mine_cells = {site: [*zip(p.sizes, p.sketches, strict=True), (sum(p.sizes), p.rows)] for site, p in mine.items()}
     groups: list[tuple[int, list[int]]] = []
     same_rows: dict[tuple[str, tuple[tuple[str, int], ...]], list[int]] = {}
     for i, fp in enumerate(earlier):
         same_rows.setdefault((fp.subset_key(), fp.versions), []).append(i)
 
     def companions(fp: Footprint, exclude: int) -> list[int]:
-        return [j for j in same_rows.get((fp.subset_key(), fp.versions), [])
-                if j != exclude and set(earlier[j].dims) <= set(fp.dims)]
+        return [j for j in same_rows.get((fp.subset_key(), fp.versions), []) if j != exclude]
 
     linked_to_new: list[int] = []
     for i, (fp, sz) in enumerate(zip(earlier, sizes, strict=True)):
-        if not any(site in sz for site in new.sites):
+        shared = [site for site in new.sites if site in sz]
+        if not shared or not (fp.hidden or new.hidden):
             continue
-        theirs = rows_of(fp, sz) if fp.hidden or new.hidden else None
-        if theirs is None:
-            continue
-        for site in set(new.sites) & set(sz):
-            if fp.hidden and _inside_touching(mine.cells.get(site, []), mine.rows.get(site, 0),
-                                              theirs.rows[site], theirs.hidden[site]):
-                groups.append((i, [i, *companions(fp, i)]))
-                break
-        if new.hidden and any(_inside_touching(theirs.cells[site], theirs.rows[site], mine.rows.get(site, 0),
-                                               mine.hidden.get(site, 0)) for site in set(new.sites) & set(sz)):
+        theirs = pieces_of(fp, sz)
+        if fp.hidden and any(_aligned(mine_cells.get(site, []), theirs[site]) for site in shared):
+            groups.append((i, [i, *companions(fp, i)]))
+        if new.hidden and any(_aligned([*zip(theirs[site].sizes, theirs[site].sketches, strict=True),
+                                        (sum(theirs[site].sizes), theirs[site].rows)], mine[site])
+                              for site in shared if site in mine):
             linked_to_new.append(i)
     if new.hidden and linked_to_new:
         around = sorted(set(linked_to_new) | set(companions(new, -1)))
         groups.append((-1, around))
+    return groups
+
+
+FAMILY_SPAN = 40  # earlier results in a filter family checked together with the new one (the most recent)
+FAMILIES_OF_EVERYONE = 4  # families checked for a new result without filters
+
+
+@lru_cache(maxsize=200_000)
+def _filter_columns(subset: str) -> tuple[frozenset[str], str]:
+    d = json.loads(subset)
+    return frozenset(f["column"] for f in d["filters"]), json.dumps(d["exists"], sort_keys=True)
+
+
+def filter_families(new: Footprint, earlier: list[Footprint]) -> list[tuple[int, list[int]]]:
+    """Groups for the span check without a hidden cell (focus -2): the new result with the most recent earlier
+    results whose filters use only the columns the new one filters on (none included), on the same exists
+    filters and sharing a site. Filters on one column cut the same rows into groups: everyone minus
+    `arm == DD4A`, `EE4A` and `M` is arm NR, four results no pair or triple search sees. A new result without
+    filters is checked with the families of the columns most recently filtered on alone."""
+    columns, exists = _filter_columns(new.subset)
+    sites = set(new.sites)
+    candidates = [i for i, fp in enumerate(earlier) if sites & set(fp.sites)
+                  and _filter_columns(fp.subset)[1] == exists]
+    if columns:
+        family = [i for i in candidates if _filter_columns(earlier[i].subset)[0] <= columns]
+        return [(-2, family[-FAMILY_SPAN:])] if family else []
+    groups: list[tuple[int, list[int]]] = []
+    seen: set[frozenset[str]] = set()
+    for i in reversed(candidates):
+        cols = _filter_columns(earlier[i].subset)[0]
+        if len(cols) != 1 or cols in seen:
+            continue
+        seen.add(cols)
+        family = [j for j in candidates if _filter_columns(earlier[j].subset)[0] <= cols]
+        groups.append((-2, family[-FAMILY_SPAN:]))
+        if len(groups) == FAMILIES_OF_EVERYONE:
+            break
     return groups

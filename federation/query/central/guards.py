@@ -7,8 +7,18 @@ or restricts what is released (`check`). Suppression of small cells is a guard t
 
 from __future__ import annotations
 
+import numpy as np
+
 from federation.query.central.atoms import AtomSpace, history_answers, subsets_at
-from federation.query.central.candidates import CellTable, Sizes, hidden_linked, nested_near, related, triple_near
+from federation.query.central.candidates import (
+    CellTable,
+    Sizes,
+    filter_families,
+    hidden_linked,
+    nested_near,
+    related,
+    triple_near,
+)
 from federation.query.central.differencing import Vectors
 from federation.query.central.history import Earlier, Footprint
 from federation.query.central.runner import Context, released_cells
@@ -122,7 +132,10 @@ def leak_of(space: AtomSpace, new: Vectors, pool: Vectors, groups: list[tuple[in
     for focus, around in groups:
         members = [i + 1 for i in around]
         before = space.vectors(members).matrix.toarray() > 0.5
-        targets = space.hidden_sets(0 if focus < 0 else focus + 1)
+        if focus == -2:  # a filter family: every hidden cell of its results and of the new one
+            targets = np.vstack([space.hidden_sets(x) for x in [0, *members]])
+        else:
+            targets = space.hidden_sets(0 if focus == -1 else focus + 1)
         found = new_leak(before, shown, targets, space.weight, space.site_of, space.sites, k)
         if found is not None:
             who = "" if found.insider is None else f" for an insider at {found.insider}"
@@ -132,6 +145,7 @@ def leak_of(space: AtomSpace, new: Vectors, pool: Vectors, groups: list[tuple[in
 
 
 TRIPLE_FAMILY = 1000  # related footprints searched for triples (the most recent): bounds the work per query
+TRIPLE_RECENT = 500  # and the most recent footprints of any filters (e.g. two categorical filters and everyone)
 _TABLES: dict[tuple[int, str, str, tuple[str, ...]], tuple[CellTable, list[str]]] = {}
 
 
@@ -154,17 +168,20 @@ def find_candidates(ctx: Context, new: Footprint, new_sizes: Sizes, earlier: lis
     if len(keys) > len(covered):  # released since the table was built: compared directly
         recent = CellTable.build([(i, sizes[keys[i]]) for i in range(len(covered), len(keys))], sites)
         near |= nested_near(new_sizes, recent, sites, ctx.k)
-    # triples: among the most recent related footprints (pairs above: the whole history)
-    members = [i for i, e in enumerate(earlier) if related(new, e.footprint)][-TRIPLE_FAMILY:]
+    # triples: among the most recent related footprints and the most recent of all (pairs: the whole history)
+    members = sorted(set([i for i, e in enumerate(earlier) if related(new, e.footprint)][-TRIPLE_FAMILY:])
+                     | set(range(max(0, len(earlier) - TRIPLE_RECENT), len(earlier))))
     family = CellTable.build([(i, sizes[keys[i]]) for i in members], sites)
     triples = triple_near(new_sizes, family, sites, ctx.k)
-    groups = hidden_linked(new, new_sizes, [e.footprint for e in earlier], [sizes[key] for key in keys])
+    footprints = [e.footprint for e in earlier]
+    groups = hidden_linked(new, new_sizes, footprints, [sizes[key] for key in keys])
+    groups += filter_families(new, footprints)
     around = {i for focus, members in groups for i in [focus, *members] if i >= 0}
     ctx.result.checked = {"earlier_footprints": len(earlier), "nested_near": len(near), "related": len(members),
                           "triple_near": len(triples), "hidden_linked": len(groups)}
     chosen = sorted(near | triples | around)
     at = {i: n for n, i in enumerate(chosen)}
-    return [earlier[i] for i in chosen], [(at.get(f, -1), [at[i] for i in m]) for f, m in groups]
+    return [earlier[i] for i in chosen], [(at[f] if f >= 0 else f, [at[i] for i in m]) for f, m in groups]
 
 
 def sized(ctx: Context, earlier: list[Earlier]) -> dict[str, Sizes]:

@@ -8,7 +8,9 @@ group at the same site) and then the mean filtered to that second group gave
 `everyone - shown groups - filtered group` = the one patient, four results and five cells.
 
 For a *focus* (a result with hidden cells) and the results around it (the new one, and results on the same
-rows with fewer group-by columns, which give its totals), the released cells are rows of a 0/1 matrix
+rows by other group-by columns, whose cells add up to its totals), or for a *filter family* (the new
+result and recent results filtering only on the same columns: everyone minus `arm == DD4A`, `EE4A` and
+`M` is arm NR, with nothing hidden anywhere), the released cells are rows of a 0/1 matrix
 over atoms. A set of atoms S is derivable exactly when its indicator lies in the row space: when it is
 orthogonal to the null space. Atoms that no cell tells apart (identical columns) merge into classes first,
 so the matrices stay small. The new result leaks when, with it, a set of 1..k-1 patients becomes derivable
