@@ -82,7 +82,7 @@ def test_a_decomposition_that_fails_never_lets_a_result_through(monkeypatch) -> 
         raise np.linalg.LinAlgError("SVD did not converge")
 
     shown = rows([1, 1, 1], [1, 1, 0], [0, 1, 1])
-    monkeypatch.setattr(span, "null_space", fails)
+    monkeypatch.setattr(span, "svd", fails)
     assert derivable(shown, rows([1, 0, 0])).all()  # unsure: "derivable", so the guard refuses
     assert not derivable(shown, rows([1, 0, 0]), unsure=False).any()  # and "was not derivable before"
     weight, site_of = np.array([30.0, 2.0, 30.0]), np.zeros(3, dtype=int)

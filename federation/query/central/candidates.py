@@ -182,14 +182,12 @@ def _categorical(fp: Footprint) -> str:
 @dataclass
 class Pieces:
     """A footprint's cells at one site (group-by level): sizes, sketches (Python ints), which are hidden
-    (their own cell, or part of a hidden total), the sketch of all its rows there, and the sums of sizes
-    that a union of its cells including a hidden one can reach (bit n of `hidden_sums`)."""
+    (their own cell, or part of a hidden total), and the sketch of all its rows there."""
 
     sizes: list[int]
     sketches: list[int]
     hidden: list[bool]
     rows: int
-    hidden_sums: int
 
 
 _PIECES: dict[str, dict[str, Pieces]] = {}
@@ -215,28 +213,50 @@ def pieces_of(fp: Footprint, sizes: Sizes) -> dict[str, Pieces]:
         whole = 0
         for sk in sketches:
             whole |= sk
-        plain, with_hidden = 1, 0  # reachable sums: unions without, and with, a hidden cell
-        for (_, n, _), h in zip(cells, hidden, strict=True):
-            if h:
-                plain, with_hidden = plain, with_hidden | (with_hidden << n) | (plain << n)
-            else:
-                plain, with_hidden = plain | (plain << n), with_hidden | (with_hidden << n)
-        out[site] = Pieces(sizes=[n for _, n, _ in cells], sketches=sketches, hidden=hidden, rows=whole,
-                           hidden_sums=with_hidden)
+        out[site] = Pieces(sizes=[n for _, n, _ in cells], sketches=sketches, hidden=hidden, rows=whole)
     if len(_PIECES) > 200_000:
         _PIECES.clear()
     _PIECES[fp.key()] = out
     return out
 
 
-def _aligned(cells: list[tuple[int, int]], focus: Pieces) -> bool:
-    """Some cell (size, sketch) lies inside the focus's rows and has the size of a union of its cells that
-    includes a hidden one: it may be that union, and then it shows the hidden rows' total (sizes and
-    sketches only: never false for a true union)."""
-    return any(n > 0 and sk & ~focus.rows == 0 and focus.hidden_sums >> n & 1 for n, sk in cells)
+def _aligned(cells: list[tuple[int, int]], focus: Pieces, k: int) -> bool:
+    """Some cell (size, sketch) may be a union of the focus's cells that includes a hidden one (then it shows
+    the hidden rows' total): it lies inside the focus's rows, a hidden cell's bits lie inside it, the cells
+    whose bits lie inside it cover its bits, and their sizes can add up to its size with a hidden one
+    among them. Sizes and sketches only: never false for a true union. A cell holding all the focus's rows
+    at the site shows its total there, and so the sum of its hidden cells: a focus then only if that sum is
+    1..k-1 (a larger sum is still checked with other results, by the filter families)."""
+    hidden = [sk for sk, h in zip(focus.sketches, focus.hidden, strict=True) if h]
+    for n, sk in cells:
+        if n <= 0 or sk & ~focus.rows or not any(h & ~sk == 0 for h in hidden):
+            continue
+        inside = [(size, piece, h) for size, piece, h in zip(focus.sizes, focus.sketches, focus.hidden, strict=True)
+                  if piece & ~sk == 0]
+        union = 0
+        for _, piece, _ in inside:
+            union |= piece
+        if sk & ~union:
+            continue
+        if n == sum(focus.sizes) and len(inside) == len(focus.sizes):
+            if 0 < sum(size for size, _, h in inside if h) < k:
+                return True
+            continue
+        plain, with_hidden = 1, 0
+        for size, _, h in inside:
+            if h:
+                plain, with_hidden = plain, with_hidden | (with_hidden << size) | (plain << size)
+            else:
+                plain, with_hidden = plain | (plain << size), with_hidden | (with_hidden << size)
+        if with_hidden >> n & 1:
+            return True
+    return False
 
 
-def hidden_linked(new: Footprint, new_sizes: Sizes, earlier: list[Footprint], sizes: list[Sizes]
+COMPANIONS = 20  # results by other group-by columns on a focus's rows (the most recent; fewer columns: all)
+
+
+def hidden_linked(new: Footprint, new_sizes: Sizes, earlier: list[Footprint], sizes: list[Sizes], k: int
                   ) -> list[tuple[int, list[int]]]:
     """Groups for the span check (`span`): (focus, the earlier footprints around it). A focus is a result with
     hidden cells: an earlier one with a new cell that may be a union of its cells including a hidden one, at
@@ -252,7 +272,9 @@ def hidden_linked(new: Footprint, new_sizes: Sizes, earlier: list[Footprint], si
         same_rows.setdefault((fp.subset_key(), fp.versions), []).append(i)
 
     def companions(fp: Footprint, exclude: int) -> list[int]:
-        return [j for j in same_rows.get((fp.subset_key(), fp.versions), []) if j != exclude]
+        same = [j for j in same_rows.get((fp.subset_key(), fp.versions), []) if j != exclude]
+        fewer = [j for j in same if set(earlier[j].dims) <= set(fp.dims)]
+        return sorted(set(fewer) | set([j for j in same if j not in fewer][-COMPANIONS:]))
 
     linked_to_new: list[int] = []
     for i, (fp, sz) in enumerate(zip(earlier, sizes, strict=True)):
@@ -260,10 +282,10 @@ def hidden_linked(new: Footprint, new_sizes: Sizes, earlier: list[Footprint], si
         if not shared or not (fp.hidden or new.hidden):
             continue
         theirs = pieces_of(fp, sz)
-        if fp.hidden and any(_aligned(mine_cells.get(site, []), theirs[site]) for site in shared):
+        if fp.hidden and any(_aligned(mine_cells.get(site, []), theirs[site], k) for site in shared):
             groups.append((i, [i, *companions(fp, i)]))
         if new.hidden and any(_aligned([*zip(theirs[site].sizes, theirs[site].sketches, strict=True),
-                                        (sum(theirs[site].sizes), theirs[site].rows)], mine[site])
+                                        (sum(theirs[site].sizes), theirs[site].rows)], mine[site], k)
                               for site in shared if site in mine):
             linked_to_new.append(i)
     if new.hidden and linked_to_new:

@@ -174,7 +174,7 @@ def find_candidates(ctx: Context, new: Footprint, new_sizes: Sizes, earlier: lis
     family = CellTable.build([(i, sizes[keys[i]]) for i in members], sites)
     triples = triple_near(new_sizes, family, sites, ctx.k)
     footprints = [e.footprint for e in earlier]
-    groups = hidden_linked(new, new_sizes, footprints, [sizes[key] for key in keys])
+    groups = hidden_linked(new, new_sizes, footprints, [sizes[key] for key in keys], ctx.k)
     groups += filter_families(new, footprints)
     around = {i for focus, members in groups for i in [focus, *members] if i >= 0}
     ctx.result.checked = {"earlier_footprints": len(earlier), "nested_near": len(near), "related": len(members),

@@ -26,7 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import null_space
+from scipy import sparse
+from scipy.linalg import svd
 
 TOL = 1e-8
 
@@ -40,6 +41,16 @@ class SpanLeak:
     what: str  # "a hidden cell" or "a set of patients no single cell shows"
 
 
+def column_classes(rows: np.ndarray) -> np.ndarray:
+    """One integer per column (atom) of 0/1 `rows`: atoms with the same class are in exactly the same rows."""
+    if not rows.shape[0]:
+        return np.zeros(rows.shape[1], dtype=np.int64)
+    packed = np.ascontiguousarray(np.packbits(rows.astype(bool), axis=0).T)  # one byte string per column
+    keys = packed.view(np.dtype((np.void, packed.shape[1]))).ravel()
+    _, inverse = np.unique(keys, return_inverse=True)
+    return np.asarray(inverse.ravel(), dtype=np.int64)
+
+
 def derivable(rows: np.ndarray, targets: np.ndarray, unsure: bool = True) -> np.ndarray:
     """For 0/1 `rows` (cells x atoms) and 0/1 `targets` (sets x atoms): which sets are exact linear
     combinations of the rows. If the decomposition fails (LAPACK's divide-and-conquer SVD can fail to
@@ -49,28 +60,36 @@ def derivable(rows: np.ndarray, targets: np.ndarray, unsure: bool = True) -> np.
         return np.zeros(0, dtype=bool)
     if not len(rows):
         return np.asarray(~targets.any(axis=1))
-    classes, inverse = np.unique(rows.T, axis=0, return_inverse=True)  # atoms no row tells apart
-    inverse = inverse.ravel()
-    onehot = np.zeros((rows.shape[1], len(classes)))
-    onehot[np.arange(rows.shape[1]), inverse] = 1.0
-    per_class = targets.astype(float) @ onehot
-    size = onehot.sum(axis=0)
+    inverse = column_classes(rows)  # atoms no row tells apart
+    n_classes = int(inverse.max()) + 1
+    first = np.zeros(n_classes, dtype=np.int64)
+    first[inverse[::-1]] = np.arange(len(inverse))[::-1]
+    classes = rows[:, first].astype(bool)
+    classes = classes[np.unique(np.packbits(classes, axis=1), axis=0, return_index=True)[1]]  # distinct rows
+    onehot = sparse.csr_matrix((np.ones(len(inverse)), (np.arange(len(inverse)), inverse)),
+                               shape=(len(inverse), n_classes))
+    per_class = np.asarray(onehot.T @ targets.T.astype(float)).T  # (targets, classes): atoms of each class held
+    size = np.bincount(inverse, minlength=n_classes)
     whole = np.asarray(np.all((per_class < 0.5) | (np.abs(per_class - size) < 0.5), axis=1))  # never splits a class
     t = (per_class > 0.5).astype(float)
-    free = _null_space(classes.astype(float).T)  # (classes, nullity): combinations every row is blind to
-    if free is None:
+    basis = _row_basis(classes.astype(float))  # orthonormal rows spanning what the cells show
+    if basis is None:
         return np.full(len(targets), unsure)
-    if free.shape[1] == 0:
-        return whole
-    return np.asarray(whole & (np.abs(t @ free).max(axis=1) < TOL))
+    residual = t - (t @ basis.T) @ basis
+    return np.asarray(whole & (np.abs(residual).max(axis=1) < TOL))
 
 
-def _null_space(a: np.ndarray) -> np.ndarray | None:
+def _row_basis(a: np.ndarray) -> np.ndarray | None:
+    """An orthonormal basis of the row space of `a` (economy SVD; None if it does not converge)."""
     for driver in ("gesdd", "gesvd"):
         try:
-            return np.asarray(null_space(a, lapack_driver=driver))
+            _, sv, vt = svd(a, full_matrices=False, lapack_driver=driver)
         except (np.linalg.LinAlgError, ValueError):
             continue
+        if not len(sv):
+            return np.zeros((0, a.shape[1]))
+        rank = int((sv > sv[0] * max(a.shape) * np.finfo(float).eps).sum())
+        return np.asarray(vt[:rank])
     return None
 
 
@@ -89,22 +108,23 @@ def new_leak(before: np.ndarray, new: np.ndarray, targets: np.ndarray, weight: n
             continue
         a, b = after[:, cols], before[:, cols] if len(before) else np.zeros((0, int(cols.sum())))
         w = weight[cols]
-        _, inverse = np.unique(a.T, axis=0, return_inverse=True)
-        inverse = inverse.ravel()
+        inverse = column_classes(a)
         class_sets = inverse[None, :] == np.arange(inverse.max() + 1)[:, None]  # (classes, atoms)
         # atoms no cell covers and the viewer does not know: a target holding any of them is never derivable
         unseen = np.asarray(targets[:, ~used & ~known].any(axis=1), dtype=bool)
         hidden_sets = targets[:, cols] & ~unseen[:, None]
-        for what, sets in (("a hidden cell", hidden_sets), ("a set of patients no single cell shows", class_sets)):
-            units = sets.astype(float) @ w
-            small = (units > 0.5) & (units < k - 0.5)
-            if not small.any():
-                continue
-            cand = sets[small]
-            now = derivable(a, cand)
-            if not now.any():
-                continue
-            was = derivable(b, cand[now], unsure=False)
-            if (~was).any():
-                return SpanLeak(units=float(units[small][now][~was][0]), insider=who, what=what)
+        sets = np.vstack([hidden_sets, class_sets])
+        units = sets.astype(float) @ w
+        small = (units > 0.5) & (units < k - 0.5)
+        if not small.any():
+            continue
+        cand = sets[small]
+        now = derivable(a, cand)
+        if not now.any():
+            continue
+        was = derivable(b, cand[now], unsure=False)
+        if (~was).any():
+            first = int(np.nonzero(small)[0][np.nonzero(now)[0][np.nonzero(~was)[0][0]]])
+            what = "a hidden cell" if first < len(hidden_sets) else "a set of patients no single cell shows"
+            return SpanLeak(units=float(units[first]), insider=who, what=what)
     return None
