@@ -124,7 +124,8 @@ def leak_of(space: AtomSpace, new: Vectors, pool: Vectors, groups: list[tuple[in
             ) -> tuple[str, list[int]] | None:
     """How the new cells isolate fewer than k patients with earlier ones, and which earlier results (indexes
     of the space's footprints); None when they do not. Pairs and triples over every candidate, then the
-    span check around hidden cells."""
+    span check on each group: around a result with hidden cells (focus >= 0, or -1 for the new result's),
+    or over a filter family (-2)."""
     leak = space.first_leak(new, pool, k)
     if leak is not None:
         return leak.how, [pool.owner[i] for i in leak.earlier]
