@@ -189,6 +189,10 @@ class Pieces:
     hidden: list[bool]
     rows: int
 
+    def cells(self) -> list[tuple[int, int]]:
+        """(size, sketch) of each cell and of all of them together (the footprint's rows at the site)."""
+        return [*zip(self.sizes, self.sketches, strict=True), (sum(self.sizes), self.rows)]
+
 
 _PIECES: dict[str, dict[str, Pieces]] = {}
 
@@ -265,7 +269,6 @@ def hidden_linked(new: Footprint, new_sizes: Sizes, earlier: list[Footprint], si
     same rows (same filters, same versions) by any group-by columns, whose cells add up to its totals;
     for the new focus, the earlier results linked to it as well."""
     mine = pieces_of(new, new_sizes)
-    mine_cells = {site: [*zip(p.sizes, p.sketches, strict=True), (sum(p.sizes), p.rows)] for site, p in mine.items()}
     groups: list[tuple[int, list[int]]] = []
     same_rows: dict[tuple[str, tuple[tuple[str, int], ...]], list[int]] = {}
     for i, fp in enumerate(earlier):
@@ -282,11 +285,9 @@ def hidden_linked(new: Footprint, new_sizes: Sizes, earlier: list[Footprint], si
         if not shared or not (fp.hidden or new.hidden):
             continue
         theirs = pieces_of(fp, sz)
-        if fp.hidden and any(_aligned(mine_cells.get(site, []), theirs[site], k) for site in shared):
+        if fp.hidden and any(site in mine and _aligned(mine[site].cells(), theirs[site], k) for site in shared):
             groups.append((i, [i, *companions(fp, i)]))
-        if new.hidden and any(_aligned([*zip(theirs[site].sizes, theirs[site].sketches, strict=True),
-                                        (sum(theirs[site].sizes), theirs[site].rows)], mine[site], k)
-                              for site in shared if site in mine):
+        if new.hidden and any(site in mine and _aligned(theirs[site].cells(), mine[site], k) for site in shared):
             linked_to_new.append(i)
     if new.hidden and linked_to_new:
         around = sorted(set(linked_to_new) | set(companions(new, -1)))

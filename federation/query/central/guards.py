@@ -7,6 +7,8 @@ or restricts what is released (`check`). Suppression of small cells is a guard t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from federation.query.central.atoms import AtomSpace, history_answers, subsets_at
@@ -101,9 +103,10 @@ class DifferencingGuard(CentralGuard):
                                "ask the consortium's data team to review the query history of this study")
         space = AtomSpace.ask(ctx, [new, *(e.footprint for e in picked)])
         pool = space.vectors(range(1, len(picked) + 1))
-        found = leak_of(space, space.vectors([0]), pool, groups, ctx.k)
-        if found is not None and Statistic.for_query(q).per_site:
-            combined = leak_of(space, space.vectors([0], per_site=False), pool, groups, ctx.k)
+        spans = [SpanGroup.of(space, focus, around) for focus, around in groups]
+        found = leak_of(space, space.vectors([0]), pool, spans, ctx.k)
+        if found is not None and Statistic.for_query(q).per_site:  # the same groups, combined values only
+            combined = leak_of(space, space.vectors([0], per_site=False), pool, spans, ctx.k)
             if combined is None:
                 ctx.combined_only = True
                 ctx.result.notes.append(
@@ -120,28 +123,40 @@ class DifferencingGuard(CentralGuard):
                 "covers them together")
 
 
-def leak_of(space: AtomSpace, new: Vectors, pool: Vectors, groups: list[tuple[int, list[int]]], k: int
+@dataclass
+class SpanGroup:
+    """One group of the span check, built once per query: the earlier results in it (indexes of the atom
+    space's footprints), their shown cells, and the hidden cells to protect."""
+
+    members: list[int]
+    before: np.ndarray
+    targets: np.ndarray
+
+    @classmethod
+    def of(cls, space: AtomSpace, focus: int, around: list[int]) -> SpanGroup:
+        members = [i + 1 for i in around]
+        if focus == -2:  # a filter family: every hidden cell of its results and of the new one
+            targets = np.vstack([space.hidden_sets(x) for x in [0, *members]])
+        else:  # around a result with hidden cells: an earlier one, or the new one (-1)
+            targets = space.hidden_sets(0 if focus == -1 else focus + 1)
+        return cls(members=members, before=space.vectors(members).matrix.toarray() > 0.5, targets=targets)
+
+
+def leak_of(space: AtomSpace, new: Vectors, pool: Vectors, groups: list[SpanGroup], k: int
             ) -> tuple[str, list[int]] | None:
     """How the new cells isolate fewer than k patients with earlier ones, and which earlier results (indexes
     of the space's footprints); None when they do not. Pairs and triples over every candidate, then the
-    span check on each group: around a result with hidden cells (focus >= 0, or -1 for the new result's),
-    or over a filter family (-2)."""
+    span check on each group."""
     leak = space.first_leak(new, pool, k)
     if leak is not None:
         return leak.how, [pool.owner[i] for i in leak.earlier]
     shown = new.matrix.toarray() > 0.5
-    for focus, around in groups:
-        members = [i + 1 for i in around]
-        before = space.vectors(members).matrix.toarray() > 0.5
-        if focus == -2:  # a filter family: every hidden cell of its results and of the new one
-            targets = np.vstack([space.hidden_sets(x) for x in [0, *members]])
-        else:
-            targets = space.hidden_sets(0 if focus == -1 else focus + 1)
-        found = new_leak(before, shown, targets, space.weight, space.site_of, space.sites, k)
+    for group in groups:
+        found = new_leak(group.before, shown, group.targets, space.weight, space.site_of, space.sites, k)
         if found is not None:
             who = "" if found.insider is None else f" for an insider at {found.insider}"
             return (f"together they pin down {found.what} of fewer than k patients{who}, which no single result "
-                    "shows", members)
+                    "shows", group.members)
     return None
 
 
