@@ -80,7 +80,7 @@ def hidden_cells(rng: random.Random, dims: list[str], chosen: list[str], smalles
 def write_history(path: Path, n: int, sites: list[str], study: str, seed: int) -> int:
     """`n` released results as the service would have audited them; returns the distinct footprints."""
     from federation.query.central.audit import GENESIS, _hash
-    from federation.query.central.history import footprint_of_entry
+    from federation.query.central.history import footprints_of_entry
     from federation.query.model import Query
 
     rng = random.Random(seed)
@@ -101,12 +101,13 @@ def write_history(path: Path, n: int, sites: list[str], study: str, seed: int) -
                                   **hidden_cells(rng, q.group_by, chosen, smallest),
                                   **({"levels": [q.group_by, []]} if q.statistic == "count" else {})},
                      "prev": prev}
+            if q.statistic == "proportion":  # its x, a part of its groups (`runner.released_splits`)
+                entry["released"]["splits"] = [{"split": [{"column": q.column, "op": "==", "value": q.value}],
+                                                "hidden": entry["released"].get("hidden", [])}]
             entry["hash"] = _hash(entry)
             prev = entry["hash"]
             fh.write(json.dumps(entry, sort_keys=True) + "\n")
-            fp = footprint_of_entry(entry)
-            if fp is not None:
-                distinct.add(fp.key())
+            distinct.update(fp.key() for fp in footprints_of_entry(entry))
     return len(distinct)
 
 
@@ -174,14 +175,18 @@ def main() -> int:
     print(f"indexing the audit log: {index_s:.1f} s; first query (sizes every distinct footprint at the sites): "
           f"{first_s:.1f} s ({first.status} {first.reason})", flush=True)
 
+    reasons: list[str] = []
+
     def run(settings_: Settings, label: str) -> tuple[list[float], list[float], list[str], list[dict[str, int]]]:
         guard_times.clear()
         totals, statuses, checked = [], [], []
+        reasons.clear()
         for q in new_queries[1:]:
             t = time.perf_counter()
             r = run_local(q, settings_, "bench")
             totals.append(time.perf_counter() - t)
             statuses.append(r.status)
+            reasons.append(r.reason)
             checked.append(r.checked)
         print(f"  {label}: query median {statistics.median(totals) * 1000:,.0f} ms, guard median "
               f"{statistics.median(guard_times) * 1000:,.0f} ms (max {max(guard_times) * 1000:,.0f} ms)", flush=True)
@@ -193,6 +198,8 @@ def main() -> int:
     ratio = statistics.median(hist_total) / statistics.median(floor_total)
     candidates = [c.get("candidates", 0) for c in checked]
     print("checked per query:", checked, flush=True)
+    why = [r.split(" (differencing")[0].split(", this result")[-1][:90] for r in reasons if r]
+    print("refusals by reason:", {w: why.count(w) for w in sorted(set(why))}, flush=True)
     print(f"ratio (median query time, history / empty): {ratio:.2f}x; candidates compared exactly per query: "
           f"median {statistics.median(candidates):.0f}, max {max(candidates)}; outcomes with history: "
           f"{ {s: hist_status.count(s) for s in set(hist_status)} }", flush=True)
@@ -200,7 +207,7 @@ def main() -> int:
         "history": args.history, "distinct_footprints": distinct, "index_s": index_s, "first_query_s": first_s,
         "floor_query_ms": [t * 1000 for t in floor_total], "floor_guard_ms": [t * 1000 for t in floor_guard],
         "history_query_ms": [t * 1000 for t in hist_total], "history_guard_ms": [t * 1000 for t in hist_guard],
-        "ratio_median": ratio, "candidates": candidates, "statuses": hist_status}, indent=1))
+        "ratio_median": ratio, "candidates": candidates, "statuses": hist_status, "reasons": reasons}, indent=1))
     return 0
 
 

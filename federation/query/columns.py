@@ -7,11 +7,15 @@ it answers (a node never trusts that a task was checked).
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from federation.exceptions import ConfigurationError
 from federation.query.guard import Guard, QueryRefused
 from federation.query.policy import NEVER_QUERYABLE, QueryPolicy
 from federation.schema import load_dictionary, load_registry
+
+if TYPE_CHECKING:
+    from federation.query.model import Filter
 
 # patient-level columns of diagnoses and outcomes joined onto each patient (unit table `patients`)
 PATIENT_LEVEL = {
@@ -105,6 +109,22 @@ def check_km_grid(policy: QueryPolicy, grid_days: float, horizon_days: float) ->
     if horizon_days > d.km_max_horizon_days:
         raise QueryRefused(f"the horizon is beyond the policy's {d.km_max_horizon_days:g} days",
                            f"use a horizon of at most {d.km_max_horizon_days:g} days")
+
+
+def check_split(policy: QueryPolicy, study_id: str, table: str, f: Filter) -> None:
+    """A split the query service asks a site to evaluate for the differencing check: a comparison a query may
+    make (a proportion's value, a model's outcome), or a Kaplan-Meier number at risk or events before a
+    time on a grid the policy declares (`endpoint_days >= t` or `< t`, t a multiple of a declared grid
+    within the horizon). Nothing else: no arbitrary threshold reaches a site this way either."""
+    if f.column.endswith("_days") and f.column[:-5] in ("efs", "os") and f.op in (">=", "<"):
+        if not isinstance(f.value, int | float) or isinstance(f.value, bool):
+            raise QueryRefused(f"a split on {f.column} needs a number of days")
+        d = policy.disclosure
+        on_grid = any(abs(f.value / g - round(f.value / g)) < 1e-9 for g in d.km_grids_days)
+        if KmGridGuard.enabled() and not (on_grid and 0 < f.value <= d.km_max_horizon_days + max(d.km_grids_days)):
+            raise QueryRefused(f"{f.value:g} days is not a Kaplan-Meier time the policy declares")
+        return
+    check_comparison(policy, study_id, table, f.column, f.op, f.value)
 
 
 def require(policy: QueryPolicy, study_id: str, table: str, column: str, what: str,

@@ -348,3 +348,93 @@ def test_a_filter_reaching_outside_a_result_with_hidden_cells_is_checked(fresh_a
     guarded = [run_local(q, fresh_audit, "mallory") for q in queries]
     assert [r.status for r in guarded[:3]] == ["released"] * 3
     assert guarded[3].status == "refused" and "pin down" in guarded[3].reason
+
+
+def test_two_proportions_do_not_differ_by_a_few_events(fresh_audit: Settings) -> None:
+    """Red team P1: a proportion's x (`efs_event == True`) at site-c for everyone and for histology_risk !=
+    UNFAVORABLE: the subsets are 26 apart, the events 1 (a crosstab hides that cell)."""
+    where = [Filter(column="histology_risk", op="!=", value="UNFAVORABLE")]
+    queries = [Query(study_id=STUDY, statistic="proportion", column="efs_event", value=True, sites=["site-c"]),
+               Query(study_id=STUDY, statistic="proportion", column="efs_event", value=True, sites=["site-c"],
+                     filters=where)]
+    ((few,),) = pooled(fresh_audit, "SELECT sum(efs_event::int) FROM unit_patients WHERE site_id = 'site-c' "
+                                    "AND histology_risk = 'UNFAVORABLE'")
+    assert 0 < few < 5
+
+    def x(r: Any) -> int:
+        assert r.status == "released", r.reason
+        return int(r.payload["rows"][0]["combined"]["x"])
+
+    with switched_off("differencing"):
+        a, b = (run_local(q, elsewhere(fresh_audit, "unguarded"), "m") for q in queries)
+    assert x(a) - x(b) == few
+
+    assert run_local(queries[0], fresh_audit, "mallory").status == "released"
+    refused = run_local(queries[1], fresh_audit, "eve")
+    assert refused.status == "refused" and "differencing" in refused.reason
+
+
+def test_two_logistic_models_do_not_differ_by_a_few_events(fresh_audit: Settings) -> None:
+    """Red team P2: a saturated logistic model (efs_event on sex) inverts to its event counts; two at site-c
+    on subsets 26 apart differ by the events among UNFAVORABLE histology."""
+    import math
+
+    base = [Filter(column="sex", op="!=", value="U")]
+    outcome = Filter(column="efs_event", op="==", value=True)
+    queries = [Query(study_id=STUDY, statistic="logistic", outcome=outcome, covariates=["sex"], sites=["site-c"],
+                     filters=base + extra)
+               for extra in ([], [Filter(column="histology_risk", op="!=", value="UNFAVORABLE")])]
+    ((few,),) = pooled(fresh_audit, "SELECT sum(efs_event::int) FROM unit_patients WHERE site_id = 'site-c' "
+                                    "AND histology_risk = 'UNFAVORABLE' AND sex != 'U'")
+    assert 0 < few < 5
+
+    def events(r: Any) -> float:  # n and events of each sex from the intercept, its se and the slope
+        assert r.status == "released", r.reason
+        c = {t["term"]: t for t in r.payload["coefficients"]}
+        b0, se0 = c["(intercept)"]["estimate"], c["(intercept)"]["se"]
+        (b1,) = [t["estimate"] for name, t in c.items() if name != "(intercept)"]
+        p0, p1 = 1 / (1 + math.exp(-b0)), 1 / (1 + math.exp(-(b0 + b1)))
+        n0 = 1 / (se0 ** 2 * p0 * (1 - p0))
+        return n0 * p0 + (r.payload["n"] - n0) * p1
+
+    with switched_off("differencing"):
+        a, b = (run_local(q, elsewhere(fresh_audit, "unguarded"), "m") for q in queries)
+    assert round(events(a) - events(b), 6) == few
+
+    assert run_local(queries[0], fresh_audit, "mallory").status == "released"
+    refused = run_local(queries[1], fresh_audit, "eve")
+    assert refused.status == "refused" and "differencing" in refused.reason
+
+
+def test_two_risk_tables_do_not_differ_by_a_few_patients(fresh_audit: Settings) -> None:
+    """Red team K1: yearly Kaplan-Meier risk tables at site-c for everyone and for histology_risk !=
+    UNFAVORABLE differ by 1..4 patients at some year: UNFAVORABLE patients still followed then. Guarded,
+    the second curve is released with its numbers at risk at those years withheld (and said so)."""
+    kw: dict[str, Any] = dict(study_id=STUDY, statistic="km", endpoint="efs", grid_days=365.25,
+                              horizon_days=7305.0, sites=["site-c"])
+    queries = [Query(**kw), Query(**kw, filters=[Filter(column="histology_risk", op="!=", value="UNFAVORABLE")])]
+
+    def table(r: Any) -> dict[int, Any]:
+        assert r.status == "released", r.reason
+        return {p["year"]: p["at_risk"] for p in r.payload["curves"][0]["combined"]["risk_table"]}
+
+    with switched_off("differencing"):
+        a, b = (table(run_local(q, elsewhere(fresh_audit, "unguarded"), "m")) for q in queries)
+    small = {y: a[y] - b[y] for y in a if isinstance(a[y], int) and isinstance(b.get(y), int)
+             and 0 < a[y] - b[y] < 5}
+    assert small, (a, b)
+    for year, few in small.items():
+        truth = pooled(fresh_audit, "SELECT count(*) FROM unit_patients WHERE site_id = 'site-c' AND histology_risk "
+                                    f"= 'UNFAVORABLE' AND efs_days >= {year * 365.25}")
+        assert few == truth[0][0]
+
+    first = table(run_local(queries[0], fresh_audit, "mallory"))
+    second = run_local(queries[1], fresh_audit, "eve")  # released, with the numbers that would leak withheld
+    withheld = [n for n in second.notes if "withheld" in n and "differencing" in n]
+    assert withheld and "another analyst (audit #1)" in withheld[0]
+    b = table(second)
+    assert not [y for y in first if isinstance(first[y], int) and isinstance(b.get(y), int)
+                and 0 < first[y] - b[y] < 5]
+    assert {y for y in small} <= {y for y, v in b.items() if v == {"suppressed": True}}
+    again = run_local(queries[0], fresh_audit, "mallory")  # the same curve again adds nothing: released whole
+    assert again.status == "released" and table(again) == first, again.reason

@@ -79,3 +79,25 @@ def test_the_site_part_imports_without_the_central_part_or_the_service() -> None
             "print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_site_evaluates_only_the_splits_a_statistic_shows(federated: Settings) -> None:
+    """The differencing check asks sites for the parts of earlier results' groups (a curve's number at risk
+    at a time): only at Kaplan-Meier times the policy declares, never at an arbitrary threshold."""
+    from federation.query.model import Filter
+
+    def sizes(split: list[Filter]) -> Any:
+        request = sm.FootprintSizes(subsets=[sm.Subset(split=split)], items=[sm.Sized(subset=0, version=1)])
+        (answer,) = answer_task(federated, "site-b", SiteTask(study_id=STUDY, thresholds=ConsortiumDisclosurePolicy(),
+                                                              requests=[request])).answers
+        return answer
+
+    at_risk = sizes([Filter(column="os_days", op=">=", value=730.5)])  # two years on the yearly grid
+    assert isinstance(at_risk, sm.SizeLists)
+    (cell,) = at_risk.items[0]
+    assert cell.n == pooled(federated, "SELECT count(*) FROM unit_patients WHERE site_id = 'site-b' "
+                                       "AND os_days >= 730.5")[0][0]
+    for off in ([Filter(column="os_days", op=">=", value=731.0)], [Filter(column="os_days", op="==", value=730.5)],
+                [Filter(column="age_at_diagnosis_years", op=">=", value=1.37)]):
+        refused = sizes(off)
+        assert isinstance(refused, sm.Refusal), off

@@ -81,3 +81,19 @@ def test_hidden_cells_and_levels_are_part_of_a_footprint(tmp_path: Path) -> None
     assert Footprint.from_json(fp.to_json()) == fp
     plain = Footprint.of(q, {"site-a": 1}, True)  # results without hidden cells keep their earlier key
     assert "hidden" not in plain.to_json() and "levels" not in plain.to_json()
+
+
+def test_a_result_leaves_a_footprint_for_each_part_of_its_groups_it_shows(tmp_path: Path) -> None:
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    q = Query(study_id=STUDY, statistic="proportion", column="efs_event", value=True, group_by=["arm"])
+    split = {"split": [{"column": "efs_event", "op": "==", "value": True}], "hidden": [["site-a", ["arm"], ["NR"]]]}
+    for analyst in ("ann", "bob"):
+        audit.append({"analyst": analyst, "query": q.model_dump(mode="json"), "fingerprint": q.fingerprint(),
+                      "versions": {"site-a": f"site-a/{STUDY}@v1"}, "outcome": "released", "reason": "",
+                      "excluded": {}, "released": {"per_site": True, "levels": [["arm"]], "splits": [split]}})
+    history = History(audit)
+    whole, part = [e.footprint for e in history.earlier(STUDY, "patients")]
+    assert not whole.split() and part.split() == [Filter(column="efs_event", op="==", value=True)]
+    assert part.filters() == whole.filters() == ([], []) and part.dims == whole.dims == ("arm",)
+    assert part.is_hidden("site-a", ("arm",), '["NR"]') and not whole.hidden
+    assert history.counts() == (2, 2)  # two released results; a whole footprint and a part

@@ -99,3 +99,69 @@ def test_a_matrix_on_which_the_fast_decomposition_fails_is_still_decided() -> No
     one_atom[0, 0] = True
     assert derivable(shown, shown[:3]).all()  # a shown cell is derivable from the shown cells
     assert derivable(shown, one_atom, unsure=True)[0] == derivable(shown, one_atom, unsure=False)[0]  # decided
+
+
+def test_the_parts_of_groups_a_result_shows_counts_of_are_read_too() -> None:
+    from federation.query import Filter, Query
+    from federation.query.central.runner import released_splits
+
+    prop = Query(study_id="PONC-WT-01", statistic="proportion", column="efs_event", value=True, group_by=["arm"])
+    hidden = [["site-a", ["arm"], ["NR"]]]
+    assert released_splits(prop, {"statistic": "proportion", "rows": []}, hidden) == [
+        {"split": [{"column": "efs_event", "op": "==", "value": True}], "hidden": hidden}]
+    outcome = Filter(column="efs_event", op="==", value=True)
+    logit = Query(study_id="PONC-WT-01", statistic="logistic", outcome=outcome, covariates=["sex"])
+    assert released_splits(logit, {"statistic": "logistic"}, []) == [{"split": [outcome.model_dump()], "hidden": []}]
+    assert released_splits(logit, {}, []) == []  # refused: nothing shown
+    km = Query(study_id="PONC-WT-01", statistic="km", endpoint="os", grid_days=365.25, horizon_days=1461.0,
+               group_by=["arm"])
+    # two sites; year 1: both shown; year 2: site-b's number hidden, and its step spans two years
+    payload = {"statistic": "km", "dims": ["arm"], "curves": [{"group": ["NR"], "combined": {
+        "points": [{"day": 0.0, "at_risk": 40}, {"day": 365.25, "at_risk": 30}, {"day": 730.5, "at_risk": 20}],
+        "risk_table": [{"year": 0, "at_risk": 40}, {"year": 1, "at_risk": 30}, {"year": 2, "at_risk": 20},
+                       {"year": 3, "at_risk": {"suppressed": True}}]},
+        "per_site": {"site-b": {"points": [{"day": 0.0, "at_risk": 20}, {"day": 730.5, "at_risk": 9}]}}}]}
+    parts = {json_of(p["split"]): p["hidden"] for p in released_splits(km, payload, [])}
+    assert parts == {
+        json_of([{"column": "os_days", "op": ">=", "value": 365.25}]): [["site-b", ["arm"], ["NR"]]],
+        json_of([{"column": "os_days", "op": ">=", "value": 730.5}]): [],
+        # events before a point: exact only while every step spans one interval from a shown number at risk
+        json_of([{"column": "os_event", "op": "==", "value": True}, {"column": "os_days", "op": "<", "value": 365.25}]):
+            [["site-b", ["arm"], ["NR"]]],
+        json_of([{"column": "os_event", "op": "==", "value": True}, {"column": "os_days", "op": "<", "value": 730.5}]):
+            [["site-b", ["arm"], ["NR"]]]}
+
+
+def json_of(x: object) -> str:
+    import json
+
+    return json.dumps(x, sort_keys=True)
+
+
+def test_a_curve_withholds_what_shows_a_part_at_one_time() -> None:
+    from federation.query import Filter, Query
+    from federation.query.central.guards import part_name, withhold_time
+    from federation.query.central.history import Footprint
+
+    q = Query(study_id="PONC-WT-01", statistic="km", endpoint="os", grid_days=365.25, horizon_days=1461.0)
+
+    def payload() -> dict:  # type: ignore[type-arg]
+        return {"statistic": "km", "grid_days": 365.25, "curves": [{"group": [], "combined": {
+            "points": [{"day": 0.0, "at_risk": 40}, {"day": 365.25, "at_risk": 30}, {"day": 730.5, "at_risk": 20}],
+            "risk_table": [{"year": 0, "at_risk": 40}, {"year": 1, "at_risk": 30}, {"year": 2, "at_risk": 20}]},
+            "per_site": {}}]}
+
+    at_risk = Footprint.of(q, {"site-a": 1}, True, split=[Filter(column="os_days", op=">=", value=365.25)])
+    p = payload()
+    assert withhold_time(p, at_risk) and part_name(at_risk) == "the number at risk at day 365.25"
+    curve = p["curves"][0]["combined"]
+    assert [x["at_risk"] for x in curve["points"]] == [40, {"suppressed": True}, 20]
+    assert [x["at_risk"] for x in curve["risk_table"]] == [40, {"suppressed": True}, 20]
+    assert not withhold_time(p, at_risk)  # nothing left to withhold there: the query is refused instead
+    events = Footprint.of(q, {"site-a": 1}, True, split=[Filter(column="os_event", op="==", value=True),
+                                                          Filter(column="os_days", op="<", value=730.5)])
+    p = payload()
+    assert withhold_time(p, events) and [x["day"] for x in p["curves"][0]["combined"]["points"]] == [0.0, 365.25]
+    prop = Query(study_id="PONC-WT-01", statistic="proportion", column="efs_event", value=True)
+    x = Footprint.of(prop, {"site-a": 1}, True, split=[Filter(column="efs_event", op="==", value=True)])
+    assert not withhold_time({"statistic": "proportion", "rows": []}, x)

@@ -3,6 +3,7 @@ over them (the input of `differencing`). One `HistoryAtoms` task per site, in on
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,7 @@ def subsets_at(footprints: list[Footprint], site: str) -> tuple[list[Subset], li
         if key not in index:
             filters, exists = fp.filters()
             index[key] = len(defs)
-            defs.append(Subset(filters=filters, exists=exists))
+            defs.append(Subset(filters=filters, exists=exists, split=fp.split()))
         pairs.append((x, index[key]))
     return defs, pairs
 
@@ -177,23 +178,42 @@ class AtomSpace:
             sets.append(here)
         return np.asarray(sets, dtype=bool).reshape(len(sets), len(self.keys))
 
-    def first_leak(self, new: Vectors, pool: Vectors, k: int) -> Leak | None:
-        """The first small set `new` makes derivable with `pool` (indexes into the vectors given)."""
+    def first_leak(self, new: Vectors, pool: Vectors, k: int, shown: Vectors | None = None) -> Leak | None:
+        """The first small set `new` makes derivable with `pool` (indexes into the vectors given); `shown` are
+        every cell of the new result, `new` and those it shows again (by default `new`)."""
+        mine = set(_row_bytes((new if shown is None else shown).matrix))
         (new, new_at), (pool, pool_at) = informative(new, pool, self.weight, k)
         leaks = [Leak(new=int(new_at[x.new]), earlier=tuple(int(pool_at[i]) for i in x.earlier), how=x.how)
-                 for x in self._leaks(new, pool, k)]
+                 for x in self._leaks(new, pool, k, np.array([r in mine for r in _row_bytes(pool.matrix)]))]
         return leaks[0] if leaks else None
 
-    def _leaks(self, new: Vectors, pool: Vectors, k: int) -> list[Leak]:
-        leaks = pair_leaks(new, pool, self.weight, self.site_of, len(self.sites), k)
+    def split_ids(self, v: Vectors) -> np.ndarray:
+        """The split of each cell's footprint as an integer (0 for a whole result, `Footprint.split`)."""
+        ids: dict[str, int] = {"[]": 0}
+        of = [ids.setdefault(json.dumps([f.model_dump(mode="json") for f in fp.split()], sort_keys=True), len(ids))
+              for fp in self.footprints]
+        return np.asarray([of[o] for o in v.owner], dtype=int)
+
+    def _leaks(self, new: Vectors, pool: Vectors, k: int, also_new: np.ndarray) -> list[Leak]:
+        # an earlier cell the new result shows too is no pair with it: their difference is the new result's
+        # own (a curve's number at risk at two times, one also asked as a filter), under its own control
+        apart, at = _rows(pool, ~also_new) if len(also_new) else (pool, np.arange(0))
+        leaks = [Leak(new=x.new, earlier=tuple(int(at[i]) for i in x.earlier), how=x.how)
+                 for x in pair_leaks(new, apart, self.weight, self.site_of, len(self.sites), k,
+                                     splits=(self.split_ids(new), self.split_ids(apart)))]
         if not leaks:
             try:
-                leaks = triple_leaks(new, pool, self.weight, k)
+                leaks = triple_leaks(new, pool, self.weight, k, splits=(self.split_ids(new), self.split_ids(pool)))
             except TooMuchHistory:
                 raise QueryRefused("the differencing check found more combinations with earlier results than it "
                                    "checks in one query; nothing was released",
                                    "ask the consortium's data team to review the query history") from None
         return leaks
+
+
+def _row_bytes(m: sparse.csr_matrix) -> list[bytes]:
+    """Each row's atoms, as bytes (rows with the same atoms are the same cell)."""
+    return [m.indices[m.indptr[i]:m.indptr[i + 1]].tobytes() for i in range(m.shape[0])]
 
 
 def _rows(v: Vectors, keep: np.ndarray) -> tuple[Vectors, np.ndarray]:
@@ -213,11 +233,8 @@ def informative(new: Vectors, pool: Vectors, w: np.ndarray, k: int
     pool_kept, pool_at = _rows(pool, ~small(pool))
     new_kept, new_at = _rows(new, ~small(new))
     if pool_kept.matrix.shape[0] and new_kept.matrix.shape[0]:
-        def rows_of(m: sparse.csr_matrix) -> list[bytes]:
-            return [m.indices[m.indptr[i]:m.indptr[i + 1]].tobytes() for i in range(m.shape[0])]
-
-        known = set(rows_of(pool_kept.matrix))
-        fresh = np.array([row not in known for row in rows_of(new_kept.matrix)])
+        known = set(_row_bytes(pool_kept.matrix))
+        fresh = np.array([row not in known for row in _row_bytes(new_kept.matrix)])
         new_kept, at = _rows(new_kept, fresh)
         new_at = new_at[at]
     return (new_kept, new_at), (pool_kept, pool_at)

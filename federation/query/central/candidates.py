@@ -175,7 +175,7 @@ def related(new: Footprint, earlier: Footprint) -> bool:
 @lru_cache(maxsize=200_000)
 def _categorical(fp: Footprint) -> str:
     d = json.loads(fp.subset)
-    kept = [f for f in d["filters"] if f["op"] not in ("<", ">=")]
+    kept = [f for f in [*d["filters"], *d.get("split", [])] if f["op"] not in ("<", ">=")]
     return json.dumps([sorted(json.dumps(f, sort_keys=True) for f in kept), d["exists"]], sort_keys=True)
 
 
@@ -194,12 +194,14 @@ class Pieces:
         return [*zip(self.sizes, self.sketches, strict=True), (sum(self.sizes), self.rows)]
 
 
-_PIECES: dict[str, dict[str, Pieces]] = {}
+_PIECES: dict[tuple[str, tuple[str, ...]], dict[str, Pieces]] = {}
 
 
 def pieces_of(fp: Footprint, sizes: Sizes) -> dict[str, Pieces]:
-    """Per site, the footprint's cells as `Pieces` (cached: a footprint's cells never change)."""
-    cached = _PIECES.get(fp.key())
+    """Per site, the footprint's cells as `Pieces` (cached: a footprint's cells never change, but a site
+    that was down when it was sized answers later)."""
+    cache = (fp.key(), tuple(sorted(sizes)))
+    cached = _PIECES.get(cache)
     if cached is not None:
         return cached
     by_level: dict[tuple[str, ...], set[tuple[str, str]]] = {}
@@ -220,7 +222,7 @@ def pieces_of(fp: Footprint, sizes: Sizes) -> dict[str, Pieces]:
         out[site] = Pieces(sizes=[n for _, n, _ in cells], sketches=sketches, hidden=hidden, rows=whole)
     if len(_PIECES) > 200_000:
         _PIECES.clear()
-    _PIECES[fp.key()] = out
+    _PIECES[cache] = out
     return out
 
 
@@ -302,7 +304,8 @@ FAMILIES_OF_EVERYONE = 4  # families checked for a new result without filters
 @lru_cache(maxsize=200_000)
 def _filter_columns(subset: str) -> tuple[frozenset[str], str]:
     d = json.loads(subset)
-    return frozenset(f["column"] for f in d["filters"]), json.dumps(d["exists"], sort_keys=True)
+    return (frozenset(f["column"] for f in [*d["filters"], *d.get("split", [])]),
+            json.dumps(d["exists"], sort_keys=True))
 
 
 def filter_families(new: Footprint, earlier: list[Footprint]) -> list[tuple[int, list[int]]]:

@@ -7,7 +7,9 @@ or restricts what is released (`check`). Suppression of small cells is a guard t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -22,8 +24,8 @@ from federation.query.central.candidates import (
     triple_near,
 )
 from federation.query.central.differencing import Vectors
-from federation.query.central.history import Earlier, Footprint
-from federation.query.central.runner import Context, released_cells
+from federation.query.central.history import Earlier, Footprint, footprints_of
+from federation.query.central.runner import Context, released_record
 from federation.query.central.span import new_leak
 from federation.query.central.statistics import Statistic
 from federation.query.central.statistics.counts import check_filters
@@ -89,38 +91,114 @@ class DifferencingGuard(CentralGuard):
         earlier = [e for e in ctx.history.earlier(q.study_id, q.table) if comparable(ctx, e)]
         if not earlier:
             return
-        levels, hidden = released_cells(ctx.result.payload)
-        new = Footprint.of(q, ctx.version_numbers, per_site=Statistic.for_query(q).per_site, levels=levels,
-                           hidden=hidden)
-        new_sizes = ask_sizes(ctx, [new])[new.key()]  # its cells on every column it reveals counts of
-        picked, groups = find_candidates(ctx, new, new_sizes, earlier)
+        for _ in range(MAX_TIMES_WITHHELD + 1):
+            found = self._leak(ctx, earlier)
+            if found is None:
+                return
+            how, involved, part, cited = found
+            # a curve's number at risk (or events) at one time that would give away a few patients with an
+            # earlier result is withheld at that time, and the rest of the curve checked again
+            if part is None or not withhold_time(ctx.result.payload, part):
+                break
+            ctx.result.notes.append(f"{part_name(part)} withheld: with {cited} it would isolate fewer than "
+                                    f"{ctx.k} patients (differencing)")
+        assert found is not None
+        how, involved, part, cited = found
+        raise QueryRefused(
+            f"with {cited}, this result would isolate fewer than {ctx.k} patients "
+            f"(differencing: {how.replace('k patients', f'{ctx.k} patients')})",
+            "ask for the groups you compare in one query (e.g. with --by), so that disclosure control "
+            "covers them together")
+
+    def _leak(self, ctx: Context, earlier: list[Earlier]) -> tuple[str, list[int], Footprint | None, str] | None:
+        """The first leak of the result as it stands (how, the space's footprints involved, the new part
+        that leaks or None for the whole result, the earlier results cited); None when there is none, or
+        when withholding the per-site values leaves none (then `ctx.combined_only` says so)."""
+        q = ctx.query
+        known = {e.footprint.key() for e in earlier}
+        # the whole result and the parts of its groups it shows counts of; a footprint released before adds
+        # nothing to check, but its cells are still the new result's own (`AtomSpace.first_leak`)
+        mine = footprints_of(q, ctx.version_numbers, Statistic.for_query(q).per_site,
+                             released_record(q, ctx.result.payload))
+        news = [fp for fp in mine if fp.key() not in known]
+        again = [fp for fp in mine if fp.key() in known]
+        if not news:
+            return None
+        new_sizes = ask_sizes(ctx, news)  # their cells on every column they reveal counts of
+        picked, groups = find_candidates(ctx, news, [new_sizes[fp.key()] for fp in news], earlier)
         ctx.result.checked["candidates"] = len(picked)
         if not picked:
-            return
-        if len(picked) > MAX_EARLIER:
+            return None
+        if len(picked) + len(mine) > MAX_EARLIER:
             raise QueryRefused("this query is related to more earlier results than the differencing check compares "
                                "in one query; nothing was released",
                                "ask the consortium's data team to review the query history of this study")
-        space = AtomSpace.ask(ctx, [new, *(e.footprint for e in picked)])
-        pool = space.vectors(range(1, len(picked) + 1))
-        spans = [SpanGroup.of(space, focus, around) for focus, around in groups]
-        found = leak_of(space, space.vectors([0]), pool, spans, ctx.k)
+        n, m = len(news), len(picked)
+        space = AtomSpace.ask(ctx, [*news, *(e.footprint for e in picked), *again])
+        pool = space.vectors(range(n, n + m))
+        spans = [SpanGroup.of(space, n, focus, around) for focus, around in groups]
+        whole = [0] if not news[0].split() else []  # the span check runs on whole results (not their parts)
+        shown = [*range(n), *range(n + m, n + m + len(again))]
+        found = leak_of(space, space.vectors(shown), n, space.vectors(whole), pool, spans, ctx.k)
         if found is not None and Statistic.for_query(q).per_site:  # the same groups, combined values only
-            combined = leak_of(space, space.vectors([0], per_site=False), pool, spans, ctx.k)
+            combined = leak_of(space, space.vectors(shown, per_site=False), n, space.vectors(whole, per_site=False),
+                               pool, spans, ctx.k)
             if combined is None:
                 ctx.combined_only = True
                 ctx.result.notes.append(
-                    "per-site values are withheld: with " + cite(ctx, picked, found[1]) + " they would isolate "
-                    "fewer than k patients at a site (differencing); the combined values are exact")
-                return
+                    "per-site values are withheld: with " + cite(ctx, picked, found[1], n) + " they would "
+                    "isolate fewer than k patients at a site (differencing); the combined values are exact")
+                return None
             found = combined
-        if found is not None:
-            how, involved = found
-            raise QueryRefused(
-                f"with {cite(ctx, picked, involved)}, this result would isolate fewer than {ctx.k} patients "
-                f"(differencing: {how.replace('k patients', f'{ctx.k} patients')})",
-                "ask for the groups you compare in one query (e.g. with --by), so that disclosure control "
-                "covers them together")
+        if found is None:
+            return None
+        how, involved, owner = found
+        part = news[owner] if owner >= 0 and news[owner].split() else None
+        return how, involved, part, cite(ctx, picked, involved, n)
+
+
+MAX_TIMES_WITHHELD = 20  # times of a curve withheld one by one before the query is refused
+
+
+def part_name(part: Footprint) -> str:
+    """A part of a curve as the analyst reads it ("the number at risk at day 730.5")."""
+    split = {f.op: f for f in part.split()}
+    if ">=" in split:
+        return f"the number at risk at day {float(split['>='].value):g}"
+    return f"the curve's point at day {float(split['<'].value):g}"
+
+
+def withhold_time(payload: dict[str, Any], part: Footprint) -> bool:
+    """Withhold, in every curve of a Kaplan-Meier result, what shows `part` (`runner.km_splits`): the numbers
+    at risk at its day (`time >= t`; risk table and points), or the point at its day (`event and time < t`:
+    the next step then spans two intervals, and the events before it are no longer pinned down). False
+    for anything else (the query is refused instead)."""
+    if payload.get("statistic") != "km":
+        return False
+    split = {f.op: float(f.value) for f in part.split() if f.op in (">=", "<")}
+    if not split:
+        return False
+    grid = float(payload["grid_days"])
+    changed = False
+    for curve in payload["curves"]:
+        for value in [curve.get("combined"), *(curve.get("per_site") or {}).values()]:
+            if not isinstance(value, dict):
+                continue
+            points = value.get("points") or []
+            if ">=" in split:
+                day = split[">="]
+                for p in points:
+                    if abs(float(p["day"]) - day) < 1e-6 and p.get("at_risk") != {"suppressed": True}:
+                        p["at_risk"], changed = {"suppressed": True}, True
+                for r in value.get("risk_table") or []:
+                    start = math.floor(r["year"] * 365.25 / grid + 1e-9) * grid
+                    if abs(start - day) < 1e-6 and r.get("at_risk") != {"suppressed": True}:
+                        r["at_risk"], changed = {"suppressed": True}, True
+            else:
+                kept = [p for p in points if abs(float(p["day"]) - split["<"]) >= 1e-6]
+                if len(kept) < len(points):
+                    value["points"], changed = kept, True
+    return changed
 
 
 @dataclass
@@ -133,30 +211,42 @@ class SpanGroup:
     targets: np.ndarray
 
     @classmethod
-    def of(cls, space: AtomSpace, focus: int, around: list[int]) -> SpanGroup:
-        members = [i + 1 for i in around]
+    def of(cls, space: AtomSpace, n_new: int, focus: int, around: list[int]) -> SpanGroup:
+        """The group around `focus` (an index into the earlier candidates, or -1 for the new result, -2 for a
+        filter family); the space's first `n_new` footprints are the new result's."""
+        members = [i + n_new for i in around]
         if focus == -2:  # a filter family: every hidden cell of its results and of the new one
             targets = np.vstack([space.hidden_sets(x) for x in [0, *members]])
-        else:  # around a result with hidden cells: an earlier one, or the new one (-1)
-            targets = space.hidden_sets(0 if focus == -1 else focus + 1)
+        elif focus == -1:  # around the new result's hidden cells
+            targets = space.hidden_sets(0)
+        else:  # around an earlier result with hidden cells
+            targets = space.hidden_sets(focus + n_new)
         return cls(members=members, before=space.vectors(members).matrix.toarray() > 0.5, targets=targets)
 
 
-def leak_of(space: AtomSpace, new: Vectors, pool: Vectors, groups: list[SpanGroup], k: int
-            ) -> tuple[str, list[int]] | None:
-    """How the new cells isolate fewer than k patients with earlier ones, and which earlier results (indexes
-    of the space's footprints); None when they do not. Pairs and triples over every candidate, then the
-    span check on each group."""
-    leak = space.first_leak(new, pool, k)
+def leak_of(space: AtomSpace, mine: Vectors, n_new: int, whole: Vectors, pool: Vectors, groups: list[SpanGroup],
+            k: int) -> tuple[str, list[int], int] | None:
+    """How the new cells isolate fewer than k patients with earlier ones, which earlier results (indexes
+    of the space's footprints) and which new footprint (-1 for the span check's whole result); None when
+    they do not. `mine` are every cell the new result shows, of which
+    those of the space's first `n_new` footprints are new. Pairs and triples of every new cell (the
+    result's and its parts') over every candidate, then the span check of the whole result's cells on
+    each group."""
+    fresh = np.asarray(mine.owner) < n_new
+    new = Vectors(matrix=mine.matrix[np.nonzero(fresh)[0]], owner=[o for o in mine.owner if o < n_new],
+                  per_site=[p for p, f in zip(mine.per_site, fresh, strict=True) if f])
+    leak = space.first_leak(new, pool, k, shown=mine)
     if leak is not None:
-        return leak.how, [pool.owner[i] for i in leak.earlier]
-    shown = new.matrix.toarray() > 0.5
+        return leak.how, [pool.owner[i] for i in leak.earlier], new.owner[leak.new]
+    if not whole.matrix.shape[0]:
+        return None
+    shown = whole.matrix.toarray() > 0.5
     for group in groups:
         found = new_leak(group.before, shown, group.targets, space.weight, space.site_of, space.sites, k)
         if found is not None:
             who = "" if found.insider is None else f" for an insider at {found.insider}"
             return (f"together they pin down {found.what} of fewer than k patients{who}, which no single result "
-                    "shows", group.members)
+                    "shows", group.members, -1)
     return None
 
 
@@ -165,37 +255,60 @@ TRIPLE_RECENT = 500  # and the most recent footprints of any filters (e.g. two c
 _TABLES: dict[tuple[int, str, str, tuple[str, ...]], tuple[CellTable, list[str]]] = {}
 
 
-def find_candidates(ctx: Context, new: Footprint, new_sizes: Sizes, earlier: list[Earlier]
+def find_candidates(ctx: Context, news: list[Footprint], news_sizes: list[Sizes], earlier: list[Earlier]
                     ) -> tuple[list[Earlier], list[tuple[int, list[int]]]]:
-    """Earlier footprints that could combine with the new one: a cell nested in a new cell with 1..k-1 rows
-    between them (for the analyst, a site insider, or at one site), filters of the same family (for
-    triples), and results with hidden cells around which the span check runs (with its groups, as indexes
-    into the list returned; -1 is the new result). Cells of footprints not yet sized are asked of the sites
-    once and kept in the history index."""
+    """Earlier footprints that could combine with the new ones (a result and the parts of it a statistic
+    splits its groups by): a cell nested in a new cell with 1..k-1 rows between them (for the analyst, a
+    site insider, or at one site), filters of the same family (for triples), and results with hidden cells
+    around which the span check runs (with its groups, as indexes into the list returned; -1 is the new
+    result). Cells of footprints not yet sized are asked of the sites once and kept in the history index."""
     sizes = sized(ctx, earlier)
-    sites = sorted({s for e in earlier for s in e.footprint.sites} | set(new.sites))
+    sites = sorted({s for e in earlier for s in e.footprint.sites} | {s for new in news for s in new.sites})
     keys = [e.footprint.key() for e in earlier]
-    cache = (id(ctx.history), new.study_id, new.table, tuple(sites))
+    cache = (id(ctx.history), news[0].study_id, news[0].table, tuple(sites))
     table, covered = _TABLES.get(cache, (None, []))
     if table is None or keys[:len(covered)] != covered or len(keys) - len(covered) > 500:
         table, covered = CellTable.build([(i, sizes[k]) for i, k in enumerate(keys)], sites), keys
         _TABLES[cache] = (table, covered)
-    near = nested_near(new_sizes, table, sites, ctx.k)
-    if len(keys) > len(covered):  # released since the table was built: compared directly
-        recent = CellTable.build([(i, sizes[keys[i]]) for i in range(len(covered), len(keys))], sites)
-        near |= nested_near(new_sizes, recent, sites, ctx.k)
-    # triples: among the most recent related footprints and the most recent of all (pairs: the whole history)
-    members = sorted(set([i for i, e in enumerate(earlier) if related(new, e.footprint)][-TRIPLE_FAMILY:])
-                     | set(range(max(0, len(earlier) - TRIPLE_RECENT), len(earlier))))
-    family = CellTable.build([(i, sizes[keys[i]]) for i in members], sites)
-    triples = triple_near(new_sizes, family, sites, ctx.k)
+    recent = CellTable.build([(i, sizes[keys[i]]) for i in range(len(covered), len(keys))], sites)
+    # a part is compared with whole results and parts of the same split only (`comparable_splits`)
+    by_split: dict[str, list[int]] = {}
+    for i, e in enumerate(earlier):
+        by_split.setdefault(e.footprint.split_key(), []).append(i)
+    wholes = by_split.get("", [])
+    # triples: among the most recent related footprints and the most recent of all (pairs: the whole history),
+    # whole results for the whole result, and parts of the same split for each part
+    members: set[int] = set()
+    for split in dict.fromkeys(new.split_key() for new in news):
+        own = wholes if not split else by_split.get(split, [])
+        of_split = [new for new in news if new.split_key() == split]
+        members.update([i for i in own if any(related(new, earlier[i].footprint) for new in of_split)][-TRIPLE_FAMILY:])
+        members.update(own[-TRIPLE_RECENT:])
+    family = CellTable.build([(i, sizes[keys[i]]) for i in sorted(members)], sites)
     footprints = [e.footprint for e in earlier]
-    groups = hidden_linked(new, new_sizes, footprints, [sizes[key] for key in keys], ctx.k)
-    groups += filter_families(new, footprints)
-    around = {i for focus, members in groups for i in [focus, *members] if i >= 0}
+    earlier_sizes = [sizes[key] for key in keys]
+    near: set[int] = set()
+    triples: set[int] = set()
+    for new, new_sizes in zip(news, news_sizes, strict=True):
+        found_near = nested_near(new_sizes, table, sites, ctx.k)
+        if len(keys) > len(covered):  # released since the table was built: compared directly
+            found_near |= nested_near(new_sizes, recent, sites, ctx.k)
+        found_triples = triple_near(new_sizes, family, sites, ctx.k)
+        if new.split_key():
+            allowed = set(wholes) | set(by_split.get(new.split_key(), []))
+            found_near, found_triples = found_near & allowed, found_triples & allowed
+        near |= found_near
+        triples |= found_triples
+    groups: list[tuple[int, list[int]]] = []
+    if not news[0].split():  # span groups of the whole result, among earlier whole results
+        parts = {i for i, fp in enumerate(footprints) if fp.split()}
+        found = hidden_linked(news[0], news_sizes[0], footprints, earlier_sizes, ctx.k)
+        found += filter_families(news[0], footprints)
+        groups = [(focus, [i for i in around if i not in parts]) for focus, around in found if focus not in parts]
+    grouped = {i for focus, members in groups for i in [focus, *members] if i >= 0}
     ctx.result.checked = {"earlier_footprints": len(earlier), "nested_near": len(near), "related": len(members),
                           "triple_near": len(triples), "hidden_linked": len(groups)}
-    chosen = sorted(near | triples | around)
+    chosen = sorted(near | triples | grouped)
     at = {i: n for n, i in enumerate(chosen)}
     return [earlier[i] for i in chosen], [(at[f] if f >= 0 else f, [at[i] for i in m]) for f, m in groups]
 
@@ -276,14 +389,15 @@ def _comparable(ctx: Context, earlier: Earlier) -> bool:
     return True
 
 
-def cite(ctx: Context, earlier: list[Earlier], involved: list[int]) -> str:
-    """The earlier results a leak involves (indexes of the atom space's footprints, 0 being the new one), as
-    the analyst may see them: their own queries described, another analyst's only by audit number."""
+def cite(ctx: Context, earlier: list[Earlier], involved: list[int], n_new: int = 1) -> str:
+    """The earlier results a leak involves (indexes of the atom space's footprints, the first `n_new` being
+    the new result's), as the analyst may see them: their own queries described, another analyst's only by
+    audit number."""
     parts = []
     for i in dict.fromkeys(involved):
-        if i == 0:
+        if i < n_new:
             continue
-        e = earlier[i - 1]
+        e = earlier[i - n_new]
         if e.analyst == ctx.result.analyst:
             parts.append(f"your earlier result #{e.audit_id} ({e.described})")
         else:

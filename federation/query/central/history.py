@@ -61,15 +61,20 @@ class Footprint:
 
     @classmethod
     def of(cls, query: Query, versions: dict[str, int], per_site: bool,
-           levels: list[list[str]] | None = None, hidden: list[list[Any]] | None = None) -> Footprint:
-        subset = json.dumps({"filters": [f.model_dump(mode="json") for f in query.filters],
-                             "exists": [e.model_dump(mode="json") for e in query.exists]},
-                            sort_keys=True, separators=(",", ":"))
-        # dims are the group-by columns only: a statistic's split inside a group (a proportion's column, a
-        # model's outcome, a curve's events) is protected within the result, not across results (0009, Open)
-        return cls(study_id=query.study_id, table=query.table, subset=subset, dims=tuple(query.group_by),
+           levels: list[list[str]] | None = None, hidden: list[list[Any]] | None = None,
+           split: list[Filter] | None = None, dims: list[str] | None = None) -> Footprint:
+        """The footprint of `query`'s result; with `split`, of the part of it a statistic splits its groups by
+        (a proportion's `column == value`, a model's outcome, a curve's number at risk at a time): the same
+        cells on the rows of the subset that also match `split`."""
+        body: dict[str, Any] = {"filters": [f.model_dump(mode="json") for f in query.filters],
+                                "exists": [e.model_dump(mode="json") for e in query.exists]}
+        if split:
+            body["split"] = [f.model_dump(mode="json") for f in split]
+        subset = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        columns = list(query.group_by) if dims is None else dims  # a model's categorical covariates, e.g.
+        return cls(study_id=query.study_id, table=query.table, subset=subset, dims=tuple(columns),
                    versions=tuple(sorted(versions.items())), per_site=per_site,
-                   levels=tuple(tuple(level) for level in levels or [query.group_by]),
+                   levels=tuple(tuple(level) for level in levels or [columns]),
                    hidden=tuple(sorted((str(site), tuple(level), key_json(key)) for site, level, key in hidden or [])))
 
     @classmethod
@@ -108,8 +113,23 @@ class Footprint:
         return hashlib.sha256(f"{self.table}\0{self.subset}".encode()).hexdigest()[:24]
 
     def filters(self) -> tuple[list[Filter], list[Exists]]:
+        """The query's own filters and exists filters (what the analyst asked for; not the split)."""
         d = json.loads(self.subset)
         return ([Filter.model_validate(f) for f in d["filters"]], [Exists.model_validate(e) for e in d["exists"]])
+
+    def split(self) -> list[Filter]:
+        """The filters of the part of the result this footprint is (none for the whole result)."""
+        return [Filter.model_validate(f) for f in json.loads(self.subset).get("split", [])]
+
+    def split_key(self) -> str:
+        """The split as canonical text ("" for a whole result): parts are compared with whole results and
+        with parts of the same split (`differencing.comparable_splits`)."""
+        cached: str | None = self.__dict__.get("_split_key")
+        if cached is None:
+            split = json.loads(self.subset).get("split")
+            cached = json.dumps(split, sort_keys=True, separators=(",", ":")) if split else ""
+            object.__setattr__(self, "_split_key", cached)
+        return cached
 
     @property
     def sites(self) -> dict[str, int]:
@@ -126,26 +146,39 @@ class Earlier:
     described: str = ""  # the first query that released it, as its analyst wrote it
 
 
-def footprint_of_entry(entry: dict[str, Any]) -> Footprint | None:
-    """The footprint of a released audit entry, or None for anything that released nothing."""
+def footprints_of(query: Query, versions: dict[str, int], per_site: bool, released: dict[str, Any]
+                  ) -> list[Footprint]:
+    """The footprints of one released result (`runner.released_record`): the whole of it, then each part a
+    statistic splits its groups by, with the whole's columns and levels unless the part names its own,
+    and its own hidden cells."""
+    levels, dims = released.get("levels"), released.get("dims")
+    whole = Footprint.of(query, versions, per_site, levels, released.get("hidden"), dims=dims)
+    parts = [Footprint.of(query, versions, per_site, part.get("levels", levels), part.get("hidden"),
+                          split=[Filter.model_validate(f) for f in part["split"]], dims=part.get("dims", dims))
+             for part in released.get("splits") or []]
+    return [whole, *parts]
+
+
+def footprints_of_entry(entry: dict[str, Any]) -> list[Footprint]:
+    """The footprints of a released audit entry; none for anything that released nothing."""
     if entry.get("outcome") != "released":
-        return None
+        return []
     try:
         query = Query.model_validate(entry["query"])
         versions = {site: int(VERSION_NUMBER.search(v).group(1))  # type: ignore[union-attr]
                     for site, v in (entry.get("versions") or {}).items()}
+        released = entry.get("released") or {}
+        return footprints_of(query, versions, bool(released.get("per_site", True)), released)
     except (ValueError, KeyError, AttributeError, TypeError):
-        return None
-    released = entry.get("released") or {}
-    per_site = bool(released.get("per_site", True))
-    return Footprint.of(query, versions, per_site, released.get("levels"), released.get("hidden"))
+        return []
 
 
-SCHEMA_VERSION = "2"  # footprints with levels and hidden cells; an index of another version is rebuilt
+SCHEMA_VERSION = "3"  # footprints with levels, hidden cells and splits; an index of another version is rebuilt
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS footprints (key TEXT PRIMARY KEY, study TEXT NOT NULL, tbl TEXT NOT NULL,
                                        body TEXT NOT NULL, first_id INTEGER NOT NULL, analyst TEXT NOT NULL,
-                                       releases INTEGER NOT NULL, described TEXT NOT NULL DEFAULT '');
+                                       releases INTEGER NOT NULL, described TEXT NOT NULL DEFAULT '',
+                                       part INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS footprints_by_table ON footprints (study, tbl);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sizes (key TEXT PRIMARY KEY, body TEXT NOT NULL);
@@ -220,14 +253,15 @@ class History:
             self._db.commit()
 
     def _record(self, entry: dict[str, Any]) -> None:
-        fp = footprint_of_entry(entry)
-        if fp is None:
+        footprints = footprints_of_entry(entry)
+        if not footprints:
             return
         described = Query.model_validate(entry["query"]).describe()
-        self._db.execute(
-            "INSERT INTO footprints VALUES (?, ?, ?, ?, ?, ?, 1, ?) ON CONFLICT (key) DO UPDATE SET "
-            "releases = releases + 1", (fp.key(), fp.study_id, fp.table, fp.to_json(), int(entry["id"]),
-                                         str(entry.get("analyst", "")), described))
+        for part, fp in enumerate(footprints):  # the whole result (part 0), then its splits
+            self._db.execute(
+                "INSERT INTO footprints VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+                "releases = releases + 1", (fp.key(), fp.study_id, fp.table, fp.to_json(), int(entry["id"]),
+                                             str(entry.get("analyst", "")), described, min(part, 1)))
 
     def earlier(self, study_id: str, table: str) -> list[Earlier]:
         """Every distinct footprint released on `study_id`/`table`, oldest first."""
@@ -265,11 +299,11 @@ class History:
             self._db.commit()
 
     def counts(self) -> tuple[int, int]:
-        """(released results indexed, distinct footprints)."""
+        """(released results indexed, distinct footprints of whole results and of their splits)."""
         self.sync()
         with self._lock:
-            total, distinct = self._db.execute("SELECT coalesce(sum(releases), 0), count(*) FROM footprints"
-                                               ).fetchone()
+            total, distinct = self._db.execute("SELECT coalesce(sum(releases * (part = 0)), 0), count(*) "
+                                               "FROM footprints").fetchone()
         return int(total), int(distinct)
 
 

@@ -21,14 +21,15 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
 from federation.query.central.audit import AuditLog
 from federation.query.central.gateway import SiteGateway
-from federation.query.central.history import History
+from federation.query.central.history import History, key_json
 from federation.query.central.statistics import Statistic
 from federation.query.guard import QueryRefused
-from federation.query.model import Query
+from federation.query.model import Filter, Query
 from federation.query.policy import EffectiveThresholds, QueryPolicy
 from federation.query.site.partial import SiteTask
 from federation.query.site.summaries import Answer, Refusal, Request, RowCount
@@ -213,19 +214,111 @@ def _run(q: Query, gateway: SiteGateway, policy: QueryPolicy, audit: AuditLog, a
         result.reason = f"the query could not be computed ({type(exc).__name__}); nothing was released"
     entry = audit.append({"analyst": analyst, "query": q.model_dump(mode="json"), "fingerprint": q.fingerprint(),
                           "versions": result.versions, "outcome": result.status, "reason": result.reason,
-                          "excluded": result.excluded, "released": digest(result.payload)})
+                          "excluded": result.excluded, "released": digest(result.payload, q)})
     result.audit_id = entry["id"]
     return result
 
 
-def digest(payload: dict[str, Any]) -> dict[str, Any]:
+def digest(payload: dict[str, Any], q: Query) -> dict[str, Any]:
     """What was released, for the audit log: counts of suppressed entries and a hash of the values, and which
-    cells were shown (their levels, and the cells of those levels that were hidden) for the history."""
+    cells were shown (their levels, the cells of those levels that were hidden, and the parts of the groups
+    the statistic showed counts of) for the history."""
     text = json.dumps(payload, sort_keys=True, default=str)
     per_site = any(not _is_withheld(v) for v in _per_site_values(payload))
-    levels, hidden = released_cells(payload)
     return {"sha256": hashlib.sha256(text.encode()).hexdigest(), "suppressed": text.count('"suppressed"'),
-            "per_site": per_site, "bytes": len(text), "levels": levels, "hidden": hidden}
+            "per_site": per_site, "bytes": len(text), **released_record(q, payload)}
+
+
+def released_record(q: Query, payload: dict[str, Any]) -> dict[str, Any]:
+    """What a result shows, for the history (`history.footprints_of`): its levels and hidden cells, the
+    parts of its groups it shows counts of, and for a logistic model the categorical covariates whose
+    levels it shows counts by (its estimates and standard errors invert to n and events by level when it
+    is saturated on one covariate; events by level are recorded for every categorical covariate)."""
+    levels, hidden = released_cells(payload)
+    record: dict[str, Any] = {"levels": levels, "hidden": hidden, "splits": released_splits(q, payload, hidden)}
+    if payload.get("statistic") == "logistic" and q.outcome is not None:
+        terms = [str(t.get("term", "")) for t in payload.get("coefficients") or []]
+        categorical = [c for c in q.covariates if any(t.startswith(f"{c}[") for t in terms)]
+        if categorical == list(q.covariates) and len(categorical) == 1:
+            record["dims"], record["levels"] = categorical, [categorical, []]
+        if categorical:
+            record["splits"] = [{**part, "dims": categorical, "levels": [[c] for c in categorical] + [[]]}
+                                for part in record["splits"]]
+    return record
+
+
+def released_splits(q: Query, payload: dict[str, Any], hidden: list[list[Any]]) -> list[dict[str, Any]]:
+    """The parts of its groups a result shows counts of, beside the groups themselves, each as the filters
+    that select it and the cells of it that stay hidden: a proportion's `column == value` (its x), a model's
+    outcome (its events, which the estimates give), a Kaplan-Meier curve's number at risk at each time it
+    shows one (`time >= t`) and its events before each point it shows. In the history each part is a
+    footprint like a result's, so that two results on nested subsets cannot differ by a few patients inside
+    a group either (the red team's P1, P2, K1)."""
+    if not payload:
+        return []
+    kind = payload.get("statistic")
+
+    def part(*filters: Filter, hidden_cells: list[list[Any]] | None = None) -> dict[str, Any]:
+        return {"split": [f.model_dump(mode="json") for f in filters], "hidden": hidden_cells or []}
+
+    if kind == "proportion" and q.column is not None:
+        return [part(Filter(column=q.column, op="==", value=q.value), hidden_cells=hidden)]
+    if kind == "logistic" and q.outcome is not None:
+        return [part(q.outcome)]
+    if kind == "cox":
+        return [part(Filter(column=f"{q.endpoint}_event", op="==", value=True))]
+    if kind == "km" and isinstance(payload.get("curves"), list):
+        return km_splits(q, payload)
+    return []
+
+
+def km_splits(q: Query, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """A curve's numbers at risk (risk table and points) and its events before each point, as parts: at risk
+    at day t are the patients followed at least t days; hidden where the result does not show that number
+    for a group (combined, or at a site). Events before a point are a part only while they follow exactly
+    from the curve: every step so far spans one grid interval from a point showing its number at risk
+    (d = n (1 - S_j / S_j-1)); across a longer step the survival ratio narrows the events without pinning
+    them (decision 0009, Open)."""
+    time, event = f"{q.endpoint}_days", f"{q.endpoint}_event"
+    dims = list(payload.get("dims") or [])
+    at_risk: dict[float, set[tuple[str, str]]] = {}  # day -> (site or "", group as key_json) shown
+    points: dict[float, set[tuple[str, str]]] = {}
+    groups: list[list[Any]] = []
+    sites: set[str] = set()
+    grid = np.arange(0.0, q.horizon_days + q.grid_days, q.grid_days)
+    for curve in payload["curves"]:
+        key = key_json(curve["group"])
+        groups.append(curve["group"])
+        for site, value in [("", curve.get("combined")), *(curve.get("per_site") or {}).items()]:
+            sites.add(site)
+            if not isinstance(value, dict):
+                continue
+            exact, before = True, None  # events so far follow exactly from the points shown (see the docstring)
+            for p in value.get("points") or []:
+                day = float(p["day"])
+                if day > 0:
+                    exact = exact and before is not None and isinstance(before.get("at_risk"), int) and abs(
+                        day - float(before["day"]) - q.grid_days) < 1e-6
+                    if exact:
+                        points.setdefault(day, set()).add((site, key))
+                    if isinstance(p.get("at_risk"), int):
+                        at_risk.setdefault(day, set()).add((site, key))
+                before = p
+            for r in value.get("risk_table") or []:
+                if isinstance(r.get("at_risk"), int):  # at the start of the interval holding the year
+                    day = float(grid[int(np.searchsorted(grid, r["year"] * 365.25, side="right")) - 1])
+                    if day > 0:
+                        at_risk.setdefault(day, set()).add((site, key))
+
+    def not_shown(shown: set[tuple[str, str]]) -> list[list[Any]]:
+        return [[site, dims, g] for site in sorted(sites) for g in groups if (site, key_json(g)) not in shown]
+
+    out = [{"split": [Filter(column=time, op=">=", value=day).model_dump(mode="json")], "hidden": not_shown(shown)}
+           for day, shown in sorted(at_risk.items())]
+    out += [{"split": [Filter(column=event, op="==", value=True).model_dump(mode="json"),
+                       Filter(column=time, op="<", value=day).model_dump(mode="json")], "hidden": not_shown(shown)}
+            for day, shown in sorted(points.items())]
+    return out
 
 
 def released_cells(payload: dict[str, Any]) -> tuple[list[list[str]], list[list[Any]]]:

@@ -26,6 +26,7 @@ from federation.query.columns import (
     CutPointGuard,
     check_comparison,
     check_km_grid,
+    check_split,
     require,
     unit_columns,
 )
@@ -248,6 +249,10 @@ class Request(BaseModel):
     def filtered(self) -> bool:
         return bool(self.filters or self.exists)
 
+    def splits(self) -> list[tuple[str, Filter]]:
+        """The split filters of earlier released parts the request evaluates (`check_split`)."""
+        return []
+
     def frm(self) -> tuple[str, list[Any]]:
         return subset(self.table, self.filters, self.exists)
 
@@ -320,9 +325,18 @@ class GroupCounts(Grouped):
 
 
 class Subset(BaseModel):
+    """An earlier released subset; with `split`, the part of its groups a statistic showed counts of (a
+    proportion's value, a model's outcome, a curve's number at risk at a time: `check_split`)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     filters: list[Filter] = Field(default_factory=list, max_length=20)
     exists: list[Exists] = Field(default_factory=list, max_length=5)
+    split: list[Filter] = Field(default_factory=list, max_length=2)
+
+    @property
+    def rows(self) -> list[Filter]:
+        """The filters that select its rows (the query's and the split's)."""
+        return [*self.filters, *self.split]
 
 
 class Released(BaseModel):
@@ -350,9 +364,12 @@ class ManySubsets(Request):
     def uses(self) -> list[tuple[str, str, set[str] | None, str]]:
         out = super().uses()
         for x in self.subsets:
-            out += [(f.column, "filtering", None, self.table) for f in x.filters]
+            out += [(f.column, "filtering", None, self.table) for f in x.rows]
             out += [(f.column, f"filtering {e.table}", None, e.table) for e in x.exists for f in e.where]
         return out
+
+    def splits(self) -> list[tuple[str, Filter]]:
+        return [(self.table, f) for x in self.subsets for f in x.split]
 
     def compared(self) -> list[tuple[str, str, str, object]]:
         out = super().compared()
@@ -385,7 +402,7 @@ class HistoryAtoms(ManySubsets):
             data = ctx.version(version)
             params: list[Any] = []
             chosen = [self.subsets[self.columns[i].subset] for i in by_version[version]]
-            conds = [f"(({where(x.filters, x.exists, params)}) IS TRUE)" for x in chosen]
+            conds = [f"(({where(x.rows, x.exists, params)}) IS TRUE)" for x in chosen]
             dims = "".join(f", {ident(d)}" for d in self.dims)
             got = data.sql(f"SELECT {row_identity(self.table)} AS rid, pid{dims}, {', '.join(conds)} "
                            f"FROM unit_{self.table}", params)
@@ -428,7 +445,7 @@ class FootprintSizes(ManySubsets):
     def answer(self, ctx: SiteContext) -> Answer:
         if any(i.subset >= len(self.subsets) for i in self.items):
             raise QueryRefused("an item names a subset that is not in the request")
-        return SizeLists(items=[group_counts(ctx.version(i.version), self.table, self.subsets[i.subset].filters,
+        return SizeLists(items=[group_counts(ctx.version(i.version), self.table, self.subsets[i.subset].rows,
                                              self.subsets[i.subset].exists, i.dims, sketch=True)
                                 for i in self.items])
 class ColumnMoments(Grouped):
@@ -689,3 +706,5 @@ def check_columns(request: Request, ctx: SiteContext) -> None:
         require(ctx.policy, ctx.study_id, table, column, what, kinds)
     for table, column, op, value in request.compared():
         check_comparison(ctx.policy, ctx.study_id, table, column, op, value)
+    for table, f in request.splits():
+        check_split(ctx.policy, ctx.study_id, table, f)
