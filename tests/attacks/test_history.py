@@ -438,3 +438,58 @@ def test_two_risk_tables_do_not_differ_by_a_few_patients(fresh_audit: Settings) 
     assert {y for y in small} <= {y for y, v in b.items() if v == {"suppressed": True}}
     again = run_local(queries[0], fresh_audit, "mallory")  # the same curve again adds nothing: released whole
     assert again.status == "released" and table(again) == first, again.reason
+
+
+def test_a_curves_numbers_at_risk_at_two_times_and_a_count_do_not_give_a_patient(fresh_audit: Settings) -> None:
+    """Red team D1: a yearly curve at site-a shows at risk at years y and y+1; their difference minus a count
+    of everyone but arm NR leaving in that year is site-a's one NR patient (a triple of two parts of
+    different times and a whole result)."""
+    ((days,),) = pooled(fresh_audit, "SELECT efs_days FROM unit_patients WHERE site_id = 'site-a' AND arm = 'NR'")
+    year = int(days // 365.25)
+    km = Query(study_id=STUDY, statistic="km", endpoint="efs", grid_days=365.25, horizon_days=3652.5, sites=["site-a"])
+    window = [Filter(column="arm", op="!=", value="NR"),
+              Filter(column="efs_days", op="<", value=round((year + 1) * 365.25))]
+    window += [Filter(column="efs_days", op=">=", value=round(year * 365.25))] if year else []
+    count = Query(study_id=STUDY, sites=["site-a"], filters=window)
+
+    def at_risk(r: Any) -> dict[int, Any]:
+        assert r.status == "released", r.reason
+        return {p["year"]: p["at_risk"] for p in r.payload["curves"][0]["combined"]["risk_table"]}
+
+    with switched_off("differencing"):
+        curve = at_risk(run_local(km, elsewhere(fresh_audit, "unguarded"), "m"))
+        leaving = total(run_local(count, elsewhere(fresh_audit, "unguarded"), "m"))
+    assert curve[year] - curve[year + 1] - leaving == 1
+
+    assert at_risk(run_local(km, fresh_audit, "mallory"))[year + 1] == curve[year + 1]
+    refused = run_local(count, fresh_audit, "eve")
+    assert refused.status == "refused" and "differencing" in refused.reason
+
+
+def test_a_refusal_does_not_tell_whether_a_patient_lies_between_two_results(fresh_audit: Settings) -> None:
+    """Red team D6: a count of everyone but arm NR in a follow-up window, then the same without the filter,
+    was refused exactly when site-a's NR patient was in the window (1 between them) and released when not
+    (0): a binary search found the patient's month. Now both are refused, with the same reason."""
+    ((days,),) = pooled(fresh_audit, "SELECT efs_days FROM unit_patients WHERE site_id = 'site-a' AND arm = 'NR'")
+    def cut(month: int) -> int:
+        return round(30.4375 * month)
+
+    holding = next(m for m in range(0, 120, 6) if cut(m) <= days < cut(m + 24))  # a two-year window holding it
+    empty = next(m for m in range(0, 120, 6) if cut(m) > days)  # one after it: nobody of arm NR there
+
+    def pair(start: int, settings: Settings) -> list[Any]:
+        window = [Filter(column="efs_days", op=">=", value=cut(start)),
+                  Filter(column="efs_days", op="<", value=cut(start + 24))]
+        return [run_local(Query(study_id=STUDY, sites=["site-a"], filters=f), settings, "mallory")
+                for f in ([Filter(column="arm", op="!=", value="NR"), *window], window)]
+
+    with switched_off("differencing"):
+        without, every = pair(holding, elsewhere(fresh_audit, "unguarded"))
+    assert total(every) - total(without) == 1
+
+    outcomes = []
+    for start in (holding, empty):  # each on its own history: only the patient's presence differs
+        first, second = pair(start, elsewhere(fresh_audit, f"window-{start}"))
+        assert first.status == "released", first.reason
+        outcomes.append((second.status, second.reason.split("(differencing")[-1]))
+    assert outcomes[0] == outcomes[1] and outcomes[0][0] == "refused"

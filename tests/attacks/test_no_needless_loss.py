@@ -42,3 +42,16 @@ def test_the_analyst_guide_in_order_keeps_its_per_site_values(fresh_audit: Setti
     assert [withheld(r) for r in again] == [0] * len(GUIDE) and all(r.status == "released" for r in again)
     exists = results[6]
     assert any(isinstance(v, int) for row in exists.payload["rows"] for v in row["per_site"].values())
+
+
+def test_a_curve_first_does_not_turn_ordinary_tables_away(fresh_audit: Settings) -> None:
+    """A curve's number at risk at a time before anyone in a group has left equals the group's count: that
+    is the curve's own (it shows the count at day 0), not a hidden difference, so the count, crosstab and
+    quantiles by the same groups asked after it are released (a first version of the rule against the
+    differencing oracle refused them)."""
+    queries = [Query(study_id=STUDY, statistic="km", endpoint="os", group_by=["arm"]), Query(study_id=STUDY),
+               Query(study_id=STUDY, group_by=["arm"]), Query(study_id=STUDY, statistic="crosstab",
+                                                              group_by=["arm", "sex"]),
+               Query(study_id=STUDY, statistic="quantiles", column="os_days", group_by=["arm"])]
+    results = [run_local(q, fresh_audit, "ana") for q in queries]
+    assert [r.status for r in results] == ["released"] * len(queries), [r.reason for r in results]

@@ -3,14 +3,13 @@ over them (the input of `differencing`). One `HistoryAtoms` task per site, in on
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import sparse
 
-from federation.query.central.differencing import Leak, TooMuchHistory, Vectors, pair_leaks, triple_leaks
+from federation.query.central.differencing import NESTED, Leak, TooMuchHistory, Vectors, pair_leaks, triple_leaks
 from federation.query.central.history import Footprint, key_json
 from federation.query.guard import QueryRefused
 from federation.query.site.partial import SiteReply, SiteTask
@@ -181,29 +180,49 @@ class AtomSpace:
     def first_leak(self, new: Vectors, pool: Vectors, k: int, shown: Vectors | None = None) -> Leak | None:
         """The first small set `new` makes derivable with `pool` (indexes into the vectors given); `shown` are
         every cell of the new result, `new` and those it shows again (by default `new`)."""
-        mine = set(_row_bytes((new if shown is None else shown).matrix))
+        shown = new if shown is None else shown
+        mine = set(_row_bytes(shown.matrix))
+        same = self.same_by_definition(new, pool, shown)
+        if same is not None:
+            return same
         (new, new_at), (pool, pool_at) = informative(new, pool, self.weight, k)
         leaks = [Leak(new=int(new_at[x.new]), earlier=tuple(int(pool_at[i]) for i in x.earlier), how=x.how)
                  for x in self._leaks(new, pool, k, np.array([r in mine for r in _row_bytes(pool.matrix)]))]
         return leaks[0] if leaks else None
 
-    def split_ids(self, v: Vectors) -> np.ndarray:
-        """The split of each cell's footprint as an integer (0 for a whole result, `Footprint.split`)."""
-        ids: dict[str, int] = {"[]": 0}
-        of = [ids.setdefault(json.dumps([f.model_dump(mode="json") for f in fp.split()], sort_keys=True), len(ids))
-              for fp in self.footprints]
-        return np.asarray([of[o] for o in v.owner], dtype=int)
+    def same_by_definition(self, new: Vectors, pool: Vectors, shown: Vectors) -> Leak | None:
+        """A new cell with the same patients as an earlier cell whose conditions include its own and more, or
+        the other way round: released, it would tell that none lies between them, where 1..k-1 between
+        them is refused (the refusal would be an oracle: the red team's D6 found a patient's follow-up
+        month by windows with and without a filter). Not when the new result shows that earlier cell itself
+        (a curve's number at risk at a time where nobody has left yet, and its group's count), nor when an
+        earlier result showed the same cell with the new one's conditions (then that was known already)."""
+        own: dict[bytes, set[tuple[frozenset[str], frozenset[str]]]] = {}  # row -> conditions showing it
+        for row, x in zip(_row_bytes(shown.matrix), shown.owner, strict=True):
+            own.setdefault(row, set()).add(self.footprints[x].conditions())
+        where: dict[bytes, list[int]] = {}
+        for i, row in enumerate(_row_bytes(pool.matrix)):
+            if row in own:
+                where.setdefault(row, []).append(i)
+        for j, row in enumerate(_row_bytes(new.matrix)):
+            a = self.footprints[new.owner[j]]
+            if any(self.footprints[pool.owner[i]].conditions() == a.conditions() for i in where.get(row, [])):
+                continue  # released before with these very conditions: nothing new about what lies between
+            for i in where.get(row, []):
+                b = self.footprints[pool.owner[i]]
+                if b.conditions() not in own[row] and (a.inside(b) or b.inside(a)):
+                    return Leak(new=j, earlier=(i,), how=NESTED)  # the same text: no oracle either
+        return None
 
     def _leaks(self, new: Vectors, pool: Vectors, k: int, also_new: np.ndarray) -> list[Leak]:
         # an earlier cell the new result shows too is no pair with it: their difference is the new result's
         # own (a curve's number at risk at two times, one also asked as a filter), under its own control
         apart, at = _rows(pool, ~also_new) if len(also_new) else (pool, np.arange(0))
         leaks = [Leak(new=x.new, earlier=tuple(int(at[i]) for i in x.earlier), how=x.how)
-                 for x in pair_leaks(new, apart, self.weight, self.site_of, len(self.sites), k,
-                                     splits=(self.split_ids(new), self.split_ids(apart)))]
+                 for x in pair_leaks(new, apart, self.weight, self.site_of, len(self.sites), k)]
         if not leaks:
             try:
-                leaks = triple_leaks(new, pool, self.weight, k, splits=(self.split_ids(new), self.split_ids(pool)))
+                leaks = triple_leaks(new, pool, self.weight, k)
             except TooMuchHistory:
                 raise QueryRefused("the differencing check found more combinations with earlier results than it "
                                    "checks in one query; nothing was released",

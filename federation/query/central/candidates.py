@@ -95,6 +95,20 @@ def nested_near(new: Sizes, earlier: CellTable, sites: list[str], k: int) -> set
     return found
 
 
+def equal_near(new: Sizes, earlier: CellTable, sites: list[str]) -> set[int]:
+    """Footprints with a cell that may hold the same rows as a new cell at some site (same size there, same
+    sketch bits): for `AtomSpace.same_by_definition`, among footprints nested in the new one by definition."""
+    if not len(earlier.owners):
+        return set()
+    mine = CellTable.build([(0, new)], sites)
+    found: set[int] = set()
+    for q in range(len(mine.owners)):
+        qn, qs = mine.n[:, q:q + 1], mine.sketch[:, q:q + 1, :]
+        same = (earlier.n == qn) & (qn > 0) & np.asarray((earlier.sketch == qs).all(axis=2))
+        found.update(int(x) for x in np.unique(earlier.owners[same.any(axis=0)]))
+    return found
+
+
 def _site_bits_inside(q: np.ndarray, e: np.ndarray, sign: int) -> np.ndarray:
     """(sites, cells): at each site, the smaller side's sketch bits lie inside the larger side's."""
     small, big = (q, e) if sign == 1 else (e, q)

@@ -43,21 +43,16 @@ class Vectors:
     per_site: list[bool]
 
 
+NESTED = "a cell of one lies inside a cell of the other with fewer than k patients between them (possibly none)"
+
+
 def _small(x: np.ndarray, k: int) -> np.ndarray:
     return (x > 0.5) & (x < k - 0.5)
 
 
-def comparable_splits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Which cells of parts `a` and `b` (split ids; 0 for a whole result) are compared: a whole result with
-    anything, a part with parts of the same split (the same proportion's x, the same curve's number at risk
-    at the same time, on other subsets)."""
-    return (a == 0) | (b == 0) | (a == b)
-
-
-def pair_leaks(new: Vectors, pool: Vectors, w: np.ndarray, site_of: np.ndarray, n_sites: int, k: int,
-               splits: tuple[np.ndarray, np.ndarray] | None = None) -> list[Leak]:
-    """Nested cells whose difference is 1..k-1 rows, for the analyst and for every site insider; with
-    `splits` (the split id of each new and pool cell), only cells of comparable splits."""
+def pair_leaks(new: Vectors, pool: Vectors, w: np.ndarray, site_of: np.ndarray, n_sites: int, k: int
+               ) -> list[Leak]:
+    """Nested cells whose difference is 1..k-1 rows, for the analyst and for every site insider."""
     if pool.matrix.shape[0] == 0 or new.matrix.shape[0] == 0:
         return []
     P = pool.matrix.astype(np.float64)
@@ -75,22 +70,15 @@ def pair_leaks(new: Vectors, pool: Vectors, w: np.ndarray, site_of: np.ndarray, 
         e_s = np.asarray(P @ ws).ravel()[:, None] - inter_s
         q_s = np.asarray(Q @ ws).ravel()[None, :] - inter_s
         leak |= (nested_e & _small(only_e - e_s, k)) | (nested_q & _small(only_q - q_s, k))
-    if splits is not None:
-        leak &= comparable_splits(splits[1][:, None], splits[0][None, :])
     out = []
     for i, j in zip(*np.nonzero(leak), strict=True):
-        out.append(Leak(new=int(j), earlier=(int(i),), how="a cell of one lies inside a cell of the other with "
-                                                               "fewer than k patients between them"))
+        out.append(Leak(new=int(j), earlier=(int(i),), how=NESTED))
     return out
 
 
-def triple_leaks(new: Vectors, pool: Vectors, w: np.ndarray, k: int, budget: int = 2_000_000,
-                 splits: tuple[np.ndarray, np.ndarray] | None = None) -> list[Leak]:
+def triple_leaks(new: Vectors, pool: Vectors, w: np.ndarray, k: int, budget: int = 2_000_000) -> list[Leak]:
     """`q + a - b`, `a + b - q`, `q - a - b` and `a - b - q` that are 0/1 vectors of 1..k-1 rows, for every
-    new cell q and earlier cells a, b (combined and per-site cells alike); with `splits`, only cells whose
-    splits are pairwise comparable."""
-    new_split, pool_split = splits if splits is not None else (np.zeros(new.matrix.shape[0], dtype=int),
-                                                                np.zeros(pool.matrix.shape[0], dtype=int))
+    new cell q and earlier cells a, b (combined and per-site cells alike)."""
     if not pool.matrix.shape[0] or not new.matrix.shape[0]:
         return []
     P = pool.matrix.astype(bool).tocsr()
@@ -117,9 +105,7 @@ def triple_leaks(new: Vectors, pool: Vectors, w: np.ndarray, k: int, budget: int
                           }[pattern]
                 first, last = np.searchsorted(sorted_sizes, [lo - 0.5, hi + 0.5])
                 for b in order[first:last]:
-                    if b == a or not (comparable_splits(pool_split[a], pool_split[b])
-                                      and comparable_splits(new_split[j], pool_split[a])
-                                      and comparable_splits(new_split[j], pool_split[b])):
+                    if b == a:
                         continue
                     checked += 1
                     if checked > budget:

@@ -17,6 +17,7 @@ from federation.query.central.atoms import AtomSpace, history_answers, subsets_a
 from federation.query.central.candidates import (
     CellTable,
     Sizes,
+    equal_near,
     filter_families,
     hidden_linked,
     nested_near,
@@ -271,34 +272,29 @@ def find_candidates(ctx: Context, news: list[Footprint], news_sizes: list[Sizes]
         table, covered = CellTable.build([(i, sizes[k]) for i, k in enumerate(keys)], sites), keys
         _TABLES[cache] = (table, covered)
     recent = CellTable.build([(i, sizes[keys[i]]) for i in range(len(covered), len(keys))], sites)
-    # a part is compared with whole results and parts of the same split only (`comparable_splits`)
-    by_split: dict[str, list[int]] = {}
-    for i, e in enumerate(earlier):
-        by_split.setdefault(e.footprint.split_key(), []).append(i)
-    wholes = by_split.get("", [])
-    # triples: among the most recent related footprints and the most recent of all (pairs: the whole history),
-    # whole results for the whole result, and parts of the same split for each part
-    members: set[int] = set()
-    for split in dict.fromkeys(new.split_key() for new in news):
-        own = wholes if not split else by_split.get(split, [])
-        of_split = [new for new in news if new.split_key() == split]
-        members.update([i for i in own if any(related(new, earlier[i].footprint) for new in of_split)][-TRIPLE_FAMILY:])
-        members.update(own[-TRIPLE_RECENT:])
-    family = CellTable.build([(i, sizes[keys[i]]) for i in sorted(members)], sites)
+    # triples: among the most recent related footprints and the most recent of all (pairs: the whole history);
+    # the most recent of all counted in whole results, so that a few curves' parts do not crowd them out
+    wholes = [i for i, e in enumerate(earlier) if not e.footprint.split()]
+    members = sorted(set([i for i, e in enumerate(earlier) if any(related(new, e.footprint) for new in news)]
+                         [-TRIPLE_FAMILY:]) | {i for i in range(wholes[-TRIPLE_RECENT] if len(wholes) >= TRIPLE_RECENT
+                                                                 else 0, len(earlier))})
+    family = CellTable.build([(i, sizes[keys[i]]) for i in members], sites)
     footprints = [e.footprint for e in earlier]
     earlier_sizes = [sizes[key] for key in keys]
     near: set[int] = set()
     triples: set[int] = set()
-    for new, new_sizes in zip(news, news_sizes, strict=True):
-        found_near = nested_near(new_sizes, table, sites, ctx.k)
+    # a whole result's cells equal to cells of results nested in it by definition, or of its very conditions
+    # (`AtomSpace.same_by_definition`)
+    by_definition = [i for i, e in enumerate(earlier) if not news[0].split()
+                     and (news[0].inside(e.footprint) or e.footprint.inside(news[0])
+                          or e.footprint.conditions() == news[0].conditions())]
+    if by_definition:
+        near |= equal_near(news_sizes[0], CellTable.build([(i, sizes[keys[i]]) for i in by_definition], sites), sites)
+    for new_sizes in news_sizes:
+        near |= nested_near(new_sizes, table, sites, ctx.k)
         if len(keys) > len(covered):  # released since the table was built: compared directly
-            found_near |= nested_near(new_sizes, recent, sites, ctx.k)
-        found_triples = triple_near(new_sizes, family, sites, ctx.k)
-        if new.split_key():
-            allowed = set(wholes) | set(by_split.get(new.split_key(), []))
-            found_near, found_triples = found_near & allowed, found_triples & allowed
-        near |= found_near
-        triples |= found_triples
+            near |= nested_near(new_sizes, recent, sites, ctx.k)
+        triples |= triple_near(new_sizes, family, sites, ctx.k)
     groups: list[tuple[int, list[int]]] = []
     if not news[0].split():  # span groups of the whole result, among earlier whole results
         parts = {i for i, fp in enumerate(footprints) if fp.split()}

@@ -121,15 +121,21 @@ class Footprint:
         """The filters of the part of the result this footprint is (none for the whole result)."""
         return [Filter.model_validate(f) for f in json.loads(self.subset).get("split", [])]
 
-    def split_key(self) -> str:
-        """The split as canonical text ("" for a whole result): parts are compared with whole results and
-        with parts of the same split (`differencing.comparable_splits`)."""
-        cached: str | None = self.__dict__.get("_split_key")
+    def conditions(self) -> tuple[frozenset[str], frozenset[str]]:
+        """Its filters (the query's and the split's) and exists filters, each as canonical text: a footprint
+        whose conditions include another's and more selects, by definition, a part of the other's rows."""
+        cached: tuple[frozenset[str], frozenset[str]] | None = self.__dict__.get("_conditions")
         if cached is None:
-            split = json.loads(self.subset).get("split")
-            cached = json.dumps(split, sort_keys=True, separators=(",", ":")) if split else ""
-            object.__setattr__(self, "_split_key", cached)
+            d = json.loads(self.subset)
+            cached = (frozenset(json.dumps(f, sort_keys=True) for f in [*d["filters"], *d.get("split", [])]),
+                      frozenset(json.dumps(e, sort_keys=True) for e in d["exists"]))
+            object.__setattr__(self, "_conditions", cached)
         return cached
+
+    def inside(self, other: Footprint) -> bool:
+        """Its conditions are the other's and more (so its rows are among the other's, whatever the data)."""
+        (f, e), (g, x) = self.conditions(), other.conditions()
+        return f >= g and e >= x and (f, e) != (g, x)
 
     @property
     def sites(self) -> dict[str, int]:
