@@ -4,6 +4,7 @@ Each attack first succeeds with the differencing guard switched off, on a servic
 from __future__ import annotations
 
 import datetime as dt
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -376,8 +377,8 @@ def test_two_proportions_do_not_differ_by_a_few_events(fresh_audit: Settings) ->
 
 def test_two_logistic_models_do_not_differ_by_a_few_events(fresh_audit: Settings) -> None:
     """Red team P2: a saturated logistic model (efs_event on sex) inverts to its event counts; two at site-c
-    on subsets 26 apart differ by the events among UNFAVORABLE histology."""
-    import math
+    on subsets 26 apart differ by the events among UNFAVORABLE histology (and D5: with the second outcome
+    written `efs_event != False`)."""
 
     base = [Filter(column="sex", op="!=", value="U")]
     outcome = Filter(column="efs_event", op="==", value=True)
@@ -403,6 +404,10 @@ def test_two_logistic_models_do_not_differ_by_a_few_events(fresh_audit: Settings
 
     assert run_local(queries[0], fresh_audit, "mallory").status == "released"
     refused = run_local(queries[1], fresh_audit, "eve")
+    assert refused.status == "refused" and "differencing" in refused.reason
+    # red team D5: the same outcome written another way is the same patients (compared by rows, not text)
+    alias = queries[1].model_copy(update={"outcome": Filter(column="efs_event", op="!=", value=False)})
+    refused = run_local(alias, fresh_audit, "trent")
     assert refused.status == "refused" and "differencing" in refused.reason
 
 
@@ -493,3 +498,67 @@ def test_a_refusal_does_not_tell_whether_a_patient_lies_between_two_results(fres
         assert first.status == "released", first.reason
         outcomes.append((second.status, second.reason.split("(differencing")[-1]))
     assert outcomes[0] == outcomes[1] and outcomes[0][0] == "refused"
+
+
+def test_two_values_of_one_column_and_a_count_do_not_give_a_group(fresh_audit: Settings) -> None:
+    """Red team D4: the proportions of `stage == I` and `stage == III` at site-a show x for each value;
+    with a count of those two stages without UNFAVORABLE histology they give site-a's UNFAVORABLE patients
+    of stages I and III (a triple of two parts of different splits and a whole result)."""
+    queries = [Query(study_id=STUDY, statistic="proportion", column="stage", value=v, sites=["site-a"])
+               for v in ("I", "III")]
+    count = Query(study_id=STUDY, sites=["site-a"], filters=[Filter(column="histology_risk", op="!=",
+                                                                    value="UNFAVORABLE"),
+                                                             Filter(column="stage", op="in", value=["I", "III"])])
+    ((few,),) = pooled(fresh_audit, "SELECT count(*) FROM unit_patients WHERE site_id = 'site-a' AND "
+                                    "histology_risk = 'UNFAVORABLE' AND stage IN ('I', 'III')")
+    assert 0 < few < 5
+
+    def x(r: Any) -> int:
+        assert r.status == "released", r.reason
+        return int(r.payload["rows"][0]["combined"]["x"])
+
+    with switched_off("differencing"):
+        first, second, rest = (run_local(q, elsewhere(fresh_audit, "unguarded"), "m") for q in [*queries, count])
+    assert x(first) + x(second) - total(rest) == few
+
+    assert [run_local(q, fresh_audit, "mallory").status for q in queries] == ["released", "released"]
+    refused = run_local(count, fresh_audit, "eve")
+    assert refused.status == "refused" and "differencing" in refused.reason
+
+
+def test_two_numbers_at_risk_and_two_window_counts_do_not_give_a_patient(fresh_audit: Settings) -> None:
+    """Red team D2: an all-sites monthly curve's numbers at risk at the months around site-a's NR patient's
+    EFS time, a count of the other sites in that window and a count of site-a without arm NR in it: four
+    results whose combination is that one patient (the filter family, with the curve's parts whose times
+    fall on the window's cut points)."""
+    ((days,),) = pooled(fresh_audit, "SELECT efs_days FROM unit_patients WHERE site_id = 'site-a' AND arm = 'NR'")
+    month = 30.4375
+    km = Query(study_id=STUDY, statistic="km", endpoint="efs", grid_days=month, horizon_days=3652.5)
+    others = sorted({s for (s,) in pooled(fresh_audit, "SELECT DISTINCT site_id FROM patients")} - {"site-a"})
+
+    def at_risk(r: Any) -> dict[int, Any]:
+        assert r.status == "released", r.reason
+        return {round(p["day"] / month): p["at_risk"] for p in r.payload["curves"][0]["combined"]["points"]}
+
+    with switched_off("differencing"):
+        curve = at_risk(run_local(km, elsewhere(fresh_audit, "unguarded"), "m"))
+    # months whose declared cut point (whole days) is the curve's time rounded up: the same patients at risk
+    shown = sorted(m for m, n in curve.items() if isinstance(n, int) and round(m * month) == math.ceil(m * month))
+    for width in (120, 180, 240, 365):  # the narrowest window around the patient that site-a answers
+        start = max(m for m in shown if round(m * month) <= days - width)
+        end = min(m for m in shown if round(m * month) > days + width)
+        window = [Filter(column="efs_days", op=">=", value=round(start * month)),
+                  Filter(column="efs_days", op="<", value=round(end * month))]
+        counts = [Query(study_id=STUDY, sites=others, filters=window),
+                  Query(study_id=STUDY, sites=["site-a"], filters=[Filter(column="arm", op="!=", value="NR"),
+                                                                    *window])]
+        with switched_off("differencing"):
+            rest, site_a = (run_local(q, elsewhere(fresh_audit, f"unguarded-{width}"), "m") for q in counts)
+        if site_a.status == "released":
+            break
+    assert curve[start] - curve[end] - total(rest) - total(site_a) == 1
+
+    assert at_risk(run_local(km, fresh_audit, "mallory"))[end] == curve[end]
+    assert run_local(counts[0], fresh_audit, "eve").status == "released"
+    refused = run_local(counts[1], fresh_audit, "trent")
+    assert refused.status == "refused" and "pin down" in refused.reason

@@ -22,6 +22,8 @@ families, results whose filters use only the columns the new one filters on (`fi
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -68,15 +70,20 @@ class CellTable:
         return cls(owners=np.asarray(owners, dtype=np.int64), n=n, sketch=sk)
 
 
+def _cells(new: Sizes, earlier: CellTable, sites: list[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Each new cell's sizes (sites, 1) and sketches (sites, 1, WORDS); none when there is nothing earlier."""
+    if not len(earlier.owners):
+        return
+    mine = CellTable.build([(0, new)], sites)
+    for q in range(len(mine.owners)):
+        yield mine.n[:, q:q + 1], mine.sketch[:, q:q + 1, :]
+
+
 def nested_near(new: Sizes, earlier: CellTable, sites: list[str], k: int) -> set[int]:
     """Footprints with a cell that may contain, or lie inside, a new cell with 1..k-1 rows between them:
     over all sites, over all sites but one (an insider's view), or at one site."""
-    if not len(earlier.owners):
-        return set()
-    mine = CellTable.build([(0, new)], sites)
     found: set[int] = set()
-    for q in range(len(mine.owners)):
-        qn, qs = mine.n[:, q:q + 1], mine.sketch[:, q:q + 1, :]
+    for qn, qs in _cells(new, earlier, sites):
         d = earlier.n - qn  # (sites, cells): rows of the earlier cell minus the new one's, per site
         # cells of 1..k-1 rows are suppressed when released: only cells of at least k can be subtracted
         shown_all = (earlier.n.sum(axis=0) >= k) & (qn.sum() >= k)
@@ -98,12 +105,8 @@ def nested_near(new: Sizes, earlier: CellTable, sites: list[str], k: int) -> set
 def equal_near(new: Sizes, earlier: CellTable, sites: list[str]) -> set[int]:
     """Footprints with a cell that may hold the same rows as a new cell at some site (same size there, same
     sketch bits): for `AtomSpace.same_by_definition`, among footprints nested in the new one by definition."""
-    if not len(earlier.owners):
-        return set()
-    mine = CellTable.build([(0, new)], sites)
     found: set[int] = set()
-    for q in range(len(mine.owners)):
-        qn, qs = mine.n[:, q:q + 1], mine.sketch[:, q:q + 1, :]
+    for qn, qs in _cells(new, earlier, sites):
         same = (earlier.n == qn) & (qn > 0) & np.asarray((earlier.sketch == qs).all(axis=2))
         found.update(int(x) for x in np.unique(earlier.owners[same.any(axis=0)]))
     return found
@@ -325,13 +328,12 @@ def _filter_columns(subset: str) -> tuple[frozenset[str], str]:
 def filter_families(new: Footprint, earlier: list[Footprint]) -> list[tuple[int, list[int]]]:
     """Groups for the span check without a hidden cell (focus -2): the new result with the most recent earlier
     results whose filters use only the columns the new one filters on (none included), on the same exists
-    filters and sharing a site. Filters on one column cut the same rows into groups: everyone minus
-    `arm == DD4A`, `EE4A` and `M` is arm NR, four results no pair or triple search sees. A new result without
-    filters is checked with the families of the columns most recently filtered on alone."""
+    filters, at any sites (a count of the other sites takes them out of an all-sites result: the red team's
+    D2). Filters on one column cut the same rows into groups: everyone minus `arm == DD4A`, `EE4A` and `M`
+    is arm NR, four results no pair or triple search sees. A new result without filters is checked with
+    the families of the columns most recently filtered on alone."""
     columns, exists = _filter_columns(new.subset)
-    sites = set(new.sites)
-    candidates = [i for i, fp in enumerate(earlier) if sites & set(fp.sites)
-                  and _filter_columns(fp.subset)[1] == exists]
+    candidates = [i for i, fp in enumerate(earlier) if _filter_columns(fp.subset)[1] == exists]
     if columns:
         family = [i for i in candidates if _filter_columns(earlier[i].subset)[0] <= columns]
         return [(-2, family[-FAMILY_SPAN:])] if family else []
@@ -347,3 +349,35 @@ def filter_families(new: Footprint, earlier: list[Footprint]) -> list[tuple[int,
         if len(groups) == FAMILIES_OF_EVERYONE:
             break
     return groups
+
+
+@lru_cache(maxsize=200_000)
+def _part_cuts(subset: str) -> tuple[frozenset[str], frozenset[tuple[str, float]]]:
+    """A part's own filter columns (the query's) and its split's thresholds as whole-day cut points."""
+    d = json.loads(subset)
+    cuts = frozenset((f["column"], float(math.ceil(f["value"] - 1e-9))) for f in d.get("split", [])
+                     if f["op"] in ("<", ">=") and isinstance(f["value"], int | float))
+    return frozenset(f["column"] for f in d["filters"]), cuts
+
+
+def aligned_parts(new: Footprint, earlier: list[Footprint]) -> list[int]:
+    """Parts of curves (numbers at risk, events before a time) whose time falls on a threshold the new result
+    filters at, on the new result's filter columns, exists filters and sites: with them a count of a
+    follow-up window is the difference of two numbers at risk (the red team's D2: two curves, a count of
+    the other sites and a count of one site without one group, four results), at any sites. Added to the
+    new result's filter family (the most recent FAMILY_SPAN); integer days, so a curve time t is the cut
+    point ceil(t)."""
+    d = json.loads(new.subset)
+    cuts = {(f["column"], float(f["value"])) for f in d["filters"]
+            if f["op"] in ("<", ">=") and isinstance(f["value"], int | float)}
+    if not cuts:
+        return []
+    columns, exists = _filter_columns(new.subset)
+    out = []
+    for i, fp in enumerate(earlier):
+        if "split" not in fp.subset:
+            continue
+        own, theirs = _part_cuts(fp.subset)
+        if theirs & cuts and own <= columns and _filter_columns(fp.subset)[1] == exists:
+            out.append(i)
+    return out[-FAMILY_SPAN:]

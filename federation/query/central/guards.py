@@ -17,6 +17,7 @@ from federation.query.central.atoms import AtomSpace, history_answers, subsets_a
 from federation.query.central.candidates import (
     CellTable,
     Sizes,
+    aligned_parts,
     equal_near,
     filter_families,
     hidden_linked,
@@ -301,6 +302,10 @@ def find_candidates(ctx: Context, news: list[Footprint], news_sizes: list[Sizes]
         found = hidden_linked(news[0], news_sizes[0], footprints, earlier_sizes, ctx.k)
         found += filter_families(news[0], footprints)
         groups = [(focus, [i for i in around if i not in parts]) for focus, around in found if focus not in parts]
+        aligned = aligned_parts(news[0], footprints)  # parts whose times fall on the new filter's thresholds
+        if aligned:
+            of_new = next((around for focus, around in groups if focus == -2), [])
+            groups = [g for g in groups if g[0] != -2] + [(-2, sorted(set(of_new) | set(aligned)))]
     grouped = {i for focus, members in groups for i in [focus, *members] if i >= 0}
     ctx.result.checked = {"earlier_footprints": len(earlier), "nested_near": len(near), "related": len(members),
                           "triple_near": len(triples), "hidden_linked": len(groups)}
@@ -390,7 +395,7 @@ def cite(ctx: Context, earlier: list[Earlier], involved: list[int], n_new: int =
     the new result's), as the analyst may see them: their own queries described, another analyst's only by
     audit number."""
     parts = []
-    for i in dict.fromkeys(involved):
+    for i in involved:
         if i < n_new:
             continue
         e = earlier[i - n_new]
@@ -398,7 +403,7 @@ def cite(ctx: Context, earlier: list[Earlier], involved: list[int], n_new: int =
             parts.append(f"your earlier result #{e.audit_id} ({e.described})")
         else:
             parts.append(f"an earlier result released to another analyst (audit #{e.audit_id})")
-    return " and ".join(parts) or "an earlier result"
+    return " and ".join(dict.fromkeys(parts)) or "an earlier result"  # a result once, however many parts
 
 
 CENTRAL_GUARDS: list[type[CentralGuard]] = [SubsetGuard, DifferencingGuard]
