@@ -7,7 +7,6 @@ or restricts what is released (`check`). Suppression of small cells is a guard t
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +30,7 @@ from federation.query.central.runner import Context, released_record
 from federation.query.central.span import new_leak
 from federation.query.central.statistics import Statistic
 from federation.query.central.statistics.counts import check_filters
+from federation.query.central.statistics.km import year_start
 from federation.query.columns import GROUPABLE, require
 from federation.query.guard import Guard, QueryRefused
 from federation.query.model import Query
@@ -193,8 +193,7 @@ def withhold_time(payload: dict[str, Any], part: Footprint) -> bool:
                     if abs(float(p["day"]) - day) < 1e-6 and p.get("at_risk") != {"suppressed": True}:
                         p["at_risk"], changed = {"suppressed": True}, True
                 for r in value.get("risk_table") or []:
-                    start = math.floor(r["year"] * 365.25 / grid + 1e-9) * grid
-                    if abs(start - day) < 1e-6 and r.get("at_risk") != {"suppressed": True}:
+                    if abs(year_start(r["year"], grid) - day) < 1e-6 and r.get("at_risk") != {"suppressed": True}:
                         r["at_risk"], changed = {"suppressed": True}, True
             else:
                 kept = [p for p in points if abs(float(p["day"]) - split["<"]) >= 1e-6]
@@ -230,10 +229,9 @@ def leak_of(space: AtomSpace, mine: Vectors, n_new: int, whole: Vectors, pool: V
             k: int) -> tuple[str, list[int], int] | None:
     """How the new cells isolate fewer than k patients with earlier ones, which earlier results (indexes
     of the space's footprints) and which new footprint (-1 for the span check's whole result); None when
-    they do not. `mine` are every cell the new result shows, of which
-    those of the space's first `n_new` footprints are new. Pairs and triples of every new cell (the
-    result's and its parts') over every candidate, then the span check of the whole result's cells on
-    each group."""
+    they do not. `mine` are every cell the new result shows, of which those of the space's first `n_new`
+    footprints are new. Pairs and triples of every new cell (the result's and its parts') over every
+    candidate, then the span check of the whole result's cells on each group."""
     fresh = np.asarray(mine.owner) < n_new
     new = Vectors(matrix=mine.matrix[np.nonzero(fresh)[0]], owner=[o for o in mine.owner if o < n_new],
                   per_site=[p for p, f in zip(mine.per_site, fresh, strict=True) if f])

@@ -21,13 +21,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from pydantic import ValidationError
 
 from federation.query.central.audit import AuditLog
 from federation.query.central.gateway import SiteGateway
 from federation.query.central.history import History, key_json
 from federation.query.central.statistics import Statistic
+from federation.query.central.statistics.km import year_start
 from federation.query.guard import QueryRefused
 from federation.query.model import Filter, Query
 from federation.query.policy import EffectiveThresholds, QueryPolicy
@@ -285,7 +285,6 @@ def km_splits(q: Query, payload: dict[str, Any]) -> list[dict[str, Any]]:
     points: dict[float, set[tuple[str, str]]] = {}
     groups: list[list[Any]] = []
     sites: set[str] = set()
-    grid = np.arange(0.0, q.horizon_days + q.grid_days, q.grid_days)
     for curve in payload["curves"]:
         key = key_json(curve["group"])
         groups.append(curve["group"])
@@ -306,7 +305,7 @@ def km_splits(q: Query, payload: dict[str, Any]) -> list[dict[str, Any]]:
                 before = p
             for r in value.get("risk_table") or []:
                 if isinstance(r.get("at_risk"), int):  # at the start of the interval holding the year
-                    day = float(grid[int(np.searchsorted(grid, r["year"] * 365.25, side="right")) - 1])
+                    day = year_start(r["year"], q.grid_days)
                     if day > 0:
                         at_risk.setdefault(day, set()).add((site, key))
 

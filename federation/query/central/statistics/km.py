@@ -95,7 +95,15 @@ class SiteRiskGuard(Guard):
     """A number at risk is shown only where every site's number at risk is 0 or at least its k."""
 
 
-def risk_table(at_risk: np.ndarray, grid: np.ndarray, k: int, every_days: float = 365.25,
+YEAR_DAYS = 365.25
+
+
+def year_start(year: int, grid_days: float) -> float:
+    """The start of the grid interval holding `year` (the time a risk table's number at that year is at)."""
+    return float(np.floor(year * YEAR_DAYS / grid_days + 1e-9) * grid_days)
+
+
+def risk_table(at_risk: np.ndarray, grid: np.ndarray, k: int, every_days: float = YEAR_DAYS,
                risk_ok: set[int] | None = None) -> list[dict[str, Any]]:
     """Number at risk at each whole year (the start of the grid interval containing it); small numbers, and
     numbers at times where some site's is 1..k-1 (`risk_ok`), hidden."""
