@@ -474,7 +474,8 @@ def test_a_curves_numbers_at_risk_at_two_times_and_a_count_do_not_give_a_patient
 def test_a_refusal_does_not_tell_whether_a_patient_lies_between_two_results(fresh_audit: Settings) -> None:
     """Red team D6: a count of everyone but arm NR in a follow-up window, then the same without the filter,
     was refused exactly when site-a's NR patient was in the window (1 between them) and released when not
-    (0): a binary search found the patient's month. Now both are refused, with the same reason."""
+    (0): a binary search found the patient's month. Now both are refused, with the same reason, also when the
+    wider window carries a filter that keeps every row (E1)."""
     ((days,),) = pooled(fresh_audit, "SELECT efs_days FROM unit_patients WHERE site_id = 'site-a' AND arm = 'NR'")
     def cut(month: int) -> int:
         return round(30.4375 * month)
@@ -482,22 +483,25 @@ def test_a_refusal_does_not_tell_whether_a_patient_lies_between_two_results(fres
     holding = next(m for m in range(0, 120, 6) if cut(m) <= days < cut(m + 24))  # a two-year window holding it
     empty = next(m for m in range(0, 120, 6) if cut(m) > days)  # one after it: nobody of arm NR there
 
-    def pair(start: int, settings: Settings) -> list[Any]:
+    def pair(start: int, settings: Settings, extra: list[Filter] | None = None) -> list[Any]:
         window = [Filter(column="efs_days", op=">=", value=cut(start)),
                   Filter(column="efs_days", op="<", value=cut(start + 24))]
         return [run_local(Query(study_id=STUDY, sites=["site-a"], filters=f), settings, "mallory")
-                for f in ([Filter(column="arm", op="!=", value="NR"), *window], window)]
+                for f in ([Filter(column="arm", op="!=", value="NR"), *window], [*window, *(extra or [])])]
 
     with switched_off("differencing"):
         without, every = pair(holding, elsewhere(fresh_audit, "unguarded"))
     assert total(every) - total(without) == 1
 
-    outcomes = []
-    for start in (holding, empty):  # each on its own history: only the patient's presence differs
-        first, second = pair(start, elsewhere(fresh_audit, f"window-{start}"))
-        assert first.status == "released", first.reason
-        outcomes.append((second.status, second.reason.split("(differencing")[-1]))
-    assert outcomes[0] == outcomes[1] and outcomes[0][0] == "refused"
+    # red team E1: the wider window written with a filter that keeps every row (not nested by its text)
+    for n, extra in enumerate(([], [Filter(column="efs_days", op="<", value=cut(300))],
+                               [Filter(column="arm", op="in", value=["DD4A", "EE4A", "M", "NR"])])):
+        outcomes = []
+        for start in (holding, empty):  # each on its own history: only the patient's presence differs
+            first, second = pair(start, elsewhere(fresh_audit, f"window-{start}-{n}"), extra)
+            assert first.status == "released", first.reason
+            outcomes.append((second.status, second.reason.split("(differencing")[-1]))
+        assert outcomes[0] == outcomes[1] and outcomes[0][0] == "refused", (extra, outcomes)
 
 
 def test_two_values_of_one_column_and_a_count_do_not_give_a_group(fresh_audit: Settings) -> None:
@@ -562,3 +566,28 @@ def test_two_numbers_at_risk_and_two_window_counts_do_not_give_a_patient(fresh_a
     assert run_local(counts[0], fresh_audit, "eve").status == "released"
     refused = run_local(counts[1], fresh_audit, "trent")
     assert refused.status == "refused" and "pin down" in refused.reason
+
+
+def test_a_proportion_refused_or_not_does_not_tell_a_patients_stage(fresh_audit: Settings) -> None:
+    """Red team E3: a count of site-a without arm NR at stage v, then the proportion of stage v at site-a,
+    was refused only for the NR patient's own stage (its x one more than the count) and released for the
+    others (x equal to the count): the refusal named the stage. Now the outcome is the same for both."""
+    ((stage,),) = pooled(fresh_audit, "SELECT stage FROM unit_patients WHERE site_id = 'site-a' AND arm = 'NR'")
+    other = next(s for s in ("I", "II", "III", "IV") if s != stage)
+
+    def pair(value: str, settings: Settings) -> list[Any]:
+        count = Query(study_id=STUDY, sites=["site-a"], filters=[Filter(column="arm", op="!=", value="NR"),
+                                                                 Filter(column="stage", op="==", value=value)])
+        share = Query(study_id=STUDY, statistic="proportion", column="stage", value=value, sites=["site-a"])
+        return [run_local(q, settings, "mallory") for q in (count, share)]
+
+    with switched_off("differencing"):
+        count, prop = pair(stage, elsewhere(fresh_audit, "unguarded"))
+    assert prop.payload["rows"][0]["combined"]["x"] - total(count) == 1
+
+    outcomes = []
+    for value in (stage, other):  # each on its own history
+        count, prop = pair(value, elsewhere(fresh_audit, f"stage-{value}"))
+        assert isinstance(total(count), int)  # both shown, so the comparison is real
+        outcomes.append((prop.status, prop.reason.split("(differencing")[-1]))
+    assert outcomes[0] == outcomes[1], outcomes

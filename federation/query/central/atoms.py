@@ -3,6 +3,7 @@ over them (the input of `differencing`). One `HistoryAtoms` task per site, in on
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -137,30 +138,37 @@ class AtomSpace:
         rows: list[np.ndarray] = []
         owner: list[int] = []
         flags: list[bool] = []
+        cond: list[frozenset[str]] = []
         n_atoms = len(self.keys)
         for x in indexes:
             fp = self.footprints[x]
             inside = self.member[:, x] if n_atoms else np.zeros(0, dtype=bool)
             if not inside.any():
                 continue
+            filters, exists = fp.conditions()
+            base = filters | {f"exists {e}" for e in exists}
             for level in fp.levels:
                 codes, names = self._codes(level)
                 for code in np.unique(codes[inside]):
                     here = inside & (codes == code)
+                    group = base | {json.dumps({"column": c, "op": "==", "value": v}, sort_keys=True)
+                                    for c, v in zip(level, json.loads(names[code]), strict=True)}
                     if not fp.is_hidden("", level, names[code]):
                         rows.append(np.nonzero(here)[0])
                         owner.append(x)
                         flags.append(False)
+                        cond.append(group)
                     if fp.per_site and per_site:
                         for s in np.unique(self.site_of[here]):
                             if not fp.is_hidden(self.sites[s], level, names[code]):
                                 rows.append(np.nonzero(here & (self.site_of == s))[0])
                                 owner.append(x)
                                 flags.append(True)
+                                cond.append(group)
         indptr = np.cumsum([0] + [len(r) for r in rows])
         indices = np.concatenate(rows) if rows else np.zeros(0, dtype=int)
         matrix = sparse.csr_matrix((np.ones(len(indices)), indices, indptr), shape=(len(rows), n_atoms))
-        return Vectors(matrix=matrix, owner=owner, per_site=flags)
+        return Vectors(matrix=matrix, owner=owner, per_site=flags, cond=cond)
 
     def hidden_sets(self, x: int) -> np.ndarray:
         """The atoms of each cell footprint `x` hid, as rows of a (hidden cells, atoms) 0/1 matrix."""
@@ -182,7 +190,7 @@ class AtomSpace:
         every cell of the new result, `new` and those it shows again (by default `new`)."""
         shown = new if shown is None else shown
         mine = set(_row_bytes(shown.matrix))
-        same = self.same_by_definition(new, pool, shown)
+        same = self.same_patients(new, pool, shown)
         if same is not None:
             return same
         (new, new_at), (pool, pool_at) = informative(new, pool, self.weight, k)
@@ -190,34 +198,34 @@ class AtomSpace:
                  for x in self._leaks(new, pool, k, np.array([r in mine for r in _row_bytes(pool.matrix)]))]
         return leaks[0] if leaks else None
 
-    def same_by_definition(self, new: Vectors, pool: Vectors, shown: Vectors) -> Leak | None:
-        """A new cell with the same patients as an earlier cell whose conditions include its own and more, or
-        the other way round: released, it would tell that none lies between them, where 1..k-1 between
-        them is refused (the refusal would be an oracle: the red team's D6 found a patient's follow-up
-        month by windows with and without a filter). Not when the new result shows that earlier cell itself
-        (a curve's number at risk at a time where nobody has left yet, and its group's count), nor when an
-        earlier result showed the same cell with the new one's conditions (then that was known already)."""
-        own: dict[bytes, set[tuple[frozenset[str], frozenset[str]]]] = {}  # row -> conditions showing it
-        for row, x in zip(_row_bytes(shown.matrix), shown.owner, strict=True):
-            own.setdefault(row, set()).add(self.footprints[x].conditions())
+    def same_patients(self, new: Vectors, pool: Vectors, shown: Vectors) -> Leak | None:
+        """A new cell with the same patients as an earlier cell of other conditions (filters, split and group,
+        however written): released, it would tell that none lies between them where 1..k-1 would be refused,
+        so it is refused with the same text (the red team's D6 and E1 found a patient's follow-up month with
+        windows with and without a filter; E2 and E3 through a curve's withheld times and a proportion).
+        Not when the new result shows that earlier cell itself (a curve's number at risk before anyone has
+        left is its group's count), nor when some earlier cell of the new cell's own conditions had those
+        patients (then that was known)."""
+        own: dict[bytes, set[frozenset[str]]] = {}  # row -> conditions of the new result's cells showing it
+        for row, c in zip(_row_bytes(shown.matrix), shown.cond, strict=True):
+            own.setdefault(row, set()).add(c)
         where: dict[bytes, list[int]] = {}
         for i, row in enumerate(_row_bytes(pool.matrix)):
             if row in own:
                 where.setdefault(row, []).append(i)
         for j, row in enumerate(_row_bytes(new.matrix)):
-            a = self.footprints[new.owner[j]]
-            if any(self.footprints[pool.owner[i]].conditions() == a.conditions() for i in where.get(row, [])):
+            earlier = where.get(row, [])
+            if any(pool.cond[i] == new.cond[j] for i in earlier):
                 continue  # released before with these very conditions: nothing new about what lies between
-            for i in where.get(row, []):
-                b = self.footprints[pool.owner[i]]
-                if b.conditions() not in own[row] and (a.inside(b) or b.inside(a)):
+            for i in earlier:
+                if pool.cond[i] not in own[row]:
                     return Leak(new=j, earlier=(i,), how=NESTED)  # the same text: no oracle either
         return None
 
     def _leaks(self, new: Vectors, pool: Vectors, k: int, also_new: np.ndarray) -> list[Leak]:
         # an earlier cell the new result shows too is no pair with it: their difference is the new result's
         # own (a curve's number at risk at two times, one also asked as a filter), under its own control
-        apart, at = _rows(pool, ~also_new) if len(also_new) else (pool, np.arange(0))
+        apart, at = select_rows(pool, ~also_new) if len(also_new) else (pool, np.arange(0))
         leaks = [Leak(new=x.new, earlier=tuple(int(at[i]) for i in x.earlier), how=x.how)
                  for x in pair_leaks(new, apart, self.weight, self.site_of, len(self.sites), k)]
         if not leaks:
@@ -235,10 +243,10 @@ def _row_bytes(m: sparse.csr_matrix) -> list[bytes]:
     return [m.indices[m.indptr[i]:m.indptr[i + 1]].tobytes() for i in range(m.shape[0])]
 
 
-def _rows(v: Vectors, keep: np.ndarray) -> tuple[Vectors, np.ndarray]:
+def select_rows(v: Vectors, keep: np.ndarray) -> tuple[Vectors, np.ndarray]:
     idx = np.nonzero(keep)[0]
-    return Vectors(matrix=v.matrix[idx], owner=[v.owner[i] for i in idx],
-                   per_site=[v.per_site[i] for i in idx]), idx
+    return Vectors(matrix=v.matrix[idx], owner=[v.owner[i] for i in idx], per_site=[v.per_site[i] for i in idx],
+                   cond=[v.cond[i] for i in idx] if v.cond else []), idx
 
 
 def informative(new: Vectors, pool: Vectors, w: np.ndarray, k: int
@@ -249,11 +257,11 @@ def informative(new: Vectors, pool: Vectors, w: np.ndarray, k: int
         sizes = np.asarray(v.matrix @ w).ravel() if v.matrix.shape[0] else np.zeros(0)
         return (sizes > 0.5) & (sizes < k - 0.5)
 
-    pool_kept, pool_at = _rows(pool, ~small(pool))
-    new_kept, new_at = _rows(new, ~small(new))
+    pool_kept, pool_at = select_rows(pool, ~small(pool))
+    new_kept, new_at = select_rows(new, ~small(new))
     if pool_kept.matrix.shape[0] and new_kept.matrix.shape[0]:
         known = set(_row_bytes(pool_kept.matrix))
         fresh = np.array([row not in known for row in _row_bytes(new_kept.matrix)])
-        new_kept, at = _rows(new_kept, fresh)
+        new_kept, at = select_rows(new_kept, fresh)
         new_at = new_at[at]
     return (new_kept, new_at), (pool_kept, pool_at)

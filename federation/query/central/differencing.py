@@ -19,7 +19,7 @@ small non-empty set:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import sparse
@@ -41,6 +41,7 @@ class Vectors:
     matrix: sparse.csr_matrix
     owner: list[int]
     per_site: list[bool]
+    cond: list[frozenset[str]] = field(default_factory=list)  # each cell's conditions (filters, split, group)
 
 
 NESTED = "a cell of one lies inside a cell of the other with fewer than k patients between them (possibly none)"

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from federation.query.central.atoms import AtomSpace, history_answers, subsets_at
+from federation.query.central.atoms import AtomSpace, history_answers, select_rows, subsets_at
 from federation.query.central.candidates import (
     CellTable,
     Sizes,
@@ -232,9 +232,7 @@ def leak_of(space: AtomSpace, mine: Vectors, n_new: int, whole: Vectors, pool: V
     they do not. `mine` are every cell the new result shows, of which those of the space's first `n_new`
     footprints are new. Pairs and triples of every new cell (the result's and its parts') over every
     candidate, then the span check of the whole result's cells on each group."""
-    fresh = np.asarray(mine.owner) < n_new
-    new = Vectors(matrix=mine.matrix[np.nonzero(fresh)[0]], owner=[o for o in mine.owner if o < n_new],
-                  per_site=[p for p, f in zip(mine.per_site, fresh, strict=True) if f])
+    new, _ = select_rows(mine, np.asarray(mine.owner) < n_new)
     leak = space.first_leak(new, pool, k, shown=mine)
     if leak is not None:
         return leak.how, [pool.owner[i] for i in leak.earlier], new.owner[leak.new]
@@ -282,14 +280,9 @@ def find_candidates(ctx: Context, news: list[Footprint], news_sizes: list[Sizes]
     earlier_sizes = [sizes[key] for key in keys]
     near: set[int] = set()
     triples: set[int] = set()
-    # a whole result's cells equal to cells of results nested in it by definition, or of its very conditions
-    # (`AtomSpace.same_by_definition`)
-    by_definition = [i for i, e in enumerate(earlier) if not news[0].split()
-                     and (news[0].inside(e.footprint) or e.footprint.inside(news[0])
-                          or e.footprint.conditions() == news[0].conditions())]
-    if by_definition:
-        near |= equal_near(news_sizes[0], CellTable.build([(i, sizes[keys[i]]) for i in by_definition], sites), sites)
     for new_sizes in news_sizes:
+        # cells with the same patients, whatever their conditions (`AtomSpace.same_patients`)
+        near |= equal_near(new_sizes, table, sites) | equal_near(new_sizes, recent, sites)
         near |= nested_near(new_sizes, table, sites, ctx.k)
         if len(keys) > len(covered):  # released since the table was built: compared directly
             near |= nested_near(new_sizes, recent, sites, ctx.k)

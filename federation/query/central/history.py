@@ -122,8 +122,8 @@ class Footprint:
         return [Filter.model_validate(f) for f in json.loads(self.subset).get("split", [])]
 
     def conditions(self) -> tuple[frozenset[str], frozenset[str]]:
-        """Its filters (the query's and the split's) and exists filters, each as canonical text: a footprint
-        whose conditions include another's and more selects, by definition, a part of the other's rows."""
+        """Its filters (the query's and the split's) and exists filters, each as canonical text (with a cell's
+        group, a cell's conditions: `AtomSpace.vectors`)."""
         cached: tuple[frozenset[str], frozenset[str]] | None = self.__dict__.get("_conditions")
         if cached is None:
             d = json.loads(self.subset)
@@ -131,11 +131,6 @@ class Footprint:
                       frozenset(json.dumps(e, sort_keys=True) for e in d["exists"]))
             object.__setattr__(self, "_conditions", cached)
         return cached
-
-    def inside(self, other: Footprint) -> bool:
-        """Its conditions are the other's and more (so its rows are among the other's, whatever the data)."""
-        (f, e), (g, x) = self.conditions(), other.conditions()
-        return f >= g and e >= x and (f, e) != (g, x)
 
     @property
     def sites(self) -> dict[str, int]:
