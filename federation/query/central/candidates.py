@@ -104,7 +104,7 @@ def nested_near(new: Sizes, earlier: CellTable, sites: list[str], k: int) -> set
 
 def equal_near(new: Sizes, earlier: CellTable, sites: list[str]) -> set[int]:
     """Footprints with a cell that may hold the same rows as a new cell at some site (same size there, same
-    sketch bits): for `AtomSpace.same_patients`, among footprints nested in the new one by definition."""
+    sketch bits): for `AtomSpace.same_patients`, which compares their rows whatever their conditions."""
     found: set[int] = set()
     for qn, qs in _cells(new, earlier, sites):
         same = (earlier.n == qn) & (qn > 0) & np.asarray((earlier.sketch == qs).all(axis=2))
