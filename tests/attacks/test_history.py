@@ -27,6 +27,12 @@ def total(r: Any, site: str | None = None) -> int:
     return value
 
 
+def hits(r: Any) -> int:
+    """A released proportion's combined x (rows with column == value)."""
+    assert r.status == "released", r.reason
+    return int(r.payload["rows"][0]["combined"]["x"])
+
+
 def test_colluding_analysts_share_one_history(fresh_audit: Settings) -> None:
     a, b = close_cut_points(fresh_audit, site="site-a")
     first = Query(study_id=STUDY, sites=["site-a"], filters=[Filter(column=AGE, op="<", value=a)])
@@ -362,13 +368,9 @@ def test_two_proportions_do_not_differ_by_a_few_events(fresh_audit: Settings) ->
                                     "AND histology_risk = 'UNFAVORABLE'")
     assert 0 < few < 5
 
-    def x(r: Any) -> int:
-        assert r.status == "released", r.reason
-        return int(r.payload["rows"][0]["combined"]["x"])
-
     with switched_off("differencing"):
         a, b = (run_local(q, elsewhere(fresh_audit, "unguarded"), "m") for q in queries)
-    assert x(a) - x(b) == few
+    assert hits(a) - hits(b) == few
 
     assert run_local(queries[0], fresh_audit, "mallory").status == "released"
     refused = run_local(queries[1], fresh_audit, "eve")
@@ -517,13 +519,9 @@ def test_two_values_of_one_column_and_a_count_do_not_give_a_group(fresh_audit: S
                                     "histology_risk = 'UNFAVORABLE' AND stage IN ('I', 'III')")
     assert 0 < few < 5
 
-    def x(r: Any) -> int:
-        assert r.status == "released", r.reason
-        return int(r.payload["rows"][0]["combined"]["x"])
-
     with switched_off("differencing"):
         first, second, rest = (run_local(q, elsewhere(fresh_audit, "unguarded"), "m") for q in [*queries, count])
-    assert x(first) + x(second) - total(rest) == few
+    assert hits(first) + hits(second) - total(rest) == few
 
     assert [run_local(q, fresh_audit, "mallory").status for q in queries] == ["released", "released"]
     refused = run_local(count, fresh_audit, "eve")
@@ -583,7 +581,7 @@ def test_a_proportion_refused_or_not_does_not_tell_a_patients_stage(fresh_audit:
 
     with switched_off("differencing"):
         count, prop = pair(stage, elsewhere(fresh_audit, "unguarded"))
-    assert prop.payload["rows"][0]["combined"]["x"] - total(count) == 1
+    assert hits(prop) - total(count) == 1
 
     outcomes = []
     for value in (stage, other):  # each on its own history
