@@ -97,15 +97,13 @@ class DifferencingGuard(CentralGuard):
             found = self._leak(ctx, earlier)
             if found is None:
                 return
-            how, involved, part, cited = found
+            how, _, part, cited = found
             # a curve's number at risk (or events) at one time that would give away a few patients with an
             # earlier result is withheld at that time, and the rest of the curve checked again
             if part is None or not withhold_time(ctx.result.payload, part):
                 break
             ctx.result.notes.append(f"{part_name(part)} withheld: with {cited} it would isolate fewer than "
                                     f"{ctx.k} patients (differencing)")
-        assert found is not None
-        how, involved, part, cited = found
         raise QueryRefused(
             f"with {cited}, this result would isolate fewer than {ctx.k} patients "
             f"(differencing: {how.replace('k patients', f'{ctx.k} patients')})",
