@@ -143,3 +143,89 @@ def require(policy: QueryPolicy, study_id: str, table: str, column: str, what: s
     kind = unit_columns(study_id, table).get(column)
     if kinds and kind not in kinds:
         raise QueryRefused(f"{column} cannot be used for {what} (it is {kind})")
+
+
+MISSING = "(missing)"  # a group value where the column is empty (as it leaves a site)
+
+
+class EmptyCellGuard(Guard):
+    """Groups come from the dictionary, never from the data: every declared level of a group-by column is in
+    every result (an absent level is a cell of 0, hidden like a cell of 1..k-1), and a column without a closed
+    list of values (ICD-O-3 codes, MedDRA codes, site_id) cannot be grouped by."""
+
+
+def declared_levels(policy: QueryPolicy | None, study_id: str, table: str, column: str,
+                    filters: list[Filter] | tuple[Filter, ...] = ()) -> list[object] | None:
+    """The groups of `column` in `table`, from the dictionary, the study's registry entry and the query policy
+    alone (never from the data): the dictionary's values in its order, `MISSING` last where the column may be
+    empty, or the policy's `group_levels` for the column (a subset of them); narrowed by the query's own
+    filters on that column (`arm != NR` leaves three arms). None: no closed list (free codes)."""
+    full = dictionary_levels(study_id, table, column)
+    offered = policy.offered_levels(study_id, column) if policy is not None else None
+    if full is None or offered is None:
+        levels = full
+    else:
+        unknown = [v for v in offered if v not in full]
+        if unknown:
+            raise QueryRefused(f"the query policy offers groups of {column} that the data dictionary does not "
+                               f"declare: {unknown}", "ask the data team to correct group_levels")
+        levels = list(offered)
+    if levels is None:
+        return None
+    for f in filters:
+        if f.column == column:
+            levels = [v for v in levels if v != MISSING and _holds(f.op, v, f.value)]
+    return levels
+
+
+def dictionary_levels(study_id: str, table: str, column: str) -> list[object] | None:
+    """Every value `column` can take in `table` by the dictionary and the study's registry entry (`MISSING`
+    last where the column may be empty); None where the dictionary has no closed list."""
+    study = load_registry().study(study_id)
+    d = load_dictionary(study.schema_version)
+    kind = unit_columns(study_id, table).get(column)
+    values: list[object] | None = None
+    nullable = False
+    harmonized = {c.name: c for c in d.harmonized.common}
+    for cols in d.harmonized.tables.values():
+        harmonized.update({c.name: c for c in cols})
+    source = {name: spec for t in d.tables.values() for name, spec in t.columns.items()}
+    if harmonized.get(column) is not None and harmonized[column].values:
+        values = list(harmonized[column].values or [])
+    elif kind == "bool":
+        values = [False, True]
+    elif column == "enrollment_year":
+        values = list(range(study.accrual.first.year, study.accrual.last.year + 1))
+    elif column in source and column != "site_id":
+        spec = source[column]
+        nullable = spec.required is not True
+        if spec.type == "code":
+            base = ([a.code for a in study.arms] if spec.codes_from == "study.arms" else
+                    list(study.stages) if spec.codes_from == "study.stages" else list(spec.codes or []))
+            values = [*base, *(c for c in spec.extra_codes if c not in base)]
+        elif spec.type == "int" and spec.min is not None and spec.max is not None:
+            values = list(range(int(spec.min), int(spec.max) + 1))
+    if values is None:
+        return None
+    return [*values, *([MISSING] if nullable else [])]
+
+
+def _holds(op: str, x: object, v: object) -> bool:
+    try:
+        return bool({"==": lambda: x == v, "!=": lambda: x != v, "in": lambda: x in v,  # type: ignore[operator]
+                     "not in": lambda: x not in v, "<": lambda: x < v, "<=": lambda: x <= v,  # type: ignore[operator]
+                     ">": lambda: x > v, ">=": lambda: x >= v}[op]())  # type: ignore[operator]
+    except TypeError:
+        return True  # a comparison the dictionary cannot decide keeps the level
+
+
+def check_groupable(policy: QueryPolicy, study_id: str, table: str, column: str) -> None:
+    """A group-by column needs a closed list of values in the dictionary (see `EmptyCellGuard`)."""
+    if not EmptyCellGuard.enabled():
+        return
+    if column == "site_id":
+        raise QueryRefused("site_id cannot be grouped by: every result already shows each site's values")
+    if declared_levels(policy, study_id, table, column) is None:
+        raise QueryRefused(f"{column} has no closed list of values in the data dictionary, so grouping by it would "
+                           "show which values occur", f"filter on the values you want instead (--where "
+                           f"'{column} == ...'), or group by a coded column")

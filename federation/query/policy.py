@@ -94,6 +94,11 @@ class QueryPolicy(BaseModel):
     disclosure: ConsortiumDisclosurePolicy = Field(default_factory=lambda: ConsortiumDisclosurePolicy())
     columns: dict[str, dict[str, list[str]]]
     cut_points: dict[str, CutPoints] = Field(default_factory=dict)
+    # the groups offered for a categorical column (per study, or `default`), where the data dictionary declares
+    # codes a study never uses: an empty group must be hidden and protected like a small one, which costs
+    # the next-smallest group; values left out of the list must not occur (a site whose data holds one is
+    # not grouped by that column)
+    group_levels: dict[str, dict[str, list[str | int | bool]]] = Field(default_factory=dict)
 
     def allowed(self, study_id: str, table: str) -> list[str]:
         per_study = self.columns.get(study_id) or self.columns.get("default") or {}
@@ -101,6 +106,13 @@ class QueryPolicy(BaseModel):
             raise ConfigurationError(
                 f"table {table!r} is not queryable for {study_id}; queryable tables: {', '.join(per_study)}")
         return [c for c in per_study[table] if c not in NEVER_QUERYABLE]
+
+    def offered_levels(self, study_id: str, column: str) -> list[str | int | bool] | None:
+        """The policy's groups for `column` in `study_id` (the study's own list, else the default's), or None."""
+        for scope in (study_id, "default"):
+            if column in self.group_levels.get(scope, {}):
+                return list(self.group_levels[scope][column])
+        return None
 
 
 @lru_cache(maxsize=4)

@@ -40,7 +40,7 @@ def test_bisection_on_a_threshold_finds_an_age_only_with_the_oracle_open(fresh_a
     youngest = min(v for (v,) in pooled(fresh_audit, f"SELECT {AGE} FROM patients WHERE site_id = 'site-a'"))
     # the oracle: an empty subset answered differently from a small one; with arbitrary thresholds,
     # bisection pins the youngest patient's age to many decimals
-    with switched_off("cut_point", "subset", "site_subset", "differencing"):
+    with switched_off("cut_point", "subset", "site_subset", "differencing", "empty_cell"):
         assert _bisect(fresh_audit, "mallory") == pytest.approx(youngest, abs=1e-6)
     # with the subset guards on (cut points still off), 0 rows and 1..k-1 rows answer identically
     with switched_off("cut_point"):

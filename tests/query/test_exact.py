@@ -151,12 +151,13 @@ def test_logistic_regression_equals_pooled_statsmodels(federated: Settings, ask:
     rows = pooled(federated, f"""SELECT efs_event::int, risk_group, age_at_diagnosis_years, enrollment_year
                                   FROM unit_patients WHERE site_id IN ({in_sites}) AND risk_group IS NOT NULL""")
     y = np.array([a for a, *_ in rows], dtype=float)
-    x = np.column_stack([np.ones(len(y)), [1.0 if b == "LOW" else 0.0 for _, b, _, _ in rows],
-                         [1.0 if b == "STANDARD" else 0.0 for _, b, _, _ in rows],
+    # the dictionary's categories in its order, the first (LOW) the reference
+    x = np.column_stack([np.ones(len(y)), [1.0 if b == "STANDARD" else 0.0 for _, b, _, _ in rows],
+                         [1.0 if b == "HIGH" else 0.0 for _, b, _, _ in rows],
                          [c for _, _, c, _ in rows], [d for *_, d in rows]]).astype(float)
     fit = sm.Logit(y, x).fit(disp=0, method="newton", tol=1e-12, maxiter=100)
     coef = r.payload["coefficients"]
-    assert [c["term"] for c in coef] == ["(intercept)", "risk_group[LOW]", "risk_group[STANDARD]",
+    assert [c["term"] for c in coef] == ["(intercept)", "risk_group[STANDARD]", "risk_group[HIGH]",
                                          "age_at_diagnosis_years", "enrollment_year"]
     assert np.allclose([c["estimate"] for c in coef], fit.params, atol=1e-6, rtol=0)
     assert np.allclose([c["se"] for c in coef], fit.bse, atol=1e-6, rtol=0)

@@ -76,6 +76,6 @@ def test_results_with_too_many_groups_are_refused_before_suppression(federated: 
     from federation.query import run_local
 
     settings = federated.model_copy(update={"audit_log": tmp_path / "audit.jsonl"})
-    r = run_local(Query(study_id=STUDY, table="adverse_events", group_by=["meddra_code", "grade", "arm"]), settings,
+    r = run_local(Query(study_id=STUDY, group_by=["race", "enrollment_year", "sex"]), settings,
                   "t")
     assert r.status == "refused" and "more than 120 groups" in r.reason

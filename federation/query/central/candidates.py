@@ -250,12 +250,14 @@ def _aligned(cells: list[tuple[int, int]], focus: Pieces, k: int) -> bool:
     among them. Sizes and sketches only: never false for a true union. A cell holding all the focus's rows
     at the site shows its total there, and so the sum of its hidden cells: a focus then only if that sum is
     1..k-1 (a larger sum is still checked with other results, by the filter families)."""
-    hidden = [sk for sk, h in zip(focus.sketches, focus.hidden, strict=True) if h]
+    # a hidden cell of no row has nothing to derive in atoms (its emptiness is protected inside its result by
+    # the suppression audit, across results by the pairs' same-patients rule): it makes no focus
+    hidden = [sk for sk, h, size in zip(focus.sketches, focus.hidden, focus.sizes, strict=True) if h and size > 0]
     for n, sk in cells:
         if n <= 0 or sk & ~focus.rows or not any(h & ~sk == 0 for h in hidden):
             continue
-        inside = [(size, piece, h) for size, piece, h in zip(focus.sizes, focus.sketches, focus.hidden, strict=True)
-                  if piece & ~sk == 0]
+        inside = [(size, piece, h and size > 0) for size, piece, h in zip(focus.sizes, focus.sketches, focus.hidden,
+                                                                         strict=True) if piece & ~sk == 0]
         union = 0
         for _, piece, _ in inside:
             union |= piece

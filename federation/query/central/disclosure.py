@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linprog
 
+from federation.query.columns import EmptyCellGuard
 from federation.query.guard import Guard, QueryRefused
 
 
@@ -44,7 +45,7 @@ class Released:
     """Counts as released: `values` with NaN where suppressed, and why each entry is hidden."""
 
     values: np.ndarray  # float, shape (S+1, R+1, C+1); NaN = suppressed or not part of the release
-    primary: np.ndarray  # bool: hidden because 1 <= n < k
+    primary: np.ndarray  # bool: hidden because 0 <= n < k (an empty cell is small)
     complementary: np.ndarray  # bool: hidden so that a primary cell cannot be derived
 
     @property
@@ -94,16 +95,17 @@ def suppress(cells: np.ndarray, k_site: list[int], k_combined: int, *, col_margi
     if not row_margin:
         part[:, R1 - 1, :] = False
     k = np.array(list(k_site) + [k_combined], dtype=float)[:, None, None] * np.ones(e.shape)
-    primary = part & (e >= 1) & (e < k)
+    low = 0 if EmptyCellGuard.enabled() else 1  # an empty cell is small: 0 and 1..k-1 look the same
+    primary = part & (e >= low) & (e < k)
     if units is not None and PatientUnitsGuard.enabled():  # patients per cell; combined: the sites' sum
         u = np.zeros(e.shape)
         u[:-1, :-1, :-1] = units
         u[-1, :-1, :-1] = units.sum(axis=0)
-        primary[:, :-1, :-1] |= (part & (u >= 1) & (u < k))[:, :-1, :-1]
+        primary[:, :-1, :-1] |= (part & (u >= low) & (u < k))[:, :-1, :-1]
     n = S1 - 1  # the combined table's index, and the number of sites
     if SiteInsiderGuard.enabled() and n > 1:  # the combined table as each site's insider sees it
         rest = e[n][None, :, :] - e[:n]
-        primary[n] |= part[n] & ((rest >= 1) & (rest < k[n])).any(axis=0)
+        primary[n] |= part[n] & ((rest >= low) & (rest < k[n])).any(axis=0)
     hidden = primary.copy()
     if not ComplementarySuppressionGuard.enabled():
         return Released(values=np.where(hidden | ~part, np.nan, e), primary=primary,

@@ -3,12 +3,17 @@ by the site's configuration). They hold even if the query service were wrong or 
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
+from federation.query.columns import MISSING, EmptyCellGuard, dictionary_levels
 from federation.query.guard import Guard, QueryRefused
+from federation.query.site.sql import ident
 from federation.query.site.summaries import (
     FootprintSizes,
     HistoryAtoms,
+    Model,
     ModelLevels,
     ModelTerms,
     NotTakingPart,
@@ -86,18 +91,59 @@ class SiteModelGuard(SiteGuard):
         y = request.response(data) > 0.5
         if min(int(y.sum()), int((~y).sum())) < k:
             raise NotTakingPart(MODEL_CELLS.format(k=k))
-        levels = request.levels if isinstance(request, ModelTerms) else {
-            c: sorted({label(v) for v in data[c]}, key=str) for c in request.categorical(ctx.study_id)}
+        declared = EmptyCellGuard.enabled()
+        if declared:  # the dictionary's levels, not the data's: an absent category is an empty cell, hence small
+            levels = request.declared_levels(ctx.policy, ctx.study_id)
+            if isinstance(request, ModelTerms) and request.levels != levels:
+                raise QueryRefused("the model's categories are not the data dictionary's")
+        else:
+            levels = request.levels if isinstance(request, ModelTerms) else {
+                c: sorted({label(v) for v in data[c]}, key=str) for c in request.categorical(ctx.study_id)}
         for c, wanted in levels.items():
             values = np.array([label(v) for v in data[c]], dtype=object)
             for level in wanted:
                 here = values == level
-                if here.any() and min(int((here & y).sum()), int((here & ~y).sum())) < k:
+                if (declared or here.any()) and min(int((here & y).sum()), int((here & ~y).sum())) < k:
                     raise NotTakingPart(MODEL_CELLS.format(k=k))
+
+
+
+class SiteGroupLevelsGuard(SiteGuard):
+    """Where the query policy offers fewer groups of a column than the dictionary declares (values a study
+    never uses), a site whose data holds another value, anywhere in the table, takes no part in results
+    grouped by that column: its rows would otherwise fall outside every group. Checked on the whole table,
+    never on a query's subset, so the answer cannot follow a filter."""
+
+    @classmethod
+    def check(cls, request: Request, ctx: SiteContext) -> None:
+        if isinstance(request, HistoryAtoms | FootprintSizes):
+            return
+        grouped = [(table, c) for c, what, _, table in request.uses() if what == "grouping"]
+        if isinstance(request, Model):
+            grouped += [(request.table, c) for c in request.categorical(ctx.study_id)]
+        for table, column in dict.fromkeys(grouped):
+            offered = ctx.policy.offered_levels(ctx.study_id, column)
+            full = dictionary_levels(ctx.study_id, table, column)
+            if offered is None or full is None or set(full) <= set(offered):
+                continue
+            values = [v for v in offered if v != MISSING]
+            cond = f"{ident(column)} IS NULL" if MISSING not in offered else "FALSE"
+            if values:
+                cond += f" OR {ident(column)} NOT IN ({', '.join('?' for _ in values)})"
+            sql = f"SELECT count(*) FROM unit_{table} WHERE {cond}"
+            params: list[object] = list(values)
+            outside = ctx.once(("outside", sql, repr(params)), partial(_count, ctx, sql, params))
+            if outside:
+                raise NotTakingPart(f"takes no part: its data holds values of {column} outside the groups the query "
+                                    "policy offers (the data team must add them to group_levels)")
+
+
+def _count(ctx: SiteContext, sql: str, params: list[object]) -> int:
+    return int(ctx.data.sql(sql, params)[0][0])
 
 
 MODEL_CELLS = ("takes no part in this model: an outcome x category cell here (events or non-events, overall or "
                "in one category) holds fewer than {k} patients (possibly none)")
 
 
-SITE_GUARDS: list[type[SiteGuard]] = [SiteRowsGuard, SiteSubsetGuard, SiteModelGuard]
+SITE_GUARDS: list[type[SiteGuard]] = [SiteRowsGuard, SiteSubsetGuard, SiteModelGuard, SiteGroupLevelsGuard]

@@ -22,11 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from federation.query.columns import (
     GROUPABLE,
+    MISSING,
     NUMERIC,
     CutPointGuard,
     check_comparison,
     check_km_grid,
     check_split,
+    declared_levels,
     require,
     unit_columns,
 )
@@ -37,7 +39,6 @@ from federation.query.site import estimating
 from federation.query.site.data import SiteData
 from federation.query.site.sql import group_select, ident, subset, where
 
-MISSING = "(missing)"
 Label = str | bool | int | None  # one category of a groupable column; None where the value is missing
 MAX_GRID_INTERVALS = 2000
 MAX_THRESHOLDS = 512
@@ -605,6 +606,15 @@ class Model(Request):
     def categorical(self, study_id: str) -> list[str]:
         types = unit_columns(study_id, self.table)
         return [c for c in self.covariates if types.get(c) in ("string", "bool")]
+
+    def declared_levels(self, policy: QueryPolicy, study_id: str) -> dict[str, list[Label]]:
+        """The categories of the categorical covariates: the dictionary's (narrowed by the model's filters), the
+        first being the reference; complete cases have no missing value."""
+        out: dict[str, list[Label]] = {}
+        for c in self.categorical(study_id):
+            levels = declared_levels(policy, study_id, self.table, c, self.filters) or []
+            out[c] = [v for v in levels if v != MISSING]  # type: ignore[misc]
+        return out
 
     def complete_cases(self, ctx: SiteContext) -> dict[str, Any]:
         def load() -> dict[str, Any]:

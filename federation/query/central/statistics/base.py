@@ -8,11 +8,13 @@ Subclasses register themselves; `Statistic.for_query` finds the one a query name
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from federation.query.central.disclosure import Released, suppress
+from federation.query.columns import EmptyCellGuard, declared_levels
 from federation.query.guard import Guard, QueryRefused
 from federation.query.model import Query
 from federation.query.policy import QueryPolicy
@@ -58,6 +60,27 @@ def sorted_keys(keys: set[Key]) -> list[Key]:
         raise QueryRefused(f"the result would have more than {MAX_GROUPS} groups; disclosure control of so many "
                            "small cells is not offered", "group by fewer or coarser columns, or filter first")
     return sorted(keys, key=lambda t: tuple((x is None, str(x)) for x in t))
+
+
+def group_keys(ctx: Context, observed: set[Key], dims: list[str] | None = None) -> list[Key]:
+    """The groups of a result: every combination of the declared levels of its group-by columns (narrowed by its
+    own filters), whatever the data holds, so that a group with no row is shown (hidden) like a group of
+    1..k-1 rows instead of missing from the result. `observed`: the keys the sites returned (each must be
+    declared: a value outside the dictionary means the published data was not validated)."""
+    q = ctx.query
+    dims = q.group_by if dims is None else dims
+    if not dims:
+        return [()]
+    lists = [declared_levels(ctx.policy, q.study_id, q.table, d, q.filters) for d in dims]
+    if not EmptyCellGuard.enabled() or any(v is None for v in lists):
+        return sorted_keys(observed) or [()]
+    keys: list[Key] = list(itertools.product(*lists))  # type: ignore[arg-type]
+    if len(keys) > MAX_GROUPS:
+        sorted_keys(set(keys))  # refuses with the usual text
+    if observed - set(keys):
+        raise QueryRefused(f"a site's published data holds a value of {' x '.join(dims)} outside the data "
+                           "dictionary's list", "ask the data team to validate and re-publish that site's data")
+    return keys
 
 
 def cell(v: float) -> Any:

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from federation.query.central.disclosure import suppress
-from federation.query.central.statistics.base import Key, Statistic, cell, count_table, sorted_keys
-from federation.query.columns import GROUPABLE, check_comparison, require
+from federation.query.central.statistics.base import Key, Statistic, cell, count_table, group_keys, sorted_keys
+from federation.query.columns import GROUPABLE, check_comparison, check_groupable, require
 from federation.query.guard import QueryRefused
 from federation.query.model import Query
 from federation.query.policy import QueryPolicy
@@ -22,6 +22,7 @@ def check_filters(q: Query, policy: QueryPolicy) -> None:
     """The columns every statistic touches: filters, exists-filters and group-by columns."""
     for g in q.group_by:
         require(policy, q.study_id, q.table, g, "grouping", GROUPABLE)
+        check_groupable(policy, q.study_id, q.table, g)
     for f in q.filters:
         require(policy, q.study_id, q.table, f.column, "filtering")
         check_comparison(policy, q.study_id, q.table, f.column, f.op, f.value)
@@ -51,7 +52,7 @@ class Count(Statistic):
 
     def combine(self, ctx: Context, answers: dict[str, list[Answer]]) -> dict[str, Any]:
         per_site = per_site_counts(answers)
-        keys = sorted_keys({key for c in per_site.values() for key in c}) or [()]
+        keys = group_keys(ctx, {key for c in per_site.values() for key in c})
         events = ctx.query.table != "patients"
         rel = count_table(ctx, per_site, keys, patients=per_site_counts(answers, patients=True) if events else None)
         names = ctx.sites
@@ -77,8 +78,8 @@ class Crosstab(Count):
         q = ctx.query
         per_site = per_site_counts(answers)
         keys = {key for c in per_site.values() for key in c}
-        row_keys = sorted_keys({(key[0],) for key in keys})
-        col_keys = sorted_keys({(key[1],) for key in keys})
+        row_keys = group_keys(ctx, {(key[0],) for key in keys}, q.group_by[:1])
+        col_keys = group_keys(ctx, {(key[1],) for key in keys}, q.group_by[1:])
         sorted_keys({(r, c) for r in row_keys for c in col_keys})  # the full table is what gets audited
         names = ctx.sites
         cells = np.array([[[per_site[s].get((r[0], c[0]), 0) for c in col_keys] for r in row_keys] for s in names],

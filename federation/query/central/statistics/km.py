@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from federation.query.central.combine import km_from_counts, log_log_ci
-from federation.query.central.statistics.base import SharedSuppressionGuard, Statistic, count_table, sorted_keys
+from federation.query.central.statistics.base import SharedSuppressionGuard, Statistic, count_table, group_keys
 from federation.query.central.statistics.counts import check_filters
-from federation.query.columns import check_km_grid
+from federation.query.columns import EmptyCellGuard, check_km_grid
 from federation.query.guard import Guard, QueryRefused
 from federation.query.model import Query
 from federation.query.policy import EffectiveThresholds, QueryPolicy
@@ -48,11 +48,12 @@ class KaplanMeier(Statistic):
             assert isinstance(km, KmIntervals)
             per_site[site] = {tuple(g.key): (np.asarray(g.at_risk, int), np.asarray(g.events, int),
                                              np.asarray(g.censored, int)) for g in km.groups}
-        keys = sorted_keys({key for c in per_site.values() for key in c}) or [()]
+        keys = group_keys(ctx, {key for c in per_site.values() for key in c})
         names = ctx.sites
         n_int = len(grid) - 1
         zero = (np.zeros(n_int, int), np.zeros(n_int, int), np.zeros(n_int, int))
         k = ctx.k
+        empty_small = EmptyCellGuard.enabled()  # no one at risk is shown like 1..k-1 at risk
         # the number at risk at day 0 is each group's count: hidden at least where the count of the same
         # patients by the same groups (with its totals) hides it, with the curve that would reveal it
         start = {s: {key: int(per_site[s].get(key, zero)[0][:1].sum()) for key in keys} for s in names}
@@ -65,11 +66,12 @@ class KaplanMeier(Statistic):
             at_risk = np.asarray(sum(p[0] for p in parts.values()))
             events = np.asarray(sum(p[1] for p in parts.values()))
             common = common_points({s: (parts[s][0], parts[s][1]) for s in names}, ctx.thresholds)
-            # a number at risk (a site's, or the combined one) is shown only where every site's is 0 or at least
-            # its k: then neither a site insider, nor two site selections (all sites, all but one), nor the
-            # per-site curves with the combined one can leave 1..k-1 patients at risk
+            # a number at risk (a site's, or the combined one) is shown only where every site's is at least its k
+            # (or 0, with the empty-cell guard off): then neither a site insider, nor two site selections (all
+            # sites, all but one), nor the per-site curves with the combined one can leave 0..k-1 patients at risk
             risk_ok = {j for j in range(n_int)
-                       if all(parts[s][0][j] >= ctx.thresholds[s].min_cell or parts[s][0][j] == 0 for s in names)}
+                       if all(parts[s][0][j] >= ctx.thresholds[s].min_cell or (parts[s][0][j] == 0 and not empty_small)
+                              for s in names)}
             if not SiteRiskGuard.enabled():
                 risk_ok = set(range(n_int))
             combined = release_curve(at_risk, events, grid, k, risk_ok=risk_ok)
@@ -114,7 +116,7 @@ def risk_table(at_risk: np.ndarray, grid: np.ndarray, k: int, every_days: float 
         if j >= len(at_risk):
             break
         n = int(at_risk[j])
-        shown = (n >= k or n == 0) and (risk_ok is None or j in risk_ok)
+        shown = (n >= k or (n == 0 and not EmptyCellGuard.enabled())) and (risk_ok is None or j in risk_ok)
         out.append({"year": year, "at_risk": n if shown else {"suppressed": True}})
         year += 1
     return out
@@ -144,7 +146,7 @@ def release_curve(at_risk: np.ndarray, events: np.ndarray, grid: np.ndarray, k: 
 
     def risk(j: int) -> Any:
         n = int(at_risk[j])
-        shown = (n >= k or n == 0) and (risk_ok is None or j in risk_ok)
+        shown = (n >= k or (n == 0 and not EmptyCellGuard.enabled())) and (risk_ok is None or j in risk_ok)
         return n if shown else {"suppressed": True}
 
     points = [{"day": 0.0, "survival": 1.0, "ci95": [1.0, 1.0], "at_risk": risk(0) if len(at_risk) else 0}]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from federation.query.central.combine import merge_moments
-from federation.query.central.statistics.base import Statistic, count_table, shared_pattern, sorted_keys
+from federation.query.central.statistics.base import Statistic, count_table, group_keys, shared_pattern
 from federation.query.central.statistics.counts import check_filters
 from federation.query.columns import NUMERIC, require
 from federation.query.guard import QueryRefused
@@ -46,8 +46,8 @@ class MomentStatistic(Statistic):
             per_site[site] = {tuple(c.key): (c.n, c.mean, c.m2) for c in moments.cells}
             patients[site] = {tuple(c.key): c.patients or 0 for c in moments.cells}
             rows[site] = group_rows
-        keys = sorted_keys({key for c in per_site.values() for key in c}
-                           | {tuple(c.key) for a in rows.values() for c in a.cells}) or [()]
+        keys = group_keys(ctx, {key for c in per_site.values() for key in c}
+                         | {tuple(c.key) for a in rows.values() for c in a.cells})
         names = ctx.sites
         counts = {s: {key: per_site[s].get(key, EMPTY)[0] for key in keys} for s in names}
         rel = count_table(ctx, counts, keys, totals=False, patients=patients if q.table != "patients" else None)

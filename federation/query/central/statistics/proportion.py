@@ -8,7 +8,8 @@ import numpy as np
 
 from federation.query.central.combine import wilson
 from federation.query.central.disclosure import suppress
-from federation.query.central.statistics.base import Statistic, shared_pattern, sorted_keys
+from federation.query.central.statistics.base import Statistic, shared_pattern
+from federation.query.central.statistics.base import group_keys as groups_of
 from federation.query.central.statistics.counts import check_filters
 from federation.query.columns import check_comparison, require
 from federation.query.guard import QueryRefused
@@ -37,7 +38,7 @@ class Proportion(Statistic):
         return [ValueHits(table=q.table, filters=q.filters, exists=q.exists, dims=q.group_by, column=q.column,
                           value=q.value),
                 GroupCounts(table=q.table, filters=q.filters, exists=q.exists, dims=q.group_by),
-                GroupCounts(table=q.table, filters=q.filters, exists=q.exists, dims=[*q.group_by, q.column])]
+                GroupCounts(table=q.table, filters=q.filters, exists=q.exists, dims=[*q.group_by, str(q.column)])]
 
     def combine(self, ctx: Context, answers: dict[str, list[Answer]]) -> dict[str, Any]:
         q = ctx.query
@@ -49,10 +50,11 @@ class Proportion(Statistic):
             per_site[site] = {tuple(c.key): (c.hits, c.n) for c in hits.cells}
             group_rows[site] = counts
             split_rows[site] = split
-        group_keys = sorted_keys({key for c in per_site.values() for key in c}) or [()]
+        group_keys = groups_of(ctx, {key for c in per_site.values() for key in c})
         shared = shared_pattern(ctx, group_rows, group_keys)
         # x is the count of (group, column == value): hidden at least where the count by group and column is
-        split_keys = sorted_keys({tuple(c.key) for a in split_rows.values() for c in a.cells})
+        split_keys = groups_of(ctx, {tuple(c.key) for a in split_rows.values() for c in a.cells},
+                                [*q.group_by, str(q.column)])
         by_column = shared_pattern(ctx, split_rows, split_keys) if split_keys else None
         hit_of = {key: j for j, key in enumerate(split_keys)}
         names = ctx.sites

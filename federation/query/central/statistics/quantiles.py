@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from federation.query.central.statistics.base import Statistic, count_table, shared_pattern, sorted_keys
+from federation.query.central.statistics.base import Statistic, count_table, group_keys, shared_pattern
 from federation.query.central.statistics.counts import check_filters
 from federation.query.columns import NUMERIC, require
 from federation.query.guard import QueryRefused
@@ -70,7 +70,7 @@ class Quantiles(Statistic):
             assert isinstance(values, Counts) and isinstance(counts, Counts)
             n_per[site] = {tuple(c.key): c.n for c in values.cells}
             rows_of[site] = counts
-        ordered = sorted_keys({key for c in n_per.values() for key in c}) or [()]
+        ordered = group_keys(ctx, {key for c in n_per.values() for key in c})
         names = ctx.sites
         rel = count_table(ctx, {s: {key: n_per[s].get(key, 0) for key in ordered} for s in names}, ordered,
                           totals=False)

@@ -12,7 +12,7 @@ import numpy as np
 from federation.query.central.combine import newton_step, z_test
 from federation.query.central.statistics.base import Statistic
 from federation.query.central.statistics.counts import check_filters
-from federation.query.columns import check_comparison, require
+from federation.query.columns import EmptyCellGuard, check_comparison, check_groupable, require, unit_columns
 from federation.query.guard import QueryRefused
 from federation.query.model import Query
 from federation.query.policy import QueryPolicy
@@ -36,6 +36,8 @@ class Regression(Statistic):
         check_filters(q, policy)
         for c in q.covariates:
             require(policy, q.study_id, q.table, c, "a covariate")
+            if unit_columns(q.study_id, q.table).get(c) in ("string", "bool"):
+                check_groupable(policy, q.study_id, q.table, c)
 
     def spec(self, q: Query) -> dict[str, Any]:
         return {"table": q.table, "filters": q.filters, "exists": q.exists, "model": self.model,
@@ -58,6 +60,12 @@ class Regression(Statistic):
             for lc in profile.levels:
                 found.setdefault(lc.covariate, set()).add(lc.level)
         levels = {c: sorted(v, key=str) for c, v in found.items()}
+        if EmptyCellGuard.enabled():  # the dictionary's categories (an absent one is an empty cell)
+            declared = ModelLevels(**self.spec(q)).declared_levels(ctx.policy, q.study_id)
+            if any(set(found.get(c, ())) - set(v) for c, v in declared.items()):
+                raise QueryRefused("a site's published data holds a category outside the data dictionary's list",
+                                   "ask the data team to validate and re-publish that site's data")
+            levels = declared
         names = self.terms_of(q, levels)
 
         def terms(beta: np.ndarray) -> list[ModelSums]:

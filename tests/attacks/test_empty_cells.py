@@ -1,0 +1,117 @@
+"""An empty cell looks like a small one (issue 8, item 1, for groups): a result's groups are the dictionary's
+levels, never the data's, and a cell of 0 is hidden like a cell of 1..k-1.
+
+Before, a group with no row was simply missing from a result while a group of 1..k-1 rows was shown hidden:
+the crosstab arm x stage at site-a, which has a single NR patient, showed one NR row, at that patient's stage;
+and counts by arm in windows of EFS showed the NR row only in the window holding that patient's EFS (no
+refusal, nothing small released)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from federation.query import Filter, Query, run_local
+from federation.query.columns import declared_levels
+from federation.query.guard import switched_off
+from federation.query.policy import load_query_policy
+from federation.settings import Settings
+from tests.federated import STUDY, pooled
+
+HIDDEN = {"suppressed": True}
+
+
+def shown_groups(r: Any, site: str) -> dict[tuple[Any, ...], Any]:
+    return {tuple(row["group"]): row["per_site"][site] for row in r.payload["rows"]}
+
+
+def test_a_crosstab_does_not_show_a_lone_patients_stage(fresh_audit: Settings) -> None:
+    (stage,), = pooled(fresh_audit, "SELECT stage FROM unit_patients WHERE site_id = 'site-a' AND arm = 'NR'")
+    q = Query(study_id=STUDY, group_by=["arm", "stage"], sites=["site-a"])
+    with switched_off("empty_cell"):
+        open_ = run_local(q, fresh_audit.model_copy(update={"audit_log": fresh_audit.audit_log.with_name("o.jsonl")}),
+                          "mallory")
+    nr = [g for g in shown_groups(open_, "site-a") if g[0] == "NR"]
+    assert nr == [("NR", stage)]  # the attack: the only NR group is the patient's stage
+
+    r = run_local(q, fresh_audit, "mallory")
+    assert r.status == "released", r.reason
+    groups = shown_groups(r, "site-a")
+    stages = declared_levels(load_query_policy(), STUDY, "patients", "stage")
+    assert stages == ["I", "II", "III", "IV", "V"]  # the study's stages, from the registry
+    assert [g for g in groups if g[0] == "NR"] == [("NR", s) for s in stages]  # every stage, whatever the data
+    assert all(groups[("NR", s)] == HIDDEN for s in stages)
+    # a group of 0 is hidden like one of 1..k-1, and still cannot be derived from the totals
+    truth = dict(((a, s), n) for a, s, n in pooled(
+        fresh_audit, "SELECT arm, stage, count(*) FROM unit_patients WHERE site_id = 'site-a' GROUP BY ALL"))
+    empty = [g for g in groups if g not in truth]
+    assert empty and all(groups[g] == HIDDEN for g in empty)
+    assert all(v == truth[g] for g, v in groups.items() if v != HIDDEN)  # what is shown is exact
+
+
+def test_windows_of_a_count_by_arm_do_not_find_a_lone_patients_efs(fresh_audit: Settings) -> None:
+    (efs,), = pooled(fresh_audit, "SELECT efs_days FROM unit_patients WHERE site_id = 'site-a' AND arm = 'NR'")
+    windows = [(0, 365), (365, 730), (730, 1096), (1096, 1461), (1461, 1826), (1826, 3652)]
+
+    def ask(settings: Settings) -> list[Any]:
+        out = []
+        for lo, hi in windows:
+            r = run_local(Query(study_id=STUDY, group_by=["arm"], sites=["site-a"],
+                                filters=[Filter(column="efs_days", op=">=", value=lo),
+                                         Filter(column="efs_days", op="<", value=hi)]), settings, "mallory")
+            out.append(shown_groups(r, "site-a").get(("NR",)) if r.status == "released" else "refused")
+        return out
+
+    with switched_off("empty_cell"):
+        seen = ask(fresh_audit.model_copy(update={"audit_log": fresh_audit.audit_log.with_name("o.jsonl")}))
+    holding = [w for w, v in zip(windows, seen, strict=True) if v == HIDDEN]
+    assert len(holding) == 1 and holding[0][0] <= efs < holding[0][1]  # the attack: the NR row shows where
+
+    seen = ask(fresh_audit)
+    assert {str(v) for v in seen} <= {str(HIDDEN), "refused"} and HIDDEN in seen
+    # released windows all look the same, with or without the patient (refusals come from the subset guard,
+    # on the window's size at site-a, not on the NR patient)
+    released = [w for w, v in zip(windows, seen, strict=True) if v != "refused"]
+    assert any(lo <= efs < hi for lo, hi in released) and any(not lo <= efs < hi for lo, hi in released)
+
+
+def test_groups_are_the_dictionarys_narrowed_by_the_querys_own_filters(fresh_audit: Settings) -> None:
+    r = run_local(Query(study_id=STUDY, group_by=["arm"], filters=[Filter(column="arm", op="!=", value="NR")]),
+                  fresh_audit, "ana")
+    assert r.status == "released", r.reason
+    assert [row["group"] for row in r.payload["rows"]] == [["EE4A"], ["DD4A"], ["M"]]  # the registry's order
+    races = declared_levels(load_query_policy(), STUDY, "patients", "race")
+    assert races is not None and races[-1] == "(missing)"  # an optional column may be empty
+
+
+@pytest.mark.parametrize("column", ["histology_icdo3", "site_id"])
+def test_a_column_without_a_closed_list_of_values_cannot_be_grouped_by(fresh_audit: Settings, column: str) -> None:
+    r = run_local(Query(study_id=STUDY, group_by=[column]), fresh_audit, "ana")
+    assert r.status == "refused"
+    with switched_off("empty_cell"):
+        assert run_local(Query(study_id=STUDY, group_by=[column]), fresh_audit, "ana").status == "released"
+
+
+def test_a_model_does_not_tell_an_empty_category_from_a_small_one(fresh_audit: Settings) -> None:
+    """A model's categories were the data's: a site with a few patients of unknown sex took no part (a small
+    cell), while a site with none did, so the sites taking part told which sites have no such patient. Now
+    the categories are the dictionary's, and an empty category is an empty cell: every site answers alike."""
+    unknown = dict(pooled(fresh_audit, "SELECT site_id, count(*) FILTER (WHERE sex = 'U') FROM unit_patients "
+                                       "GROUP BY 1"))
+    none, few = {s for s, n in unknown.items() if n == 0}, {s for s, n in unknown.items() if 0 < n < 5}
+    assert none and few
+    q = Query(study_id=STUDY, statistic="logistic", outcome=Filter(column="efs_event", op="==", value=True),
+              covariates=["sex", "age_at_diagnosis_years"])
+    with switched_off("empty_cell"):
+        r = run_local(q, fresh_audit.model_copy(update={"audit_log": fresh_audit.audit_log.with_name("o.jsonl")}),
+                      "mallory")
+    assert r.status == "released" and set(r.sites) == none  # the attack: taking part means "no such patient"
+
+    r = run_local(q, fresh_audit, "mallory")
+    assert r.status == "refused" and set(r.excluded) == set(unknown)
+    assert len(set(r.excluded.values())) == 1  # one text for every site, empty or small
+    narrowed = q.model_copy(update={"filters": [Filter(column="sex", op="!=", value="U")]})
+    r = run_local(narrowed, fresh_audit, "ana")
+    assert r.status == "released", r.reason
+    assert [c["term"] for c in r.payload["coefficients"]] == ["(intercept)", "sex[F]", "age_at_diagnosis_years"]
