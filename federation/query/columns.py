@@ -174,7 +174,7 @@ def declared_levels(policy: QueryPolicy | None, study_id: str, table: str, colum
         return None
     for f in filters:
         if f.column == column:
-            levels = [v for v in levels if v != MISSING and _holds(f.op, v, f.value)]
+            levels = [v for v in levels if v != MISSING and holds(f.op, v, f.value)]
     return levels
 
 
@@ -210,7 +210,16 @@ def dictionary_levels(study_id: str, table: str, column: str) -> list[object] | 
     return [*values, *([MISSING] if nullable else [])]
 
 
-def _holds(op: str, x: object, v: object) -> bool:
+def may_be_empty(study_id: str, table: str, column: str) -> bool:
+    """Whether `column` can hold no value: an optional column of the dictionary (`X_day` columns follow their
+    `X_date`); derived columns (ages, EFS and OS, age groups, enrollment year) come from required ones."""
+    d = load_dictionary(load_registry().study(study_id).schema_version)
+    source = {name: spec for t in d.tables.values() for name, spec in t.columns.items()}
+    spec = source.get(column) or (source.get(column[:-4] + "_date") if column.endswith("_day") else None)
+    return spec is not None and spec.required is not True
+
+
+def holds(op: str, x: object, v: object) -> bool:
     try:
         return bool({"==": lambda: x == v, "!=": lambda: x != v, "in": lambda: x in v,  # type: ignore[operator]
                      "not in": lambda: x not in v, "<": lambda: x < v, "<=": lambda: x <= v,  # type: ignore[operator]

@@ -115,3 +115,44 @@ def test_a_model_does_not_tell_an_empty_category_from_a_small_one(fresh_audit: S
     r = run_local(narrowed, fresh_audit, "ana")
     assert r.status == "released", r.reason
     assert [c["term"] for c in r.payload["coefficients"]] == ["(intercept)", "sex[F]", "age_at_diagnosis_years"]
+
+
+def test_three_counts_do_not_tell_an_empty_set_from_a_small_one(fresh_audit: Settings) -> None:
+    """Everyone at a site, then its boys, then its girls: the three leave that site's patients of unknown sex.
+    With 1..k-1 of them the girls are refused (a triple), and with none they were released, so the answer
+    told a site with no such patient from one with a few (a fact about the data no single result shows).
+    Now an empty combination is refused like a small one unless it is empty by definition."""
+    unknown = dict(pooled(fresh_audit, "SELECT site_id, count(*) FILTER (WHERE sex = 'U') FROM unit_patients "
+                                       "GROUP BY 1"))
+    none = next(s for s, n in sorted(unknown.items()) if n == 0)
+    few = next(s for s, n in sorted(unknown.items()) if 0 < n < 5)
+
+    def girls_after_all_and_boys(site: str, settings: Settings) -> tuple[str, list[str]]:
+        run_local(Query(study_id=STUDY, sites=[site]), settings, "mallory")
+        boys = run_local(Query(study_id=STUDY, sites=[site], filters=[Filter(column="sex", op="==", value="M")]),
+                         settings, "mallory")
+        assert boys.status == "released", boys.reason
+        r = run_local(Query(study_id=STUDY, sites=[site], filters=[Filter(column="sex", op="==", value="F")]),
+                      settings, "mallory")
+        return r.status, [n.replace(site, "SITE") for n in [r.reason, *r.notes]]
+
+    def fresh(name: str) -> Settings:
+        return fresh_audit.model_copy(update={"audit_log": fresh_audit.audit_log.with_name(name)})
+
+    with switched_off("empty_combination"):
+        assert girls_after_all_and_boys(none, fresh("o1.jsonl"))[0] == "released"  # the attack: 0 ...
+        assert girls_after_all_and_boys(few, fresh("o2.jsonl"))[0] == "refused"  # ... against a few
+    empty, small = girls_after_all_and_boys(none, fresh("a.jsonl")), girls_after_all_and_boys(few, fresh("b.jsonl"))
+    assert empty == small and empty[0] == "refused" and "possibly none" in empty[1][0]
+
+
+def test_results_that_are_apart_by_definition_are_released(fresh_audit: Settings) -> None:
+    """The rule costs nothing where the combination is empty whatever the data: everyone, then the patients
+    under 2, then those 2 and over (age is never missing); a column that may be empty is not such a case."""
+    age = "age_at_diagnosis_years"
+    for q in (Query(study_id=STUDY), Query(study_id=STUDY, filters=[Filter(column=age, op="<", value=2)]),
+              Query(study_id=STUDY, filters=[Filter(column=age, op=">=", value=2)]),
+              Query(study_id=STUDY, filters=[Filter(column="arm", op="in", value=["EE4A", "DD4A"])]),
+              Query(study_id=STUDY, filters=[Filter(column="arm", op="in", value=["M", "NR"])])):
+        r = run_local(q, fresh_audit, "ana")
+        assert r.status == "released" and not any("withheld" in n for n in r.notes), (q.describe(), r.reason)

@@ -10,8 +10,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import sparse
 
-from federation.query.central.differencing import NESTED, Leak, TooMuchHistory, Vectors, pair_leaks, triple_leaks
+from federation.query.central.differencing import (
+    NESTED,
+    EmptyCombinationGuard,
+    Leak,
+    TooMuchHistory,
+    Union,
+    Vectors,
+    pair_leaks,
+    triple_leaks,
+)
 from federation.query.central.history import Footprint, key_json
+from federation.query.central.structure import CellDef, is_disjoint_union
 from federation.query.guard import QueryRefused
 from federation.query.site.partial import SiteReply, SiteTask
 from federation.query.site.summaries import Answer, Atoms, HistoryAtoms, Refusal, Released, Subset
@@ -139,6 +149,7 @@ class AtomSpace:
         owner: list[int] = []
         flags: list[bool] = []
         cond: list[frozenset[str]] = []
+        where: list[str] = []
         n_atoms = len(self.keys)
         for x in indexes:
             fp = self.footprints[x]
@@ -158,6 +169,7 @@ class AtomSpace:
                         owner.append(x)
                         flags.append(False)
                         cond.append(group)
+                        where.append("")
                     if fp.per_site and per_site:
                         for s in np.unique(self.site_of[here]):
                             if not fp.is_hidden(self.sites[s], level, names[code]):
@@ -165,10 +177,11 @@ class AtomSpace:
                                 owner.append(x)
                                 flags.append(True)
                                 cond.append(group)
+                                where.append(self.sites[s])
         indptr = np.cumsum([0] + [len(r) for r in rows])
         indices = np.concatenate(rows) if rows else np.zeros(0, dtype=int)
         matrix = sparse.csr_matrix((np.ones(len(indices)), indices, indptr), shape=(len(rows), n_atoms))
-        return Vectors(matrix=matrix, owner=owner, per_site=flags, cond=cond)
+        return Vectors(matrix=matrix, owner=owner, per_site=flags, cond=cond, where=where)
 
     def hidden_sets(self, x: int) -> np.ndarray:
         """The atoms of each cell footprint `x` hid, as rows of a (hidden cells, atoms) 0/1 matrix."""
@@ -222,6 +235,21 @@ class AtomSpace:
                     return Leak(new=j, earlier=(i,), how=NESTED)  # the same text: no oracle either
         return None
 
+    def _union(self, new: Vectors, pool: Vectors) -> Union | None:
+        """Whether a cell is two others apart by definition (`structure.is_disjoint_union`), for triples."""
+        if not EmptyCombinationGuard.enabled() or not self.footprints or not new.where or not pool.where:
+            return None
+        study, table = self.footprints[0].study_id, self.footprints[0].table
+
+        def cell(ref: tuple[str, int]) -> CellDef:
+            v = new if ref[0] == "new" else pool
+            i = ref[1]
+            return CellDef(cond=v.cond[i], site=v.where[i], versions=self.footprints[v.owner[i]].versions)
+
+        def union(whole: tuple[str, int], x: tuple[str, int], y: tuple[str, int]) -> bool:
+            return is_disjoint_union(study, table, cell(whole), cell(x), cell(y))
+        return union
+
     def _leaks(self, new: Vectors, pool: Vectors, k: int, also_new: np.ndarray) -> list[Leak]:
         # an earlier cell the new result shows too is no pair with it: their difference is the new result's
         # own (a curve's number at risk at two times, one also asked as a filter), under its own control
@@ -230,7 +258,7 @@ class AtomSpace:
                  for x in pair_leaks(new, apart, self.weight, self.site_of, len(self.sites), k)]
         if not leaks:
             try:
-                leaks = triple_leaks(new, pool, self.weight, k)
+                leaks = triple_leaks(new, pool, self.weight, k, union=self._union(new, pool))
             except TooMuchHistory:
                 raise QueryRefused("the differencing check found more combinations with earlier results than it "
                                    "checks in one query; nothing was released",
@@ -246,7 +274,8 @@ def _row_bytes(m: sparse.csr_matrix) -> list[bytes]:
 def select_rows(v: Vectors, keep: np.ndarray) -> tuple[Vectors, np.ndarray]:
     idx = np.nonzero(keep)[0]
     return Vectors(matrix=v.matrix[idx], owner=[v.owner[i] for i in idx], per_site=[v.per_site[i] for i in idx],
-                   cond=[v.cond[i] for i in idx] if v.cond else []), idx
+                   cond=[v.cond[i] for i in idx] if v.cond else [],
+                   where=[v.where[i] for i in idx] if v.where else []), idx
 
 
 def informative(new: Vectors, pool: Vectors, w: np.ndarray, k: int

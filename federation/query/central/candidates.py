@@ -29,6 +29,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from federation.query.central.differencing import EmptyCombinationGuard
 from federation.query.central.history import Footprint, key_json
 
 Cells = list[tuple[tuple[object, ...], int, str]]  # (cell key on the footprint's dims, units, sketch hex)
@@ -154,8 +155,9 @@ def triple_near(new: Sizes, family: CellTable, sites: list[str], k: int) -> set[
                 order = others[np.argsort(totals[others], kind="stable")]
                 sizes = totals[order]
                 na = totals[idx]
-                lo, hi = {"q+a-b": (t + na - (k - 1), t + na - 1), "a+b-q": (t - na + 1, t - na + (k - 1)),
-                          "q-a-b": (t - na - (k - 1), t - na - 1), "a-b-q": (na - t - (k - 1), na - t - 1)
+                e = 1 if EmptyCombinationGuard.enabled() else 0  # an empty combination counts (unless by definition)
+                lo, hi = {"q+a-b": (t + na - (k - 1), t + na - 1 + e), "a+b-q": (t - na + 1 - e, t - na + (k - 1)),
+                          "q-a-b": (t - na - (k - 1), t - na - 1 + e), "a-b-q": (na - t - (k - 1), na - t - 1 + e)
                           }[pattern]
                 first = np.searchsorted(sizes, lo, side="left")
                 last = np.searchsorted(sizes, hi, side="right")
@@ -171,7 +173,7 @@ def triple_near(new: Sizes, family: CellTable, sites: list[str], k: int) -> set[
                 v = {"q+a-b": qn + na_s - nb_s, "a+b-q": na_s + nb_s - qn, "q-a-b": qn - na_s - nb_s,
                      "a-b-q": na_s - nb_s - qn}[pattern]
                 ok = (a_cells != b_cells) & ((v >= 0) & (v <= k - 1)).all(axis=0)
-                ok &= (v.sum(axis=0) >= 1) & (v.sum(axis=0) <= k - 1)
+                ok &= (v.sum(axis=0) >= 1 - e) & (v.sum(axis=0) <= k - 1)
                 a_ok, b_ok = a_cells[ok], b_cells[ok]
                 # the inclusions each pattern needs, on sketches (never false for a true inclusion)
                 sa, sb = sk[:, a_ok, :], sk[:, b_ok, :]

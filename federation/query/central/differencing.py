@@ -19,10 +19,13 @@ small non-empty set:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import sparse
+
+from federation.query.guard import Guard
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,16 @@ class Vectors:
     owner: list[int]
     per_site: list[bool]
     cond: list[frozenset[str]] = field(default_factory=list)  # each cell's conditions (filters, split, group)
+    where: list[str] = field(default_factory=list)  # each cell's site ("" for a combined cell)
 
 
+class EmptyCombinationGuard(Guard):
+    """Three results that combine into an empty set are refused like three that combine into 1..k-1 patients,
+    unless they are empty by definition (`structure.is_disjoint_union`): otherwise the refusal tells which."""
+
+
+TRIPLE = ("one of its cells and two earlier cells add up, or one minus the others comes, to a set of fewer than k "
+          "patients (possibly none)")
 NESTED = "a cell of one lies inside a cell of the other with fewer than k patients between them (possibly none)"
 
 
@@ -77,9 +88,15 @@ def pair_leaks(new: Vectors, pool: Vectors, w: np.ndarray, site_of: np.ndarray, 
     return out
 
 
-def triple_leaks(new: Vectors, pool: Vectors, w: np.ndarray, k: int, budget: int = 2_000_000) -> list[Leak]:
-    """`q + a - b`, `a + b - q`, `q - a - b` and `a - b - q` that are 0/1 vectors of 1..k-1 rows, for every
-    new cell q and earlier cells a, b (combined and per-site cells alike)."""
+Union = Callable[[tuple[str, int], tuple[str, int], tuple[str, int]], bool]
+
+
+def triple_leaks(new: Vectors, pool: Vectors, w: np.ndarray, k: int, budget: int = 2_000_000,
+                 union: Union | None = None) -> list[Leak]:
+    """`q + a - b`, `a + b - q`, `q - a - b` and `a - b - q` that are 0/1 vectors of 0..k-1 rows, for every
+    new cell q and earlier cells a, b (combined and per-site cells alike). An empty one is a leak too (the
+    answer must not tell "none" from "a few"), unless `union` says it is empty by definition: called with
+    (whole, x, y) as ("new" or "pool", index), true when whole is x and y apart whatever the data."""
     if not pool.matrix.shape[0] or not new.matrix.shape[0]:
         return []
     P = pool.matrix.astype(bool).tocsr()
@@ -101,8 +118,8 @@ def triple_leaks(new: Vectors, pool: Vectors, w: np.ndarray, k: int, budget: int
                 if pattern == "a-b-q" and abs(inter_q[a] - nq) > 0.5:
                     continue  # q must lie inside a
                 # the derived set has 1..k-1 rows: a window on |b|
-                lo, hi = {"q+a-b": (nq + na - k + 1, nq + na - 1), "a+b-q": (nq - na + 1, nq - na + k - 1),
-                          "q-a-b": (nq - na - k + 1, nq - na - 1), "a-b-q": (na - nq - k + 1, na - nq - 1)
+                lo, hi = {"q+a-b": (nq + na - k + 1, nq + na), "a+b-q": (nq - na, nq - na + k - 1),
+                          "q-a-b": (nq - na - k + 1, nq - na), "a-b-q": (na - nq - k + 1, na - nq)
                           }[pattern]
                 first, last = np.searchsorted(sorted_sizes, [lo - 0.5, hi + 0.5])
                 for b in order[first:last]:
@@ -117,10 +134,17 @@ def triple_leaks(new: Vectors, pool: Vectors, w: np.ndarray, k: int, budget: int
                     if v.min() < 0 or v.max() > 1:
                         continue
                     n = float(w[v == 1].sum())
-                    if 0.5 < n < k - 0.5:
-                        out.append(Leak(new=j, earlier=(a, int(b)),
-                                        how=f"{pattern} of their cells, q being this one's, is a set of fewer than k "
-                                            "patients"))
+                    if n < 0.5 and union is not None:
+                        whole, x, y = {"q+a-b": (("pool", int(b)), ("new", j), ("pool", a)),
+                                       "a+b-q": (("new", j), ("pool", a), ("pool", int(b))),
+                                       "q-a-b": (("new", j), ("pool", a), ("pool", int(b))),
+                                       "a-b-q": (("pool", a), ("pool", int(b)), ("new", j))}[pattern]
+                        if union(whole, x, y):
+                            continue  # empty by definition: it tells nothing
+                    if n < k - 0.5 and (n > 0.5 or union is not None):
+                        # one text whichever pattern it was (`cite` names the results in one order): the empty
+                        # set and a set of a few often match different patterns
+                        out.append(Leak(new=j, earlier=(a, int(b)), how=TRIPLE))
                         return out
     return out
 

@@ -384,10 +384,7 @@ def cite(ctx: Context, earlier: list[Earlier], involved: list[int], n_new: int =
     the new result's), as the analyst may see them: their own queries described, another analyst's only by
     audit number."""
     parts = []
-    for i in involved:
-        if i < n_new:
-            continue
-        e = earlier[i - n_new]
+    for e in sorted((earlier[i - n_new] for i in involved if i >= n_new), key=lambda e: e.audit_id):  # in one order
         if e.analyst == ctx.result.analyst:
             parts.append(f"your earlier result #{e.audit_id} ({e.described})")
         else:

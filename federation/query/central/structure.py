@@ -1,0 +1,135 @@
+"""Whether released cells are related by their definitions alone, whatever the data (for the no-oracle rule).
+
+A combination of results that comes to an empty set tells the analyst nothing when it is empty *by
+definition*: `age < 2` and `age >= 2` make up everyone; stage I at site-a and stages II-V at site-a make up
+site-a. Any other empty combination is a fact about the data (no patient lies in it), and answering it
+differently from a combination of 1..k-1 patients would make the refusal an oracle. This module decides
+the first case from each cell's conditions (its filters, split, exists filters and group), its site and
+the data versions, reading them as boxes: one set of values per column over a finite domain (the
+dictionary's levels, `(missing)` included where a column may be empty; intervals between the thresholds
+the cells use for a continuous column), one set of sites, and one exists-filter per boolean coordinate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+from federation.query.columns import CONTINUOUS, MISSING, dictionary_levels, holds, may_be_empty, unit_columns
+
+OTHER = "(any other value)"
+
+
+@dataclass(frozen=True)
+class CellDef:
+    """What a released cell is by definition: its conditions (canonical JSON filters and `exists ...` text,
+    as `AtomSpace.vectors` writes them), its site ("" for a combined cell) and its result's (site, version)s."""
+
+    cond: frozenset[str]
+    site: str
+    versions: tuple[tuple[str, int], ...]
+
+    def sites(self) -> frozenset[str]:
+        return frozenset([self.site]) if self.site else frozenset(s for s, _ in self.versions)
+
+
+Box = dict[str, frozenset[object]]
+
+
+def is_disjoint_union(study_id: str, table: str, whole: CellDef, x: CellDef, y: CellDef) -> bool:
+    """True only when `whole` is `x` and `y`, with nothing in both, by definition (for every possible data)."""
+    cells = (whole, x, y)
+    version: dict[str, int] = {}
+    for c in cells:
+        for site, v in c.versions:
+            if c.site and site != c.site:
+                continue
+            if version.setdefault(site, v) != v:
+                return False  # two versions of one site: which rows they share is a fact about the data
+    boxes = _boxes(study_id, table, cells)
+    if boxes is None:
+        return False
+    bw, bx, by = boxes
+    domain = {c: frozenset().union(*(b[c] for b in boxes)) for c in bw}
+    if not any(not (bx[c] & by[c]) for c in domain):
+        return False  # x and y may share rows
+    if not all(bx[c] <= bw[c] and by[c] <= bw[c] for c in domain):
+        return False
+    return _size(bw) == _size(bx) + _size(by)
+
+
+def _size(box: Box) -> int:
+    return math.prod(len(v) for v in box.values())
+
+
+def _boxes(study_id: str, table: str, cells: tuple[CellDef, ...]) -> list[Box] | None:
+    types = unit_columns(study_id, table)
+    parsed: list[tuple[list[dict[str, object]], set[str]]] = []
+    for c in cells:
+        filters, exists = [], set()
+        for text in c.cond:
+            if text.startswith("exists "):
+                exists.add(text)
+            else:
+                filters.append(json.loads(text))
+        parsed.append((filters, exists))
+    columns = sorted({str(f["column"]) for filters, _ in parsed for f in filters})
+    all_exists = sorted(set().union(*(e for _, e in parsed)))
+    all_sites = frozenset().union(*(c.sites() for c in cells))
+    domains: dict[str, list[object]] = {}
+    for col in columns:
+        kind = types.get(col)
+        if kind is None:
+            return None
+        if kind in CONTINUOUS:
+            cuts = sorted({float(f["value"]) for filters, _ in parsed for f in filters  # type: ignore[arg-type]
+                           if f["column"] == col})
+            empty = [MISSING] if may_be_empty(study_id, table, col) else []
+            domains[col] = [*range(len(cuts) + 1), *empty]  # interval i is [cuts[i-1], cuts[i])
+        else:
+            levels = dictionary_levels(study_id, table, col)
+            if levels is None:
+                mentioned = {_key(f["value"]) for filters, _ in parsed for f in filters if f["column"] == col}
+                levels = [*mentioned, OTHER, MISSING]
+            domains[col] = list(levels)
+    out: list[Box] = []
+    for cell, (filters, exists) in zip(cells, parsed, strict=True):
+        box: Box = {"(site)": cell.sites() & all_sites}
+        box.update({col: frozenset(domains[col]) for col in columns})
+        box.update({e: frozenset([True]) if e in exists else frozenset([True, False]) for e in all_exists})
+        for f in filters:
+            col = str(f["column"])
+            allowed = _allowed(types[col] in CONTINUOUS, domains[col], f, parsed, col)
+            if allowed is None:
+                return None
+            box[col] = box[col] & allowed
+        out.append(box)
+    return out
+
+
+def _key(v: object) -> object:
+    return json.dumps(v, sort_keys=True) if isinstance(v, list | dict) else v
+
+
+def _allowed(continuous: bool, domain: list[object], f: dict[str, object],
+             parsed: list[tuple[list[dict[str, object]], set[str]]], col: str) -> frozenset[object] | None:
+    """The domain points a filter keeps (a comparison never keeps an empty value), or None when the filter
+    cannot be read as a set of them (then nothing is claimed)."""
+    op, value = f["op"], f["value"]
+    if continuous:
+        cuts = sorted({float(g["value"]) for filters, _ in parsed for g in filters  # type: ignore[arg-type]
+                       if g["column"] == col})
+        if op not in ("<", ">="):
+            return None
+        j = cuts.index(float(value))  # type: ignore[arg-type]
+        return frozenset(range(j + 1)) if op == "<" else frozenset(range(j + 1, len(cuts) + 1))
+    if op == "==" and value == MISSING:
+        return frozenset([MISSING])  # a group of rows where the column is empty
+    if op in ("==", "!=", "in", "not in") and (OTHER in domain):
+        wanted = {_key(v) for v in (value if isinstance(value, list) else [value])}
+        keep = {v for v in domain if v not in (MISSING, OTHER) and ((v in wanted) == (op in ("==", "in")))}
+        if op in ("!=", "not in"):
+            keep.add(OTHER)
+        return frozenset(keep)
+    return frozenset(v for v in domain if v != MISSING and holds(str(op), v, value))
