@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -98,6 +99,20 @@ def _decode(data: bytes, encoding: str, name: str) -> str:
             file=name, hint="export the table as CSV text from your system or spreadsheet program",
         )
     enc = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+    if enc != "utf-8-sig" and _single_byte(encoding) and _looks_like_utf8(data):
+        first = re.search(rb"[\x80-\xff]", data).start()  # type: ignore[union-attr]
+        line = data.count(b"\n", 0, first) + 1
+        start = data.rfind(b"\n", 0, first) + 1
+        end = data.find(b"\n", first)
+        sample = data[start:end if end >= 0 else len(data)].decode("utf-8", "replace").strip()[:60]
+        wrong = sample.encode("utf-8").decode(encoding, "replace")[:60]
+        raise UnusableInputError(
+            f"{name} is written in UTF-8, but the site configuration declares {encoding}: line {line} would read "
+            f"{wrong!r} instead of {sample!r}",
+            file=name,
+            hint=f"save the file as {encoding} (in Excel: 'CSV (separator)' rather than 'CSV UTF-8'), or declare "
+            "conventions.encoding: utf-8 in the site configuration if all its files are UTF-8",
+        )
     try:
         text = data.decode(enc)
     except UnicodeDecodeError as exc:
@@ -115,8 +130,33 @@ def _decode(data: bytes, encoding: str, name: str) -> str:
     return text
 
 
+def _single_byte(encoding: str) -> bool:
+    """Whether every byte is one character in `encoding` (cp1252, latin-1, ISO 8859-x, ...)."""
+    try:
+        return len("é€".encode(encoding, "replace")) == 2 and codecs.lookup(encoding).name != "utf-8"
+    except LookupError:
+        return False
+
+
+def _looks_like_utf8(data: bytes) -> bool:
+    """Non-ASCII bytes that all form valid UTF-8 sequences: text saved as UTF-8. A file really written in a
+    single-byte encoding with accented letters is almost never valid UTF-8 (é alone is byte E9)."""
+    if data.isascii():
+        return False
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _canonical_codes(codes: list[str]) -> dict[str, str]:
-    return {c.upper(): c for c in codes}
+    return {_code_key(c).upper(): c for c in codes}
+
+
+def _code_key(value: str) -> str:
+    """A code as compared: case-folded, spaces trimmed and runs of spaces made one."""
+    return " ".join(str(value).split()).casefold()
 
 
 def read_table(
@@ -194,6 +234,12 @@ def _parse_fast(text: str, delimiter: str, name: str) -> Parsed | None:
     if tbl.num_rows + 1 != physical:
         return None  # blank lines or quoted newlines: line numbers need the exact reader
     columns = [tbl.column(i).combine_chunks() for i in range(len(names))]
+    if columns and tbl.num_rows:
+        blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(columns[0])), 0)
+        for col in columns[1:]:
+            blank = pc.and_(blank, pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0))
+        if pc.any(blank).as_py():
+            return None  # rows of nothing but delimiters (a spreadsheet's empty row): the exact reader skips them
     return header, columns, np.arange(2, tbl.num_rows + 2, dtype="int64"), []
 
 
@@ -208,6 +254,7 @@ def _parse_exact(text: str, table: str, name: str, delimiter: str, size: int, pr
     lines: list[int] = []
     rows: list[list[str]] = []
     ragged = 0
+    blank: list[int] = []  # lines skipped: empty, or nothing but delimiters and spaces
     prev = reader.line_num
     report_progress = size > 50 * 2**20
     total_lines = text.count("\n") + 1 if report_progress else 0
@@ -216,7 +263,8 @@ def _parse_exact(text: str, table: str, name: str, delimiter: str, size: int, pr
         for row in reader:
             start = prev + 1
             prev = reader.line_num
-            if not row or (len(row) == 1 and not row[0].strip()):
+            if not any(field.strip() for field in row):
+                blank.append(start)
                 continue
             if len(row) != ncols:
                 ragged += 1
@@ -248,6 +296,14 @@ def _parse_exact(text: str, table: str, name: str, delimiter: str, size: int, pr
         findings.append(Finding(
             severity="error", rule="row_shape", table=table, file=name,
             message=f"and {ragged - 1000:,} more rows with the wrong number of fields", hint="see above",
+        ))
+    if blank:
+        shown = ", ".join(str(n) for n in blank[:5]) + (", ..." if len(blank) > 5 else "")
+        findings.append(Finding(
+            severity="warning", rule="blank_rows", table=table, file=name, line=blank[0],
+            message=f"{len(blank):,} empty row{'s' if len(blank) > 1 else ''} (line{'s' if len(blank) > 1 else ''} "
+                    f"{shown}) skipped: blank, or nothing but delimiters",
+            hint="nothing to do; spreadsheet programs often write such rows at the end of a sheet",
         ))
     columns = [pa.array([r[i] for r in rows], type=pa.string()) for i in range(ncols)]
     return header, columns, np.asarray(lines, dtype="int64"), findings
@@ -349,10 +405,13 @@ def _convert(
     if column.type == "code":
         canon = _canonical_codes(study.codes_for(column) or [])
         series = _to_object(values)
+        # the dictionary's codes and the site's own are matched ignoring case and runs of spaces ("Vivant",
+        # "vivant" and "VIVANT " are one code), as the dictionary says codes are
+        local_codes = {_code_key(k): v for k, v in code_map.items()}
         mapping = {}
         for value in series.dropna().unique():
-            local = code_map.get(value, value)
-            mapping[value] = canon.get(local.upper(), local)
+            local = local_codes.get(_code_key(value), value)
+            mapping[value] = canon.get(_code_key(local).upper(), local)
         frame[name] = series.map(mapping)
         return
     raw = _to_object(values)
