@@ -66,7 +66,7 @@ def test_non_nested_filters_with_everyone_do_not_isolate_a_bin(fresh_audit: Sett
 
     assert [run_local(q, fresh_audit, "mallory").status for q in queries[:2]] == ["released", "released"]
     refused = run_local(queries[2], fresh_audit, "mallory")
-    assert refused.status == "refused" and "two earlier cells add up" in refused.reason
+    assert refused.status == "refused" and "three cells, of this result and earlier ones, add up" in refused.reason
     assert "your earlier result #1" in refused.reason and "your earlier result #2" in refused.reason
 
 
@@ -589,3 +589,32 @@ def test_a_proportion_refused_or_not_does_not_tell_a_patients_stage(fresh_audit:
         assert isinstance(total(count), int)  # both shown, so the comparison is real
         outcomes.append((prop.status, prop.reason.split("(differencing")[-1]))
     assert outcomes[0] == outcomes[1], outcomes
+
+
+def test_an_earlier_count_minus_two_groups_of_a_new_mean_does_not_give_a_patient(fresh_audit: Settings) -> None:
+    """Fifth red team, A2: a count of site-a's arms DD4A, EE4A and NR (with a filter on sex that keeps every row,
+    so that it is in no filter family of the next), then the mean age by arm of DD4A and EE4A (a mean shows
+    each group's n but no total): the count minus the two n is the NR patient, and n x mean gives their
+    age. Triples searched one new cell with two earlier ones; now one of the two may be another new cell."""
+    (age,), = pooled(fresh_audit, f"SELECT {AGE} FROM unit_patients WHERE site_id = 'site-a' AND arm = 'NR'")
+    arms, anyone = (Filter(column="arm", op="in", value=["DD4A", "EE4A", "NR"]),
+                    Filter(column="sex", op="in", value=["F", "M", "U"]))
+    first = Query(study_id=STUDY, sites=["site-a"], filters=[arms, anyone])
+    second = Query(study_id=STUDY, sites=["site-a"], statistic="sum", column=AGE, group_by=["arm"],
+                   filters=[Filter(column="arm", op="in", value=["DD4A", "EE4A"])])
+
+    def sums(r: Any) -> list[tuple[int, float]]:
+        assert r.status == "released", r.reason
+        return [(row["combined"]["n"], row["combined"]["sum"]) for row in r.payload["rows"]]
+
+    with switched_off("differencing"):
+        unguarded = elsewhere(fresh_audit, "unguarded.jsonl")
+        with_sum = run_local(first.model_copy(update={"statistic": "sum", "column": AGE}), unguarded, "mallory")
+        n_all, s_all = with_sum.payload["rows"][0]["combined"]["n"], with_sum.payload["rows"][0]["combined"]["sum"]
+        parts = sums(run_local(second, unguarded, "eve"))
+    assert n_all - sum(n for n, _ in parts) == 1  # the attack: one patient, and their exact age
+    assert s_all - sum(s for _, s in parts) == pytest.approx(age, abs=1e-6)
+
+    assert total(run_local(first, fresh_audit, "mallory")) >= 5
+    r = run_local(second, fresh_audit, "eve")
+    assert r.status == "refused" and "three cells, of this result and earlier ones, add up" in r.reason

@@ -258,7 +258,7 @@ class AtomSpace:
                  for x in pair_leaks(new, apart, self.weight, self.site_of, len(self.sites), k)]
         if not leaks:
             try:
-                leaks = triple_leaks(new, pool, self.weight, k, union=self._union(new, pool))
+                leaks = triple_leaks(new, pool, self.weight, k, union=self._union(new, pool), also_new=also_new)
             except TooMuchHistory:
                 raise QueryRefused("the differencing check found more combinations with earlier results than it "
                                    "checks in one query; nothing was released",

@@ -133,10 +133,16 @@ def triple_near(new: Sizes, family: CellTable, sites: list[str], k: int) -> set[
     if not len(family.owners):
         return set()
     mine = CellTable.build([(0, new)], sites)
+    # the partners a, b: earlier cells, and the new result's other cells (an earlier count minus two groups
+    # of a new mean); never two new ones (owner -1)
+    base = len(family.owners)
+    ext = CellTable(owners=np.concatenate([family.owners, np.full(len(mine.owners), -1)]),
+                    n=np.concatenate([family.n, mine.n], axis=1),
+                    sketch=np.concatenate([family.sketch, mine.sketch], axis=1))
     found: set[int] = set()
     views = [slice(None)] + [slice(s, s + 1) for s in range(len(sites))]
     for view in views:
-        n, sk = family.n[view], family.sketch[view]
+        n, sk = ext.n[view], ext.sketch[view]
         totals = n.sum(axis=0)
         shown = totals >= k
         for q in range(len(mine.owners)):
@@ -173,6 +179,7 @@ def triple_near(new: Sizes, family: CellTable, sites: list[str], k: int) -> set[
                 v = {"q+a-b": qn + na_s - nb_s, "a+b-q": na_s + nb_s - qn, "q-a-b": qn - na_s - nb_s,
                      "a-b-q": na_s - nb_s - qn}[pattern]
                 ok = (a_cells != b_cells) & ((v >= 0) & (v <= k - 1)).all(axis=0)
+                ok &= (a_cells != base + q) & (b_cells != base + q) & ((a_cells < base) | (b_cells < base))
                 ok &= (v.sum(axis=0) >= 1 - e) & (v.sum(axis=0) <= k - 1)
                 a_ok, b_ok = a_cells[ok], b_cells[ok]
                 # the inclusions each pattern needs, on sketches (never false for a true inclusion)
@@ -180,7 +187,7 @@ def triple_near(new: Sizes, family: CellTable, sites: list[str], k: int) -> set[
                 small, big = {"q+a-b": (sb, sa | qs), "a+b-q": (np.broadcast_to(qs, sa.shape), sa | sb),
                               "q-a-b": (sb, np.broadcast_to(qs, sb.shape)), "a-b-q": (sb, sa)}[pattern]
                 fits = ((small & ~big) == 0).all(axis=(0, 2))
-                found.update(int(x) for x in np.unique(family.owners[np.concatenate([a_ok[fits], b_ok[fits]])]))
+                found.update(int(x) for x in np.unique(ext.owners[np.concatenate([a_ok[fits], b_ok[fits]])]) if x >= 0)
     return found
 
 

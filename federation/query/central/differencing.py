@@ -53,8 +53,8 @@ class EmptyCombinationGuard(Guard):
     unless they are empty by definition (`structure.is_disjoint_union`): otherwise the refusal tells which."""
 
 
-TRIPLE = ("one of its cells and two earlier cells add up, or one minus the others comes, to a set of fewer than k "
-          "patients (possibly none)")
+TRIPLE = ("three cells, of this result and earlier ones, add up, or one minus the others comes, to a set of fewer "
+          "than k patients (possibly none)")
 NESTED = "a cell of one lies inside a cell of the other with fewer than k patients between them (possibly none)"
 
 
@@ -92,38 +92,51 @@ Union = Callable[[tuple[str, int], tuple[str, int], tuple[str, int]], bool]
 
 
 def triple_leaks(new: Vectors, pool: Vectors, w: np.ndarray, k: int, budget: int = 2_000_000,
-                 union: Union | None = None) -> list[Leak]:
+                 union: Union | None = None, also_new: np.ndarray | None = None) -> list[Leak]:
     """`q + a - b`, `a + b - q`, `q - a - b` and `a - b - q` that are 0/1 vectors of 0..k-1 rows, for every
-    new cell q and earlier cells a, b (combined and per-site cells alike). An empty one is a leak too (the
+    new cell q and cells a, b of which at least one is earlier (the other may be another new cell: an earlier
+    count minus two groups of a new mean); combined and per-site cells alike. An empty one is a leak too (the
     answer must not tell "none" from "a few"), unless `union` says it is empty by definition: called with
-    (whole, x, y) as ("new" or "pool", index), true when whole is x and y apart whatever the data."""
-    if not pool.matrix.shape[0] or not new.matrix.shape[0]:
+    (whole, x, y) as ("new" or "pool", index), true when whole is x and y apart whatever the data. Three new
+    cells are the suppression audit's business (one result), and so are earlier cells the new result shows
+    again (`also_new`: a curve's number at risk at day 0 is its group's count)."""
+    n_pool, n_new = pool.matrix.shape[0], new.matrix.shape[0]
+    if not n_pool or not n_new:
         return []
-    P = pool.matrix.astype(bool).tocsr()
-    sizes = np.asarray(P.astype(np.float64) @ w).ravel()
+    ext = sparse.vstack([pool.matrix, new.matrix]).astype(bool).tocsr()  # earlier cells, then the new ones
+    sizes = np.asarray(ext.astype(np.float64) @ w).ravel()
     order = np.argsort(sizes, kind="stable")
     sorted_sizes = sizes[order]
-    dense = P.toarray()  # pool x atoms, bool
+    dense = ext.toarray()  # cells x atoms, bool
+    own = np.concatenate([also_new if also_new is not None and len(also_new) else np.zeros(n_pool, dtype=bool),
+                          np.ones(n_new, dtype=bool)])  # cells the new result shows
     out: list[Leak] = []
     checked = 0
-    for j in range(new.matrix.shape[0]):
-        q = new.matrix[j].toarray().ravel().astype(bool)
+
+    def ref(i: int) -> tuple[str, int]:
+        return ("pool", i) if i < n_pool else ("new", i - n_pool)
+
+    for j in range(n_new):
+        me = n_pool + j
+        q = dense[me]
         nq = float(w[q].sum())
         inter_q = dense[:, q] @ w[q]  # |a n q| for every a
         for pattern in ("q+a-b", "a+b-q", "q-a-b", "a-b-q"):
             for a in range(len(sizes)):
+                if a == me:
+                    continue
                 na = sizes[a]
                 if pattern == "q-a-b" and abs(inter_q[a] - na) > 0.5:
                     continue  # a must lie inside q
                 if pattern == "a-b-q" and abs(inter_q[a] - nq) > 0.5:
                     continue  # q must lie inside a
-                # the derived set has 1..k-1 rows: a window on |b|
+                # the derived set has 0..k-1 rows: a window on |b|
                 lo, hi = {"q+a-b": (nq + na - k + 1, nq + na), "a+b-q": (nq - na, nq - na + k - 1),
                           "q-a-b": (nq - na - k + 1, nq - na), "a-b-q": (na - nq - k + 1, na - nq)
                           }[pattern]
                 first, last = np.searchsorted(sorted_sizes, [lo - 0.5, hi + 0.5])
                 for b in order[first:last]:
-                    if b == a:
+                    if b == a or b == me or (own[a] and own[b]):
                         continue
                     checked += 1
                     if checked > budget:
@@ -135,16 +148,16 @@ def triple_leaks(new: Vectors, pool: Vectors, w: np.ndarray, k: int, budget: int
                         continue
                     n = float(w[v == 1].sum())
                     if n < 0.5 and union is not None:
-                        whole, x, y = {"q+a-b": (("pool", int(b)), ("new", j), ("pool", a)),
-                                       "a+b-q": (("new", j), ("pool", a), ("pool", int(b))),
-                                       "q-a-b": (("new", j), ("pool", a), ("pool", int(b))),
-                                       "a-b-q": (("pool", a), ("pool", int(b)), ("new", j))}[pattern]
+                        whole, x, y = {"q+a-b": (ref(int(b)), ("new", j), ref(a)),
+                                       "a+b-q": (("new", j), ref(a), ref(int(b))),
+                                       "q-a-b": (("new", j), ref(a), ref(int(b))),
+                                       "a-b-q": (ref(a), ref(int(b)), ("new", j))}[pattern]
                         if union(whole, x, y):
                             continue  # empty by definition: it tells nothing
                     if n < k - 0.5 and (n > 0.5 or union is not None):
                         # one text whichever pattern it was (`cite` names the results in one order): the empty
                         # set and a set of a few often match different patterns
-                        out.append(Leak(new=j, earlier=(a, int(b)), how=TRIPLE))
+                        out.append(Leak(new=j, earlier=tuple(i for i in (a, int(b)) if i < n_pool), how=TRIPLE))
                         return out
     return out
 

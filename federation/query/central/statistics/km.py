@@ -2,7 +2,8 @@
 
 Per grid interval each site returns the number at risk at its start, events and censorings; summed, they
 give the pooled Kaplan-Meier estimate on that grid exactly. A point is released only with at least k at
-risk and at least k events since the previous released point (or none); per-site curves only at points
+risk and at least k events since the previous released point (none is as few as 1..k-1: a flat step would
+tell that no one had an event there); per-site curves only at points
 where every site's curve may be shown, so that no site can be subtracted from the combined curve.
 """
 
@@ -85,7 +86,7 @@ class KaplanMeier(Statistic):
         ctx.result.notes.append(
             f"Kaplan-Meier on a grid of {q.grid_days:g} days: per interval, sites return the number at risk, events "
             "and censorings; the combined curve equals the pooled estimate on this grid. A point is released only "
-            f"with at least {k} at risk and at least {k} events since the previous released point (or none).")
+            f"with at least {k} at risk and at least {k} events since the previous released point.")
         return {"statistic": "km", "endpoint": q.endpoint, "grid_days": q.grid_days, "dims": q.group_by,
                 "curves": curves}
 
@@ -131,7 +132,9 @@ def common_points(parts: dict[str, tuple[np.ndarray, np.ndarray]], thresholds: d
     for j in range(n_int):
         for s, (_, ev) in parts.items():
             since[s] += int(ev[j])
-        if all(parts[s][0][j] >= thresholds[s].min_cell and (since[s] == 0 or since[s] >= thresholds[s].min_cell)
+        empty_ok = not EmptyCellGuard.enabled()  # with it on, no event since is as few as 1..k-1
+        if all(parts[s][0][j] >= thresholds[s].min_cell and ((since[s] == 0 and empty_ok)
+                                                             or since[s] >= thresholds[s].min_cell)
                for s in parts):
             ok.add(j)
             since = {s: 0 for s in parts}
@@ -157,8 +160,8 @@ def release_curve(at_risk: np.ndarray, events: np.ndarray, grid: np.ndarray, k: 
             break  # fewer than k at risk: the curve stops here
         if only is not None and j not in only:
             continue
-        if since and since < k:
-            continue  # coarsen: wait until k events have accumulated
+        if since < k and (since or EmptyCellGuard.enabled()):
+            continue  # coarsen: wait until k events have accumulated (no event is as few as 1..k-1)
         lo, hi = log_log_ci(float(surv[j]), float(var[j]))
         points.append({"day": float(grid[j + 1]), "survival": float(surv[j]), "ci95": [lo, hi],
                        "at_risk": risk(j + 1) if j + 1 < len(at_risk) else {"suppressed": True}})
