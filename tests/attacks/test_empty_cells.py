@@ -17,7 +17,7 @@ from federation.query.columns import declared_levels
 from federation.query.guard import switched_off
 from federation.query.policy import load_query_policy
 from federation.settings import Settings
-from tests.federated import STUDY, pooled
+from tests.federated import STUDY, elsewhere, pooled
 
 HIDDEN = {"suppressed": True}
 
@@ -156,3 +156,29 @@ def test_results_that_are_apart_by_definition_are_released(fresh_audit: Settings
               Query(study_id=STUDY, filters=[Filter(column="arm", op="in", value=["M", "NR"])])):
         r = run_local(q, fresh_audit, "ana")
         assert r.status == "released" and not any("withheld" in n for n in r.notes), (q.describe(), r.reason)
+
+
+def test_a_hidden_cell_pinned_down_empty_is_refused_like_one_of_a_few(fresh_audit: Settings) -> None:
+    """Fifth red team, A1: a count by arm at site-a where S hides NR and, to protect it, one more arm; a count
+    where S and arm == that arm then pins NR down. With one patient it was refused ("pin down a hidden
+    cell"), with none it was released and showed 0: two queries told whether the NR patient is in S (their
+    sex, stage, EFS years, race, ...). An empty hidden cell now gets a hypothetical patient of each kind it
+    could hold by definition, and is refused alike."""
+    def probe(sex: str, settings: Settings) -> tuple[str, str]:
+        where = [Filter(column="sex", op="==", value=sex)]
+        by_arm = run_local(Query(study_id=STUDY, group_by=["arm"], sites=["site-a"], filters=where), settings,
+                           "mallory")
+        assert by_arm.status == "released", by_arm.reason
+        cells = {row["group"][0]: row["combined"] for row in by_arm.payload["rows"]}
+        (other,) = [a for a, v in cells.items() if v == HIDDEN and a != "NR"]
+        r = run_local(Query(study_id=STUDY, sites=["site-a"], filters=[*where, Filter(column="arm", op="==",
+                                                                                      value=other)]), settings, "eve")
+        return r.status, r.reason
+
+    (sex,), = pooled(fresh_audit, "SELECT sex FROM unit_patients WHERE site_id = 'site-a' AND arm = 'NR'")
+    other = "M" if sex == "F" else "F"
+    with switched_off("empty_combination"):
+        assert probe(other, elsewhere(fresh_audit, "o1.jsonl"))[0] == "released"  # the attack: none in S ...
+        assert probe(sex, elsewhere(fresh_audit, "o2.jsonl"))[0] == "refused"  # ... against one
+    empty, one = probe(other, elsewhere(fresh_audit, "a.jsonl")), probe(sex, elsewhere(fresh_audit, "b.jsonl"))
+    assert empty == one and empty[0] == "refused" and "possibly none" in empty[1]

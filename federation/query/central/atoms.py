@@ -198,6 +198,31 @@ class AtomSpace:
             sets.append(here)
         return np.asarray(sets, dtype=bool).reshape(len(sets), len(self.keys))
 
+    def empty_hidden(self, x: int) -> list[CellDef]:
+        """The cells footprint `x` hid that hold no row (what they are by definition, for `structure.phantoms`)."""
+        fp = self.footprints[x]
+        inside = self.member[:, x] if len(self.keys) else np.zeros(0, dtype=bool)
+        filters, exists = fp.conditions()
+        base = filters | {f"exists {e}" for e in exists}
+        out = []
+        for site, level, key in fp.hidden:
+            codes, names = self._codes(level)
+            if key in names and (not site or site in self.sites):
+                here = inside & (codes == names.index(key))
+                if site:
+                    here &= self.site_of == self.sites.index(site)
+                if here.any():
+                    continue
+            group = base | {json.dumps({"column": c, "op": "==", "value": v}, sort_keys=True)
+                            for c, v in zip(level, json.loads(key), strict=True)}
+            out.append(CellDef(cond=frozenset(group), site=site, versions=fp.versions))
+        return out
+
+    def cell_defs(self, v: Vectors) -> list[CellDef]:
+        """What each cell of `v` is by definition."""
+        return [CellDef(cond=c, site=w, versions=self.footprints[o].versions)
+                for c, w, o in zip(v.cond, v.where, v.owner, strict=True)]
+
     def first_leak(self, new: Vectors, pool: Vectors, k: int, shown: Vectors | None = None) -> Leak | None:
         """The first small set `new` makes derivable with `pool` (indexes into the vectors given); `shown` are
         every cell of the new result, `new` and those it shows again (by default `new`)."""

@@ -7,7 +7,7 @@ or restricts what is released (`check`). Suppression of small cells is a guard t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,13 +24,14 @@ from federation.query.central.candidates import (
     related,
     triple_near,
 )
-from federation.query.central.differencing import Vectors
+from federation.query.central.differencing import EmptyCombinationGuard, Vectors
 from federation.query.central.history import Earlier, Footprint, footprints_of
 from federation.query.central.runner import Context, released_record
 from federation.query.central.span import new_leak
 from federation.query.central.statistics import Statistic
 from federation.query.central.statistics.counts import check_filters
 from federation.query.central.statistics.km import year_start
+from federation.query.central.structure import CellDef, phantoms
 from federation.query.columns import GROUPABLE, require
 from federation.query.guard import Guard, QueryRefused
 from federation.query.model import Query
@@ -208,19 +209,57 @@ class SpanGroup:
     members: list[int]
     before: np.ndarray
     targets: np.ndarray
+    before_defs: list[CellDef] = field(default_factory=list)  # what each row of `before` is by definition
+    empty: list[CellDef] = field(default_factory=list)  # hidden cells to protect that hold no row
 
     @classmethod
     def of(cls, space: AtomSpace, n_new: int, focus: int, around: list[int]) -> SpanGroup:
         """The group around `focus` (an index into the earlier candidates, or -1 for the new result, -2 for a
         filter family); the space's first `n_new` footprints are the new result's."""
         members = [i + n_new for i in around]
-        if focus == -2:  # a filter family: every hidden cell of its results and of the new one
-            targets = np.vstack([space.hidden_sets(x) for x in [0, *members]])
-        elif focus == -1:  # around the new result's hidden cells
-            targets = space.hidden_sets(0)
-        else:  # around an earlier result with hidden cells
-            targets = space.hidden_sets(focus + n_new)
-        return cls(members=members, before=space.vectors(members).matrix.toarray() > 0.5, targets=targets)
+        owners = [0, *members] if focus == -2 else [0] if focus == -1 else [focus + n_new]
+        # a filter family: every hidden cell of its results and of the new one; else those of the focus
+        targets = np.vstack([space.hidden_sets(x) for x in owners])
+        before = space.vectors(members)
+        empty = [c for x in owners for c in space.empty_hidden(x)] if EmptyCombinationGuard.enabled() else []
+        return cls(members=members, before=before.matrix.toarray() > 0.5, targets=targets,
+                   before_defs=space.cell_defs(before) if empty else [], empty=empty)
+
+    def with_phantoms(self, space: AtomSpace, shown: np.ndarray, shown_defs: list[CellDef]
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """`before`, `shown`, `targets`, weights, sites and which columns are hypothetical, with a column for
+        every kind of patient a hidden cell that holds no row could hold by definition (`structure.phantoms`;
+        one column per kind, shared by the hidden cells that could hold it, e.g. a combined cell and its one
+        site's). They weigh nothing, and a set of them counts as small: the span check then decides for an
+        empty hidden cell as it would if it held a patient, so that an empty cell and a cell of a few are
+        refused alike (the fifth red team's A1 told them apart)."""
+        before, targets, weight, site_of = self.before, self.targets, space.weight, space.site_of
+        real = np.zeros(len(weight), dtype=bool)
+        if not self.empty:
+            return before, shown, targets, weight, site_of, real
+        fp = space.footprints[0]
+        rows = [*self.before_defs, *shown_defs]
+        column: dict[tuple[str, tuple[bool, ...]], int] = {}
+        holds: list[set[int]] = []
+        for cell in self.empty:
+            mine = set()
+            for site, inside in phantoms(fp.study_id, fp.table, cell, rows) or []:
+                mine.add(column.setdefault((site, tuple(inside)), len(column)))
+            holds.append(mine)
+        if not column:
+            return before, shown, targets, weight, site_of, real
+        kinds = list(column)
+        member = np.asarray([m for _, m in kinds], dtype=bool).T.reshape(len(rows), len(kinds))
+        extra = np.zeros((len(self.empty), len(kinds)), dtype=bool)
+        for h, cols in enumerate(holds):
+            extra[h, sorted(cols)] = True
+        n_before = len(self.before_defs)
+        return (np.hstack([before, member[:n_before]]), np.hstack([shown, member[n_before:]]),
+                np.vstack([np.hstack([targets, np.zeros((len(targets), len(kinds)), dtype=bool)]),
+                           np.hstack([np.zeros((len(self.empty), targets.shape[1]), dtype=bool), extra])]),
+                np.concatenate([weight, np.zeros(len(kinds))]),
+                np.concatenate([site_of, [space.sites.index(k) if k in space.sites else -1 for k, _ in kinds]]),
+                np.concatenate([real, np.ones(len(kinds), dtype=bool)]))
 
 
 def leak_of(space: AtomSpace, mine: Vectors, n_new: int, whole: Vectors, pool: Vectors, groups: list[SpanGroup],
@@ -237,12 +276,14 @@ def leak_of(space: AtomSpace, mine: Vectors, n_new: int, whole: Vectors, pool: V
     if not whole.matrix.shape[0]:
         return None
     shown = whole.matrix.toarray() > 0.5
+    shown_defs = space.cell_defs(whole) if any(g.empty for g in groups) else []
     for group in groups:
-        found = new_leak(group.before, shown, group.targets, space.weight, space.site_of, space.sites, k)
+        before, now, targets, weight, site_of, phantom = group.with_phantoms(space, shown, shown_defs)
+        found = new_leak(before, now, targets, weight, site_of, space.sites, k, phantom=phantom)
         if found is not None:
             who = "" if found.insider is None else f" for an insider at {found.insider}"
-            return (f"together they pin down {found.what} of fewer than k patients{who}, which no single result "
-                    "shows", group.members, -1)
+            return (f"together they pin down a hidden cell, or a set of patients no single cell shows, of fewer "
+                    f"than k patients (possibly none){who}", group.members, -1)
     return None
 
 

@@ -94,7 +94,7 @@ def _row_basis(a: np.ndarray) -> np.ndarray | None:
 
 
 def new_leak(before: np.ndarray, new: np.ndarray, targets: np.ndarray, weight: np.ndarray, site_of: np.ndarray,
-             sites: list[str], k: int) -> SpanLeak | None:
+             sites: list[str], k: int, phantom: np.ndarray | None = None) -> SpanLeak | None:
     """The first set of 1..k-1 patients that `before` + `new` (cells x atoms) make derivable and `before` alone
     did not: among `targets` (e.g. hidden cells) and the classes of atoms of `before` + `new`; for the
     analyst, then for an insider at each site (whose own atoms are known, so left out)."""
@@ -116,6 +116,8 @@ def new_leak(before: np.ndarray, new: np.ndarray, targets: np.ndarray, weight: n
         sets = np.vstack([hidden_sets, class_sets])
         units = sets.astype(float) @ w
         small = (units > 0.5) & (units < k - 0.5)
+        if phantom is not None and phantom.any():  # a patient an empty hidden cell could hold: small, weighing 0
+            small |= (units < k - 0.5) & (sets & phantom[cols]).any(axis=1)
         if not small.any():
             continue
         cand = sets[small]

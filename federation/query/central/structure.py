@@ -12,6 +12,7 @@ the cells use for a continuous column), one set of sites, and one exists-filter 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -133,3 +134,42 @@ def _allowed(continuous: bool, domain: list[object], f: dict[str, object],
             keep.add(OTHER)
         return frozenset(keep)
     return frozenset(v for v in domain if v != MISSING and holds(str(op), v, value))
+
+
+MAX_PHANTOMS = 2048  # kinds of hypothetical patient in one empty hidden cell (beyond: not checked)
+
+
+def phantoms(study_id: str, table: str, hidden: CellDef, rows: list[CellDef]) -> list[tuple[str, list[bool]]] | None:
+    """Every kind of patient the empty cell `hidden` could hold, by definition: a site and, for each cell of
+    `rows`, whether such a patient would be in it (distinct kinds only). An empty hidden cell has no row in
+    the data, so whether the released cells pin it down cannot be read from the data's atoms (there, the
+    empty set is always "derivable"); the span check asks it of these hypothetical patients instead, exactly
+    as if the cell held one. [] when the cell is empty by definition; None when some cell cannot be read as
+    a box, or a site's version differs between them, or there are too many kinds (then nothing is claimed)."""
+    cells = (hidden, *rows)
+    version = dict(hidden.versions)
+    for c in rows:
+        for site, v in c.versions:
+            if site in hidden.sites() and version.get(site, v) != v:
+                return None
+    boxes = _boxes(study_id, table, cells)
+    if boxes is None:
+        return None
+    mine, others = boxes[0], boxes[1:]
+    choices: list[list[tuple[object, tuple[bool, ...]]]] = []  # per coordinate: (a value, its membership by row)
+    for coord, allowed in mine.items():
+        kinds: dict[tuple[bool, ...], object] = {}
+        for value in sorted(allowed, key=repr):
+            kinds.setdefault(tuple(value in b[coord] for b in others), value)
+        if not kinds:
+            return []  # no value at all: the cell is empty by definition
+        choices.append([(v, sig) for sig, v in kinds.items()])
+    if math.prod(len(c) for c in choices) > MAX_PHANTOMS:
+        return None
+    coords = list(mine)
+    site_at = coords.index("(site)")
+    out: dict[tuple[str, tuple[bool, ...]], None] = {}
+    for combo in itertools.product(*choices):
+        member = tuple(all(sig[r] for _, sig in combo) for r in range(len(others)))
+        out.setdefault((str(combo[site_at][0]), member), None)
+    return [(site, list(member)) for site, member in out]
