@@ -182,3 +182,28 @@ def test_a_hidden_cell_pinned_down_empty_is_refused_like_one_of_a_few(fresh_audi
         assert probe(sex, elsewhere(fresh_audit, "o2.jsonl"))[0] == "refused"  # ... against one
     empty, one = probe(other, elsewhere(fresh_audit, "a.jsonl")), probe(sex, elsewhere(fresh_audit, "b.jsonl"))
     assert empty == one and empty[0] == "refused" and "possibly none" in empty[1]
+
+
+def test_four_counts_that_come_to_nobody_are_refused_like_four_that_come_to_one(fresh_audit: Settings) -> None:
+    """Fifth red team, A1b: at site-a, everyone in S, then S in arm DD4A, EE4A and M: the first minus the three
+    others is NR in S. With the NR patient in S the last was refused (a filter family pins down one patient),
+    with none it was released: four ordinary counts told whether the patient is in S, with nothing hidden
+    anywhere. Each kind of patient the family's cells tell apart that no patient is of is now checked as if
+    one were there."""
+    def family(sex: str, settings: Settings) -> tuple[str, str]:
+        where = [Filter(column="sex", op="==", value=sex)]
+        for arm in (None, "DD4A", "EE4A"):
+            r = run_local(Query(study_id=STUDY, sites=["site-a"], filters=where + (
+                [Filter(column="arm", op="==", value=arm)] if arm else [])), settings, "mallory")
+            assert r.status == "released", r.reason
+        last = run_local(Query(study_id=STUDY, sites=["site-a"], filters=[*where, Filter(column="arm", op="==",
+                                                                                         value="M")]), settings, "eve")
+        return last.status, last.reason
+
+    (sex,), = pooled(fresh_audit, "SELECT sex FROM unit_patients WHERE site_id = 'site-a' AND arm = 'NR'")
+    other = "M" if sex == "F" else "F"
+    with switched_off("empty_combination"):
+        assert family(other, elsewhere(fresh_audit, "o1.jsonl"))[0] == "released"  # the attack: none ...
+        assert family(sex, elsewhere(fresh_audit, "o2.jsonl"))[0] == "refused"  # ... against one
+    none, one = family(other, elsewhere(fresh_audit, "a.jsonl")), family(sex, elsewhere(fresh_audit, "b.jsonl"))
+    assert none == one and none[0] == "refused" and "possibly none" in none[1]

@@ -23,6 +23,7 @@ from federation.query.central.differencing import (
 from federation.query.central.history import Footprint, key_json
 from federation.query.central.structure import CellDef, is_disjoint_union
 from federation.query.guard import QueryRefused
+from federation.query.policy import QueryPolicy
 from federation.query.site.partial import SiteReply, SiteTask
 from federation.query.site.summaries import Answer, Atoms, HistoryAtoms, Refusal, Released, Subset
 
@@ -80,6 +81,7 @@ class AtomSpace:
         self.member = np.zeros((0, len(footprints)), dtype=bool)  # atom x footprint
         self.keys: list[tuple[Any, ...]] = []
         self._code_cache: dict[tuple[str, ...], tuple[np.ndarray, list[str]]] = {}
+        self.policy: QueryPolicy | None = None  # the groups it offers bound what a cell can hold by definition
 
     @classmethod
     def ask(cls, ctx: Context, footprints: list[Footprint]) -> AtomSpace:
@@ -87,6 +89,7 @@ class AtomSpace:
         dims = sorted({d for fp in footprints for d in fp.dims})
         sites = sorted({s for fp in footprints for s in fp.sites})
         space = cls(footprints, sites, dims)
+        space.policy = ctx.policy
         tasks, columns_of = {}, {}
         for site in sites:
             defs, pairs = subsets_at(footprints, site)
@@ -272,7 +275,7 @@ class AtomSpace:
             return CellDef(cond=v.cond[i], site=v.where[i], versions=self.footprints[v.owner[i]].versions)
 
         def union(whole: tuple[str, int], x: tuple[str, int], y: tuple[str, int]) -> bool:
-            return is_disjoint_union(study, table, cell(whole), cell(x), cell(y))
+            return is_disjoint_union(study, table, cell(whole), cell(x), cell(y), self.policy)
         return union
 
     def _leaks(self, new: Vectors, pool: Vectors, k: int, also_new: np.ndarray) -> list[Leak]:

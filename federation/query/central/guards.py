@@ -27,7 +27,7 @@ from federation.query.central.candidates import (
 from federation.query.central.differencing import EmptyCombinationGuard, Vectors
 from federation.query.central.history import Earlier, Footprint, footprints_of
 from federation.query.central.runner import Context, released_record
-from federation.query.central.span import new_leak
+from federation.query.central.span import new_leak, phantom_leak
 from federation.query.central.statistics import Statistic
 from federation.query.central.statistics.counts import check_filters
 from federation.query.central.statistics.km import year_start
@@ -211,6 +211,7 @@ class SpanGroup:
     targets: np.ndarray
     before_defs: list[CellDef] = field(default_factory=list)  # what each row of `before` is by definition
     empty: list[CellDef] = field(default_factory=list)  # hidden cells to protect that hold no row
+    universe: CellDef | None = None  # a filter family: every kind of patient its cells tell apart
 
     @classmethod
     def of(cls, space: AtomSpace, n_new: int, focus: int, around: list[int]) -> SpanGroup:
@@ -221,45 +222,37 @@ class SpanGroup:
         # a filter family: every hidden cell of its results and of the new one; else those of the focus
         targets = np.vstack([space.hidden_sets(x) for x in owners])
         before = space.vectors(members)
-        empty = [c for x in owners for c in space.empty_hidden(x)] if EmptyCombinationGuard.enabled() else []
+        on = EmptyCombinationGuard.enabled()
+        empty = [c for x in owners for c in space.empty_hidden(x)] if on else []
+        # in a filter family, a set no cell shows that comes to nobody is pinned down like one of a few (the
+        # fifth red team's A1b: everyone in S minus S by three arms, released when the fourth arm is empty)
+        versions = {site: v for x in [0, *members] for site, v in space.footprints[x].versions}
+        universe = (CellDef(cond=frozenset(), site="", versions=tuple(sorted(versions.items())))
+                    if on and focus == -2 else None)
         return cls(members=members, before=before.matrix.toarray() > 0.5, targets=targets,
-                   before_defs=space.cell_defs(before) if empty else [], empty=empty)
+                   before_defs=space.cell_defs(before) if empty or universe else [], empty=empty, universe=universe)
 
-    def with_phantoms(self, space: AtomSpace, shown: np.ndarray, shown_defs: list[CellDef]
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """`before`, `shown`, `targets`, weights, sites and which columns are hypothetical, with a column for
-        every kind of patient a hidden cell that holds no row could hold by definition (`structure.phantoms`;
-        one column per kind, shared by the hidden cells that could hold it, e.g. a combined cell and its one
-        site's). They weigh nothing, and a set of them counts as small: the span check then decides for an
-        empty hidden cell as it would if it held a patient, so that an empty cell and a cell of a few are
-        refused alike (the fifth red team's A1 told them apart)."""
-        before, targets, weight, site_of = self.before, self.targets, space.weight, space.site_of
-        real = np.zeros(len(weight), dtype=bool)
-        if not self.empty:
-            return before, shown, targets, weight, site_of, real
+    def phantom_kinds(self, space: AtomSpace, shown_defs: list[CellDef]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Hypothetical patients for the span check (`span.phantom_leak`): each kind a hidden cell that holds no
+        row could hold by definition, and, in a filter family, each kind of patient its cells tell apart that
+        no patient is of (`structure.phantoms`); as (cells of `before` x kinds, shown cells x kinds, the site
+        index of each kind). Kinds the cells do not tell apart from patients who are there are left out."""
+        n_before, n_shown = len(self.before_defs), len(shown_defs)
+        none = (np.zeros((len(self.before), 0), dtype=bool), np.zeros((n_shown, 0), dtype=bool),
+                np.zeros(0, dtype=np.int64))
+        if not self.empty and self.universe is None:
+            return none
         fp = space.footprints[0]
         rows = [*self.before_defs, *shown_defs]
-        column: dict[tuple[str, tuple[bool, ...]], int] = {}
-        holds: list[set[int]] = []
-        for cell in self.empty:
-            mine = set()
-            for site, inside in phantoms(fp.study_id, fp.table, cell, rows) or []:
-                mine.add(column.setdefault((site, tuple(inside)), len(column)))
-            holds.append(mine)
-        if not column:
-            return before, shown, targets, weight, site_of, real
-        kinds = list(column)
+        kinds: dict[tuple[str, tuple[bool, ...]], None] = {}
+        for cell in [*self.empty, *([self.universe] if self.universe else [])]:
+            for site, inside in phantoms(fp.study_id, fp.table, cell, rows, space.policy) or []:
+                kinds.setdefault((site, tuple(inside)), None)
+        if not kinds:
+            return none
         member = np.asarray([m for _, m in kinds], dtype=bool).T.reshape(len(rows), len(kinds))
-        extra = np.zeros((len(self.empty), len(kinds)), dtype=bool)
-        for h, cols in enumerate(holds):
-            extra[h, sorted(cols)] = True
-        n_before = len(self.before_defs)
-        return (np.hstack([before, member[:n_before]]), np.hstack([shown, member[n_before:]]),
-                np.vstack([np.hstack([targets, np.zeros((len(targets), len(kinds)), dtype=bool)]),
-                           np.hstack([np.zeros((len(self.empty), targets.shape[1]), dtype=bool), extra])]),
-                np.concatenate([weight, np.zeros(len(kinds))]),
-                np.concatenate([site_of, [space.sites.index(k) if k in space.sites else -1 for k, _ in kinds]]),
-                np.concatenate([real, np.ones(len(kinds), dtype=bool)]))
+        return (member[:n_before], member[n_before:],
+                np.asarray([space.sites.index(k) if k in space.sites else -1 for k, _ in kinds], dtype=np.int64))
 
 
 def leak_of(space: AtomSpace, mine: Vectors, n_new: int, whole: Vectors, pool: Vectors, groups: list[SpanGroup],
@@ -276,10 +269,12 @@ def leak_of(space: AtomSpace, mine: Vectors, n_new: int, whole: Vectors, pool: V
     if not whole.matrix.shape[0]:
         return None
     shown = whole.matrix.toarray() > 0.5
-    shown_defs = space.cell_defs(whole) if any(g.empty for g in groups) else []
+    shown_defs = space.cell_defs(whole) if any(g.empty or g.universe for g in groups) else []
     for group in groups:
-        before, now, targets, weight, site_of, phantom = group.with_phantoms(space, shown, shown_defs)
-        found = new_leak(before, now, targets, weight, site_of, space.sites, k, phantom=phantom)
+        found = new_leak(group.before, shown, group.targets, space.weight, space.site_of, space.sites, k)
+        if found is None and (group.empty or group.universe):
+            kinds_before, kinds_new, _ = group.phantom_kinds(space, shown_defs)
+            found = phantom_leak(group.before, shown, kinds_before, kinds_new)
         if found is not None:
             who = "" if found.insider is None else f" for an insider at {found.insider}"
             return (f"together they pin down a hidden cell, or a set of patients no single cell shows, of fewer "

@@ -94,7 +94,7 @@ def _row_basis(a: np.ndarray) -> np.ndarray | None:
 
 
 def new_leak(before: np.ndarray, new: np.ndarray, targets: np.ndarray, weight: np.ndarray, site_of: np.ndarray,
-             sites: list[str], k: int, phantom: np.ndarray | None = None) -> SpanLeak | None:
+             sites: list[str], k: int) -> SpanLeak | None:
     """The first set of 1..k-1 patients that `before` + `new` (cells x atoms) make derivable and `before` alone
     did not: among `targets` (e.g. hidden cells) and the classes of atoms of `before` + `new`; for the
     analyst, then for an insider at each site (whose own atoms are known, so left out)."""
@@ -116,8 +116,6 @@ def new_leak(before: np.ndarray, new: np.ndarray, targets: np.ndarray, weight: n
         sets = np.vstack([hidden_sets, class_sets])
         units = sets.astype(float) @ w
         small = (units > 0.5) & (units < k - 0.5)
-        if phantom is not None and phantom.any():  # a patient an empty hidden cell could hold: small, weighing 0
-            small |= (units < k - 0.5) & (sets & phantom[cols]).any(axis=1)
         if not small.any():
             continue
         cand = sets[small]
@@ -130,3 +128,40 @@ def new_leak(before: np.ndarray, new: np.ndarray, targets: np.ndarray, weight: n
             what = "a hidden cell" if first < len(hidden_sets) else "a set of patients no single cell shows"
             return SpanLeak(units=float(units[first]), insider=who, what=what)
     return None
+
+
+def phantom_leak(before: np.ndarray, new: np.ndarray, kinds_before: np.ndarray, kinds_new: np.ndarray
+                 ) -> SpanLeak | None:
+    """Whether the new cells pin down a hypothetical patient that was not pinned down before: one of each kind
+    an empty hidden cell could hold, or a kind no patient is of (`structure.phantoms`), each added alone to
+    the real atoms (cells x atoms; `kinds_*` cells x kinds, whether such a patient would be in each cell).
+    One patient of kind p alone is derivable exactly when p's column is outside the span of the real atoms'
+    columns (some combination of the cells is 0 on every atom and 1 on p). The decision is the one the real
+    check would take if that patient were there, so an empty set and a set of a few are refused alike. For
+    the analyst's view only (an insider's view of hypothetical patients is not decided here)."""
+    if not kinds_new.shape[1]:
+        return None
+    after = np.vstack([before, new]) if len(before) else new
+    kinds = np.vstack([kinds_before, kinds_new]) if len(kinds_before) else kinds_new
+    used = np.asarray(after.any(axis=0), dtype=bool)
+    now = _outside(after[:, used].astype(float), kinds.astype(float))
+    if not now.any():
+        return None
+    was = (_outside(before[:, used].astype(float), kinds_before.astype(float)) if len(before)
+           else np.zeros(kinds.shape[1], dtype=bool))
+    if (now & ~was).any():
+        return SpanLeak(units=1.0, insider=None, what="a hypothetical patient")
+    return None
+
+
+def _outside(a: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """For each column of `p`: whether it lies outside the column space of `a` (rows x columns)."""
+    if not p.shape[0]:
+        return np.zeros(p.shape[1], dtype=bool)
+    if not a.shape[1]:
+        return np.asarray(np.abs(p).max(axis=0) > TOL)
+    basis = _row_basis(a.T)  # orthonormal rows spanning the columns of a
+    if basis is None:
+        return np.ones(p.shape[1], dtype=bool)  # undecided: refuse rather than release
+    residual = p - basis.T @ (basis @ p)
+    return np.asarray(np.abs(residual).max(axis=0) > 1e-6)

@@ -17,7 +17,8 @@ import json
 import math
 from dataclasses import dataclass
 
-from federation.query.columns import CONTINUOUS, MISSING, dictionary_levels, holds, may_be_empty, unit_columns
+from federation.query.columns import CONTINUOUS, MISSING, declared_levels, holds, may_be_empty, unit_columns
+from federation.query.policy import QueryPolicy
 
 OTHER = "(any other value)"
 
@@ -38,7 +39,8 @@ class CellDef:
 Box = dict[str, frozenset[object]]
 
 
-def is_disjoint_union(study_id: str, table: str, whole: CellDef, x: CellDef, y: CellDef) -> bool:
+def is_disjoint_union(study_id: str, table: str, whole: CellDef, x: CellDef, y: CellDef,
+                      policy: QueryPolicy | None = None) -> bool:
     """True only when `whole` is `x` and `y`, with nothing in both, by definition (for every possible data)."""
     cells = (whole, x, y)
     version: dict[str, int] = {}
@@ -48,7 +50,7 @@ def is_disjoint_union(study_id: str, table: str, whole: CellDef, x: CellDef, y: 
                 continue
             if version.setdefault(site, v) != v:
                 return False  # two versions of one site: which rows they share is a fact about the data
-    boxes = _boxes(study_id, table, cells)
+    boxes = _boxes(study_id, table, cells, policy)
     if boxes is None:
         return False
     bw, bx, by = boxes
@@ -64,7 +66,8 @@ def _size(box: Box) -> int:
     return math.prod(len(v) for v in box.values())
 
 
-def _boxes(study_id: str, table: str, cells: tuple[CellDef, ...]) -> list[Box] | None:
+def _boxes(study_id: str, table: str, cells: tuple[CellDef, ...], policy: QueryPolicy | None = None
+           ) -> list[Box] | None:
     types = unit_columns(study_id, table)
     parsed: list[tuple[list[dict[str, object]], set[str]]] = []
     for c in cells:
@@ -89,7 +92,9 @@ def _boxes(study_id: str, table: str, cells: tuple[CellDef, ...]) -> list[Box] |
             empty = [MISSING] if may_be_empty(study_id, table, col) else []
             domains[col] = [*range(len(cuts) + 1), *empty]  # interval i is [cuts[i-1], cuts[i])
         else:
-            levels = dictionary_levels(study_id, table, col)
+            # the policy's groups where it narrows a column: a value outside them makes a site take no
+            # part in results grouped by it (`SiteGroupLevelsGuard`)
+            levels = declared_levels(policy, study_id, table, col)
             if levels is None:
                 mentioned = {_key(f["value"]) for filters, _ in parsed for f in filters if f["column"] == col}
                 levels = [*mentioned, OTHER, MISSING]
@@ -139,7 +144,8 @@ def _allowed(continuous: bool, domain: list[object], f: dict[str, object],
 MAX_PHANTOMS = 2048  # kinds of hypothetical patient in one empty hidden cell (beyond: not checked)
 
 
-def phantoms(study_id: str, table: str, hidden: CellDef, rows: list[CellDef]) -> list[tuple[str, list[bool]]] | None:
+def phantoms(study_id: str, table: str, hidden: CellDef, rows: list[CellDef], policy: QueryPolicy | None = None
+             ) -> list[tuple[str, list[bool]]] | None:
     """Every kind of patient the empty cell `hidden` could hold, by definition: a site and, for each cell of
     `rows`, whether such a patient would be in it (distinct kinds only). An empty hidden cell has no row in
     the data, so whether the released cells pin it down cannot be read from the data's atoms (there, the
@@ -152,7 +158,7 @@ def phantoms(study_id: str, table: str, hidden: CellDef, rows: list[CellDef]) ->
         for site, v in c.versions:
             if site in hidden.sites() and version.get(site, v) != v:
                 return None
-    boxes = _boxes(study_id, table, cells)
+    boxes = _boxes(study_id, table, cells, policy)
     if boxes is None:
         return None
     mine, others = boxes[0], boxes[1:]
