@@ -618,3 +618,38 @@ def test_an_earlier_count_minus_two_groups_of_a_new_mean_does_not_give_a_patient
     assert total(run_local(first, fresh_audit, "mallory")) >= 5
     r = run_local(second, fresh_audit, "eve")
     assert r.status == "refused" and "three cells, of this result and earlier ones, add up" in r.reason
+
+
+def test_a_total_and_three_of_its_four_groups_do_not_give_a_patient(fresh_audit: Settings) -> None:
+    """Sixth red team, B1 and B3: the mean age by arm of site-a's patients at stages II-V in arms DD4A, EE4A and
+    M, then their mean without the arm filter: the total minus the three groups is the NR patient (n and
+    n x mean give their age). Four cells (no triple), filters on different columns (no family by columns),
+    nothing hidden (no focus). The same with plain counts, the total asked last. Filter families by rows
+    hold them together."""
+    (age,), = pooled(fresh_audit, f"SELECT {AGE} FROM unit_patients WHERE site_id = 'site-a' AND arm = 'NR' "
+                                  "AND stage <> 'I'")
+    stages = Filter(column="stage", op="in", value=["II", "III", "IV", "V"])
+    groups = Query(study_id=STUDY, sites=["site-a"], statistic="sum", column=AGE, group_by=["arm"],
+                   filters=[stages, Filter(column="arm", op="in", value=["DD4A", "EE4A", "M"])])
+    whole = Query(study_id=STUDY, sites=["site-a"], statistic="sum", column=AGE, filters=[stages])
+
+    def n_and_sum(r: Any) -> tuple[int, float]:
+        assert r.status == "released", r.reason
+        cells = [row["combined"] for row in r.payload["rows"]]
+        return sum(c["n"] for c in cells), sum(c["sum"] for c in cells)
+
+    with switched_off("differencing"):
+        unguarded = elsewhere(fresh_audit, "unguarded.jsonl")
+        (n3, s3), (n, s) = n_and_sum(run_local(groups, unguarded, "eve")), n_and_sum(run_local(whole, unguarded, "m"))
+    assert n - n3 == 1 and s - s3 == pytest.approx(age, abs=1e-6)  # the attack
+    assert run_local(groups, fresh_audit, "eve").status == "released"
+    r = run_local(whole, fresh_audit, "mallory")
+    assert r.status == "refused" and "possibly none" in r.reason
+
+    # B3: three counts by arm, the total last
+    again = elsewhere(fresh_audit, "b3.jsonl")
+    for arm in ("DD4A", "EE4A", "M"):
+        assert run_local(Query(study_id=STUDY, sites=["site-a"], filters=[stages, Filter(column="arm", op="==",
+                                                                                           value=arm)]),
+                         again, "eve").status == "released"
+    assert run_local(Query(study_id=STUDY, sites=["site-a"], filters=[stages]), again, "mallory").status == "refused"

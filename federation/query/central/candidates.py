@@ -362,6 +362,54 @@ def filter_families(new: Footprint, earlier: list[Footprint]) -> list[tuple[int,
     return groups
 
 
+_ROWS: dict[str, dict[str, tuple[int, int]]] = {}
+
+
+def _rows_of(key: str, sizes: Sizes) -> dict[str, tuple[int, int]]:
+    """A result's rows at each site: (units, sketch bits) of the union of its cells (they cover its subset)."""
+    got = _ROWS.get(key)
+    if got is None:
+        got = {}
+        for site, cells in sizes.items():
+            units, bits = 0, 0
+            for _, n, sketch in cells:
+                units += int(n)
+                bits |= int(sketch, 16)
+            got[site] = (units, bits)
+        if len(_ROWS) > 200_000:
+            _ROWS.clear()
+        _ROWS[key] = got
+    return got
+
+
+def row_family(new: Footprint, new_sizes: Sizes, earlier: list[Footprint], earlier_sizes: list[Sizes]
+               ) -> list[tuple[int, list[int]]]:
+    """A filter family by rows, not by column names: the earlier whole results whose rows lie inside the new
+    result's, or hold them, at every site they share (sizes and sketches), the closest first (the fewest
+    rows between them), up to FAMILY_SPAN. The sixth red team's B1 and B3: everyone in S at site-a and the
+    groups of S in three of four arms (a filter on arm too), in either order, four cells no family by
+    columns held together, and no triple."""
+    mine = _rows_of(new.key(), new_sizes)
+    scored: list[tuple[int, int]] = []
+    for i, (fp, sizes) in enumerate(zip(earlier, earlier_sizes, strict=True)):
+        if fp.split() or fp.study_id != new.study_id or fp.table != new.table:
+            continue
+        theirs = _rows_of(fp.key(), sizes)
+        shared = set(mine) & set(theirs)
+        if not shared:
+            continue
+        gap, inside, holds = 0, True, True
+        for site in shared:
+            (n, bits), (m, other) = mine[site], theirs[site]
+            inside &= m <= n and other & ~bits == 0
+            holds &= n <= m and bits & ~other == 0
+            gap += abs(n - m)
+        if inside or holds:
+            scored.append((gap, -i))
+    members = sorted(-i for _, i in sorted(scored)[:FAMILY_SPAN])
+    return [(-2, members)] if members else []
+
+
 @lru_cache(maxsize=200_000)
 def _part_cuts(subset: str) -> tuple[frozenset[str], frozenset[tuple[str, float]]]:
     """A part's own filter columns (the query's) and its split's thresholds as whole-day cut points."""

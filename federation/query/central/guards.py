@@ -22,6 +22,7 @@ from federation.query.central.candidates import (
     hidden_linked,
     nested_near,
     related,
+    row_family,
     triple_near,
 )
 from federation.query.central.differencing import EmptyCombinationGuard, Vectors
@@ -331,6 +332,7 @@ def find_candidates(ctx: Context, news: list[Footprint], news_sizes: list[Sizes]
         if aligned:
             of_new = next((around for focus, around in groups if focus == -2), [])
             groups = [g for g in groups if g[0] != -2] + [(-2, sorted(set(of_new) | set(aligned)))]
+        groups += row_family(news[0], news_sizes[0], footprints, earlier_sizes)
     grouped = {i for focus, members in groups for i in [focus, *members] if i >= 0}
     ctx.result.checked = {"earlier_footprints": len(earlier), "nested_near": len(near), "related": len(members),
                           "triple_near": len(triples), "hidden_linked": len(groups)}
