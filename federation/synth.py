@@ -507,7 +507,9 @@ def synthesize(out: Path, n_sites: int, study_id: str, patients: int, as_of: dt.
     """Write exports of `n_sites` sites to `out/<site>/<study>/`, site configs to `out/sites/`,
     and the answer file `out/answers.json` listing every injected error."""
     study = load_registry().study(study_id)
-    sites = site_configs(n_sites, [study_id])
+    # synthetic sites take part in every study of the registry, as the example sites in infra/sites do (a
+    # study a site is not enrolled in is refused by validate, upload and the pipeline)
+    sites = site_configs(n_sites, [s.study_id for s in load_registry().studies])
     (out / "sites").mkdir(parents=True, exist_ok=True)
     written = []
     for i, site in enumerate(sites):

@@ -19,6 +19,7 @@ Status = Literal["valid", "invalid", "unusable"]
 EXIT_CODES: dict[str, int] = {"valid": 0, "invalid": 1, "unusable": 2}
 CSV_CAP = 10_000
 HTML_EXAMPLES_PER_RULE = 5
+SUMMARY_RULES_PER_FILE = 5  # kinds of problem the terminal summary shows per file
 
 
 @dataclass
@@ -28,9 +29,15 @@ class TableSummary:
     rows: int
     errors: int = 0
     warnings: int = 0
+    readable: bool = True  # False: the file itself could not be read (see the report's unusable findings)
+    checked: bool = True  # False: the rules did not run (another file could not be read), so no verdict
 
     @property
     def status(self) -> str:
+        if not self.readable:
+            return "unreadable"
+        if not self.checked:
+            return "not checked"
         return "fail" if self.errors else "pass"
 
 
@@ -109,23 +116,30 @@ class Report:
     def summary_text(self) -> str:
         lines = [f"{self.site_id} / {self.study_id} (dictionary v{self.schema_version}): {self.status.upper()}"]
         for t in self.tables:
-            lines.append(f"  {t.file:<22} {t.rows:>9,} rows  {t.status.upper():<4}  "
-                         f"{t.errors:,} errors, {t.warnings:,} warnings")
+            counts = (f"{t.errors:,} errors, {t.warnings:,} warnings" if t.readable and t.checked else
+                      "rules not run: another file could not be read" if t.readable else "could not be read")
+            lines.append(f"  {t.file:<22} {t.rows:>9,} rows  {t.status.upper():<11}  {counts}")
         for f in self.unusable:
             lines.append(f"  UNUSABLE {f.file}: {f.message}")
             if f.hint:
                 lines.append(f"    -> {f.hint}")
-        shown = 0
+        # every file's most frequent problems, so that a small file's few are not hidden by a big file's many
+        by_file: dict[str, list[tuple[str, str, int]]] = {}
         for file, rule, msg, n in self.rule_counts():
-            if any(u.rule == rule and u.file == file for u in self.unusable):
-                continue
-            if shown == 0:
-                lines.append("  problems (most frequent first):")
-            if shown >= 12:
-                lines.append("    ... see the report for all rules")
-                break
-            lines.append(f"    {n:>7,} x {file}: {msg} [{rule}]")
-            shown += 1
+            if not any(u.rule == rule and u.file == file for u in self.unusable):
+                by_file.setdefault(file, []).append((rule, msg, n))
+        for file in sorted(by_file):
+            rules = by_file[file]
+            lines.append(f"  {file or 'the export folder'}:")
+            for rule, msg, n in rules[:SUMMARY_RULES_PER_FILE]:
+                example = next((f for f in self.findings if f.file == file and f.rule == rule and f.message == msg
+                                and f.line), None)
+                where = (f" (e.g. line {example.line}, {example.column} = {example.value!r})"
+                         if example is not None and example.value is not None else "")
+                lines.append(f"    {n:>7,} x {msg}{where} [{rule}]")
+            if len(rules) > SUMMARY_RULES_PER_FILE:
+                lines.append(f"    ... and {len(rules) - SUMMARY_RULES_PER_FILE} more kinds of problem in {file}: "
+                             "see the report")
         return "\n".join(lines)
 
     def write(self, folder: Path) -> dict[str, Path]:
@@ -170,8 +184,10 @@ class Report:
             "<h2>Tables</h2><table><tr><th>file</th><th>rows</th><th>result</th><th>errors</th><th>warnings</th></tr>",
         ]
         for t in self.tables:
-            parts.append(f"<tr><td>{e(t.file)}</td><td>{t.rows:,}</td><td class='{t.status}'>{t.status.upper()}</td>"
-                         f"<td>{t.errors:,}</td><td>{t.warnings:,}</td></tr>")
+            counted = t.readable and t.checked  # no counts where the rules did not run
+            parts.append(f"<tr><td>{e(t.file)}</td><td>{t.rows:,}</td><td class='{t.status.replace(' ', '-')}'>"
+                         f"{t.status.upper()}</td><td>{f'{t.errors:,}' if counted else '-'}</td>"
+                         f"<td>{f'{t.warnings:,}' if counted else '-'}</td></tr>")
         parts.append("</table>")
         if self.unusable:
             parts.append("<h2>Files that could not be read</h2><ul>")

@@ -24,6 +24,7 @@ import pyarrow as pa
 from federation.config import SiteConfig
 from federation.exceptions import UnusableInputError
 from federation.schema import Dictionary, Study, load_dictionary, load_registry
+from federation.validation.explain import Context, explain
 from federation.validation.findings import Finding
 from federation.validation.reader import (
     DEFAULT_MAX_FILE_BYTES,
@@ -66,6 +67,17 @@ def validate_export(request: ValidationRequest, progress: ProgressFn = _no_progr
     report = Report(site_id=request.site.site_id, study_id=study.study_id,
                     schema_version=dictionary.schema_version, path=str(request.path),
                     upload_date=request.upload_date.isoformat())
+    if study.study_id not in request.site.studies:  # the same check for validate, upload and the pipeline
+        enrolled = ", ".join(request.site.studies) or "none"
+        report.unusable.append(Finding(
+            severity="error", rule="study_enrolment", table="", file=str(request.path),
+            message=f"{request.site.site_id} is not enrolled in study {study.study_id} (its site configuration "
+                    f"lists: {enrolled}); nothing was checked",
+            hint=f"check the study id; if {request.site.site_id} has joined {study.study_id}, ask the data team to "
+                 "add it to the site configuration's studies",
+        ))
+        report.finish(time.perf_counter() - started)
+        return report
     if not request.path.is_dir():
         report.unusable.append(Finding(
             severity="error", rule="export_folder", table="", file=str(request.path),
@@ -112,6 +124,7 @@ def validate_export(request: ValidationRequest, progress: ProgressFn = _no_progr
         except UnusableInputError as exc:
             report.unusable.append(Finding(severity="error", rule="unusable_file", table=table,
                                            file=exc.file or found.name, message=str(exc), hint=exc.hint))
+            report.tables.append(TableSummary(table=table, file=found.name, rows=0, readable=False, checked=False))
             continue
         sources[table] = src
         report.findings.extend(src.findings)
@@ -119,8 +132,9 @@ def validate_export(request: ValidationRequest, progress: ProgressFn = _no_progr
     if not report.unusable:
         _run_suites(dictionary, study, request, sources, report, progress)
     for table, src in sources.items():
-        if src.present:
-            report.tables.append(TableSummary(table=table, file=src.file, rows=src.rows))
+        if src.present:  # no verdict on a file whose rules did not run because another could not be read
+            report.tables.append(TableSummary(table=table, file=src.file, rows=src.rows, checked=not report.unusable))
+    report.tables.sort(key=lambda t: wanted.index(t.table) if t.table in wanted else len(wanted))
     if keep_sources:
         report.sources = {t: s for t, s in sources.items() if s.present}
     report.finish(time.perf_counter() - started)
@@ -176,6 +190,8 @@ def _run_suites(dictionary: Dictionary, study: Study, request: ValidationRequest
     context.variables.progress_bars = {"globally": False, "metric_calculations": False}  # type: ignore[assignment]
     asset = context.data_sources.add_pandas("export").add_dataframe_asset("table")
     batch_def = asset.add_batch_definition_whole_dataframe("whole")
+    wording = Context(conventions=request.site.conventions, site_id=request.site.site_id, study_id=study.study_id,
+                      upload_date=request.upload_date)
     params = {"site_id": [request.site.site_id],
               "upload_date": float((pd.Timestamp(request.upload_date) - pd.Timestamp("1970-01-01")).days)}
     for table, src in sources.items():
@@ -189,10 +205,11 @@ def _run_suites(dictionary: Dictionary, study: Study, request: ValidationRequest
         result = batch.validate(suite, expectation_parameters=params,
                                 result_format={"result_format": "COMPLETE",
                                                "unexpected_index_column_names": [LINE]})
-        report.findings.extend(_findings_from(result, src, sources))
+        report.findings.extend(_findings_from(result, src, sources, wording))
 
 
-def _findings_from(result: Any, src: SourceTable, sources: dict[str, SourceTable]) -> list[Finding]:
+def _findings_from(result: Any, src: SourceTable, sources: dict[str, SourceTable],
+                   wording: Context | None = None) -> list[Finding]:
     out: list[Finding] = []
     for res in result.results:
         if res.success:
@@ -211,9 +228,10 @@ def _findings_from(result: Any, src: SourceTable, sources: dict[str, SourceTable
                                hint=meta["hint"]))
             continue
         if raised:
-            # A column the expectation needs is missing; that is reported by expect_column_to_exist.
+            # A column the expectation needs is missing; that is reported by expect_column_to_exist. Anything
+            # else is said in one line (never the library's traceback)
             if column in src.frame.columns:
-                log.warning("expectation %s on %s raised: %s", meta.get("rule"), src.table, exc)
+                log.warning("rule %s on %s could not run: %s", meta.get("rule"), src.file, _one_line(exc))
             continue
         rows = res.result.get("unexpected_index_list") or []
         # A typed cell that holds a value which is not of its type is empty after conversion; the
@@ -225,13 +243,25 @@ def _findings_from(result: Any, src: SourceTable, sources: dict[str, SourceTable
             raw_value = src.raw_value(line, column)
             if presence_check and raw_value is not None and raw_value.strip():
                 continue
-            detail = _detail(meta, row, sources)
+            message, detail = meta["message"], _detail(meta, row, sources)
+            if wording is not None and not detail:
+                message, detail = explain(meta["rule"], column, raw_value, message, {**meta, "table": src.table},
+                                          wording)
             out.append(Finding(
                 severity="error", rule=meta["rule"], table=src.table, file=src.file, line=line, column=local,
-                value=raw_value, dictionary_column=column, message=meta["message"], hint=meta["hint"],
-                detail=detail,
+                value=raw_value, dictionary_column=column, message=message, hint=meta["hint"], detail=detail,
             ))
     return out
+
+
+def _one_line(exc: dict[str, Any]) -> str:
+    """The cause of an expectation that raised, as one line (GX keeps the traceback beside it)."""
+    infos = [exc] if "raised_exception" in exc else [v for v in exc.values() if isinstance(v, dict)]
+    for info in infos:
+        text = str(info.get("exception_message") or "").strip()
+        if text:
+            return text.splitlines()[0][:200]
+    return "unknown cause"
 
 
 def _detail(meta: dict[str, Any], row: dict[str, Any], sources: dict[str, SourceTable]) -> str:

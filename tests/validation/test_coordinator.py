@@ -79,3 +79,110 @@ def test_a_utf8_file_at_a_cp1252_site_is_an_encoding_problem(french: Path, site_
     assert "UTF-8" in problem.message and "cp1252" in problem.message and "dÃ©cÃ©dÃ©" in problem.message
     assert "utf-8" in problem.hint
     assert not [f for f in report.findings if f.rule.startswith("code")]  # no flood of unknown codes
+
+
+@pytest.fixture()
+def site_a(clean_exports: Path) -> SiteConfig:
+    return SiteConfig.from_yaml(clean_exports / "sites" / "site-a.yaml")
+
+
+@pytest.fixture()
+def plain(clean_exports: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "plain"
+    shutil.copytree(clean_exports / "site-a" / STUDY, folder)
+    return folder
+
+
+def _set(path: Path, column: str, values: dict[int, str], delimiter: str = ",", encoding: str = "utf-8") -> None:
+    """Write `values` (data row index -> value) into `column` of a CSV export file."""
+    lines = path.read_text(encoding=encoding).splitlines()
+    at = lines[0].split(delimiter).index(column)
+    for i, value in values.items():
+        fields = lines[i + 1].split(delimiter)
+        fields[at] = value
+        lines[i + 1] = delimiter.join(fields)
+    path.write_text("\n".join(lines) + "\n", encoding=encoding)
+
+
+def test_a_bad_date_says_the_declared_format_with_an_example_and_what_is_wrong(plain: Path, site_a: SiteConfig
+                                                                                ) -> None:
+    """Three hand-typed birth dates at a YYYY-MM-DD site: a month 13, a 29 February of a common year, and a
+    date written the European way. Each is reported with the declared format, an example, and why."""
+    _set(plain / "patients.csv", "birth_date", {0: "2021-13-01", 1: "2019-02-29", 2: "14/03/2019"})
+    report = validate_folder(plain, site_a)
+    dates = {f.value: f for f in report.findings if f.rule == "type_date"}
+    assert set(dates) == {"2021-13-01", "2019-02-29", "14/03/2019"}
+    assert all("declared format YYYY-MM-DD (e.g. 2019-03-14)" in f.message for f in dates.values())
+    assert "no month 13" in dates["2021-13-01"].detail
+    assert "2019 is not a leap year" in dates["2019-02-29"].detail
+    assert "written like DD/MM/YYYY" in dates["14/03/2019"].detail
+
+
+def test_every_failing_cell_has_a_detail_and_a_wrong_site_id_names_the_expected_one(
+        plain: Path, site_a: SiteConfig, tmp_path: Path) -> None:
+    _set(plain / "patients.csv", "site_id", {0: "site-b"})
+    _set(plain / "patients.csv", "sex", {1: "X"})
+    _set(plain / "patients.csv", "birth_date", {2: "2019-02-30"})
+    report = validate_folder(plain, site_a)
+    (wrong,) = [f for f in report.findings if f.rule == "site_id"]
+    assert "(site-a)" in wrong.message and wrong.detail == "expected site-a"
+    report.write(tmp_path / "report")
+    import csv
+    with (tmp_path / "report" / "failures.csv").open(encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and all(r["detail"] for r in rows if r["severity"] == "error"), rows
+
+
+def test_files_not_checked_because_another_is_unreadable_are_not_shown_as_passing(plain: Path, site_a: SiteConfig
+                                                                                   ) -> None:
+    """diagnoses.csv saved with ';' at a ',' site cannot be read; patients.csv holds a bad date but was never
+    validated: it must say NOT CHECKED, not PASS with 0 errors."""
+    path = plain / "diagnoses.csv"
+    path.write_text(path.read_text(encoding="utf-8").replace(",", ";"), encoding="utf-8")
+    _set(plain / "patients.csv", "birth_date", {0: "2021-13-01"})
+    report = validate_folder(plain, site_a)
+    assert report.exit_code == 2
+    status = {t.file: t.status for t in report.tables}
+    assert status["diagnoses.csv"] == "unreadable"
+    assert status["patients.csv"] == "not checked" and "pass" not in status.values()
+    text = report.summary_text()
+    assert "PASS" not in text and "NOT CHECKED" in text and "rules not run" in text
+
+
+def test_the_summary_shows_every_files_problems(plain: Path, site_a: SiteConfig) -> None:
+    """Many problems in one file do not push another file's one problem out of the terminal summary."""
+    _set(plain / "patients.csv", "birth_date", {0: "2021-13-01"})
+    n = len((plain / "adverse_events.csv").read_text(encoding="utf-8").splitlines()) - 1
+    _set(plain / "adverse_events.csv", "grade", {i: "9" for i in range(min(n, 40))})
+    _set(plain / "adverse_events.csv", "serious", {i: "maybe" for i in range(min(n, 40))})
+    report = validate_folder(plain, site_a)
+    text = report.summary_text()
+    for file in {f.file for f in report.findings if f.severity == "error"}:
+        assert f"  {file}:" in text
+    assert "2021-13-01" in text  # the one bad date, with its value and line
+
+
+def test_a_study_the_site_is_not_enrolled_in_is_refused(plain: Path, site_a: SiteConfig) -> None:
+    not_enrolled = site_a.model_copy(update={"studies": ["PONC-NB-02"]})
+    report = validate_folder(plain, not_enrolled)
+    assert report.exit_code == 2
+    (problem,) = report.unusable
+    assert "not enrolled in study PONC-WT-01" in problem.message and "PONC-NB-02" in problem.message
+
+
+def test_no_library_traceback_reaches_the_terminal(plain: Path, clean_exports: Path, tmp_path: Path) -> None:
+    """A required column the cross-table rules need is missing (birth_date): one finding says so; the rules
+    that cannot run say their cause in one line, never a Great Expectations traceback."""
+    import subprocess
+    import sys
+
+    lines = (plain / "patients.csv").read_text(encoding="utf-8").splitlines()
+    at = lines[0].split(",").index("birth_date")
+    (plain / "patients.csv").write_text("\n".join(",".join(f for i, f in enumerate(line.split(",")) if i != at)
+                                                  for line in lines) + "\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "federation.cli", "validate", str(plain), "--site",
+                           str(clean_exports / "sites" / "site-a.yaml"), "--study", STUDY, "--report-dir",
+                           str(tmp_path / "r")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "required column birth_date is missing" in done.stdout
