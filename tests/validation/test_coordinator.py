@@ -15,16 +15,24 @@ from tests.validation.helpers import validate_folder
 STUDY = "PONC-WT-01"
 
 
+def _site(clean_exports: Path, site: str) -> SiteConfig:
+    return SiteConfig.from_yaml(clean_exports / "sites" / f"{site}.yaml")
+
+
+def _copy(clean_exports: Path, site: str, to: Path) -> Path:
+    shutil.copytree(clean_exports / site / STUDY, to)
+    return to
+
+
 @pytest.fixture()
 def site_b(clean_exports: Path) -> SiteConfig:
-    return SiteConfig.from_yaml(clean_exports / "sites" / "site-b.yaml")
+    return _site(clean_exports, "site-b")
 
 
 @pytest.fixture()
 def french(clean_exports: Path, tmp_path: Path) -> Path:
-    folder = tmp_path / "export"
-    shutil.copytree(clean_exports / "site-b" / STUDY, folder)
-    return folder
+    """site-b's export: `;`, cp1252, DD/MM/YYYY, its own codes."""
+    return _copy(clean_exports, "site-b", tmp_path / "export")
 
 
 def _lines(path: Path) -> list[str]:
@@ -83,14 +91,13 @@ def test_a_utf8_file_at_a_cp1252_site_is_an_encoding_problem(french: Path, site_
 
 @pytest.fixture()
 def site_a(clean_exports: Path) -> SiteConfig:
-    return SiteConfig.from_yaml(clean_exports / "sites" / "site-a.yaml")
+    return _site(clean_exports, "site-a")
 
 
 @pytest.fixture()
 def plain(clean_exports: Path, tmp_path: Path) -> Path:
-    folder = tmp_path / "plain"
-    shutil.copytree(clean_exports / "site-a" / STUDY, folder)
-    return folder
+    """site-a's export: `,`, UTF-8, YYYY-MM-DD."""
+    return _copy(clean_exports, "site-a", tmp_path / "plain")
 
 
 def _set(path: Path, column: str, values: dict[int, str], delimiter: str = ",", encoding: str = "utf-8") -> None:

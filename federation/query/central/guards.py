@@ -233,27 +233,20 @@ class SpanGroup:
         return cls(members=members, before=before.matrix.toarray() > 0.5, targets=targets,
                    before_defs=space.cell_defs(before) if empty or universe else [], empty=empty, universe=universe)
 
-    def phantom_kinds(self, space: AtomSpace, shown_defs: list[CellDef]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def phantom_kinds(self, space: AtomSpace, shown_defs: list[CellDef]) -> tuple[np.ndarray, np.ndarray]:
         """Hypothetical patients for the span check (`span.phantom_leak`): each kind a hidden cell that holds no
-        row could hold by definition, and, in a filter family, each kind of patient its cells tell apart that
-        no patient is of (`structure.phantoms`); as (cells of `before` x kinds, shown cells x kinds, the site
-        index of each kind). Kinds the cells do not tell apart from patients who are there are left out."""
-        n_before, n_shown = len(self.before_defs), len(shown_defs)
-        none = (np.zeros((len(self.before), 0), dtype=bool), np.zeros((n_shown, 0), dtype=bool),
-                np.zeros(0, dtype=np.int64))
-        if not self.empty and self.universe is None:
-            return none
+        row could hold by definition, and, in a filter family, each kind of patient its cells tell apart
+        (`structure.phantoms`); as (cells of `before` x kinds, shown cells x kinds): whether such a patient
+        would be in each cell."""
+        n_before = len(self.before_defs)
+        kinds: dict[tuple[bool, ...], None] = {}
         fp = space.footprints[0]
         rows = [*self.before_defs, *shown_defs]
-        kinds: dict[tuple[str, tuple[bool, ...]], None] = {}
         for cell in [*self.empty, *([self.universe] if self.universe else [])]:
-            for site, inside in phantoms(fp.study_id, fp.table, cell, rows, space.policy) or []:
-                kinds.setdefault((site, tuple(inside)), None)
-        if not kinds:
-            return none
-        member = np.asarray([m for _, m in kinds], dtype=bool).T.reshape(len(rows), len(kinds))
-        return (member[:n_before], member[n_before:],
-                np.asarray([space.sites.index(k) if k in space.sites else -1 for k, _ in kinds], dtype=np.int64))
+            for _, inside in phantoms(fp.study_id, fp.table, cell, rows, space.policy) or []:
+                kinds.setdefault(tuple(inside), None)
+        member = np.asarray(list(kinds), dtype=bool).T.reshape(len(rows), len(kinds))
+        return member[:n_before], member[n_before:]
 
 
 def leak_of(space: AtomSpace, mine: Vectors, n_new: int, whole: Vectors, pool: Vectors, groups: list[SpanGroup],
@@ -274,8 +267,7 @@ def leak_of(space: AtomSpace, mine: Vectors, n_new: int, whole: Vectors, pool: V
     for group in groups:
         found = new_leak(group.before, shown, group.targets, space.weight, space.site_of, space.sites, k)
         if found is None and (group.empty or group.universe):
-            kinds_before, kinds_new, _ = group.phantom_kinds(space, shown_defs)
-            found = phantom_leak(group.before, shown, kinds_before, kinds_new)
+            found = phantom_leak(group.before, shown, *group.phantom_kinds(space, shown_defs))
         if found is not None:
             who = "" if found.insider is None else f" for an insider at {found.insider}"
             return (f"together they pin down a hidden cell, or a set of patients no single cell shows, of fewer "
