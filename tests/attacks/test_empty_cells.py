@@ -8,6 +8,7 @@ refusal, nothing small released)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -207,3 +208,40 @@ def test_four_counts_that_come_to_nobody_are_refused_like_four_that_come_to_one(
         assert family(sex, elsewhere(fresh_audit, "o2.jsonl"))[0] == "refused"  # ... against one
     none, one = family(other, elsewhere(fresh_audit, "a.jsonl")), family(sex, elsewhere(fresh_audit, "b.jsonl"))
     assert none == one and none[0] == "refused" and "possibly none" in none[1]
+
+
+def test_a_site_with_values_outside_the_policys_groups_takes_no_part(fresh_audit: Settings, tmp_path: Any) -> None:
+    """Where the policy offers fewer groups than the dictionary declares (here sex M and F only), a site whose
+    data holds another value takes no part in results grouped by that column, decided on its whole table.
+    Without that, the result depends on whether the query's subset holds such a row: the service refuses a
+    value outside its list (a safety net for unvalidated data), so counts by sex of site-b's arms told which
+    arm its patients of unknown sex are in."""
+    import yaml
+
+    policy = yaml.safe_load(Path(fresh_audit.query_policy).read_text(encoding="utf-8"))
+    policy.setdefault("group_levels", {}).setdefault("default", {})["sex"] = ["M", "F"]
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy), encoding="utf-8")
+    narrowed = fresh_audit.model_copy(update={"query_policy": path})
+    with_u = {a for (a,) in pooled(fresh_audit, "SELECT DISTINCT arm FROM unit_patients WHERE site_id = 'site-b' "
+                                                "AND sex = 'U'")}
+    arms = {a for (a,) in pooled(fresh_audit, "SELECT DISTINCT arm FROM unit_patients WHERE site_id = 'site-b'")}
+    assert with_u and arms - with_u
+
+    def by_arm(settings: Settings) -> dict[str, str]:
+        return {arm: run_local(Query(study_id=STUDY, group_by=["sex"], sites=["site-b"],
+                                     filters=[Filter(column="arm", op="==", value=arm)]), settings, "m").status
+                for arm in sorted(arms)}
+
+    with switched_off("site_group_levels"):
+        seen = by_arm(narrowed.model_copy(update={"audit_log": tmp_path / "o.jsonl"}))
+    assert {a for a, status in seen.items() if status == "refused"} == with_u  # the attack: refusal = a U there
+    assert set(by_arm(narrowed.model_copy(update={"audit_log": tmp_path / "a.jsonl"})).values()) == {"refused"}
+
+    unknown = dict(pooled(fresh_audit, "SELECT site_id, count(*) FILTER (WHERE sex = 'U') FROM unit_patients "
+                                       "GROUP BY 1"))
+    r = run_local(Query(study_id=STUDY, group_by=["sex"]), narrowed, "ana")
+    assert r.status == "released", r.reason
+    assert set(r.sites) == {s for s, n in unknown.items() if n == 0}
+    assert set(r.excluded) == {s for s, n in unknown.items() if n > 0}
+    assert all("outside the groups the query policy offers" in why for why in r.excluded.values())
