@@ -82,15 +82,19 @@ def _boxes(study_id: str, table: str, cells: tuple[CellDef, ...], policy: QueryP
     all_exists = sorted(set().union(*(e for _, e in parsed)))
     all_sites = frozenset().union(*(c.sites() for c in cells))
     domains: dict[str, list[object]] = {}
+    cuts: dict[str, list[float]] = {}  # a continuous column's thresholds, as the cells use them
     for col in columns:
         kind = types.get(col)
         if kind is None:
             return None
         if kind in CONTINUOUS:
-            cuts = sorted({float(f["value"]) for filters, _ in parsed for f in filters  # type: ignore[arg-type]
-                           if f["column"] == col})
+            try:
+                cuts[col] = sorted({float(f["value"]) for filters, _ in parsed for f in filters  # type: ignore[arg-type]
+                                    if f["column"] == col})
+            except (TypeError, ValueError):
+                return None  # not a threshold (only with the cut-point guard off): nothing is claimed
             empty = [MISSING] if may_be_empty(study_id, table, col) else []
-            domains[col] = [*range(len(cuts) + 1), *empty]  # interval i is [cuts[i-1], cuts[i])
+            domains[col] = [*range(len(cuts[col]) + 1), *empty]  # interval i is [cuts[i-1], cuts[i])
         else:
             # the policy's groups where it narrows a column: a value outside them makes a site take no
             # part in results grouped by it (`SiteGroupLevelsGuard`)
@@ -106,7 +110,7 @@ def _boxes(study_id: str, table: str, cells: tuple[CellDef, ...], policy: QueryP
         box.update({e: frozenset([True]) if e in exists else frozenset([True, False]) for e in all_exists})
         for f in filters:
             col = str(f["column"])
-            allowed = _allowed(types[col] in CONTINUOUS, domains[col], f, parsed, col)
+            allowed = _allowed(cuts.get(col), domains[col], f)
             if allowed is None:
                 return None
             box[col] = box[col] & allowed
@@ -118,14 +122,11 @@ def _key(v: object) -> object:
     return json.dumps(v, sort_keys=True) if isinstance(v, list | dict) else v
 
 
-def _allowed(continuous: bool, domain: list[object], f: dict[str, object],
-             parsed: list[tuple[list[dict[str, object]], set[str]]], col: str) -> frozenset[object] | None:
+def _allowed(cuts: list[float] | None, domain: list[object], f: dict[str, object]) -> frozenset[object] | None:
     """The domain points a filter keeps (a comparison never keeps an empty value), or None when the filter
-    cannot be read as a set of them (then nothing is claimed)."""
+    cannot be read as a set of them (then nothing is claimed). `cuts`: a continuous column's thresholds."""
     op, value = f["op"], f["value"]
-    if continuous:
-        cuts = sorted({float(g["value"]) for filters, _ in parsed for g in filters  # type: ignore[arg-type]
-                       if g["column"] == col})
+    if cuts is not None:
         if op not in ("<", ">="):
             return None
         j = cuts.index(float(value))  # type: ignore[arg-type]
