@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from federation.exceptions import ConfigurationError
 from federation.query.guard import Guard, QueryRefused
 from federation.query.policy import NEVER_QUERYABLE, QueryPolicy
-from federation.schema import load_dictionary, load_registry
+from federation.schema import Column, HarmonizedColumn, load_dictionary, load_registry
 
 if TYPE_CHECKING:
     from federation.query.model import Filter
@@ -181,15 +181,17 @@ def declared_levels(policy: QueryPolicy | None, study_id: str, table: str, colum
 def dictionary_levels(study_id: str, table: str, column: str) -> list[object] | None:
     """Every value `column` can take in `table` by the dictionary and the study's registry entry (`MISSING`
     last where the column may be empty); None where the dictionary has no closed list."""
+    levels = _dictionary_levels(study_id, table, column)
+    return None if levels is None else list(levels)
+
+
+@lru_cache(maxsize=4096)
+def _dictionary_levels(study_id: str, table: str, column: str) -> tuple[object, ...] | None:
     study = load_registry().study(study_id)
-    d = load_dictionary(study.schema_version)
+    harmonized, source = _columns_of(study.schema_version)
     kind = unit_columns(study_id, table).get(column)
     values: list[object] | None = None
     nullable = False
-    harmonized = {c.name: c for c in d.harmonized.common}
-    for cols in d.harmonized.tables.values():
-        harmonized.update({c.name: c for c in cols})
-    source = {name: spec for t in d.tables.values() for name, spec in t.columns.items()}
     if harmonized.get(column) is not None and harmonized[column].values:
         values = list(harmonized[column].values or [])
     elif kind == "bool":
@@ -207,14 +209,24 @@ def dictionary_levels(study_id: str, table: str, column: str) -> list[object] | 
             values = list(range(int(spec.min), int(spec.max) + 1))
     if values is None:
         return None
-    return [*values, *([MISSING] if nullable else [])]
+    return (*values, *([MISSING] if nullable else []))
 
 
+@lru_cache(maxsize=8)
+def _columns_of(schema_version: str) -> tuple[dict[str, HarmonizedColumn], dict[str, Column]]:
+    """A dictionary's harmonized columns and its source columns, by name."""
+    d = load_dictionary(schema_version)
+    harmonized = {c.name: c for c in d.harmonized.common}
+    for cols in d.harmonized.tables.values():
+        harmonized.update({c.name: c for c in cols})
+    return harmonized, {name: spec for t in d.tables.values() for name, spec in t.columns.items()}
+
+
+@lru_cache(maxsize=4096)
 def may_be_empty(study_id: str, table: str, column: str) -> bool:
     """Whether `column` can hold no value: an optional column of the dictionary (`X_day` columns follow their
     `X_date`); derived columns (ages, EFS and OS, age groups, enrollment year) come from required ones."""
-    d = load_dictionary(load_registry().study(study_id).schema_version)
-    source = {name: spec for t in d.tables.values() for name, spec in t.columns.items()}
+    _, source = _columns_of(load_registry().study(study_id).schema_version)
     spec = source.get(column) or (source.get(column[:-4] + "_date") if column.endswith("_day") else None)
     return spec is not None and spec.required is not True
 

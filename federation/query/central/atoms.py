@@ -165,8 +165,7 @@ class AtomSpace:
                 codes, names = self._codes(level)
                 for code in np.unique(codes[inside]):
                     here = inside & (codes == code)
-                    group = base | {json.dumps({"column": c, "op": "==", "value": v}, sort_keys=True)
-                                    for c, v in zip(level, json.loads(names[code]), strict=True)}
+                    group = base | group_conditions(level, names[code])
                     if not fp.is_hidden("", level, names[code]):
                         rows.append(np.nonzero(here)[0])
                         owner.append(x)
@@ -216,8 +215,7 @@ class AtomSpace:
                     here &= self.site_of == self.sites.index(site)
                 if here.any():
                     continue
-            group = base | {json.dumps({"column": c, "op": "==", "value": v}, sort_keys=True)
-                            for c, v in zip(level, json.loads(key), strict=True)}
+            group = base | group_conditions(level, key)
             out.append(CellDef(cond=frozenset(group), site=site, versions=fp.versions))
         return out
 
@@ -297,6 +295,12 @@ class AtomSpace:
 def _row_bytes(m: sparse.csr_matrix) -> list[bytes]:
     """Each row's atoms, as bytes (rows with the same atoms are the same cell)."""
     return [m.indices[m.indptr[i]:m.indptr[i + 1]].tobytes() for i in range(m.shape[0])]
+
+
+def group_conditions(level: Iterable[str], key: str) -> frozenset[str]:
+    """A cell's group as conditions (`column == value`, canonical JSON as filters are written)."""
+    return frozenset(json.dumps({"column": c, "op": "==", "value": v}, sort_keys=True)
+                     for c, v in zip(level, json.loads(key), strict=True))
 
 
 def select_rows(v: Vectors, keep: np.ndarray) -> tuple[Vectors, np.ndarray]:
