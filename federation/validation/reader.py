@@ -13,6 +13,7 @@ import csv
 import io
 import re
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ class SourceTable:
     local_names: dict[str, str]  # dictionary column -> the site's header name
     findings: list[Finding] = field(default_factory=list)
     present: bool = True
+    steps: dict[str, float] = field(default_factory=dict)  # seconds reading and applying conventions
 
     @property
     def rows(self) -> int:
@@ -180,6 +182,7 @@ def read_table(
         )
     if size > 50 * 2**20:
         progress(f"  reading {name} ({size / 2**20:,.0f} MiB)")
+    started = time.perf_counter()
     text = _decode(path.read_bytes(), conventions.encoding, name)
     if not text.strip():
         raise UnusableInputError(f"{name} is empty: not even a header row", file=name,
@@ -189,15 +192,20 @@ def read_table(
         parsed = _parse_exact(text, table.name, name, conventions.delimiter, size, progress)
     header, columns, lines, findings = parsed
     del text
-    return _normalise(table, study, conventions, name, header, columns, lines, findings)
+    read = time.perf_counter()
+    src = _normalise(table, study, conventions, name, header, columns, lines, findings)
+    src.steps = {"read": read - started, "conventions": time.perf_counter() - read}
+    return src
 
 
-Parsed = tuple[list[str], list[pa.Array], np.ndarray, list[Finding]]
+Parsed = tuple[list[str], list[pa.Array] | list[pa.ChunkedArray], np.ndarray, list[Finding]]
 
 
 def _read_header(text: str, delimiter: str, name: str) -> tuple[list[str], int]:
     """The header fields and the number of physical lines up to and including the header."""
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=False)
+    head = text[:1 << 20]
+    reader = csv.reader(io.StringIO(head if head.count("\n") > 100 or len(head) == len(text) else text, newline=""),
+                        delimiter=delimiter, strict=False)
     try:
         header = next(reader)
         while not any(h.strip() for h in header):
@@ -213,7 +221,7 @@ def _read_header(text: str, delimiter: str, name: str) -> tuple[list[str], int]:
 
 def _parse_fast(text: str, delimiter: str, name: str) -> Parsed | None:
     """Parse with pyarrow when every record is one physical line (the usual case); None otherwise."""
-    if text.startswith(("\n", "\r", " ")) or text.count("\r") != text.count("\r\n"):
+    if text.startswith(("\n", "\r", " ")) or ("\r" in text and text.count("\r") != text.count("\r\n")):
         return None  # leading blank lines or lone CR line ends: let the exact reader count lines
     header, header_lines = _read_header(text, delimiter, name)
     if header_lines != 1 or len(set(header)) != len(header):
@@ -233,14 +241,20 @@ def _parse_fast(text: str, delimiter: str, name: str) -> Parsed | None:
         return None  # ragged rows, bad quoting, ...: the exact reader reports them line by line
     if tbl.num_rows + 1 != physical:
         return None  # blank lines or quoted newlines: line numbers need the exact reader
-    columns = [tbl.column(i).combine_chunks() for i in range(len(names))]
+    columns = [tbl.column(i) for i in range(len(names))]
     if columns and tbl.num_rows:
-        blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(columns[0])), 0)
+        rows = np.flatnonzero(_blank(columns[0]))  # a row of nothing but delimiters starts with a blank field
         for col in columns[1:]:
-            blank = pc.and_(blank, pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0))
-        if pc.any(blank).as_py():
+            if not len(rows):
+                break
+            rows = rows[_blank(col.take(pa.array(rows)))]
+        if len(rows):
             return None  # rows of nothing but delimiters (a spreadsheet's empty row): the exact reader skips them
     return header, columns, np.arange(2, tbl.num_rows + 2, dtype="int64"), []
+
+
+def _blank(values: pa.Array) -> np.ndarray:
+    return pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(values)), 0).to_numpy(zero_copy_only=False)
 
 
 def _parse_exact(text: str, table: str, name: str, delimiter: str, size: int, progress: ProgressFn) -> Parsed:
@@ -363,17 +377,18 @@ def _normalise(
 
     nrows = len(lines)
     raw = pa.table({col: columns[pos] for col, pos in positions.items()}) if positions else pa.table({})
-    frame = pd.DataFrame({LINE: lines})
+    cols: dict[str, pd.Series] = {LINE: pd.Series(lines, dtype="int64")}
     code_maps = conventions.code_maps.get(table.name, {})
     for col_name, column in table.columns.items():
         if col_name not in positions:
             if not column.required:
-                frame[col_name] = pd.Series([None] * nrows, dtype="object")
+                cols[col_name] = pd.Series(np.full(nrows, np.nan), dtype="str")
                 local_names.setdefault(col_name, col_name)
             continue
         trimmed = pc.utf8_trim_whitespace(raw.column(col_name))
         values = pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)
-        _convert(frame, column, values, study, conventions, code_maps.get(col_name, {}))
+        _convert(cols, column, values, study, conventions, code_maps.get(col_name, {}))
+    frame = pd.DataFrame(cols, copy=False)
     if not nrows and table.required:
         findings.append(Finding(
             severity="error", rule="table_empty", table=table.name, file=name, line=1,
@@ -384,15 +399,116 @@ def _normalise(
                        findings=findings)
 
 
-def _to_object(values: pa.ChunkedArray | pa.Array) -> pd.Series:
-    """Arrow strings as a pandas object Series with None for missing (what GX's pandas engine expects)."""
-    return pd.Series(values.to_numpy(zero_copy_only=False), dtype="object")
+def _to_str(values: pa.ChunkedArray | pa.Array) -> pd.Series:
+    """Arrow strings as a pandas Series of pandas' Arrow-backed `str` dtype (missing is NaN): no Python objects."""
+    return pd.Series(values.to_pandas(), dtype="str")
+
+
+def _map_codes(values: pa.Array, canon: dict[str, str], code_map: dict[str, str]) -> pa.Array:
+    """Each distinct value mapped once (the site's code map, then the dictionary's spelling), spread by index."""
+    # the dictionary's codes and the site's own are matched ignoring case and runs of spaces ("Vivant",
+    # "vivant" and "VIVANT " are one code), as the dictionary says codes are
+    local_codes = {_code_key(k): v for k, v in code_map.items()}
+    distinct = pc.unique(values).drop_null()
+    mapped = []
+    for value in distinct.to_pylist():
+        local = local_codes.get(_code_key(value), value)
+        mapped.append(canon.get(_code_key(local).upper(), local))
+    return pc.take(pa.array(mapped, pa.string()), pc.index_in(values, value_set=distinct))
+
+
+_YEAR = r"(?:[1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])"  # 0001 to 9999: there is no year 0
+_DATE_PARTS = {"%Y": rf"(?P<y>{_YEAR})", "%m": r"(?P<m>1[0-2]|0[1-9]|[1-9])",
+               "%d": r"(?P<d>3[01]|[12][0-9]|0[1-9]|[1-9])"}
+# month and day together, so that only days that exist in their month match (29 February is checked apart)
+_MONTH_DAYS = [(r"(?:0?[13578]|1[02])", r"(?:3[01]|[12][0-9]|0[1-9]|[1-9])"),
+               (r"(?:0?[469]|11)", r"(?:30|[12][0-9]|0[1-9]|[1-9])"),
+               (r"(?:0?2)", r"(?:[12][0-9]|0[1-9]|[1-9])")]
+
+
+def _format_regex(fmt: str, parts: dict[str, str]) -> str:
+    out, rest = "", date_format_to_strptime(fmt)
+    while rest:
+        token = rest[:2]
+        if token in parts:
+            out, rest = out + parts[token], rest[2:]
+        else:
+            out, rest = out + re.escape(rest[0]), rest[1:]
+    return out
+
+
+def _date_regex(fmt: str) -> str:
+    """The site's date format as a regular expression that accepts what `datetime.strptime` accepts for it, with
+    year, month and day groups. (pandas also reads year 0000 in YYYY-MM-DD, and only there; we never do.)"""
+    return "^" + _format_regex(fmt, _DATE_PARTS) + "$"
+
+
+def _date_shape_regex(fmt: str) -> str:
+    """Like `_date_regex`, without groups, and only for days that exist in their month (any year's 29 February)."""
+    options = [_format_regex(fmt, {"%Y": _YEAR, "%m": m, "%d": d}) for m, d in _MONTH_DAYS]
+    return "^(?:" + "|".join(options) + ")$"
+
+
+def _days_from_civil(y: np.ndarray, m: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Days since 1970-01-01 of proleptic Gregorian dates (H. Hinnant's days_from_civil), vectorised."""
+    y = y - (m <= 2)
+    era = np.floor_divide(y, 400)
+    yoe = y - era * 400
+    doy = (153 * (m + np.where(m > 2, -3, 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+def _parse_dates_exact(values: pa.Array, fmt: str) -> np.ndarray:
+    """Days (NaN if not a date in `fmt`) from the year, month and day written, checked against the calendar."""
+    out = np.full(len(values), np.nan)
+    parts = pc.extract_regex(values, _date_regex(fmt))
+    ok = pc.is_valid(parts).to_numpy(zero_copy_only=False)
+    if ok.any():
+        y, m, d = (pc.cast(pc.fill_null(pc.struct_field(parts, k), "0"), pa.int64()).to_numpy() for k in "ymd")
+        leap = ((y % 4 == 0) & (y % 100 != 0)) | (y % 400 == 0)
+        month_days = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])[np.clip(m, 0, 12)]
+        exists = ok & (d <= month_days + ((m == 2) & leap))
+        out[exists] = _days_from_civil(y[exists], m[exists], d[exists])
+    return out
+
+
+def parse_dates(values: pa.Array, formats: list[str]) -> np.ndarray:
+    """Days since 1970-01-01 (float, NaN if not a date) of strings in any of the site's date formats.
+
+    The same dates as `pandas.to_datetime(format=..., errors="coerce")` accepts (a test compares them), without
+    Python objects. A regular expression accepts only the format's shape with days that exist in their month, and
+    Arrow's strptime reads those; the few values it cannot read, and every 1 March it returns (a 29 February of
+    a year that is not a leap year would have rolled over to it), are read again field by field."""
+    out = np.full(len(values), np.nan)
+    todo = pc.is_valid(values).to_numpy(zero_copy_only=False)
+    for fmt in formats:
+        if not todo.any():
+            break
+        shaped = pc.fill_null(pc.match_substring_regex(values, _date_shape_regex(fmt)), False)
+        ok = shaped.to_numpy(zero_copy_only=False) & todo
+        if not ok.any():
+            continue
+        stamps = pc.strptime(pc.if_else(pa.array(ok), values, pa.scalar(None, pa.string())),
+                             format=date_format_to_strptime(fmt), unit="s", error_is_null=True)
+        days = pc.cast(pc.cast(stamps, pa.date32()), pa.int32()).to_numpy(zero_copy_only=False)
+        read = ~np.isnan(days)
+        march_first = pc.fill_null(pc.and_(pc.equal(pc.month(stamps), 3), pc.equal(pc.day(stamps), 1)), False)
+        again = ok & (~read | march_first.to_numpy(zero_copy_only=False))
+        fine = ok & ~again
+        out[fine] = days[fine]
+        if again.any():
+            rows = np.flatnonzero(again)
+            exact = _parse_dates_exact(values.take(pa.array(rows)), fmt)
+            out[rows] = exact
+        todo &= np.isnan(out)
+    return out
 
 
 def _convert(
-    frame: pd.DataFrame,
+    frame: dict[str, pd.Series],
     column: Column,
-    values: pa.ChunkedArray | pa.Array,
+    values: pa.Array,
     study: Study,
     conventions: SiteConventions,
     code_map: dict[str, str],
@@ -400,24 +516,13 @@ def _convert(
     """Put the typed column and, for typed columns, its `__invalid` companion into `frame`."""
     name = column.name
     if column.type == "string":
-        frame[name] = _to_object(values)
+        frame[name] = _to_str(values)
         return
     if column.type == "code":
-        canon = _canonical_codes(study.codes_for(column) or [])
-        series = _to_object(values)
-        # the dictionary's codes and the site's own are matched ignoring case and runs of spaces ("Vivant",
-        # "vivant" and "VIVANT " are one code), as the dictionary says codes are
-        local_codes = {_code_key(k): v for k, v in code_map.items()}
-        mapping = {}
-        for value in series.dropna().unique():
-            local = local_codes.get(_code_key(value), value)
-            mapping[value] = canon.get(_code_key(local).upper(), local)
-        frame[name] = series.map(mapping)
+        frame[name] = _to_str(_map_codes(values, _canonical_codes(study.codes_for(column) or []), code_map))
         return
-    raw = _to_object(values)
-    present = raw.notna()
     if column.type == "date":
-        parsed = date_to_day(raw, conventions.date_formats)
+        parsed = parse_dates(values, conventions.date_formats)
     else:
         text = values
         if column.type == "decimal" and conventions.decimal_mark == ",":
@@ -425,10 +530,10 @@ def _convert(
         pattern = _INT_RE if column.type == "int" else _DECIMAL_RE
         ok = pc.fill_null(pc.match_substring_regex(text, pattern), False)
         numbers = pc.cast(pc.if_else(ok, text, pa.scalar(None, pa.string())), pa.float64())
-        parsed = pd.Series(numbers.to_numpy(zero_copy_only=False), dtype="float64")
-    frame[name] = parsed.to_numpy()
-    invalid = present & parsed.isna()
-    frame[name + INVALID_SUFFIX] = raw.where(invalid, None)
+        parsed = numbers.to_numpy(zero_copy_only=False).astype("float64")
+    frame[name] = pd.Series(parsed, dtype="float64")
+    invalid = pc.and_(pc.is_valid(values), pa.array(np.isnan(parsed)))
+    frame[name + INVALID_SUFFIX] = _to_str(pc.if_else(invalid, values, pa.scalar(None, pa.string())))
 
 
 def read_progress_printer(stream: object = sys.stderr) -> ProgressFn:

@@ -53,6 +53,8 @@ class Report:
     tables: list[TableSummary] = field(default_factory=list)
     seconds: float = 0.0
     created: str = ""
+    # Seconds spent in each step (read, conventions, joins, gx, findings), for logs and benchmarks.
+    steps: dict[str, float] = field(default_factory=dict)
     # The tables as read (dictionary terms), kept only when the caller goes on to harmonize them.
     sources: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -105,6 +107,7 @@ class Report:
             "upload_date": self.upload_date,
             "created": self.created,
             "seconds": round(self.seconds, 3),
+            "steps": {k: round(v, 3) for k, v in self.steps.items()},
             "counts": {"errors": len(self.errors) + len(self.unusable), "warnings": len(self.warnings)},
             "tables": [{**t.__dict__, "status": t.status} for t in self.tables],
             "rules": [{"file": f, "rule": r, "message": m, "count": n} for f, r, m, n in self.rule_counts()],

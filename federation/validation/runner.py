@@ -12,7 +12,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from federation.config import SiteConfig
 from federation.exceptions import UnusableInputError
@@ -57,6 +61,18 @@ def _quiet_gx() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _import_gx_in_background() -> threading.Thread:
+    """Import Great Expectations (about 3 s here) while the files are read: reading is mostly pyarrow, which
+    releases the GIL, so the two overlap."""
+    def _import() -> None:
+        _quiet_gx()
+        import great_expectations  # noqa: F401
+
+    thread = threading.Thread(target=_import, name="import-great-expectations", daemon=True)
+    thread.start()
+    return thread
+
+
 def validate_export(request: ValidationRequest, progress: ProgressFn = _no_progress, *,
                     keep_sources: bool = False) -> Report:
     """Validate the export in `request.path` (a folder of `<table>.csv`)."""
@@ -87,6 +103,7 @@ def validate_export(request: ValidationRequest, progress: ProgressFn = _no_progr
         report.finish(time.perf_counter() - started)
         return report
 
+    gx_ready = _import_gx_in_background()
     wanted = tables_of(dictionary, study)
     entries = sorted(request.path.iterdir())
     for link in (p for p in entries if p.is_symlink()):  # never follow a link out of the export folder
@@ -128,8 +145,13 @@ def validate_export(request: ValidationRequest, progress: ProgressFn = _no_progr
             continue
         sources[table] = src
         report.findings.extend(src.findings)
+        for step, seconds in src.steps.items():
+            report.steps[step] = report.steps.get(step, 0.0) + seconds
 
     if not report.unusable:
+        waited = time.perf_counter()
+        gx_ready.join()
+        report.steps["gx"] = report.steps.get("gx", 0.0) + time.perf_counter() - waited
         _run_suites(dictionary, study, request, sources, report, progress)
     for table, src in sources.items():
         if src.present:  # no verdict on a file whose rules did not run because another could not be read
@@ -153,24 +175,39 @@ def _empty_source(dictionary: Dictionary, table: str) -> SourceTable:
                        lines=np.zeros(0, dtype="int64"), local_names={c: c for c in t.columns}, present=False)
 
 
+def _left_join_index(keys: pd.Series, other: pd.Series) -> tuple[pa.Array, np.ndarray]:
+    """For each key, the row of `other` that holds it first (null if none), and which rows those are.
+
+    A many-to-one left join by position with pyarrow's hash lookup: the batch keeps its rows and order, and only
+    the few columns a rule needs are gathered (the whole batch is never copied)."""
+    first = (other.notna() & ~other.duplicated()).to_numpy()
+    rows = np.flatnonzero(first)
+    side_keys = pa.array(other.to_numpy()[rows], pa.string())
+    return pc.index_in(pa.array(keys, pa.string(), from_pandas=True), value_set=side_keys), rows
+
+
+def _gather(column: pd.Series, rows: np.ndarray, index: pa.Array) -> pd.Series:
+    values = column.iloc[rows]
+    if column.dtype == "float64":
+        return pd.Series(pc.take(pa.array(values.to_numpy(), pa.float64()), index).to_numpy(zero_copy_only=False),
+                         dtype="float64")
+    return pd.Series(pc.take(pa.array(values, pa.string(), from_pandas=True), index).to_pandas(), dtype="str")
+
+
 def build_batch(dictionary: Dictionary, table: str, sources: dict[str, SourceTable]) -> pd.DataFrame:
     """The table joined (on patient_id) with what its cross-table rules need from other tables."""
-    batch = sources[table].frame
-    for other, columns in join_needs(dictionary, table).items():
-        src = sources.get(other)
-        if src is None:
-            continue
-        cols = sorted(columns | {"patient_id"})
-        have = [c for c in cols if c in src.frame.columns]
-        if "patient_id" not in have:
-            continue
-        side = src.frame[have].dropna(subset=["patient_id"]).drop_duplicates("patient_id")
-        side = side.rename(columns={c: joined_name(other, c) for c in have})
-        side["__key"] = side[joined_name(other, "patient_id")]
-        if "patient_id" not in batch.columns:
-            continue
-        batch = batch.merge(side, how="left", left_on="patient_id", right_on="__key", validate="many_to_one")
-        batch = batch.drop(columns="__key")
+    base = sources[table].frame
+    columns: dict[str, pd.Series] = dict(base.items())  # the table's own columns, shared, not copied
+    if "patient_id" in base.columns:
+        for other, needed in join_needs(dictionary, table).items():
+            src = sources.get(other)
+            if src is None or "patient_id" not in src.frame.columns:
+                continue
+            index, rows = _left_join_index(base["patient_id"], src.frame["patient_id"])
+            for c in sorted(needed | {"patient_id"}):
+                if c in src.frame.columns:
+                    columns[joined_name(other, c)] = _gather(src.frame[c], rows, index)
+    batch = pd.DataFrame(columns, copy=False)
     for rule in dictionary.rules_for(table):
         if rule.kind == "age_between" and rule.other_table and rule.other_column:
             birth = joined_name(rule.other_table, rule.other_column)
@@ -181,8 +218,45 @@ def build_batch(dictionary: Dictionary, table: str, sources: dict[str, SourceTab
     return batch
 
 
+@contextmanager
+def _no_batch_fingerprint() -> Iterator[None]:
+    """Great Expectations' pandas engine fingerprints every batch it loads by hashing the whole DataFrame (md5 of
+    `pandas.util.hash_pandas_object`) when it is under `HASH_THRESHOLD` bytes; the fingerprint only labels the
+    batch in results, and a validation loads each batch twice, so on a 1M-row export that hashing was about a
+    fifth of the time. This lowers that one module constant for the duration of a validation and restores it
+    (docs/decisions/0010-validation-speed-and-memory.md)."""
+    from great_expectations.execution_engine import pandas_execution_engine as engine
+
+    saved = engine.HASH_THRESHOLD
+    engine.HASH_THRESHOLD = 0
+    try:
+        yield
+    finally:
+        engine.HASH_THRESHOLD = saved
+
+
+CHEAP = {"result_format": "BOOLEAN_ONLY"}
+
+
+def _expectation_key(type_: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> tuple[Any, ...]:
+    return (type_, meta.get("rule"), meta.get("column"), kwargs.get("column"), kwargs.get("column_A"),
+            kwargs.get("column_B"))
+
+
+def _failed(expectations: list[dict[str, Any]], results: Any) -> list[dict[str, Any]]:
+    """The expectations (as in the suite) whose cheap-pass result failed. GX returns results in its own order (by
+    column), so they are matched by type, rule and columns; if that ever did not tell two apart, all run again."""
+    keys = [_expectation_key(e["type"], e["kwargs"], e.get("meta") or {}) for e in expectations]
+    if len(set(keys)) != len(keys):
+        return expectations
+    bad = {_expectation_key(r.expectation_config.type, r.expectation_config.kwargs, r.expectation_config.meta or {})
+           for r in results if not r.success}
+    return [e for e, k in zip(expectations, keys, strict=True) if k in bad]
+
+
 def _run_suites(dictionary: Dictionary, study: Study, request: ValidationRequest,
                 sources: dict[str, SourceTable], report: Report, progress: ProgressFn) -> None:
+    t0 = time.perf_counter()
     _quiet_gx()
     import great_expectations as gx
 
@@ -194,24 +268,40 @@ def _run_suites(dictionary: Dictionary, study: Study, request: ValidationRequest
                       upload_date=request.upload_date)
     params = {"site_id": [request.site.site_id],
               "upload_date": float((pd.Timestamp(request.upload_date) - pd.Timestamp("1970-01-01")).days)}
-    for table, src in sources.items():
-        if not src.present:
-            continue
-        progress(f"validating {src.file} ({src.rows:,} rows)")
-        suite_dict = load_suite(dictionary, study, table)
-        suite = gx.ExpectationSuite(**suite_dict)
-        batch_frame = build_batch(dictionary, table, sources)
-        batch = batch_def.get_batch(batch_parameters={"dataframe": batch_frame})
-        result = batch.validate(suite, expectation_parameters=params,
-                                result_format={"result_format": "COMPLETE",
-                                               "unexpected_index_column_names": [LINE]})
-        report.findings.extend(_findings_from(result, src, sources, wording))
+    full = {"result_format": "COMPLETE", "unexpected_index_column_names": [LINE]}
+    steps = report.steps
+    steps["gx"] = steps.get("gx", 0.0) + time.perf_counter() - t0
+    with _no_batch_fingerprint():
+        for table, src in sources.items():
+            if not src.present:
+                continue
+            progress(f"validating {src.file} ({src.rows:,} rows)")
+            t1 = time.perf_counter()
+            batch_frame = build_batch(dictionary, table, sources)
+            t2 = time.perf_counter()
+            suite_dict = load_suite(dictionary, study, table)
+            batch = batch_def.get_batch(batch_parameters={"dataframe": batch_frame})
+            # A cheap pass says which expectations fail; only those run again for every failing row's line.
+            cheap = batch.validate(gx.ExpectationSuite(**suite_dict), expectation_parameters=params,
+                                   result_format=CHEAP)
+            failed = _failed(suite_dict["expectations"], cheap.results)
+            results = []
+            if failed:
+                detail = gx.ExpectationSuite(**{**suite_dict, "name": suite_dict["name"] + ".failed",
+                                                "expectations": failed})
+                results = batch.validate(detail, expectation_parameters=params, result_format=full).results
+            t3 = time.perf_counter()
+            found = _findings_from(results, src, sources, wording)
+            report.findings.extend(found)
+            t4 = time.perf_counter()
+            for step, seconds in (("joins", t2 - t1), ("gx", t3 - t2), ("findings", t4 - t3)):
+                steps[step] = steps.get(step, 0.0) + seconds
 
 
-def _findings_from(result: Any, src: SourceTable, sources: dict[str, SourceTable],
+def _findings_from(results: Any, src: SourceTable, sources: dict[str, SourceTable],
                    wording: Context | None = None) -> list[Finding]:
     out: list[Finding] = []
-    for res in result.results:
+    for res in results:
         if res.success:
             continue
         meta = res.expectation_config.meta or {}
