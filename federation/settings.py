@@ -25,6 +25,8 @@ class Settings(BaseModel):
     sites_dir: Path = INFRA_DIR / "sites"
     pseudonym_key_file: Path | None = None
     max_file_mb: int = 1024
+    # memory one validation may use; a larger export is checked in parts split by patient
+    memory_mb: int = 1024
     audit_log: Path = Path("audit/queries.jsonl")
     query_policy: Path = INFRA_DIR / "query-policy.yaml"
     report_dir: Path = Path("consortium-report")

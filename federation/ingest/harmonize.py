@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from federation.generate import harmonized_arrow_schema
 from federation.schema import Dictionary
+from federation.validation.parts import PartStore
 from federation.validation.reader import EPOCH, SourceTable
 
 AGE_GROUPS = [(0.0, 1.0, "<1"), (1.0, 5.0, "1-4"), (5.0, 10.0, "5-9"), (10.0, 15.0, "10-14"), (15.0, 22.0, "15-21")]
@@ -135,3 +138,24 @@ def harmonize(dictionary: Dictionary, sources: dict[str, SourceTable], *, study_
         table = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
         out[name] = table.replace_schema_metadata(schema.metadata)
     return out
+
+
+def harmonize_parts(dictionary: Dictionary, parts: PartStore, *, study_id: str, site_id: str, upload_id: str,
+                    key: bytes, folder: Path) -> dict[str, Path]:
+    """Harmonize a validated export part by part (each part holds all the rows of its patients, so each is
+    harmonized exactly on its own) into one Parquet file per table in `folder`; memory stays that of one part."""
+    writers: dict[str, pq.ParquetWriter] = {}
+    paths: dict[str, Path] = {}
+    try:
+        for p in range(parts.parts):
+            sources = {t: s for t, s in parts.sources(p).items() if s.present}
+            for name, table in harmonize(dictionary, sources, study_id=study_id, site_id=site_id,
+                                         upload_id=upload_id, key=key).items():
+                if name not in writers:
+                    paths[name] = folder / f"{name}.parquet"
+                    writers[name] = pq.ParquetWriter(str(paths[name]), table.schema, compression="zstd")
+                writers[name].write_table(table)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return paths

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from federation.exceptions import ConfigurationError
-from federation.ingest.harmonize import harmonize
+from federation.ingest.harmonize import harmonize_parts
 from federation.ingest.landing import Manifest, UploadRef, discover_uploads, sha256_file
 from federation.ingest.publish import publish
 from federation.schema import load_dictionary, load_registry
@@ -154,9 +154,11 @@ def _process(settings: Settings, ref: UploadRef, store: ObjectStore, workdir: Pa
 
         site = settings.site(ref.site_id)
         t1 = time.perf_counter()
+        (folder / "_parts").mkdir()
         report = validate_export(ValidationRequest(
             path=folder, site=site, study_id=manifest.study_id, upload_date=manifest.created.date(),
-            max_file_bytes=settings.max_file_mb * 2**20), keep_sources=True)
+            max_file_bytes=settings.max_file_mb * 2**20, memory_mb=settings.memory_mb, workdir=folder / "_parts"),
+            keep_sources=True)
         timings["validate_s"] = round(time.perf_counter() - t1, 3)
         entry.rows = {t.table: t.rows for t in report.tables}
         report_prefix = layout.report_prefix(settings.storage, ref.site_id, ref.upload_id)
@@ -167,6 +169,8 @@ def _process(settings: Settings, ref: UploadRef, store: ObjectStore, workdir: Pa
                 entry.report = report_prefix + path.name
 
         if report.status != "valid":
+            if report.parts is not None:
+                report.parts.close()
             qprefix = layout.quarantine_prefix(settings.storage, ref.site_id, ref.upload_id)
             for f in manifest.files:
                 store.put_file(qprefix + f.name, folder / f.name)
@@ -179,8 +183,11 @@ def _process(settings: Settings, ref: UploadRef, store: ObjectStore, workdir: Pa
 
         t2 = time.perf_counter()
         dictionary = load_dictionary(manifest.schema_version)
-        tables = harmonize(dictionary, report.sources, study_id=manifest.study_id, site_id=ref.site_id,
-                           upload_id=ref.upload_id, key=settings.pseudonym_key())
+        out = folder / "_harmonized"
+        out.mkdir()
+        with report.parts:
+            tables = harmonize_parts(dictionary, report.parts, study_id=manifest.study_id, site_id=ref.site_id,
+                                     upload_id=ref.upload_id, key=settings.pseudonym_key(), folder=out)
         timings["harmonize_s"] = round(time.perf_counter() - t2, 3)
         t3 = time.perf_counter()
         version, created = publish(store, settings.storage, site_id=ref.site_id, study_id=manifest.study_id,

@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -84,6 +85,14 @@ def get_version(store: ObjectStore, cfg: StorageConfig, site_id: str, study_id: 
         raise PublishError(f"{site_id}/{study_id} has no version {number}") from None
 
 
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _parquet_bytes(table: pa.Table) -> bytes:
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="zstd")
@@ -91,17 +100,24 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 
 
 def publish(store: ObjectStore, cfg: StorageConfig, *, site_id: str, study_id: str, upload_id: str,
-            schema_version: str, tables: dict[str, pa.Table], max_attempts: int = 5) -> tuple[Version, bool]:
-    """Publish `tables` as the next version; returns (version, created). Idempotent per upload_id."""
+            schema_version: str, tables: dict[str, pa.Table | Path],
+            max_attempts: int = 5) -> tuple[Version, bool]:
+    """Publish `tables` (in memory, or Parquet files already written) as the next version; returns (version,
+    created). Idempotent per upload_id."""
     for existing in list_versions(store, cfg, site_id, study_id):
         if existing.upload_id == upload_id:
             return existing, False
     listed: dict[str, dict[str, Any]] = {}
     for name, table in sorted(tables.items()):
-        data = _parquet_bytes(table)
         key = layout.data_key(cfg, site_id, study_id, upload_id, name)
-        store.put_bytes(key, data)
-        listed[name] = {"key": key, "rows": table.num_rows, "sha256": hashlib.sha256(data).hexdigest()}
+        if isinstance(table, Path):
+            store.put_file(key, table)
+            rows, digest = pq.ParquetFile(table).metadata.num_rows, _sha256_file(table)
+        else:
+            data = _parquet_bytes(table)
+            store.put_bytes(key, data)
+            rows, digest = table.num_rows, hashlib.sha256(data).hexdigest()
+        listed[name] = {"key": key, "rows": rows, "sha256": digest}
     for _attempt in range(max_attempts):
         current = latest_version(store, cfg, site_id, study_id)
         if current is not None and current.upload_id == upload_id:

@@ -14,7 +14,7 @@ import io
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,43 +93,6 @@ def day_to_iso(day: float | None) -> str:
     return (EPOCH + pd.Timedelta(days=int(day))).strftime("%Y-%m-%d")
 
 
-def _decode(data: bytes, encoding: str, name: str) -> str:
-    if b"\x00" in data[:65536]:
-        raise UnusableInputError(
-            f"{name} is not a text file (it contains NUL bytes): it may be a spreadsheet "
-            "or a compressed file renamed .csv",
-            file=name, hint="export the table as CSV text from your system or spreadsheet program",
-        )
-    enc = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
-    if enc != "utf-8-sig" and _single_byte(encoding) and _looks_like_utf8(data):
-        first = re.search(rb"[\x80-\xff]", data).start()  # type: ignore[union-attr]
-        line = data.count(b"\n", 0, first) + 1
-        start = data.rfind(b"\n", 0, first) + 1
-        end = data.find(b"\n", first)
-        sample = data[start:end if end >= 0 else len(data)].decode("utf-8", "replace").strip()[:60]
-        wrong = sample.encode("utf-8").decode(encoding, "replace")[:60]
-        raise UnusableInputError(
-            f"{name} is written in UTF-8, but the site configuration declares {encoding}: line {line} would read "
-            f"{wrong!r} instead of {sample!r}",
-            file=name,
-            hint=f"save the file as {encoding} (in Excel: 'CSV (separator)' rather than 'CSV UTF-8'), or declare "
-            "conventions.encoding: utf-8 in the site configuration if all its files are UTF-8",
-        )
-    try:
-        text = data.decode(enc)
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        bad = data[exc.start:exc.end + 3]
-        raise UnusableInputError(
-            f"{name} line {line}: bytes {bad!r} are not valid {encoding}; the file is in another encoding "
-            "than the site configuration declares",
-            file=name,
-            hint="declare the file's encoding (for example cp1252 or latin-1) under conventions.encoding "
-            "in the site configuration, or save the file as UTF-8",
-        ) from None
-    if text.startswith("\ufeff"):  # a BOM in a file declared as another encoding
-        text = text[1:]
-    return text
 
 
 def _single_byte(encoding: str) -> bool:
@@ -161,6 +124,344 @@ def _code_key(value: str) -> str:
     return " ".join(str(value).split()).casefold()
 
 
+BLOCK_BYTES = 32 << 20  # a file is read in blocks of about this size, each ending at a line end
+NEWLINE = b"\n"
+EXACT_CHUNK_ROWS = 200_000  # rows per block when the csv module reads (quoted line breaks, blank rows, ...)
+
+
+@dataclass
+class Block:
+    """Some consecutive rows of one file: typed in dictionary terms, and as written."""
+
+    typed: pa.Table  # LINE, every dictionary column (absent optional ones empty), <col>__invalid companions
+    raw: pa.Table  # the file's dictionary columns as written
+
+
+class TableReader:
+    """Reads one export CSV through the site's conventions in blocks, so memory does not grow with the file.
+
+    Iterate `blocks()`; afterwards `findings`, `rows`, `local_names` and `steps` describe the whole file. Raises
+    UnusableInputError (possibly after some blocks: the caller drops what it kept) when the file is not a
+    readable CSV."""
+
+    def __init__(self, path: Path, table: Table, study: Study, conventions: SiteConventions, *,
+                 max_bytes: int = DEFAULT_MAX_FILE_BYTES, progress: ProgressFn = _no_progress,
+                 block_bytes: int | None = None) -> None:
+        self.path, self.table, self.study, self.conventions = path, table, study, conventions
+        self.file = path.name
+        self.max_bytes, self.progress = max_bytes, progress
+        self.block_bytes = block_bytes or BLOCK_BYTES
+        self.findings: list[Finding] = []
+        self.local_names: dict[str, str] = {}
+        self.positions: dict[str, int] = {}
+        self.ncols = 0
+        self.rows = 0
+        self.steps = {"read": 0.0, "conventions": 0.0}
+        encoding = conventions.encoding
+        self.utf8 = codecs.lookup(encoding).name == "utf-8"
+        self.single_byte = not self.utf8 and _single_byte(encoding)
+        # in an encoding where a line end is not the byte 0x0A (UTF-16, ...) the file is read as one block
+        self.ascii_lines = "\n".encode(encoding) == b"\n"
+
+    def _byte_blocks(self) -> Iterator[tuple[bytes, int]]:
+        """(bytes, lines before them): blocks of about `block_bytes` that end at a line end."""
+        step = self.block_bytes if self.ascii_lines else max(self.path.stat().st_size, 1)
+        with self.path.open("rb") as fh:
+            rest, line = b"", 0
+            while True:
+                chunk = fh.read(step)
+                if not chunk:
+                    if rest:
+                        yield rest, line
+                    return
+                data = rest + chunk
+                cut = data.rfind(b"\n") + 1 if self.ascii_lines else len(data)
+                if cut == 0:
+                    rest = data
+                    continue
+                block, rest = data[:cut], data[cut:]
+                yield block, line
+                line += block.count(b"\n")
+
+    def _text(self, data: bytes, line: int, first: bool) -> str:
+        """A block as text, checked against the declared encoding."""
+        name, encoding = self.file, self.conventions.encoding
+        if first and b"\x00" in data[:65536]:
+            raise UnusableInputError(
+                f"{name} is not a text file (it contains NUL bytes): it may be a spreadsheet "
+                "or a compressed file renamed .csv",
+                file=name, hint="export the table as CSV text from your system or spreadsheet program",
+            )
+        if self.single_byte and _looks_like_utf8(data):
+            # non-ASCII bytes that all form UTF-8 in a file declared single-byte: it was saved as UTF-8 (blocks
+            # end at line ends, so no character is cut)
+            at = re.search(rb"[\x80-\xff]", data).start()  # type: ignore[union-attr]
+            start = data.rfind(b"\n", 0, at) + 1
+            end = data.find(b"\n", at)
+            sample = data[start:end if end >= 0 else len(data)].decode("utf-8", "replace").strip()[:60]
+            wrong = sample.encode("utf-8").decode(encoding, "replace")[:60]
+            where = line + data.count(NEWLINE, 0, at) + 1
+            raise UnusableInputError(
+                f"{name} is written in UTF-8, but the site configuration declares {encoding}: line "
+                f"{where} would read {wrong!r} instead of {sample!r}",
+                file=name,
+                hint=f"save the file as {encoding} (in Excel: 'CSV (separator)' rather than 'CSV UTF-8'), or "
+                "declare conventions.encoding: utf-8 in the site configuration if all its files are UTF-8",
+            )
+        enc = "utf-8-sig" if self.utf8 and first else encoding
+        try:
+            text = data.decode(enc)
+        except UnicodeDecodeError as exc:
+            bad = data[exc.start:exc.end + 3]
+            where = line + data.count(NEWLINE, 0, exc.start) + 1
+            raise UnusableInputError(
+                f"{name} line {where}: bytes {bad!r} are not valid {encoding}; "
+                "the file is in another encoding than the site configuration declares",
+                file=name,
+                hint="declare the file's encoding (for example cp1252 or latin-1) under conventions.encoding "
+                "in the site configuration, or save the file as UTF-8",
+            ) from None
+        if first and text.startswith("\ufeff"):  # a BOM in a file declared as another encoding
+            text = text[1:]
+        return text
+
+    def blocks(self) -> Iterator[Block]:
+        name, delimiter = self.file, self.conventions.delimiter
+        size = self.path.stat().st_size
+        if size > self.max_bytes:
+            raise UnusableInputError(
+                f"{name} is {size / 2**20:,.0f} MiB, larger than the limit of {self.max_bytes / 2**20:,.0f} MiB "
+                "for one file",
+                file=name,
+                hint="split the export (for example by enrollment year) into several uploads, or raise the "
+                "safety limit with --max-file-mb (max_file_mb in the settings)",
+            )
+        self._t0 = time.perf_counter()
+        byte_blocks = self._byte_blocks()
+        done = 0
+        for index, (data, line) in enumerate(byte_blocks):
+            first = index == 0
+            text = self._text(data, line, first) if first or not self.utf8 else None
+            if first:
+                assert text is not None
+                if not text.strip():
+                    raise UnusableInputError(f"{name} is empty: not even a header row", file=name,
+                                             hint="export the table again with its header row")
+                header, header_lines = _read_header(text, delimiter, name)
+                self._plan(header)
+                if header_lines != 1 or len(set(header)) != len(header) or text.startswith(("\n", "\r", " ")):
+                    yield from self._exact(text, data, line, byte_blocks, header_lines)
+                    return
+            if self.utf8:
+                body = data[len(codecs.BOM_UTF8):] if first and data.startswith(codecs.BOM_UTF8) else data
+            else:
+                assert text is not None
+                body = text.encode("utf-8")
+            columns = _parse_block_fast(body, self.ncols, delimiter, skip=1 if first else 0)
+            if columns is None:  # this block needs the csv module, and so does the rest of the file
+                if text is None:
+                    text = self._text(data, line, first)
+                yield from self._exact(text, data, line, byte_blocks, 1 if first else 0)
+                return
+            start = line + (2 if first else 1)
+            n = len(columns[0]) if columns else body.count(b"\n") - (1 if first else 0)
+            if n:
+                yield self._block(columns, np.arange(start, start + n, dtype="int64"))
+            done += len(data)
+            if size > 50 * 2**20:
+                self.progress(f"  {name}: {done / size:4.0%} ({self.rows:,} rows)")
+        if not done:
+            raise UnusableInputError(f"{name} is empty: not even a header row", file=name,
+                                     hint="export the table again with its header row")
+        self._finish([], 0)
+
+    def _exact(self, text: str, data: bytes, line: int, byte_blocks: Iterator[tuple[bytes, int]],
+               skip: int) -> Iterator[Block]:
+        """The csv module from this block (`text`, starting after `line` lines) to the end of the file, tracking
+        each record's physical line; ragged rows become findings, blank rows are skipped with one note."""
+        def texts() -> Iterator[str]:
+            yield text
+            for more, at in byte_blocks:
+                yield self._text(more, at, False)
+
+        def physical_lines() -> Iterator[str]:
+            for t in texts():
+                yield from io.StringIO(t, newline="")
+
+        reader = csv.reader(physical_lines(), delimiter=self.conventions.delimiter, strict=False)
+        for _ in range(skip):
+            next(reader)
+        table, name, ncols = self.table.name, self.file, self.ncols
+        ragged, blank = 0, []
+        rows: list[list[str]] = []
+        lines: list[int] = []
+        prev = reader.line_num
+        try:
+            for row in reader:
+                start = line + prev + 1
+                prev = reader.line_num
+                if not any(field.strip() for field in row):
+                    blank.append(start)
+                    continue
+                if len(row) != ncols:
+                    ragged += 1
+                    if ragged <= 1000:
+                        self.findings.append(Finding(
+                            severity="error", rule="row_shape", table=table, file=name, line=start,
+                            value=self.conventions.delimiter.join(row)[:200],
+                            message=f"the row has {len(row)} fields but the header has {ncols}",
+                            hint="quote values that contain the delimiter, and check for a missing or extra field; "
+                            "the row was not validated further",
+                        ))
+                    continue
+                rows.append(row)
+                lines.append(start)
+                if len(rows) >= EXACT_CHUNK_ROWS:
+                    yield self._block(_columns_of(rows, ncols), np.asarray(lines, dtype="int64"))
+                    rows, lines = [], []
+                    self.progress(f"  {name}: {self.rows:,} rows")
+        except csv.Error as exc:
+            raise UnusableInputError(f"{name} line {line + prev + 1}: not readable as CSV ({exc})", file=name,
+                                     hint="check the quoting around this line") from None
+        if rows:
+            yield self._block(_columns_of(rows, ncols), np.asarray(lines, dtype="int64"))
+        total = self.rows + ragged
+        if ragged and total >= 4 and ragged > total / 2:
+            raise UnusableInputError(
+                f"{name}: {ragged:,} of {total:,} rows have a different number of fields than the header "
+                f"({ncols}); the delimiter {self.conventions.delimiter!r} or the quoting does not match the file",
+                file=name, hint="check conventions.delimiter in the site configuration and how values are quoted",
+            )
+        if ragged > 1000:
+            self.findings.append(Finding(
+                severity="error", rule="row_shape", table=table, file=name,
+                message=f"and {ragged - 1000:,} more rows with the wrong number of fields", hint="see above",
+            ))
+        self._finish(blank, ragged)
+
+    def _finish(self, blank: list[int], ragged: int) -> None:
+        if blank:
+            shown = ", ".join(str(n) for n in blank[:5]) + (", ..." if len(blank) > 5 else "")
+            s = "s" if len(blank) > 1 else ""
+            self.findings.append(Finding(
+                severity="warning", rule="blank_rows", table=self.table.name, file=self.file, line=blank[0],
+                message=f"{len(blank):,} empty row{s} (line{s} {shown}) skipped: blank, or nothing but delimiters",
+                hint="nothing to do; spreadsheet programs often write such rows at the end of a sheet",
+            ))
+        if not self.rows and self.table.required:
+            self.findings.append(Finding(
+                severity="error", rule="table_empty", table=self.table.name, file=self.file, line=1,
+                message=f"{self.file} has a header but no data rows; {self.table.name} is a required table",
+                hint="export the data rows too; a required table cannot be empty",
+            ))
+
+    def _plan(self, header: list[str]) -> None:
+        """Which header field is which dictionary column; unknown and repeated columns are findings."""
+        table, name = self.table, self.file
+        renames = {k.strip().lower(): v for k, v in self.conventions.column_renames.get(table.name, {}).items()}
+        self.ncols = len(header)
+        for pos, raw_name in enumerate(header):
+            local = raw_name.strip()
+            key = local.lower()
+            target = renames.get(key, key)
+            if target not in table.columns:
+                self.findings.append(Finding(
+                    severity="warning", rule="unknown_column", table=table.name, file=name, line=1, column=local,
+                    message=f"column {local!r} is not in the data dictionary for {table.name}; it was dropped",
+                    hint="remove it from the export, or map it to a dictionary column under "
+                    f"conventions.column_renames.{table.name} in the site configuration",
+                ))
+                continue
+            if target in self.positions:
+                self.findings.append(Finding(
+                    severity="error", rule="duplicate_column", table=table.name, file=name, line=1, column=local,
+                    dictionary_column=target,
+                    message=f"column {target!r} appears twice in the header "
+                    f"({self.local_names[target]!r} and {local!r})",
+                    hint="keep one of the two columns",
+                ))
+                continue
+            self.positions[target] = pos
+            self.local_names[target] = local
+        for col_name, column in table.columns.items():
+            if col_name not in self.positions and not column.required:
+                self.local_names.setdefault(col_name, col_name)
+
+    def typed_schema(self) -> pa.Schema:
+        fields = [pa.field(LINE, pa.int64())]
+        for col_name, column in self.table.columns.items():
+            if col_name not in self.positions:
+                if not column.required:
+                    fields.append(pa.field(col_name, pa.string()))
+                continue
+            if column.type in ("date", "int", "decimal"):
+                fields += [pa.field(col_name, pa.float64()), pa.field(col_name + INVALID_SUFFIX, pa.string())]
+            else:
+                fields.append(pa.field(col_name, pa.string()))
+        return pa.schema(fields)
+
+    def raw_schema(self) -> pa.Schema:
+        return pa.schema([pa.field(c, pa.string()) for c in self.positions])
+
+    def _block(self, columns: list[pa.Array] | list[pa.ChunkedArray], lines: np.ndarray) -> Block:
+        """Typed columns of some rows: renamed, trimmed, codes mapped, dates and numbers parsed."""
+        read = time.perf_counter()
+        self.steps["read"] += read - self._t0
+        nrows = len(lines)
+        raw = pa.table({c: columns[pos] for c, pos in self.positions.items()}, schema=self.raw_schema())
+        cols: dict[str, pa.Array] = {LINE: pa.array(lines, pa.int64())}
+        code_maps = self.conventions.code_maps.get(self.table.name, {})
+        for col_name, column in self.table.columns.items():
+            if col_name not in self.positions:
+                if not column.required:
+                    cols[col_name] = pa.nulls(nrows, pa.string())
+                continue
+            trimmed = pc.utf8_trim_whitespace(raw.column(col_name))
+            values = pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)
+            _convert(cols, column, values, self.study, self.conventions, code_maps.get(col_name, {}))
+        self.rows += nrows
+        self._t0 = time.perf_counter()
+        self.steps["conventions"] += self._t0 - read
+        return Block(typed=pa.table(cols, schema=self.typed_schema()), raw=raw)
+
+
+def _columns_of(rows: list[list[str]], ncols: int) -> list[pa.Array]:
+    return [pa.array([r[i] for r in rows], type=pa.string()) for i in range(ncols)]
+
+
+def _parse_block_fast(data: bytes, ncols: int, delimiter: str, skip: int) -> list[pa.ChunkedArray] | None:
+    """Parse a block with pyarrow when every record is one physical line (the usual case); None otherwise."""
+    if b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):
+        return None  # lone CR line ends: let the exact reader count lines
+    physical = data.count(b"\n") + (0 if data.endswith(b"\n") else 1) - skip
+    names = [f"c{i}" for i in range(ncols)]
+    if physical <= 0:
+        return [pa.chunked_array([], pa.string()) for _ in names]
+    try:
+        tbl = pacsv.read_csv(
+            io.BytesIO(data),
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=skip, block_size=16 << 20),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=False,
+                                             ignore_empty_lines=False),
+            convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                 strings_can_be_null=False, quoted_strings_can_be_null=False),
+        )
+    except (pa.ArrowInvalid, pa.ArrowException):
+        return None  # ragged rows, bad quoting, not UTF-8, ...: the exact reader reports them line by line
+    if tbl.num_rows != physical:
+        return None  # blank lines or quoted newlines: line numbers need the exact reader
+    columns = [tbl.column(i) for i in range(ncols)]
+    if columns and tbl.num_rows:
+        rows = np.flatnonzero(_blank(columns[0]))  # a row of nothing but delimiters starts with a blank field
+        for col in columns[1:]:
+            if not len(rows):
+                break
+            rows = rows[_blank(col.take(pa.array(rows)))]
+        if len(rows):
+            return None  # rows of nothing but delimiters (a spreadsheet's empty row): the exact reader skips them
+    return columns
+
+
 def read_table(
     path: Path,
     table: Table,
@@ -170,42 +471,25 @@ def read_table(
     max_bytes: int = DEFAULT_MAX_FILE_BYTES,
     progress: ProgressFn = _no_progress,
 ) -> SourceTable:
-    """Read `path` as `table`; raise UnusableInputError if it is not a readable CSV."""
-    name = path.name
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise UnusableInputError(
-            f"{name} is {size / 2**20:,.0f} MiB, larger than the limit of {max_bytes / 2**20:,.0f} MiB for one file",
-            file=name,
-            hint="split the export (for example by enrollment year) into several uploads, "
-            "or raise the limit with --max-file-mb if this machine has the memory",
-        )
-    if size > 50 * 2**20:
-        progress(f"  reading {name} ({size / 2**20:,.0f} MiB)")
-    started = time.perf_counter()
-    text = _decode(path.read_bytes(), conventions.encoding, name)
-    if not text.strip():
-        raise UnusableInputError(f"{name} is empty: not even a header row", file=name,
-                                 hint="export the table again with its header row")
-    parsed = _parse_fast(text, conventions.delimiter, name)
-    if parsed is None:
-        parsed = _parse_exact(text, table.name, name, conventions.delimiter, size, progress)
-    header, columns, lines, findings = parsed
-    del text
-    read = time.perf_counter()
-    src = _normalise(table, study, conventions, name, header, columns, lines, findings)
-    src.steps = {"read": read - started, "conventions": time.perf_counter() - read}
-    return src
+    """Read `path` as `table` whole; raise UnusableInputError if it is not a readable CSV."""
+    reader = TableReader(path, table, study, conventions, max_bytes=max_bytes, progress=progress)
+    blocks = list(reader.blocks())
+    typed = pa.concat_tables([b.typed for b in blocks]) if blocks else reader.typed_schema().empty_table()
+    raw = pa.concat_tables([b.raw for b in blocks]) if blocks else reader.raw_schema().empty_table()
+    return source_table(reader, typed, raw)
 
 
-Parsed = tuple[list[str], list[pa.Array] | list[pa.ChunkedArray], np.ndarray, list[Finding]]
+def source_table(reader: TableReader, typed: pa.Table, raw: pa.Table, findings: bool = True) -> SourceTable:
+    """The rows of `typed`/`raw` (in file order) as the SourceTable the suites and harmonization read."""
+    lines = typed.column(LINE).to_numpy()
+    return SourceTable(table=reader.table.name, file=reader.file, frame=typed.to_pandas(), raw=raw, lines=lines,
+                       local_names=dict(reader.local_names), findings=list(reader.findings) if findings else [],
+                       steps=dict(reader.steps))
 
 
 def _read_header(text: str, delimiter: str, name: str) -> tuple[list[str], int]:
     """The header fields and the number of physical lines up to and including the header."""
-    head = text[:1 << 20]
-    reader = csv.reader(io.StringIO(head if head.count("\n") > 100 or len(head) == len(text) else text, newline=""),
-                        delimiter=delimiter, strict=False)
+    reader = csv.reader(io.StringIO(text[:1 << 20], newline=""), delimiter=delimiter, strict=False)
     try:
         header = next(reader)
         while not any(h.strip() for h in header):
@@ -219,108 +503,8 @@ def _read_header(text: str, delimiter: str, name: str) -> tuple[list[str], int]:
     return header, reader.line_num
 
 
-def _parse_fast(text: str, delimiter: str, name: str) -> Parsed | None:
-    """Parse with pyarrow when every record is one physical line (the usual case); None otherwise."""
-    if text.startswith(("\n", "\r", " ")) or ("\r" in text and text.count("\r") != text.count("\r\n")):
-        return None  # leading blank lines or lone CR line ends: let the exact reader count lines
-    header, header_lines = _read_header(text, delimiter, name)
-    if header_lines != 1 or len(set(header)) != len(header):
-        return None
-    physical = text.count("\n") + (0 if text.endswith("\n") else 1)
-    names = [f"c{i}" for i in range(len(header))]
-    try:
-        tbl = pacsv.read_csv(
-            io.BytesIO(text.encode("utf-8")),
-            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=16 << 20),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=False,
-                                             ignore_empty_lines=False),
-            convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
-                                                 strings_can_be_null=False, quoted_strings_can_be_null=False),
-        )
-    except (pa.ArrowInvalid, pa.ArrowException):
-        return None  # ragged rows, bad quoting, ...: the exact reader reports them line by line
-    if tbl.num_rows + 1 != physical:
-        return None  # blank lines or quoted newlines: line numbers need the exact reader
-    columns = [tbl.column(i) for i in range(len(names))]
-    if columns and tbl.num_rows:
-        rows = np.flatnonzero(_blank(columns[0]))  # a row of nothing but delimiters starts with a blank field
-        for col in columns[1:]:
-            if not len(rows):
-                break
-            rows = rows[_blank(col.take(pa.array(rows)))]
-        if len(rows):
-            return None  # rows of nothing but delimiters (a spreadsheet's empty row): the exact reader skips them
-    return header, columns, np.arange(2, tbl.num_rows + 2, dtype="int64"), []
-
-
-def _blank(values: pa.Array) -> np.ndarray:
+def _blank(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(values)), 0).to_numpy(zero_copy_only=False)
-
-
-def _parse_exact(text: str, table: str, name: str, delimiter: str, size: int, progress: ProgressFn) -> Parsed:
-    """Parse with the csv module, tracking each record's physical line; ragged rows become findings."""
-    header, header_lines = _read_header(text, delimiter, name)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=False)
-    for _ in range(header_lines):
-        next(reader)
-    findings: list[Finding] = []
-    ncols = len(header)
-    lines: list[int] = []
-    rows: list[list[str]] = []
-    ragged = 0
-    blank: list[int] = []  # lines skipped: empty, or nothing but delimiters and spaces
-    prev = reader.line_num
-    report_progress = size > 50 * 2**20
-    total_lines = text.count("\n") + 1 if report_progress else 0
-    next_mark = total_lines // 10
-    try:
-        for row in reader:
-            start = prev + 1
-            prev = reader.line_num
-            if not any(field.strip() for field in row):
-                blank.append(start)
-                continue
-            if len(row) != ncols:
-                ragged += 1
-                if ragged <= 1000:
-                    findings.append(Finding(
-                        severity="error", rule="row_shape", table=table, file=name, line=start,
-                        value=delimiter.join(row)[:200],
-                        message=f"the row has {len(row)} fields but the header has {ncols}",
-                        hint="quote values that contain the delimiter, and check for a missing or extra field; "
-                        "the row was not validated further",
-                    ))
-                continue
-            rows.append(row)
-            lines.append(start)
-            if report_progress and prev >= next_mark:
-                progress(f"  {name}: {prev / total_lines:4.0%} ({len(rows):,} rows)")
-                next_mark += total_lines // 10
-    except csv.Error as exc:
-        raise UnusableInputError(f"{name} line {prev + 1}: not readable as CSV ({exc})", file=name,
-                                 hint="check the quoting around this line") from None
-    total = len(rows) + ragged
-    if ragged and total >= 4 and ragged > total / 2:
-        raise UnusableInputError(
-            f"{name}: {ragged:,} of {total:,} rows have a different number of fields than the header ({ncols}); "
-            f"the delimiter {delimiter!r} or the quoting does not match the file",
-            file=name, hint="check conventions.delimiter in the site configuration and how values are quoted",
-        )
-    if ragged > 1000:
-        findings.append(Finding(
-            severity="error", rule="row_shape", table=table, file=name,
-            message=f"and {ragged - 1000:,} more rows with the wrong number of fields", hint="see above",
-        ))
-    if blank:
-        shown = ", ".join(str(n) for n in blank[:5]) + (", ..." if len(blank) > 5 else "")
-        findings.append(Finding(
-            severity="warning", rule="blank_rows", table=table, file=name, line=blank[0],
-            message=f"{len(blank):,} empty row{'s' if len(blank) > 1 else ''} (line{'s' if len(blank) > 1 else ''} "
-                    f"{shown}) skipped: blank, or nothing but delimiters",
-            hint="nothing to do; spreadsheet programs often write such rows at the end of a sheet",
-        ))
-    columns = [pa.array([r[i] for r in rows], type=pa.string()) for i in range(ncols)]
-    return header, columns, np.asarray(lines, dtype="int64"), findings
 
 
 def _check_delimiter(header: list[str], delimiter: str, name: str) -> None:
@@ -338,70 +522,6 @@ def _check_delimiter(header: list[str], delimiter: str, name: str) -> None:
             )
 
 
-def _normalise(
-    table: Table,
-    study: Study,
-    conventions: SiteConventions,
-    name: str,
-    header: list[str],
-    columns: list[pa.Array],
-    lines: np.ndarray,
-    findings: list[Finding],
-) -> SourceTable:
-    renames = {k.strip().lower(): v for k, v in conventions.column_renames.get(table.name, {}).items()}
-    positions: dict[str, int] = {}
-    local_names: dict[str, str] = {}
-    for pos, raw_name in enumerate(header):
-        local = raw_name.strip()
-        key = local.lower()
-        target = renames.get(key, key)
-        if target not in table.columns:
-            findings.append(Finding(
-                severity="warning", rule="unknown_column", table=table.name, file=name, line=1, column=local,
-                message=f"column {local!r} is not in the data dictionary for {table.name}; it was dropped",
-                hint="remove it from the export, or map it to a dictionary column under "
-                f"conventions.column_renames.{table.name} in the site configuration",
-            ))
-            continue
-        if target in positions:
-            findings.append(Finding(
-                severity="error", rule="duplicate_column", table=table.name, file=name, line=1, column=local,
-                dictionary_column=target,
-                message=f"column {target!r} appears twice in the header "
-                f"({local_names[target]!r} and {local!r})",
-                hint="keep one of the two columns",
-            ))
-            continue
-        positions[target] = pos
-        local_names[target] = local
-
-    nrows = len(lines)
-    raw = pa.table({col: columns[pos] for col, pos in positions.items()}) if positions else pa.table({})
-    cols: dict[str, pd.Series] = {LINE: pd.Series(lines, dtype="int64")}
-    code_maps = conventions.code_maps.get(table.name, {})
-    for col_name, column in table.columns.items():
-        if col_name not in positions:
-            if not column.required:
-                cols[col_name] = pd.Series(np.full(nrows, np.nan), dtype="str")
-                local_names.setdefault(col_name, col_name)
-            continue
-        trimmed = pc.utf8_trim_whitespace(raw.column(col_name))
-        values = pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)
-        _convert(cols, column, values, study, conventions, code_maps.get(col_name, {}))
-    frame = pd.DataFrame(cols, copy=False)
-    if not nrows and table.required:
-        findings.append(Finding(
-            severity="error", rule="table_empty", table=table.name, file=name, line=1,
-            message=f"{name} has a header but no data rows; {table.name} is a required table",
-            hint="export the data rows too; a required table cannot be empty",
-        ))
-    return SourceTable(table=table.name, file=name, frame=frame, raw=raw, lines=lines, local_names=local_names,
-                       findings=findings)
-
-
-def _to_str(values: pa.ChunkedArray | pa.Array) -> pd.Series:
-    """Arrow strings as a pandas Series of pandas' Arrow-backed `str` dtype (missing is NaN): no Python objects."""
-    return pd.Series(values.to_pandas(), dtype="str")
 
 
 def _map_codes(values: pa.Array, canon: dict[str, str], code_map: dict[str, str]) -> pa.Array:
@@ -506,7 +626,7 @@ def parse_dates(values: pa.Array, formats: list[str]) -> np.ndarray:
 
 
 def _convert(
-    frame: dict[str, pd.Series],
+    frame: dict[str, pa.Array],
     column: Column,
     values: pa.Array,
     study: Study,
@@ -516,10 +636,10 @@ def _convert(
     """Put the typed column and, for typed columns, its `__invalid` companion into `frame`."""
     name = column.name
     if column.type == "string":
-        frame[name] = _to_str(values)
+        frame[name] = values
         return
     if column.type == "code":
-        frame[name] = _to_str(_map_codes(values, _canonical_codes(study.codes_for(column) or []), code_map))
+        frame[name] = _map_codes(values, _canonical_codes(study.codes_for(column) or []), code_map)
         return
     if column.type == "date":
         parsed = parse_dates(values, conventions.date_formats)
@@ -531,9 +651,9 @@ def _convert(
         ok = pc.fill_null(pc.match_substring_regex(text, pattern), False)
         numbers = pc.cast(pc.if_else(ok, text, pa.scalar(None, pa.string())), pa.float64())
         parsed = numbers.to_numpy(zero_copy_only=False).astype("float64")
-    frame[name] = pd.Series(parsed, dtype="float64")
+    frame[name] = pa.array(parsed, pa.float64())
     invalid = pc.and_(pc.is_valid(values), pa.array(np.isnan(parsed)))
-    frame[name + INVALID_SUFFIX] = _to_str(pc.if_else(invalid, values, pa.scalar(None, pa.string())))
+    frame[name + INVALID_SUFFIX] = pc.if_else(invalid, values, pa.scalar(None, pa.string()))
 
 
 def read_progress_printer(stream: object = sys.stderr) -> ProgressFn:

@@ -55,8 +55,9 @@ class Report:
     created: str = ""
     # Seconds spent in each step (read, conventions, joins, gx, findings), for logs and benchmarks.
     steps: dict[str, float] = field(default_factory=dict)
-    # The tables as read (dictionary terms), kept only when the caller goes on to harmonize them.
-    sources: dict[str, Any] = field(default_factory=dict, repr=False)
+    # The tables as read (dictionary terms, a parts.PartStore), kept only when the caller goes on to harmonize
+    # them; the caller closes it.
+    parts: Any = field(default=None, repr=False)
 
     def finish(self, seconds: float) -> None:
         self.seconds = seconds

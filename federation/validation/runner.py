@@ -30,15 +30,15 @@ from federation.exceptions import UnusableInputError
 from federation.schema import Dictionary, Study, load_dictionary, load_registry
 from federation.validation.explain import Context, explain
 from federation.validation.findings import Finding
+from federation.validation.parts import DEFAULT_MEMORY_MB, PartStore, check_partitionable, parts_for
 from federation.validation.reader import (
     DEFAULT_MAX_FILE_BYTES,
-    INVALID_SUFFIX,
     LINE,
     ProgressFn,
     SourceTable,
+    TableReader,
     _no_progress,
     day_to_iso,
-    read_table,
 )
 from federation.validation.report import Report, TableSummary
 from federation.validation.suites import AGE_COLUMN, join_needs, joined_name, load_suite, tables_of
@@ -53,6 +53,10 @@ class ValidationRequest:
     study_id: str
     upload_date: dt.date
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    # Memory the validation may use; a larger export is split by patient into parts that fit (parts.py)
+    memory_mb: int = DEFAULT_MEMORY_MB
+    parts: int | None = None  # force this many parts (tests, benchmarks); None: from memory_mb
+    workdir: Path | None = None  # where part files go (a temporary folder if None)
 
 
 def _quiet_gx() -> None:
@@ -113,7 +117,6 @@ def validate_export(request: ValidationRequest, progress: ProgressFn = _no_progr
             hint="copy the file itself into the export folder instead of linking to it",
         ))
     files = {p.name.lower(): p for p in entries if p.is_file() and not p.is_symlink()}
-    sources: dict[str, SourceTable] = {}
     for name, path in sorted(files.items()):
         stem = name[:-4] if name.endswith(".csv") else None
         if stem not in wanted and not name.startswith(".") and name != "manifest.json":
@@ -122,6 +125,53 @@ def validate_export(request: ValidationRequest, progress: ProgressFn = _no_progr
                 message=f"{path.name} is not a table of study {study.study_id}; it was ignored",
                 hint=f"expected files: {', '.join(t + '.csv' for t in wanted)}",
             ))
+    sizes = [files[f"{t}.csv"].stat().st_size for t in wanted if f"{t}.csv" in files]
+    csv_bytes = sum(n for n in sizes if n <= request.max_file_bytes)  # a file over the limit is refused unread
+    parts = request.parts or parts_for(csv_bytes, request.memory_mb)
+    if parts > 1:
+        try:
+            check_partitionable(dictionary)
+        except ValueError as exc:
+            log.warning("%s", exc)
+            parts = 1
+    store = PartStore(parts, dictionary, wanted, folder=request.workdir)
+    try:
+        _read_all(request, dictionary, study, wanted, files, store, report, progress)
+        if not report.unusable:
+            waited = time.perf_counter()
+            gx_ready.join()
+            report.steps["gx"] = report.steps.get("gx", 0.0) + time.perf_counter() - waited
+            suites = _Suites(dictionary, study, request, wanted)
+            for p in range(parts):
+                if parts > 1:
+                    progress(f"checking part {p + 1} of {parts} (patients split by id to bound memory)")
+                t0 = time.perf_counter()
+                sources = store.sources(p)
+                report.steps["split"] = report.steps.get("split", 0.0) + time.perf_counter() - t0
+                suites.run(sources, report, progress if parts == 1 else _no_progress)
+                del sources
+    except BaseException:
+        store.close()
+        raise
+    for table, reader in store.readers.items():
+        # no verdict on a file whose rules did not run because another could not be read
+        report.tables.append(TableSummary(table=table, file=reader.file, rows=reader.rows,
+                                          checked=not report.unusable))
+    report.tables.sort(key=lambda t: wanted.index(t.table) if t.table in wanted else len(wanted))
+    if parts > 1:  # a rule about a whole column (it is missing, ...) fails in every part: say it once
+        report.findings = list(dict.fromkeys(report.findings))
+    if keep_sources:
+        report.parts = store
+    else:
+        store.close()
+    report.finish(time.perf_counter() - started)
+    return report
+
+
+def _read_all(request: ValidationRequest, dictionary: Dictionary, study: Study, wanted: list[str],
+              files: dict[str, Path], store: PartStore, report: Report, progress: ProgressFn) -> None:
+    """Read every file of the study block by block into the parts; unreadable files are said and dropped."""
+    t0 = time.perf_counter()
     for table in wanted:
         t = dictionary.table(table)
         found = files.get(f"{table}.csv")
@@ -132,47 +182,24 @@ def validate_export(request: ValidationRequest, progress: ProgressFn = _no_progr
                     message=f"required file {table}.csv is missing",
                     hint=f"add {table}.csv (file names are <table>.csv)",
                 ))
-            sources[table] = _empty_source(dictionary, table)
             continue
         progress(f"reading {found.name}")
+        reader = TableReader(found, t, study, request.site.conventions, max_bytes=request.max_file_bytes,
+                             progress=progress)
         try:
-            src = read_table(found, t, study, request.site.conventions,
-                             max_bytes=request.max_file_bytes, progress=progress)
+            store.add(reader, reader.blocks())
         except UnusableInputError as exc:
+            store.drop(table)
             report.unusable.append(Finding(severity="error", rule="unusable_file", table=table,
                                            file=exc.file or found.name, message=str(exc), hint=exc.hint))
             report.tables.append(TableSummary(table=table, file=found.name, rows=0, readable=False, checked=False))
             continue
-        sources[table] = src
-        report.findings.extend(src.findings)
-        for step, seconds in src.steps.items():
+        report.findings.extend(reader.findings)
+        for step, seconds in reader.steps.items():
             report.steps[step] = report.steps.get(step, 0.0) + seconds
-
-    if not report.unusable:
-        waited = time.perf_counter()
-        gx_ready.join()
-        report.steps["gx"] = report.steps.get("gx", 0.0) + time.perf_counter() - waited
-        _run_suites(dictionary, study, request, sources, report, progress)
-    for table, src in sources.items():
-        if src.present:  # no verdict on a file whose rules did not run because another could not be read
-            report.tables.append(TableSummary(table=table, file=src.file, rows=src.rows, checked=not report.unusable))
-    report.tables.sort(key=lambda t: wanted.index(t.table) if t.table in wanted else len(wanted))
-    if keep_sources:
-        report.sources = {t: s for t, s in sources.items() if s.present}
-    report.finish(time.perf_counter() - started)
-    return report
-
-
-def _empty_source(dictionary: Dictionary, table: str) -> SourceTable:
-    """An absent optional table: no rows, every column present (so cross-table joins still work)."""
-    t = dictionary.table(table)
-    frame = pd.DataFrame({LINE: pd.Series([], dtype="int64")})
-    for name, column in t.columns.items():
-        frame[name] = pd.Series([], dtype="float64" if column.type in ("date", "int", "decimal") else "object")
-        if column.type in ("date", "int", "decimal"):
-            frame[name + INVALID_SUFFIX] = pd.Series([], dtype="object")
-    return SourceTable(table=table, file=f"{table}.csv", frame=frame, raw=pa.table({}),
-                       lines=np.zeros(0, dtype="int64"), local_names={c: c for c in t.columns}, present=False)
+    store.seal()
+    inside = sum(report.steps.get(k, 0.0) for k in ("read", "conventions"))
+    report.steps["split"] = report.steps.get("split", 0.0) + max(time.perf_counter() - t0 - inside, 0.0)
 
 
 def _left_join_index(keys: pd.Series, other: pd.Series) -> tuple[pa.Array, np.ndarray]:
@@ -254,48 +281,51 @@ def _failed(expectations: list[dict[str, Any]], results: Any) -> list[dict[str, 
     return [e for e, k in zip(expectations, keys, strict=True) if k in bad]
 
 
-def _run_suites(dictionary: Dictionary, study: Study, request: ValidationRequest,
-                sources: dict[str, SourceTable], report: Report, progress: ProgressFn) -> None:
-    t0 = time.perf_counter()
-    _quiet_gx()
-    import great_expectations as gx
+class _Suites:
+    """The study's suites in one Great Expectations context, run on each part of an export in turn."""
 
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = {"globally": False, "metric_calculations": False}  # type: ignore[assignment]
-    asset = context.data_sources.add_pandas("export").add_dataframe_asset("table")
-    batch_def = asset.add_batch_definition_whole_dataframe("whole")
-    wording = Context(conventions=request.site.conventions, site_id=request.site.site_id, study_id=study.study_id,
-                      upload_date=request.upload_date)
-    params = {"site_id": [request.site.site_id],
-              "upload_date": float((pd.Timestamp(request.upload_date) - pd.Timestamp("1970-01-01")).days)}
-    full = {"result_format": "COMPLETE", "unexpected_index_column_names": [LINE]}
-    steps = report.steps
-    steps["gx"] = steps.get("gx", 0.0) + time.perf_counter() - t0
-    with _no_batch_fingerprint():
-        for table, src in sources.items():
-            if not src.present:
-                continue
-            progress(f"validating {src.file} ({src.rows:,} rows)")
-            t1 = time.perf_counter()
-            batch_frame = build_batch(dictionary, table, sources)
-            t2 = time.perf_counter()
-            suite_dict = load_suite(dictionary, study, table)
-            batch = batch_def.get_batch(batch_parameters={"dataframe": batch_frame})
-            # A cheap pass says which expectations fail; only those run again for every failing row's line.
-            cheap = batch.validate(gx.ExpectationSuite(**suite_dict), expectation_parameters=params,
-                                   result_format=CHEAP)
-            failed = _failed(suite_dict["expectations"], cheap.results)
-            results = []
-            if failed:
-                detail = gx.ExpectationSuite(**{**suite_dict, "name": suite_dict["name"] + ".failed",
-                                                "expectations": failed})
-                results = batch.validate(detail, expectation_parameters=params, result_format=full).results
-            t3 = time.perf_counter()
-            found = _findings_from(results, src, sources, wording)
-            report.findings.extend(found)
-            t4 = time.perf_counter()
-            for step, seconds in (("joins", t2 - t1), ("gx", t3 - t2), ("findings", t4 - t3)):
-                steps[step] = steps.get(step, 0.0) + seconds
+    def __init__(self, dictionary: Dictionary, study: Study, request: ValidationRequest, tables: list[str]) -> None:
+        _quiet_gx()
+        import great_expectations as gx
+
+        self.gx, self.dictionary = gx, dictionary
+        context = gx.get_context(mode="ephemeral")
+        context.variables.progress_bars = {"globally": False, "metric_calculations": False}  # type: ignore
+        asset = context.data_sources.add_pandas("export").add_dataframe_asset("table")
+        self.batch_def = asset.add_batch_definition_whole_dataframe("whole")
+        self.wording = Context(conventions=request.site.conventions, site_id=request.site.site_id,
+                               study_id=study.study_id, upload_date=request.upload_date)
+        self.params = {"site_id": [request.site.site_id],
+                       "upload_date": float((pd.Timestamp(request.upload_date) - pd.Timestamp("1970-01-01")).days)}
+        self.suites = {t: load_suite(dictionary, study, t) for t in tables}
+
+    def run(self, sources: dict[str, SourceTable], report: Report, progress: ProgressFn) -> None:
+        gx, steps = self.gx, report.steps
+        full = {"result_format": "COMPLETE", "unexpected_index_column_names": [LINE]}
+        with _no_batch_fingerprint():
+            for table, src in sources.items():
+                if not src.present or not src.rows:
+                    continue
+                progress(f"validating {src.file} ({src.rows:,} rows)")
+                t1 = time.perf_counter()
+                batch_frame = build_batch(self.dictionary, table, sources)
+                t2 = time.perf_counter()
+                suite_dict = self.suites[table]
+                batch = self.batch_def.get_batch(batch_parameters={"dataframe": batch_frame})
+                # A cheap pass says which expectations fail; only those run again for every failing row's line.
+                cheap = batch.validate(gx.ExpectationSuite(**suite_dict), expectation_parameters=self.params,
+                                       result_format=CHEAP)
+                failed = _failed(suite_dict["expectations"], cheap.results)
+                results = []
+                if failed:
+                    detail = gx.ExpectationSuite(**{**suite_dict, "name": suite_dict["name"] + ".failed",
+                                                    "expectations": failed})
+                    results = batch.validate(detail, expectation_parameters=self.params, result_format=full).results
+                t3 = time.perf_counter()
+                report.findings.extend(_findings_from(results, src, sources, self.wording))
+                t4 = time.perf_counter()
+                for step, seconds in (("joins", t2 - t1), ("gx", t3 - t2), ("findings", t4 - t3)):
+                    steps[step] = steps.get(step, 0.0) + seconds
 
 
 def _findings_from(results: Any, src: SourceTable, sources: dict[str, SourceTable],

@@ -21,10 +21,12 @@ def _harmonized(folder: Path, site: SiteConfig, study: str = "PONC-WT-01") -> tu
     from federation.validation.runner import ValidationRequest, validate_export
 
     report = validate_export(ValidationRequest(folder, site, study, dt.date(2025, 6, 30)), keep_sources=True)
-    assert report.status == "valid"
-    tables = harmonize(load_dictionary("1"), report.sources, study_id=study, site_id=site.site_id,
+    assert report.status == "valid" and report.parts.parts == 1
+    sources = {t: s for t, s in report.parts.sources(0).items() if s.present}
+    report.parts.close()
+    tables = harmonize(load_dictionary("1"), sources, study_id=study, site_id=site.site_id,
                        upload_id="u-test", key=KEY)
-    return tables, report.sources
+    return tables, sources
 
 
 @pytest.fixture(scope="module")

@@ -165,15 +165,15 @@ def test_an_unexpected_error_is_recorded_as_failed(backend: Settings, clean_expo
     def broken(*_a: object, **_k: object) -> None:
         raise RuntimeError("harmonizer bug")
 
-    original = pipeline.harmonize
-    monkeypatch.setattr(pipeline, "harmonize", broken)
+    original = pipeline.harmonize_parts
+    monkeypatch.setattr(pipeline, "harmonize_parts", broken)
     with pytest.raises(RuntimeError):
         process_upload(backend, UploadRef("site-a", m.upload_id, True))
     store = open_store(backend.storage, "pipeline")
     (entry,) = read_catalog(store, backend)
     assert entry.status == "failed" and "harmonizer bug" in entry.message
     assert store.list("harmonized/") == []
-    monkeypatch.setattr(pipeline, "harmonize", original)
+    monkeypatch.setattr(pipeline, "harmonize_parts", original)
     assert [r.upload_id for r in pending_uploads(backend)] == [m.upload_id]  # picked up again next run
     assert process_upload(backend, UploadRef("site-a", m.upload_id, True)).status == "published"
 
