@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from federation.exceptions import FederationError
+from federation.ingest.landing import sha256_file
 from federation.storage import ObjectStore, PreconditionFailed, StorageConfig, layout
 
 
@@ -85,14 +86,6 @@ def get_version(store: ObjectStore, cfg: StorageConfig, site_id: str, study_id: 
         raise PublishError(f"{site_id}/{study_id} has no version {number}") from None
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _parquet_bytes(table: pa.Table) -> bytes:
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="zstd")
@@ -112,7 +105,7 @@ def publish(store: ObjectStore, cfg: StorageConfig, *, site_id: str, study_id: s
         key = layout.data_key(cfg, site_id, study_id, upload_id, name)
         if isinstance(table, Path):
             store.put_file(key, table)
-            rows, digest = pq.ParquetFile(table).metadata.num_rows, _sha256_file(table)
+            rows, digest = pq.ParquetFile(table).metadata.num_rows, sha256_file(table)
         else:
             data = _parquet_bytes(table)
             store.put_bytes(key, data)
