@@ -30,6 +30,7 @@ def main() -> int:
     ap.add_argument("--ae-rows", type=int, default=1_000_000)
     ap.add_argument("--backend", choices=["local", "seaweedfs"], default="local")
     ap.add_argument("--out", type=Path, default=Path("bench/out/validate_1m"))
+    ap.add_argument("--memory-mb", type=int, default=1024, help="the pipeline's memory budget (default 1024)")
     args = ap.parse_args()
     os.environ.setdefault("FEDERATION_PSEUDONYM_KEY", "benchmark-key-0123456789")
 
@@ -39,6 +40,9 @@ def main() -> int:
     from federation.storage import StorageConfig, open_store
 
     export = ensure_export(args.out, args.ae_rows)
+    if not (args.out / "generated-earlier").exists():  # generating holds every row in memory: measure apart
+        (args.out / "generated-earlier").touch()
+        print("the export was generated in this process; run again to measure peak memory", flush=True)
     csvs = sorted(export.glob("*.csv"))
     rows = count_rows(csvs)
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
@@ -58,7 +62,7 @@ def main() -> int:
                                        cfg.model_copy(update={"endpoint": ep}), "pipeline").list("pipeline/")
                                        or True)).start()
             cfg = cfg.model_copy(update={"endpoint": server.endpoint})
-        settings = Settings(storage=cfg, sites_dir=args.out / "synth" / "sites")
+        settings = Settings(storage=cfg, sites_dir=args.out / "synth" / "sites", memory_mb=args.memory_mb)
         site_store = open_store(cfg, "site-a" if cfg.kind == "s3" else "pipeline")
 
         print("floor: pyarrow read the export's CSVs + write Parquet ...", flush=True)
@@ -80,11 +84,15 @@ def main() -> int:
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     total = up_s + proc_s
     result = {"backend": args.backend, "rows": rows, "upload_s": round(up_s, 2), "pipeline_s": round(proc_s, 2),
               "stages_s": entry.seconds, "landing_to_published_rows_per_s": round(rows / proc_s),
               "with_upload_rows_per_s": round(rows / total), "floor_s": round(f_wall, 2),
-              "floor_rows_per_s": round(rows / f_wall), "ratio": round(proc_s / f_wall, 1)}
+              "floor_rows_per_s": round(rows / f_wall), "ratio": round(proc_s / f_wall, 1),
+              "peak_mib": round(peak), "memory_mb": args.memory_mb}
     (args.out / f"ingest_{args.backend}.json").write_text(json.dumps(result, indent=2) + "\n")
     print()
     print(f"| {args.backend}: {rows:,} rows (5 tables) | seconds | rows/s |")
@@ -94,6 +102,7 @@ def main() -> int:
     print(f"| floor: pyarrow CSV -> Parquet, same files | {f_wall:.1f} | {rows / f_wall:,.0f} |")
     print(f"| pipeline / floor | {proc_s / f_wall:.1f}x | |")
     print(f"stages: {entry.seconds}")
+    print(f"peak memory of this process (upload and pipeline): {peak:,.0f} MiB (budget {args.memory_mb:,} MiB)")
     return 0
 
 

@@ -51,6 +51,9 @@ def _build_parser() -> argparse.ArgumentParser:
     v.add_argument("--upload-date", type=_date, default=None,
                    help="date the export is delivered, YYYY-MM-DD (default today); no date may be after it")
     v.add_argument("--max-file-mb", type=int, default=1024, help="refuse a single CSV larger than this (default 1024)")
+    v.add_argument("--memory-mb", type=int, default=1024,
+                   help="memory the validation may use (default 1024); a larger export is checked in parts, "
+                   "split by patient, with the same findings")
     v.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
 
     s = sub.add_parser(
@@ -286,7 +289,7 @@ def _validate(args: argparse.Namespace) -> int:
     site = load_site(args.site, args.sites_dir)
     request = ValidationRequest(path=args.path, site=site, study_id=args.study,
                                 upload_date=args.upload_date or dt.date.today(),
-                                max_file_bytes=args.max_file_mb * 2**20)
+                                max_file_bytes=args.max_file_mb * 2**20, memory_mb=args.memory_mb)
     progress = (lambda _m: None) if args.quiet else read_progress_printer()
     report = validate_export(request, progress=progress)
     stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -309,7 +312,9 @@ def _upload(args: argparse.Namespace) -> int:
     study = load_registry().study(args.study)
     print(f"validating {args.path} locally ...", file=sys.stderr)
     report = validate_export(ValidationRequest(path=args.path, site=site, study_id=study.study_id,
-                                               upload_date=dt.date.today()))
+                                               upload_date=dt.date.today(),
+                                               max_file_bytes=settings.max_file_mb * 2**20,
+                                               memory_mb=settings.memory_mb))
     print(report.summary_text())
     if report.status != "valid" and not args.force:
         print("not uploaded: fix the problems above (run `federation validate` for the full report), "
