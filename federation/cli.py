@@ -50,7 +50,8 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="where to write the report (default reports/SITE_STUDY_TIMESTAMP)")
     v.add_argument("--upload-date", type=_date, default=None,
                    help="date the export is delivered, YYYY-MM-DD (default today); no date may be after it")
-    v.add_argument("--max-file-mb", type=int, default=1024, help="refuse a single CSV larger than this (default 1024)")
+    v.add_argument("--max-file-mb", type=int, default=4096,
+                   help="refuse a single CSV larger than this, unread (default 4096; a safety limit)")
     v.add_argument("--memory-mb", type=int, default=1024,
                    help="memory the validation may use (default 1024); a larger export is checked in parts, "
                    "split by patient, with the same findings")

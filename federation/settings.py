@@ -24,7 +24,7 @@ class Settings(BaseModel):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     sites_dir: Path = INFRA_DIR / "sites"
     pseudonym_key_file: Path | None = None
-    max_file_mb: int = 1024
+    max_file_mb: int = 4096
     # memory one validation may use; a larger export is checked in parts split by patient
     memory_mb: int = 1024
     audit_log: Path = Path("audit/queries.jsonl")

@@ -32,7 +32,7 @@ from federation.validation.findings import Finding
 LINE = "__line"
 INVALID_SUFFIX = "__invalid"
 EPOCH = pd.Timestamp("1970-01-01")
-DEFAULT_MAX_FILE_BYTES = 1024 * 1024 * 1024  # 1 GiB, see docs/decisions/0003-reading-site-exports.md
+DEFAULT_MAX_FILE_BYTES = 4 * 1024**3  # 4 GiB: a safety limit, see docs/decisions/0003-reading-site-exports.md
 _INT_RE = r"^[+-]?[0-9]+$"
 _DECIMAL_RE = r"^[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)$"
 
