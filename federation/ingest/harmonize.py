@@ -9,8 +9,10 @@ keyed pseudonym. No raw identifier and no raw date reaches the output.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import hmac
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -55,9 +57,23 @@ def _convert_dose(frame: pd.DataFrame, dictionary: Dictionary) -> tuple[pd.Serie
     return dose, unit
 
 
+CHUNK_ROWS = 500_000  # rows of a table harmonized at once (memory)
+
+
 def harmonize(dictionary: Dictionary, sources: dict[str, SourceTable], *, study_id: str, site_id: str,
               upload_id: str, key: bytes) -> dict[str, pa.Table]:
     """The harmonized tables (Arrow, with the dictionary's harmonized schema) of one validated export."""
+    pieces: dict[str, list[pa.Table]] = {}
+    for name, table in harmonize_pieces(dictionary, sources, study_id=study_id, site_id=site_id,
+                                        upload_id=upload_id, key=key):
+        pieces.setdefault(name, []).append(table)
+    return {name: pa.concat_tables(tables) for name, tables in pieces.items()}
+
+
+def harmonize_pieces(dictionary: Dictionary, sources: dict[str, SourceTable], *, study_id: str, site_id: str,
+                     upload_id: str, key: bytes) -> Iterator[tuple[str, pa.Table]]:
+    """The harmonized tables in pieces of at most CHUNK_ROWS rows, each as soon as it is made (so only one
+    piece is ever in pandas)."""
     patients = sources["patients"].frame
     pid_of = {p: pseudonym(key, study_id, site_id, p) for p in patients["patient_id"]}
     enrol = patients.set_index("patient_id")["enrollment_date"]
@@ -73,7 +89,17 @@ def harmonize(dictionary: Dictionary, sources: dict[str, SourceTable], *, study_
         out["pid"] = frame["patient_id"].map(pid_of)
         return out
 
-    tables: dict[str, pd.DataFrame] = {}
+    def arrow(name: str, frame: pd.DataFrame) -> tuple[str, pa.Table]:
+        schema = harmonized_arrow_schema(dictionary, name)
+        frame = frame.reset_index(drop=True)
+        table = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+        return name, table.replace_schema_metadata(schema.metadata)
+
+    def chunks(name: str) -> Iterator[pd.DataFrame]:
+        frame = sources[name].frame
+        for start in range(0, max(len(frame), 1), CHUNK_ROWS):
+            yield frame.iloc[start:start + CHUNK_ROWS]
+
     p = base(patients)
     for col in ("sex", "arm", "race", "ethnicity"):
         p[col] = patients[col]
@@ -91,27 +117,26 @@ def harmonize(dictionary: Dictionary, sources: dict[str, SourceTable], *, study_
     os_event = o["vital_status"].eq("DEAD")
     p["os_days"] = np.where(os_event, o["death_date"] - patients["enrollment_date"], last)
     p["os_event"] = os_event.astype(bool)
-    tables["patients"] = p
+    yield arrow("patients", p)
+    del p, o, age, diag_day
 
     d = sources["diagnoses"].frame
     h = base(d)
     h["diagnosis_day"] = _rel(d["diagnosis_date"], d["patient_id"].map(enrol))
     for col in ("histology_icdo3", "topography_icdo3", "stage", "histology_risk", "risk_group"):
         h[col] = d[col]
-    tables["diagnoses"] = h
+    yield arrow("diagnoses", h)
 
-    if "treatments" in sources:
-        t = sources["treatments"].frame
+    for t in chunks("treatments") if "treatments" in sources else ():
         h = base(t)
         e = t["patient_id"].map(enrol)
         h["agent"] = t["agent"]
         h["start_day"] = _rel(t["start_date"], e)
         h["end_day"] = _rel(t["end_date"].astype("float64"), e)
         h["dose"], h["dose_unit"] = _convert_dose(t, dictionary)
-        tables["treatments"] = h
+        yield arrow("treatments", h)
 
-    if "adverse_events" in sources:
-        a = sources["adverse_events"].frame
+    for a in chunks("adverse_events") if "adverse_events" in sources else ():
         h = base(a)
         for col in ("ae_term", "meddra_code"):
             h[col] = a[col]
@@ -119,7 +144,7 @@ def harmonize(dictionary: Dictionary, sources: dict[str, SourceTable], *, study_
         h["onset_day"] = _rel(a["onset_date"], a["patient_id"].map(enrol))
         h["serious"] = a["serious"]
         h["related"] = a["related"]
-        tables["adverse_events"] = h
+        yield arrow("adverse_events", h)
 
     o = sources["outcomes"].frame
     h = base(o)
@@ -129,15 +154,7 @@ def harmonize(dictionary: Dictionary, sources: dict[str, SourceTable], *, study_
     h["death_day"] = _rel(o["death_date"].astype("float64"), e)
     h["first_event"] = o["first_event"]
     h["first_event_day"] = _rel(o["first_event_date"].astype("float64"), e)
-    tables["outcomes"] = h
-
-    out: dict[str, pa.Table] = {}
-    for name, frame in tables.items():
-        schema = harmonized_arrow_schema(dictionary, name)
-        frame = frame.reset_index(drop=True)
-        table = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
-        out[name] = table.replace_schema_metadata(schema.metadata)
-    return out
+    yield arrow("outcomes", h)
 
 
 def harmonize_parts(dictionary: Dictionary, parts: PartStore, *, study_id: str, site_id: str, upload_id: str,
@@ -148,13 +165,16 @@ def harmonize_parts(dictionary: Dictionary, parts: PartStore, *, study_id: str, 
     paths: dict[str, Path] = {}
     try:
         for p in range(parts.parts):
-            sources = {t: s for t, s in parts.sources(p).items() if s.present}
-            for name, table in harmonize(dictionary, sources, study_id=study_id, site_id=site_id,
-                                         upload_id=upload_id, key=key).items():
+            sources = {t: s for t, s in parts.sources(p, values_only=True).items() if s.present}
+            for name, table in harmonize_pieces(dictionary, sources, study_id=study_id, site_id=site_id,
+                                                upload_id=upload_id, key=key):
                 if name not in writers:
                     paths[name] = folder / f"{name}.parquet"
                     writers[name] = pq.ParquetWriter(str(paths[name]), table.schema, compression="zstd")
                 writers[name].write_table(table)
+            del sources
+            if parts.parts > 1:
+                gc.collect()  # the part's frames are in reference cycles (pandas); free them before the next part
     finally:
         for writer in writers.values():
             writer.close()

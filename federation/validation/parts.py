@@ -25,11 +25,13 @@ from federation.schema import Dictionary
 from federation.validation.reader import INVALID_SUFFIX, LINE, Block, SourceTable, TableReader, source_table
 
 PART_KEY = "patient_id"
-# Peak memory of validating a part is about this many times the bytes of CSV it holds (measured on the
-# synthetic exports: Arrow and pandas columns, the joined batch, Great Expectations' row-filtered copies)
-MEMORY_PER_CSV_BYTE = 6.0
+# Peak memory of validating and harmonizing a part is about this many times the bytes of CSV it holds (Arrow
+# and pandas columns, the joined batch, Great Expectations' row-filtered copies). Calibrated on this machine
+# with bench/ingest_throughput.py: the 10M-row export (1.3 GiB of CSV) peaked at 2,077 MiB in 6 parts and
+# 1,850 MiB in 7 (budget 2,048); the 1M-row export (137 MiB) at 855 MiB in 3 parts (budget 1,024).
+MEMORY_PER_CSV_BYTE = 6.5
 # What the process holds besides the part: Python, pandas, pyarrow, Great Expectations, DuckDB, and the block
-# being read (1M-row export, 137 MiB of CSV, on this machine: peak 1,442 MiB in one part, 936 in two, 908 in three)
+# being read
 BASELINE_BYTES = 700 * 2**20
 DEFAULT_MEMORY_MB = 1024
 
@@ -142,28 +144,31 @@ class PartStore:
             sink.close()
         self._writers.clear()
 
-    def part(self, p: int) -> dict[str, tuple[pa.Table, pa.Table]]:
-        """Each table's rows of part `p` (typed, raw), in file order."""
+    def part(self, p: int, raw: bool = True) -> dict[str, tuple[pa.Table, pa.Table]]:
+        """Each table's rows of part `p` (typed, raw), in file order; `raw=False`: raw tables left empty."""
         out = {}
         for table, (typed_schema, raw_schema) in self._schemas.items():
             if self.parts == 1:
                 blocks = self._memory[table]
                 typed = pa.concat_tables([b.typed for b in blocks]) if blocks else typed_schema.empty_table()
-                raw = pa.concat_tables([b.raw for b in blocks]) if blocks else raw_schema.empty_table()
+                raws = pa.concat_tables([b.raw for b in blocks]) if blocks and raw else raw_schema.empty_table()
             else:
-                typed, raw = (self._read(table, p, kind, schema)
-                              for kind, schema in (("typed", typed_schema), ("raw", raw_schema)))
-            out[table] = (typed, raw)
+                typed = self._read(table, p, "typed", typed_schema)
+                raws = self._read(table, p, "raw", raw_schema) if raw else raw_schema.empty_table()
+            out[table] = (typed, raws)
         return out
 
-    def sources(self, p: int) -> dict[str, SourceTable]:
-        """Part `p` of every table of the study, as the suites and harmonization read it (a table without a file
-        is there with no rows)."""
-        data = self.part(p)
+    def sources(self, p: int, values_only: bool = False) -> dict[str, SourceTable]:
+        """Part `p` of every table of the study, as the suites read it (a table without a file is there with no
+        rows); `values_only`: only the typed values, as harmonization needs them (no raw text, no companions)."""
+        data = self.part(p, raw=not values_only)
         out = {}
         for table in self.tables:
             if table in data:
-                out[table] = source_table(self.readers[table], *data[table], findings=False)
+                typed, raw = data[table]
+                if values_only:
+                    typed = typed.select([c for c in typed.column_names if not c.endswith(INVALID_SUFFIX)])
+                out[table] = source_table(self.readers[table], typed, raw, findings=False)
             else:
                 out[table] = empty_source(self.dictionary, table)
         return out

@@ -10,6 +10,7 @@ never disagree.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
 import os
 import threading
@@ -150,6 +151,8 @@ def validate_export(request: ValidationRequest, progress: ProgressFn = _no_progr
                 report.steps["split"] = report.steps.get("split", 0.0) + time.perf_counter() - t0
                 suites.run(sources, report, progress if parts == 1 else _no_progress)
                 del sources
+                if parts > 1:
+                    gc.collect()  # GX's batches, validators and engines hold each other in cycles: free this part
     except BaseException:
         store.close()
         raise
@@ -265,6 +268,7 @@ def _no_batch_fingerprint() -> Iterator[None]:
 CHEAP = {"result_format": "BOOLEAN_ONLY"}
 
 
+
 def _expectation_key(type_: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> tuple[Any, ...]:
     return (type_, meta.get("rule"), meta.get("column"), kwargs.get("column"), kwargs.get("column_A"),
             kwargs.get("column_B"))
@@ -289,10 +293,6 @@ class _Suites:
         import great_expectations as gx
 
         self.gx, self.dictionary = gx, dictionary
-        context = gx.get_context(mode="ephemeral")
-        context.variables.progress_bars = {"globally": False, "metric_calculations": False}  # type: ignore
-        asset = context.data_sources.add_pandas("export").add_dataframe_asset("table")
-        self.batch_def = asset.add_batch_definition_whole_dataframe("whole")
         self.wording = Context(conventions=request.site.conventions, site_id=request.site.site_id,
                                study_id=study.study_id, upload_date=request.upload_date)
         self.params = {"site_id": [request.site.site_id],
@@ -301,6 +301,10 @@ class _Suites:
 
     def run(self, sources: dict[str, SourceTable], report: Report, progress: ProgressFn) -> None:
         gx, steps = self.gx, report.steps
+        context = gx.get_context(mode="ephemeral")
+        context.variables.progress_bars = {"globally": False, "metric_calculations": False}  # type: ignore
+        batch_def = context.data_sources.add_pandas("export").add_dataframe_asset(
+            "table").add_batch_definition_whole_dataframe("whole")
         full = {"result_format": "COMPLETE", "unexpected_index_column_names": [LINE]}
         with _no_batch_fingerprint():
             for table, src in sources.items():
@@ -311,7 +315,7 @@ class _Suites:
                 batch_frame = build_batch(self.dictionary, table, sources)
                 t2 = time.perf_counter()
                 suite_dict = self.suites[table]
-                batch = self.batch_def.get_batch(batch_parameters={"dataframe": batch_frame})
+                batch = batch_def.get_batch(batch_parameters={"dataframe": batch_frame})
                 # A cheap pass says which expectations fail; only those run again for every failing row's line.
                 cheap = batch.validate(gx.ExpectationSuite(**suite_dict), expectation_parameters=self.params,
                                        result_format=CHEAP)
