@@ -163,10 +163,10 @@ def _process(settings: Settings, ref: UploadRef, store: ObjectStore, workdir: Pa
         entry.rows = {t.table: t.rows for t in report.tables}
         report_prefix = layout.report_prefix(settings.storage, ref.site_id, ref.upload_id)
         rep_dir = folder / "_report"
-        for kind, path in report.write(rep_dir).items():
-            store.put_file(report_prefix + path.name, path)
-            if kind == "html":
-                entry.report = report_prefix + path.name
+        written = report.write(rep_dir)
+        for path in sorted(f for f in rep_dir.rglob("*") if f.is_file()):  # the report and its Data Docs
+            store.put_file(report_prefix + path.relative_to(rep_dir).as_posix(), path)
+        entry.report = report_prefix + written["html"].name
 
         if report.status != "valid":
             if report.parts is not None:

@@ -19,6 +19,7 @@ Status = Literal["valid", "invalid", "unusable"]
 EXIT_CODES: dict[str, int] = {"valid": 0, "invalid": 1, "unusable": 2}
 CSV_CAP = 10_000
 HTML_EXAMPLES_PER_RULE = 5
+DATA_DOCS = "data-docs"  # the Great Expectations Data Docs of the run, beside report.html
 SUMMARY_RULES_PER_FILE = 5  # kinds of problem the terminal summary shows per file
 
 
@@ -58,6 +59,8 @@ class Report:
     # The tables as read (dictionary terms, a parts.PartStore), kept only when the caller goes on to harmonize
     # them; the caller closes it.
     parts: Any = field(default=None, repr=False)
+    # Great Expectations' results of each table (and part), for the Data Docs written beside the report
+    gx_results: list[Any] = field(default_factory=list, repr=False)
 
     def finish(self, seconds: float) -> None:
         self.seconds = seconds
@@ -151,6 +154,11 @@ class Report:
         paths = {"html": folder / "report.html", "json": folder / "report.json", "csv": folder / "failures.csv"}
         paths["json"].write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
         self._write_csv(paths["csv"])
+        if self.gx_results:
+            from federation.validation.datadocs import build
+
+            run = f"{self.site_id}-{self.study_id}-{self.upload_date}"
+            paths["data_docs"] = build(self.gx_results, folder / DATA_DOCS, run)
         paths["html"].write_text(self.render_html(), encoding="utf-8")
         return paths
 
@@ -218,5 +226,8 @@ class Report:
                              f"<td>{n:,}</td><td>{shown}</td><td>{e(ex[0].hint)}</td></tr>")
             parts.append("</table><p>Every failing cell is listed in <a href='failures.csv'>failures.csv</a>; "
                          "machines can read <a href='report.json'>report.json</a>.</p>")
+        if self.gx_results:
+            parts.append(f"<p>Great Expectations' own view of this run, every expectation of every table with its "
+                         f"result: <a href='{DATA_DOCS}/index.html'>Data Docs</a>.</p>")
         parts.append("</body></html>\n")
         return "".join(parts)

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 from federation.config import SiteConfig
 from federation.exceptions import UnusableInputError
 from federation.schema import Dictionary, Study, load_dictionary, load_registry
+from federation.validation.datadocs import DocsEntry, for_docs
 from federation.validation.explain import Context, explain
 from federation.validation.findings import Finding
 from federation.validation.parts import DEFAULT_MEMORY_MB, PartStore, check_partitionable, parts_for
@@ -149,7 +150,7 @@ def validate_export(request: ValidationRequest, progress: ProgressFn = _no_progr
                 t0 = time.perf_counter()
                 sources = store.sources(p)
                 report.steps["split"] = report.steps.get("split", 0.0) + time.perf_counter() - t0
-                suites.run(sources, report, progress if parts == 1 else _no_progress)
+                suites.run(sources, report, progress if parts == 1 else _no_progress, part=(p + 1, parts))
                 del sources
                 if parts > 1:
                     gc.collect()  # GX's batches, validators and engines hold each other in cycles: free this part
@@ -299,7 +300,8 @@ class _Suites:
                        "upload_date": float((pd.Timestamp(request.upload_date) - pd.Timestamp("1970-01-01")).days)}
         self.suites = {t: load_suite(dictionary, study, t) for t in tables}
 
-    def run(self, sources: dict[str, SourceTable], report: Report, progress: ProgressFn) -> None:
+    def run(self, sources: dict[str, SourceTable], report: Report, progress: ProgressFn,
+            part: tuple[int, int] = (1, 1)) -> None:
         gx, steps = self.gx, report.steps
         context = gx.get_context(mode="ephemeral")
         context.variables.progress_bars = {"globally": False, "metric_calculations": False}  # type: ignore
@@ -327,6 +329,8 @@ class _Suites:
                     results = batch.validate(detail, expectation_parameters=self.params, result_format=full).results
                 t3 = time.perf_counter()
                 report.findings.extend(_findings_from(results, src, sources, self.wording))
+                report.gx_results.append(DocsEntry(file=src.file, part=part[0], parts=part[1],
+                                                   result=for_docs(cheap, results)))
                 t4 = time.perf_counter()
                 for step, seconds in (("joins", t2 - t1), ("gx", t3 - t2), ("findings", t4 - t3)):
                     steps[step] = steps.get(step, 0.0) + seconds
