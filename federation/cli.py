@@ -297,7 +297,8 @@ def _validate(args: argparse.Namespace) -> int:
     folder = args.report_dir or Path("reports") / f"{site.site_id}_{args.study}_{stamp}"
     paths = report.write(folder)
     print(report.summary_text())
-    print(f"report: {paths['html']}  (also {paths['json'].name}, {paths['csv'].name})")
+    docs = f", Great Expectations Data Docs {paths['data_docs']}" if "data_docs" in paths else ""
+    print(f"report: {paths['html']}  (also {paths['json'].name}, {paths['csv'].name}{docs})")
     return report.exit_code
 
 

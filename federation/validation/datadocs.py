@@ -72,7 +72,7 @@ def build(entries: list[DocsEntry], folder: Path, run_name: str) -> Path:
     context = gx.get_context(mode="ephemeral")
     context.add_data_docs_site(site_name="report", site_config={  # type: ignore[typeddict-item]
         "class_name": "SiteBuilder",
-        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(folder)},
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(folder.resolve())},
         "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
     })
     for entry in entries:

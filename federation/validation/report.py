@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Literal
 from federation.csvsafe import SafeWriter
 from federation.validation.findings import Finding
 
+log = logging.getLogger(__name__)
 Status = Literal["valid", "invalid", "unusable"]
 EXIT_CODES: dict[str, int] = {"valid": 0, "invalid": 1, "unusable": 2}
 CSV_CAP = 10_000
@@ -61,6 +63,7 @@ class Report:
     parts: Any = field(default=None, repr=False)
     # Great Expectations' results of each table (and part), for the Data Docs written beside the report
     gx_results: list[Any] = field(default_factory=list, repr=False)
+    data_docs: str = ""  # the Data Docs' index, relative to the report, once written
 
     def finish(self, seconds: float) -> None:
         self.seconds = seconds
@@ -158,7 +161,11 @@ class Report:
             from federation.validation.datadocs import build
 
             run = f"{self.site_id}-{self.study_id}-{self.upload_date}"
-            paths["data_docs"] = build(self.gx_results, folder / DATA_DOCS, run)
+            try:
+                paths["data_docs"] = build(self.gx_results, folder / DATA_DOCS, run)
+                self.data_docs = f"{DATA_DOCS}/index.html"
+            except Exception as exc:  # the report stands without GX's pages; say why in one line
+                log.warning("Great Expectations Data Docs were not written: %s", str(exc).splitlines()[0][:200])
         paths["html"].write_text(self.render_html(), encoding="utf-8")
         return paths
 
@@ -226,8 +233,8 @@ class Report:
                              f"<td>{n:,}</td><td>{shown}</td><td>{e(ex[0].hint)}</td></tr>")
             parts.append("</table><p>Every failing cell is listed in <a href='failures.csv'>failures.csv</a>; "
                          "machines can read <a href='report.json'>report.json</a>.</p>")
-        if self.gx_results:
+        if self.data_docs:
             parts.append(f"<p>Great Expectations' own view of this run, every expectation of every table with its "
-                         f"result: <a href='{DATA_DOCS}/index.html'>Data Docs</a>.</p>")
+                         f"result: <a href='{html.escape(self.data_docs)}'>Data Docs</a>.</p>")
         parts.append("</body></html>\n")
         return "".join(parts)
