@@ -32,20 +32,25 @@ class DocsEntry:
         return self.file if self.parts == 1 else f"{self.file}-part-{self.part}-of-{self.parts}"
 
 
-def _key(result: Any) -> tuple[Any, ...]:
+def expectation_key(type_: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> tuple[Any, ...]:
+    """What tells two expectations of a suite apart: GX returns results in its own order, so a result is matched
+    to its expectation by type, rule and columns."""
+    return (type_, meta.get("rule"), meta.get("column"), kwargs.get("column"), kwargs.get("column_A"),
+            kwargs.get("column_B"))
+
+
+def result_key(result: Any) -> tuple[Any, ...]:
     config = result.expectation_config
-    kwargs = config.kwargs
-    return (config.type, (config.meta or {}).get("rule"), (config.meta or {}).get("column"), kwargs.get("column"),
-            kwargs.get("column_A"), kwargs.get("column_B"))
+    return expectation_key(config.type, config.kwargs, config.meta or {})
 
 
 def for_docs(first_pass: Any, detailed: list[Any]) -> Any:
     """The first pass's suite result, with each failing expectation's detailed result (trimmed) in its place."""
-    by_key = {_key(r): r for r in detailed}
+    by_key = {result_key(r): r for r in detailed}
     merged = copy.copy(first_pass)
     results = []
     for r in first_pass.results:
-        d = by_key.get(_key(r))
+        d = by_key.get(result_key(r))
         if d is not None:
             d = copy.copy(d)
             summary = {k: v for k, v in (d.result or {}).items() if k in SUMMARY_KEYS}

@@ -168,7 +168,7 @@ class PartStore:
                 typed, raw = data[table]
                 if values_only:
                     typed = typed.select([c for c in typed.column_names if not c.endswith(INVALID_SUFFIX)])
-                out[table] = source_table(self.readers[table], typed, raw, findings=False)
+                out[table] = source_table(self.readers[table], typed, raw)
             else:
                 out[table] = empty_source(self.dictionary, table)
         return out

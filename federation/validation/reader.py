@@ -55,7 +55,6 @@ class SourceTable:
     local_names: dict[str, str]  # dictionary column -> the site's header name
     findings: list[Finding] = field(default_factory=list)
     present: bool = True
-    steps: dict[str, float] = field(default_factory=dict)  # seconds reading and applying conventions
 
     @property
     def rows(self) -> int:
@@ -462,29 +461,11 @@ def _parse_block_fast(data: bytes, ncols: int, delimiter: str, skip: int) -> lis
     return columns
 
 
-def read_table(
-    path: Path,
-    table: Table,
-    study: Study,
-    conventions: SiteConventions,
-    *,
-    max_bytes: int = DEFAULT_MAX_FILE_BYTES,
-    progress: ProgressFn = _no_progress,
-) -> SourceTable:
-    """Read `path` as `table` whole; raise UnusableInputError if it is not a readable CSV."""
-    reader = TableReader(path, table, study, conventions, max_bytes=max_bytes, progress=progress)
-    blocks = list(reader.blocks())
-    typed = pa.concat_tables([b.typed for b in blocks]) if blocks else reader.typed_schema().empty_table()
-    raw = pa.concat_tables([b.raw for b in blocks]) if blocks else reader.raw_schema().empty_table()
-    return source_table(reader, typed, raw)
-
-
-def source_table(reader: TableReader, typed: pa.Table, raw: pa.Table, findings: bool = True) -> SourceTable:
+def source_table(reader: TableReader, typed: pa.Table, raw: pa.Table) -> SourceTable:
     """The rows of `typed`/`raw` (in file order) as the SourceTable the suites and harmonization read."""
     lines = typed.column(LINE).to_numpy()
     return SourceTable(table=reader.table.name, file=reader.file, frame=typed.to_pandas(), raw=raw, lines=lines,
-                       local_names=dict(reader.local_names), findings=list(reader.findings) if findings else [],
-                       steps=dict(reader.steps))
+                       local_names=dict(reader.local_names))
 
 
 def _read_header(text: str, delimiter: str, name: str) -> tuple[list[str], int]:

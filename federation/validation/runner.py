@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from federation.config import SiteConfig
 from federation.exceptions import UnusableInputError
 from federation.schema import Dictionary, Study, load_dictionary, load_registry
-from federation.validation.datadocs import DocsEntry, for_docs
+from federation.validation.datadocs import DocsEntry, expectation_key, for_docs, result_key
 from federation.validation.explain import Context, explain
 from federation.validation.findings import Finding
 from federation.validation.parts import DEFAULT_MEMORY_MB, PartStore, check_partitionable, parts_for
@@ -270,19 +270,13 @@ CHEAP = {"result_format": "BOOLEAN_ONLY"}
 
 
 
-def _expectation_key(type_: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> tuple[Any, ...]:
-    return (type_, meta.get("rule"), meta.get("column"), kwargs.get("column"), kwargs.get("column_A"),
-            kwargs.get("column_B"))
-
-
 def _failed(expectations: list[dict[str, Any]], results: Any) -> list[dict[str, Any]]:
     """The expectations (as in the suite) whose cheap-pass result failed. GX returns results in its own order (by
     column), so they are matched by type, rule and columns; if that ever did not tell two apart, all run again."""
-    keys = [_expectation_key(e["type"], e["kwargs"], e.get("meta") or {}) for e in expectations]
+    keys = [expectation_key(e["type"], e["kwargs"], e.get("meta") or {}) for e in expectations]
     if len(set(keys)) != len(keys):
         return expectations
-    bad = {_expectation_key(r.expectation_config.type, r.expectation_config.kwargs, r.expectation_config.meta or {})
-           for r in results if not r.success}
+    bad = {result_key(r) for r in results if not r.success}
     return [e for e, k in zip(expectations, keys, strict=True) if k in bad]
 
 
