@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from federation.generate import harmonized_arrow_schema
@@ -33,6 +34,18 @@ def pseudonym(key: bytes, study_id: str, site_id: str, patient_id: str) -> str:
     """HMAC-SHA256 of (study, site, patient id) under the consortium key; 32 hex characters."""
     msg = "\x1f".join((study_id, site_id, patient_id)).encode("utf-8")
     return hmac.new(key, msg, hashlib.sha256).hexdigest()[:32]
+
+
+def pseudonyms(key: bytes, study_id: str, site_id: str, patient_ids: list[str]) -> list[str]:
+    """`pseudonym` of many patients: the keyed HMAC state is made once and copied for each (the same digests)."""
+    keyed = hmac.new(key, digestmod=hashlib.sha256)
+    prefix = f"{study_id}\x1f{site_id}\x1f".encode()
+    out = []
+    for patient_id in patient_ids:
+        h = keyed.copy()
+        h.update(prefix + patient_id.encode("utf-8"))
+        out.append(h.hexdigest()[:32])
+    return out
 
 
 def age_group(years: pd.Series) -> pd.Series:
@@ -75,18 +88,27 @@ def harmonize_pieces(dictionary: Dictionary, sources: dict[str, SourceTable], *,
     """The harmonized tables in pieces of at most CHUNK_ROWS rows, each as soon as it is made (so only one
     piece is ever in pandas)."""
     patients = sources["patients"].frame
-    pid_of = {p: pseudonym(key, study_id, site_id, p) for p in patients["patient_id"]}
-    enrol = patients.set_index("patient_id")["enrollment_date"]
+    ids = pa.array(patients["patient_id"], pa.string(), from_pandas=True)
+    pids = pa.array(pseudonyms(key, study_id, site_id, ids.to_pylist()), pa.string())
+    enrolled = patients["enrollment_date"].to_numpy(dtype="float64")
+
+    def rows_of(frame: pd.DataFrame) -> pa.Array:
+        """Each row's patient as a row of patients (null: none), by pyarrow's hash lookup."""
+        return pc.index_in(pa.array(frame["patient_id"], pa.string(), from_pandas=True), value_set=ids)
+
+    def enrol(frame: pd.DataFrame, rows: pa.Array) -> pd.Series:
+        at = pc.fill_null(rows, -1).to_numpy(zero_copy_only=False)
+        return pd.Series(np.where(at >= 0, enrolled[at], np.nan), index=frame.index)
     diag = sources["diagnoses"].frame.set_index("patient_id")
     outc = sources["outcomes"].frame.set_index("patient_id")
 
-    def base(frame: pd.DataFrame) -> pd.DataFrame:
+    def base(frame: pd.DataFrame, rows: pa.Array) -> pd.DataFrame:
         out = pd.DataFrame(index=frame.index)
         out["study_id"] = study_id
         out["site_id"] = site_id
         out["upload_id"] = upload_id
         out["schema_version"] = dictionary.schema_version
-        out["pid"] = frame["patient_id"].map(pid_of)
+        out["pid"] = pd.Series(pc.take(pids, rows).to_pandas(), dtype="str").set_axis(frame.index)
         return out
 
     def arrow(name: str, frame: pd.DataFrame) -> tuple[str, pa.Table]:
@@ -100,7 +122,7 @@ def harmonize_pieces(dictionary: Dictionary, sources: dict[str, SourceTable], *,
         for start in range(0, max(len(frame), 1), CHUNK_ROWS):
             yield frame.iloc[start:start + CHUNK_ROWS]
 
-    p = base(patients)
+    p = base(patients, rows_of(patients))
     for col in ("sex", "arm", "race", "ethnicity"):
         p[col] = patients[col]
     p["enrollment_year"] = (EPOCH + pd.to_timedelta(patients["enrollment_date"], unit="D")).dt.year.astype("int16")
@@ -121,15 +143,17 @@ def harmonize_pieces(dictionary: Dictionary, sources: dict[str, SourceTable], *,
     del p, o, age, diag_day
 
     d = sources["diagnoses"].frame
-    h = base(d)
-    h["diagnosis_day"] = _rel(d["diagnosis_date"], d["patient_id"].map(enrol))
+    rows = rows_of(d)
+    h = base(d, rows)
+    h["diagnosis_day"] = _rel(d["diagnosis_date"], enrol(d, rows))
     for col in ("histology_icdo3", "topography_icdo3", "stage", "histology_risk", "risk_group"):
         h[col] = d[col]
     yield arrow("diagnoses", h)
 
     for t in chunks("treatments") if "treatments" in sources else ():
-        h = base(t)
-        e = t["patient_id"].map(enrol)
+        rows = rows_of(t)
+        h = base(t, rows)
+        e = enrol(t, rows)
         h["agent"] = t["agent"]
         h["start_day"] = _rel(t["start_date"], e)
         h["end_day"] = _rel(t["end_date"].astype("float64"), e)
@@ -137,18 +161,20 @@ def harmonize_pieces(dictionary: Dictionary, sources: dict[str, SourceTable], *,
         yield arrow("treatments", h)
 
     for a in chunks("adverse_events") if "adverse_events" in sources else ():
-        h = base(a)
+        rows = rows_of(a)
+        h = base(a, rows)
         for col in ("ae_term", "meddra_code"):
             h[col] = a[col]
         h["grade"] = a["grade"].astype("int8")
-        h["onset_day"] = _rel(a["onset_date"], a["patient_id"].map(enrol))
+        h["onset_day"] = _rel(a["onset_date"], enrol(a, rows))
         h["serious"] = a["serious"]
         h["related"] = a["related"]
         yield arrow("adverse_events", h)
 
     o = sources["outcomes"].frame
-    h = base(o)
-    e = o["patient_id"].map(enrol)
+    rows = rows_of(o)
+    h = base(o, rows)
+    e = enrol(o, rows)
     h["last_contact_day"] = _rel(o["last_contact_date"], e)
     h["vital_status"] = o["vital_status"]
     h["death_day"] = _rel(o["death_date"].astype("float64"), e)

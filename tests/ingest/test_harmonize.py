@@ -138,3 +138,10 @@ def test_harmonized_tables_follow_the_dictionary_schema(site_b: tuple[SiteConfig
     for table in tables.values():
         assert set(table.column("upload_id").to_pylist()) == {"u-test"}
         assert set(table.column("schema_version").to_pylist()) == {"1"}
+
+
+def test_pseudonyms_of_many_patients_are_the_same_as_one_by_one() -> None:
+    from federation.ingest.harmonize import pseudonyms
+
+    ids = ["P-0001", "P-0002", "é-ü-3", ""]
+    assert pseudonyms(KEY, "PONC-WT-01", "site-a", ids) == [pseudonym(KEY, "PONC-WT-01", "site-a", i) for i in ids]
