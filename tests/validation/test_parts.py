@@ -69,3 +69,33 @@ def test_fast_path_and_parts_find_what_the_old_path_found(dirty: tuple[Path, Sit
     assert new_split == new_whole
     assert [(t.table, t.rows) for t in split.tables] == [(t.table, t.rows) for t in whole.tables]
     assert split.findings == whole.findings  # the same report, said the same way, in the same order
+
+
+def test_parts_follow_the_memory_budget() -> None:
+    from federation.validation.parts import parts_for
+
+    mib = 2**20
+    assert parts_for(10 * mib, 1024) == 1  # a small export is checked whole, nothing written to disk
+    assert parts_for(137 * mib, 1024) == 3  # the 1M-row benchmark export
+    assert parts_for(1330 * mib, 2048) == 7  # the 10M-row one
+    assert parts_for(137 * mib, 4096) == 1  # more memory, fewer parts
+
+
+def test_a_dictionary_with_another_unique_column_is_not_split() -> None:
+    import dataclasses
+
+    from federation.schema import load_dictionary
+    from federation.validation.parts import check_partitionable
+
+    dictionary = load_dictionary("1")
+    check_partitionable(dictionary)  # every unique column is patient_id
+    ae = dictionary.table("adverse_events")
+    column = next(c for c in ae.columns.values() if c.name == "meddra_code")
+    changed = dataclasses.replace(column, unique=True) if dataclasses.is_dataclass(column) else column.model_copy(
+        update={"unique": True})
+    ae.columns["meddra_code"] = changed
+    try:
+        with pytest.raises(ValueError, match="cannot be split by patient"):
+            check_partitionable(dictionary)
+    finally:
+        ae.columns["meddra_code"] = column
