@@ -249,7 +249,7 @@ class TableReader:
                 header, header_lines = _read_header(text, delimiter, name)
                 self._plan(header)
                 if header_lines != 1 or len(set(header)) != len(header) or text.startswith(("\n", "\r", " ")):
-                    yield from self._exact(text, data, line, byte_blocks, header_lines)
+                    yield from self._exact(text, line, byte_blocks, header_lines)
                     return
             if self.utf8:
                 body = data[len(codecs.BOM_UTF8):] if first and data.startswith(codecs.BOM_UTF8) else data
@@ -260,7 +260,7 @@ class TableReader:
             if columns is None:  # this block needs the csv module, and so does the rest of the file
                 if text is None:
                     text = self._text(data, line, first)
-                yield from self._exact(text, data, line, byte_blocks, 1 if first else 0)
+                yield from self._exact(text, line, byte_blocks, 1 if first else 0)
                 return
             start = line + (2 if first else 1)
             n = len(columns[0]) if columns else body.count(b"\n") - (1 if first else 0)
@@ -274,7 +274,7 @@ class TableReader:
                                      hint="export the table again with its header row")
         self._finish([], 0)
 
-    def _exact(self, text: str, data: bytes, line: int, byte_blocks: Iterator[tuple[bytes, int]],
+    def _exact(self, text: str, line: int, byte_blocks: Iterator[tuple[bytes, int]],
                skip: int) -> Iterator[Block]:
         """The csv module from this block (`text`, starting after `line` lines) to the end of the file, tracking
         each record's physical line; ragged rows become findings, blank rows are skipped with one note."""
