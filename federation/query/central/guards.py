@@ -127,36 +127,102 @@ class DifferencingGuard(CentralGuard):
         if not news:
             return None
         new_sizes = ask_sizes(ctx, news)  # their cells on every column they reveal counts of
-        picked, groups = find_candidates(ctx, news, [new_sizes[fp.key()] for fp in news], earlier)
+        picked, groups, together = find_candidates(ctx, news, [new_sizes[fp.key()] for fp in news], earlier)
         ctx.result.checked["candidates"] = len(picked)
         if not picked:
             return None
-        if len(picked) + len(mine) > MAX_EARLIER:
-            raise QueryRefused("this query is related to more earlier results than the differencing check compares "
-                               "in one query; nothing was released",
-                               "ask the consortium's data team to review the query history of this study")
-        n, m = len(news), len(picked)
-        space = AtomSpace.ask(ctx, [*news, *(e.footprint for e in picked), *again])
+        batches = plan_batches(len(picked), together, groups, MAX_EARLIER - len(mine))
+        ctx.result.checked["batches"] = len(batches)
+        per_site = Statistic.for_query(q).per_site
+        withheld: str | None = None  # the earlier results that made the per-site values withheld
+        for batch in batches:
+            chosen = sorted(batch.members)
+            at = {i: j for j, i in enumerate(chosen)}
+            some = [picked[i] for i in chosen]
+            spans_of = [(at.get(focus, focus), [at[i] for i in around])  # focus -1, -2: the new result
+                        for focus, around in (groups[g] for g in batch.groups)]
+            found = self._batch_leak(ctx, news, some, again, spans_of, per_site and withheld is None)
+            if found is not None and per_site and withheld is None:  # the same groups, combined values only
+                combined = self._batch_leak(ctx, news, some, again, spans_of, False)
+                if combined is None:
+                    withheld = cite(ctx, some, found[1], len(news))
+                    continue  # the next batches are checked on the combined values (fewer cells: no new leak)
+                found = combined
+            if found is not None:
+                how, involved, owner = found
+                part = news[owner] if owner >= 0 and news[owner].split() else None
+                return how, involved, part, cite(ctx, some, involved, len(news))
+        if withheld is not None:
+            ctx.combined_only = True
+            ctx.result.notes.append(
+                "per-site values are withheld: with " + withheld + " they would isolate fewer than k patients "
+                "at a site (differencing); the combined values are exact")
+        return None
+
+    @staticmethod
+    def _batch_leak(ctx: Context, news: list[Footprint], some: list[Earlier], again: list[Footprint],
+                    groups: list[tuple[int, list[int]]], per_site: bool) -> tuple[str, list[int], int] | None:
+        """`leak_of` the new footprints with one batch of earlier ones (`some`) and the span groups inside it,
+        on one atom space; per-site values of the new result or its combined values only."""
+        n, m = len(news), len(some)
+        space = AtomSpace.ask(ctx, [*news, *(e.footprint for e in some), *again])
         pool = space.vectors(range(n, n + m))
         spans = [SpanGroup.of(space, n, focus, around) for focus, around in groups]
         whole = [0] if not news[0].split() else []  # the span check runs on whole results (not their parts)
         shown = [*range(n), *range(n + m, n + m + len(again))]
-        found = leak_of(space, space.vectors(shown), n, space.vectors(whole), pool, spans, ctx.k)
-        if found is not None and Statistic.for_query(q).per_site:  # the same groups, combined values only
-            combined = leak_of(space, space.vectors(shown, per_site=False), n, space.vectors(whole, per_site=False),
-                               pool, spans, ctx.k)
-            if combined is None:
-                ctx.combined_only = True
-                ctx.result.notes.append(
-                    "per-site values are withheld: with " + cite(ctx, picked, found[1], n) + " they would "
-                    "isolate fewer than k patients at a site (differencing); the combined values are exact")
-                return None
-            found = combined
-        if found is None:
-            return None
-        how, involved, owner = found
-        part = news[owner] if owner >= 0 and news[owner].split() else None
-        return how, involved, part, cite(ctx, picked, involved, n)
+        return leak_of(space, space.vectors(shown, per_site=per_site), n, space.vectors(whole, per_site=per_site),
+                       pool, spans, ctx.k)
+
+
+@dataclass
+class Batch:
+    """Earlier footprints checked together on one atom space (indexes into the candidates), and the span groups
+    (indexes into the groups) that lie wholly inside it."""
+
+    members: set[int] = field(default_factory=set)
+    groups: list[int] = field(default_factory=list)
+
+
+MAX_BATCHES = 20  # batches of candidates checked per query before it is refused for capacity
+
+
+def plan_batches(n: int, together: set[int], groups: list[tuple[int, list[int]]], capacity: int) -> list[Batch]:
+    """Split `n` candidates into batches of at most `capacity` (what one `HistoryAtoms` task may hold besides
+    the new result's footprints). A pair (a cell inside another) needs only its earlier footprint in some
+    batch. `together` go into the first batch: triples need both partners in one space, and cells with the
+    same patients as a new cell are decided together (one of them of the new cell's own conditions makes
+    the others known). A span group needs its focus and all its members in one batch (first fit). The
+    rest fill the free places and then batches of their own. Refused for capacity only when `together` or
+    one group does not fit in a batch, or more than MAX_BATCHES batches are needed."""
+    refused = QueryRefused("this query is related to more earlier results than the differencing check compares "
+                           "in one query; nothing was released",
+                           "ask the consortium's data team to review the query history of this study")
+    if capacity < 1 or len(together) > capacity:
+        raise refused
+    batches = [Batch(members=set(together))]
+    for g, (focus, around) in enumerate(groups):
+        need = {i for i in [focus, *around] if i >= 0}
+        if len(need) > capacity:
+            raise refused
+        home = next((b for b in batches if len(b.members | need) <= capacity), None)
+        if home is None:
+            home = Batch()
+            batches.append(home)
+        home.members |= need
+        home.groups.append(g)
+    placed = set().union(*(b.members for b in batches))
+    rest = [i for i in range(n) if i not in placed]
+    for b in batches:
+        free = capacity - len(b.members)
+        b.members.update(rest[:free])
+        rest = rest[free:]
+    while rest:
+        batches.append(Batch(members=set(rest[:capacity])))
+        rest = rest[capacity:]
+    batches = [b for b in batches if b.members]
+    if len(batches) > MAX_BATCHES:
+        raise refused
+    return batches
 
 
 MAX_TIMES_WITHHELD = 20  # times of a curve withheld one by one before the query is refused
@@ -281,12 +347,15 @@ _TABLES: dict[tuple[int, str, str, tuple[str, ...]], tuple[CellTable, list[str]]
 
 
 def find_candidates(ctx: Context, news: list[Footprint], news_sizes: list[Sizes], earlier: list[Earlier]
-                    ) -> tuple[list[Earlier], list[tuple[int, list[int]]]]:
+                    ) -> tuple[list[Earlier], list[tuple[int, list[int]]], set[int]]:
     """Earlier footprints that could combine with the new ones (a result and the parts of it a statistic
     splits its groups by): a cell nested in a new cell with 1..k-1 rows between them (for the analyst, a
     site insider, or at one site), filters of the same family (for triples), and results with hidden cells
     around which the span check runs (with its groups, as indexes into the list returned; -1 is the new
-    result). Cells of footprints not yet sized are asked of the sites once and kept in the history index."""
+    result), and which of them must be checked together (`plan_batches`): the triple candidates and the cells
+    that may hold the same patients as a new cell (whether one of them has the new cell's own conditions
+    decides `AtomSpace.same_patients` for all the others). Cells of footprints not yet sized are asked of the sites
+    once and kept in the history index."""
     sizes = sized(ctx, earlier)
     sites = sorted({s for e in earlier for s in e.footprint.sites} | {s for new in news for s in new.sites})
     keys = [e.footprint.key() for e in earlier]
@@ -306,10 +375,11 @@ def find_candidates(ctx: Context, news: list[Footprint], news_sizes: list[Sizes]
     footprints = [e.footprint for e in earlier]
     earlier_sizes = [sizes[key] for key in keys]
     near: set[int] = set()
+    same: set[int] = set()
     triples: set[int] = set()
     for new_sizes in news_sizes:
         # cells with the same patients, whatever their conditions (`AtomSpace.same_patients`)
-        near |= equal_near(new_sizes, table, sites) | equal_near(new_sizes, recent, sites)
+        same |= equal_near(new_sizes, table, sites) | equal_near(new_sizes, recent, sites)
         near |= nested_near(new_sizes, table, sites, ctx.k)
         if len(keys) > len(covered):  # released since the table was built: compared directly
             near |= nested_near(new_sizes, recent, sites, ctx.k)
@@ -328,9 +398,10 @@ def find_candidates(ctx: Context, news: list[Footprint], news_sizes: list[Sizes]
     grouped = {i for focus, members in groups for i in [focus, *members] if i >= 0}
     ctx.result.checked = {"earlier_footprints": len(earlier), "nested_near": len(near), "related": len(members),
                           "triple_near": len(triples), "hidden_linked": len(groups)}
-    chosen = sorted(near | triples | grouped)
+    chosen = sorted(near | same | triples | grouped)
     at = {i: n for n, i in enumerate(chosen)}
-    return [earlier[i] for i in chosen], [(at[f] if f >= 0 else f, [at[i] for i in m]) for f, m in groups]
+    return ([earlier[i] for i in chosen], [(at[f] if f >= 0 else f, [at[i] for i in m]) for f, m in groups],
+            {at[i] for i in triples | same})
 
 
 def sized(ctx: Context, earlier: list[Earlier]) -> dict[str, Sizes]:
