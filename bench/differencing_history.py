@@ -16,7 +16,7 @@ The first query after the history was written also indexes it (reading the audit
 index) and sizes every distinct footprint at the sites (one `FootprintSizes` task per site); that one-off
 cost is reported on its own.
 
-    .venv/bin/python bench/differencing_history.py [--history 100000] [--patients 3000] [--queries 30]
+    .venv/bin/python bench/differencing_history.py [--history 100000] [--patients 3000] [--queries 30] [--reuse]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import datetime as dt
 import json
 import os
 import random
+import shutil
 import statistics
 import sys
 import time
@@ -117,6 +118,9 @@ def main() -> int:
     ap.add_argument("--patients", type=int, default=3000)
     ap.add_argument("--queries", type=int, default=30)
     ap.add_argument("--out", type=Path, default=Path("bench/out/differencing_history"))
+    ap.add_argument("--reuse", action="store_true",
+                    help="start from the history saved (indexed and sized) by an earlier run with the same "
+                         "--history, skipping the one-off indexing and sizing (for trying changes to the guard)")
     args = ap.parse_args()
     os.environ.setdefault("FEDERATION_PSEUDONYM_KEY", "benchmark-key-0123456789")
 
@@ -147,10 +151,19 @@ def main() -> int:
 
     for p in out.glob("*.jsonl*"):
         p.unlink()
-    t0 = time.perf_counter()
-    distinct = write_history(settings.audit_log, args.history, sites, study, seed=1)
-    print(f"history: {args.history:,} released results, {distinct:,} distinct footprints "
-          f"(written in {time.perf_counter() - t0:.1f} s)", flush=True)
+    saved = out / "sized"
+    meta = saved / "meta.json"
+    reuse = args.reuse and meta.exists() and json.loads(meta.read_text())["history"] == args.history
+    if reuse:
+        for p in saved.glob("*.jsonl*"):
+            shutil.copyfile(p, out / p.name)
+        distinct = json.loads(meta.read_text())["distinct"]
+        print(f"history: reused from {saved} ({args.history:,} results, {distinct:,} distinct footprints)")
+    else:
+        t0 = time.perf_counter()
+        distinct = write_history(settings.audit_log, args.history, sites, study, seed=1)
+        print(f"history: {args.history:,} released results, {distinct:,} distinct footprints "
+              f"(written in {time.perf_counter() - t0:.1f} s)", flush=True)
 
     guard_times: list[float] = []
     original = guards.DifferencingGuard.released
@@ -166,14 +179,20 @@ def main() -> int:
     rng = random.Random(99)
     new_queries = [Query.model_validate(exploratory(rng, sites, study)) for _ in range(args.queries)]
 
-    t0 = time.perf_counter()
-    History.of(AuditLog(settings.audit_log)).sync()
-    index_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    first = run_local(new_queries[0], settings, "bench")
-    first_s = time.perf_counter() - t0
-    print(f"indexing the audit log: {index_s:.1f} s; first query (sizes every distinct footprint at the sites): "
-          f"{first_s:.1f} s ({first.status} {first.reason})", flush=True)
+    index_s = first_s = 0.0
+    if not reuse:
+        t0 = time.perf_counter()
+        History.of(AuditLog(settings.audit_log)).sync()
+        index_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        first = run_local(new_queries[0], settings, "bench")
+        first_s = time.perf_counter() - t0
+        print(f"indexing the audit log: {index_s:.1f} s; first query (sizes every distinct footprint at the "
+              f"sites): {first_s:.1f} s ({first.status} {first.reason})", flush=True)
+        saved.mkdir(exist_ok=True)
+        for p in out.glob("history.jsonl*"):
+            shutil.copyfile(p, saved / p.name)
+        meta.write_text(json.dumps({"history": args.history, "distinct": distinct}))
 
     reasons: list[str] = []
 
@@ -188,6 +207,8 @@ def main() -> int:
             statuses.append(r.status)
             reasons.append(r.reason)
             checked.append(r.checked)
+            print(f"    {len(totals):>3}/{len(new_queries) - 1} {totals[-1]:6.1f} s  {r.status:<8} {r.checked}",
+                  flush=True)
         print(f"  {label}: query median {statistics.median(totals) * 1000:,.0f} ms, guard median "
               f"{statistics.median(guard_times) * 1000:,.0f} ms (max {max(guard_times) * 1000:,.0f} ms)", flush=True)
         return totals, list(guard_times), statuses, checked

@@ -45,10 +45,14 @@ def test_a_check_in_many_batches_decides_as_one_batch(fresh_audit: Settings, mon
     sizes: list[int] = []
     plan = guards.plan_batches
 
-    def smallest(n: int, together: set[int], groups: list[tuple[int, list[int]]], capacity: int) -> list[Any]:
-        """The smallest batches the plan allows: what must be checked together, or the largest span group."""
-        least = max([1, len(together), *(len({i for i in [f, *m] if i >= 0}) for f, m in groups)])
-        batches = plan(n, together, groups, least)
+    def smallest(n: int, together: set[int], groups: list[tuple[int, list[int]]], capacity: int,
+                 everywhere: set[int] | None = None) -> list[Any]:
+        """The smallest batches the plan allows: the triple candidates and the cells in every batch, or the
+        largest span group with them."""
+        every = everywhere or set()
+        least = len(every) + max([1, len(together - every),
+                                  *(len({i for i in [f, *m] if i >= 0} - every) for f, m in groups)])
+        batches = plan(n, together, groups, max(least, 2 * len(every)), everywhere=every)
         sizes.append(len(batches))
         return batches
 
@@ -56,7 +60,7 @@ def test_a_check_in_many_batches_decides_as_one_batch(fresh_audit: Settings, mon
     monkeypatch.setattr(guards, "MAX_BATCHES", 10_000)
     many = [run_local(q, fresh_audit, "ana") for q in queries]
     # several queries really were checked in more than one batch (most candidates of a short history are
-    # triple candidates or cells with the same patients, which stay together)
+    # triple candidates, which stay together)
     assert sum(1 for n in sizes if n >= 2) >= 3, sizes
     differ = [(i, x.reason, y.reason) for i, (x, y) in enumerate(zip(many, one, strict=True))
               if decision(x) != decision(y)]
@@ -81,3 +85,12 @@ def test_a_batch_plan_keeps_triples_and_span_groups_whole() -> None:
 def test_a_plan_beyond_capacity_is_refused(together: set[int], groups: list[tuple[int, list[int]]], n: int) -> None:
     with pytest.raises(QueryRefused, match="more earlier results than the differencing check compares"):
         guards.plan_batches(n, together, groups, 5)
+
+
+def test_cells_that_may_decide_for_the_same_patients_join_every_batch() -> None:
+    batches = guards.plan_batches(20, {0, 1}, [], 6, everywhere={2, 3})
+    assert all({2, 3} <= b.members and len(b.members) <= 6 for b in batches)
+    assert {0, 1} <= batches[0].members and set().union(*(b.members for b in batches)) == set(range(20))
+    # more than half a batch of them: they join the first batch only (a batch without them refuses more)
+    (only,) = [b for b in guards.plan_batches(20, {0}, [], 6, everywhere={1, 2, 3, 4}) if {1, 2, 3, 4} & b.members]
+    assert {0, 1, 2, 3, 4} <= only.members

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -81,6 +82,7 @@ class AtomSpace:
         self.member = np.zeros((0, len(footprints)), dtype=bool)  # atom x footprint
         self.keys: list[tuple[Any, ...]] = []
         self._code_cache: dict[tuple[str, ...], tuple[np.ndarray, list[str]]] = {}
+        self._cells_cache: dict[tuple[int, bool], list[tuple[np.ndarray, bool, frozenset[str], str]]] = {}
         self.policy: QueryPolicy | None = None  # the groups it offers bound what a cell can hold by definition
 
     @classmethod
@@ -153,37 +155,47 @@ class AtomSpace:
         flags: list[bool] = []
         cond: list[frozenset[str]] = []
         where: list[str] = []
-        n_atoms = len(self.keys)
         for x in indexes:
-            fp = self.footprints[x]
-            inside = self.member[:, x] if n_atoms else np.zeros(0, dtype=bool)
-            if not inside.any():
-                continue
+            for atoms, flag, group, site in self._cells_of(x, per_site):
+                rows.append(atoms)
+                owner.append(x)
+                flags.append(flag)
+                cond.append(group)
+                where.append(site)
+        indptr = np.cumsum([0] + [len(r) for r in rows])
+        indices = np.concatenate(rows) if rows else np.zeros(0, dtype=int)
+        matrix = sparse.csr_matrix((np.ones(len(indices)), indices, indptr), shape=(len(rows), len(self.keys)))
+        return Vectors(matrix=matrix, owner=owner, per_site=flags, cond=cond, where=where)
+
+    def _cells_of(self, x: int, per_site: bool) -> list[tuple[np.ndarray, bool, frozenset[str], str]]:
+        """Footprint `x`'s shown cells as (atoms, per site or not, conditions, site), in `vectors`' order;
+        computed on the footprint's own atoms (not over all of them) and kept: span groups share members."""
+        cached = self._cells_cache.get((x, per_site))
+        if cached is not None:
+            return cached
+        fp = self.footprints[x]
+        out: list[tuple[np.ndarray, bool, frozenset[str], str]] = []
+        inside = np.nonzero(self.member[:, x])[0] if len(self.keys) else np.zeros(0, dtype=np.int64)
+        if len(inside):
             filters, exists = fp.conditions()
             base = filters | {f"exists {e}" for e in exists}
             for level in fp.levels:
                 codes, names = self._codes(level)
-                for code in np.unique(codes[inside]):
-                    here = inside & (codes == code)
+                present, which = np.unique(codes[inside], return_inverse=True)
+                order = np.argsort(which, kind="stable")  # atoms stay in increasing order within a cell
+                bounds = np.searchsorted(which[order], np.arange(len(present) + 1))
+                for u, code in enumerate(present):
+                    here = inside[order[bounds[u]:bounds[u + 1]]]
                     group = base | group_conditions(level, names[code])
                     if not fp.is_hidden("", level, names[code]):
-                        rows.append(np.nonzero(here)[0])
-                        owner.append(x)
-                        flags.append(False)
-                        cond.append(group)
-                        where.append("")
+                        out.append((here, False, group, ""))
                     if fp.per_site and per_site:
-                        for s in np.unique(self.site_of[here]):
+                        at = self.site_of[here]
+                        for s in np.unique(at):
                             if not fp.is_hidden(self.sites[s], level, names[code]):
-                                rows.append(np.nonzero(here & (self.site_of == s))[0])
-                                owner.append(x)
-                                flags.append(True)
-                                cond.append(group)
-                                where.append(self.sites[s])
-        indptr = np.cumsum([0] + [len(r) for r in rows])
-        indices = np.concatenate(rows) if rows else np.zeros(0, dtype=int)
-        matrix = sparse.csr_matrix((np.ones(len(indices)), indices, indptr), shape=(len(rows), n_atoms))
-        return Vectors(matrix=matrix, owner=owner, per_site=flags, cond=cond, where=where)
+                                out.append((here[at == s], True, group, self.sites[s]))
+        self._cells_cache[(x, per_site)] = out
+        return out
 
     def hidden_sets(self, x: int) -> np.ndarray:
         """The atoms of each cell footprint `x` hid, as rows of a (hidden cells, atoms) 0/1 matrix."""
@@ -299,6 +311,11 @@ def _row_bytes(m: sparse.csr_matrix) -> list[bytes]:
 
 def group_conditions(level: Iterable[str], key: str) -> frozenset[str]:
     """A cell's group as conditions (`column == value`, canonical JSON as filters are written)."""
+    return _group_conditions(tuple(level), key)
+
+
+@lru_cache(maxsize=100_000)
+def _group_conditions(level: tuple[str, ...], key: str) -> frozenset[str]:
     return frozenset(json.dumps({"column": c, "op": "==", "value": v}, sort_keys=True)
                      for c, v in zip(level, json.loads(key), strict=True))
 

@@ -113,6 +113,27 @@ def equal_near(new: Sizes, earlier: CellTable, sites: list[str]) -> set[int]:
     return found
 
 
+def may_share_conditions(a: Footprint, b: Footprint) -> bool:
+    """Whether some cell of `a` may have exactly the conditions of some cell of `b` (filters, split, exists
+    filters and group, as `AtomSpace.vectors` writes them): `AtomSpace.same_patients` lets a new cell through
+    when an earlier cell of its own conditions had its patients. On columns only: never false when they may."""
+    fa, ea = a.conditions()
+    fb, eb = b.conditions()
+    if ea != eb:
+        return False
+    only_a = [json.loads(f) for f in fa - fb]
+    only_b = [json.loads(f) for f in fb - fa]
+    eq_a = {f["column"] for f in map(json.loads, fa) if f["op"] == "=="}
+    eq_b = {f["column"] for f in map(json.loads, fb) if f["op"] == "=="}
+    for la in a.levels:
+        for lb in b.levels:
+            if (all(f["op"] == "==" and f["column"] in lb for f in only_a)
+                    and all(f["op"] == "==" and f["column"] in la for f in only_b)
+                    and set(la) <= set(lb) | eq_b and set(lb) <= set(la) | eq_a):
+                return True
+    return False
+
+
 def _site_bits_inside(q: np.ndarray, e: np.ndarray, sign: int) -> np.ndarray:
     """(sites, cells): at each site, the smaller side's sketch bits lie inside the larger side's."""
     small, big = (q, e) if sign == 1 else (e, q)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import sparse
 
 from federation.query.central.atoms import AtomSpace, history_answers, select_rows, subsets_at
 from federation.query.central.candidates import (
@@ -20,6 +21,7 @@ from federation.query.central.candidates import (
     equal_near,
     filter_families,
     hidden_linked,
+    may_share_conditions,
     nested_near,
     related,
     row_family,
@@ -127,11 +129,11 @@ class DifferencingGuard(CentralGuard):
         if not news:
             return None
         new_sizes = ask_sizes(ctx, news)  # their cells on every column they reveal counts of
-        picked, groups, together = find_candidates(ctx, news, [new_sizes[fp.key()] for fp in news], earlier)
+        picked, groups, triples, deciding = find_candidates(ctx, news, [new_sizes[fp.key()] for fp in news], earlier)
         ctx.result.checked["candidates"] = len(picked)
         if not picked:
             return None
-        batches = plan_batches(len(picked), together, groups, MAX_EARLIER - len(mine))
+        batches = plan_batches(len(picked), triples, groups, MAX_EARLIER - len(mine), everywhere=deciding)
         ctx.result.checked["batches"] = len(batches)
         per_site = Statistic.for_query(q).per_site
         withheld: str | None = None  # the earlier results that made the per-site values withheld
@@ -186,22 +188,30 @@ class Batch:
 MAX_BATCHES = 20  # batches of candidates checked per query before it is refused for capacity
 
 
-def plan_batches(n: int, together: set[int], groups: list[tuple[int, list[int]]], capacity: int) -> list[Batch]:
+def plan_batches(n: int, together: set[int], groups: list[tuple[int, list[int]]], capacity: int,
+                 everywhere: set[int] | None = None) -> list[Batch]:
     """Split `n` candidates into batches of at most `capacity` (what one `HistoryAtoms` task may hold besides
-    the new result's footprints). A pair (a cell inside another) needs only its earlier footprint in some
-    batch. `together` go into the first batch: triples need both partners in one space, and cells with the
-    same patients as a new cell are decided together (one of them of the new cell's own conditions makes
-    the others known). A span group needs its focus and all its members in one batch (first fit). The
-    rest fill the free places and then batches of their own. Refused for capacity only when `together` or
-    one group does not fit in a batch, or more than MAX_BATCHES batches are needed."""
+    the new result's footprints). A pair (a cell inside another, or with the same patients) needs only its
+    earlier footprint in some batch. `together` (the triple candidates: both partners in one space) go into
+    the first batch; a span group needs its focus and all its members in one batch (first fit); `everywhere`
+    join every batch (cells that may have a new cell's own conditions, which let cells with the same
+    patients through `AtomSpace.same_patients`; if they are more than half a batch, they join the first
+    only: a batch without them can only refuse more, never less). The rest fill the free places and then
+    batches of their own. Refused for capacity only when `together` or one group does not fit in a batch,
+    or more than MAX_BATCHES batches are needed."""
     refused = QueryRefused("this query is related to more earlier results than the differencing check compares "
                            "in one query; nothing was released",
                            "ask the consortium's data team to review the query history of this study")
+    everywhere = set(everywhere or ())
+    if len(everywhere) > capacity // 2:
+        together, everywhere = together | everywhere, set()
+    capacity -= len(everywhere)
+    together = together - everywhere
     if capacity < 1 or len(together) > capacity:
         raise refused
     batches = [Batch(members=set(together))]
     for g, (focus, around) in enumerate(groups):
-        need = {i for i in [focus, *around] if i >= 0}
+        need = {i for i in [focus, *around] if i >= 0} - everywhere
         if len(need) > capacity:
             raise refused
         home = next((b for b in batches if len(b.members | need) <= capacity), None)
@@ -210,7 +220,7 @@ def plan_batches(n: int, together: set[int], groups: list[tuple[int, list[int]]]
             batches.append(home)
         home.members |= need
         home.groups.append(g)
-    placed = set().union(*(b.members for b in batches))
+    placed = set().union(everywhere, *(b.members for b in batches))
     rest = [i for i in range(n) if i not in placed]
     for b in batches:
         free = capacity - len(b.members)
@@ -219,6 +229,8 @@ def plan_batches(n: int, together: set[int], groups: list[tuple[int, list[int]]]
     while rest:
         batches.append(Batch(members=set(rest[:capacity])))
         rest = rest[capacity:]
+    for b in batches:
+        b.members |= everywhere
     batches = [b for b in batches if b.members]
     if len(batches) > MAX_BATCHES:
         raise refused
@@ -274,7 +286,7 @@ class SpanGroup:
     space's footprints), their shown cells, and the hidden cells to protect."""
 
     members: list[int]
-    before: np.ndarray
+    before: sparse.csr_matrix  # the members' shown cells x atoms
     targets: np.ndarray
     before_defs: list[CellDef] = field(default_factory=list)  # what each row of `before` is by definition
     empty: list[CellDef] = field(default_factory=list)  # hidden cells to protect that hold no row
@@ -296,7 +308,7 @@ class SpanGroup:
         versions = {site: v for x in [0, *members] for site, v in space.footprints[x].versions}
         universe = (CellDef(cond=frozenset(), site="", versions=tuple(sorted(versions.items())))
                     if on and focus == -2 else None)
-        return cls(members=members, before=before.matrix.toarray() > 0.5, targets=targets,
+        return cls(members=members, before=before.matrix, targets=targets,
                    before_defs=space.cell_defs(before) if empty or universe else [], empty=empty, universe=universe)
 
     def phantom_kinds(self, space: AtomSpace, shown_defs: list[CellDef]) -> tuple[np.ndarray, np.ndarray]:
@@ -328,12 +340,18 @@ def leak_of(space: AtomSpace, mine: Vectors, n_new: int, whole: Vectors, pool: V
         return leak.how, [pool.owner[i] for i in leak.earlier], new.owner[leak.new]
     if not whole.matrix.shape[0]:
         return None
-    shown = whole.matrix.toarray() > 0.5
     shown_defs = space.cell_defs(whole) if any(g.empty or g.universe for g in groups) else []
     for group in groups:
-        found = new_leak(group.before, shown, group.targets, space.weight, space.site_of, space.sites, k)
+        # only the atoms some cell or hidden cell of the group holds count (the others are in no row and no
+        # target): the dense matrices are the group's, not the whole space's
+        cols = np.union1d(np.union1d(group.before.indices, whole.matrix.indices),
+                          np.nonzero(group.targets.any(axis=0))[0]).astype(np.int64)
+        before = group.before[:, cols].toarray() > 0.5
+        shown = whole.matrix[:, cols].toarray() > 0.5
+        found = new_leak(before, shown, group.targets[:, cols], space.weight[cols], space.site_of[cols],
+                         space.sites, k)
         if found is None and (group.empty or group.universe):
-            found = phantom_leak(group.before, shown, *group.phantom_kinds(space, shown_defs))
+            found = phantom_leak(before, shown, *group.phantom_kinds(space, shown_defs))
         if found is not None:
             who = "" if found.insider is None else f" for an insider at {found.insider}"
             return (f"together they pin down a hidden cell, or a set of patients no single cell shows, of fewer "
@@ -347,14 +365,14 @@ _TABLES: dict[tuple[int, str, str, tuple[str, ...]], tuple[CellTable, list[str]]
 
 
 def find_candidates(ctx: Context, news: list[Footprint], news_sizes: list[Sizes], earlier: list[Earlier]
-                    ) -> tuple[list[Earlier], list[tuple[int, list[int]]], set[int]]:
+                    ) -> tuple[list[Earlier], list[tuple[int, list[int]]], set[int], set[int]]:
     """Earlier footprints that could combine with the new ones (a result and the parts of it a statistic
     splits its groups by): a cell nested in a new cell with 1..k-1 rows between them (for the analyst, a
     site insider, or at one site), filters of the same family (for triples), and results with hidden cells
     around which the span check runs (with its groups, as indexes into the list returned; -1 is the new
-    result), and which of them must be checked together (`plan_batches`): the triple candidates and the cells
-    that may hold the same patients as a new cell (whether one of them has the new cell's own conditions
-    decides `AtomSpace.same_patients` for all the others). Cells of footprints not yet sized are asked of the sites
+    result), and for `plan_batches` the triple candidates (checked together) and, among the cells that may hold
+    the same patients as a new cell, those that may have its own conditions (checked with every batch: one of
+    them lets the others through `AtomSpace.same_patients`). Cells of footprints not yet sized are asked of the sites
     once and kept in the history index."""
     sizes = sized(ctx, earlier)
     sites = sorted({s for e in earlier for s in e.footprint.sites} | {s for new in news for s in new.sites})
@@ -400,8 +418,10 @@ def find_candidates(ctx: Context, news: list[Footprint], news_sizes: list[Sizes]
                           "triple_near": len(triples), "hidden_linked": len(groups)}
     chosen = sorted(near | same | triples | grouped)
     at = {i: n for n, i in enumerate(chosen)}
+    # of the cells with the same patients, those that may have a new cell's own conditions decide for the others
+    deciding = {i for i in same if any(may_share_conditions(earlier[i].footprint, new) for new in news)}
     return ([earlier[i] for i in chosen], [(at[f] if f >= 0 else f, [at[i] for i in m]) for f, m in groups],
-            {at[i] for i in triples | same})
+            {at[i] for i in triples}, {at[i] for i in deciding})
 
 
 def sized(ctx: Context, earlier: list[Earlier]) -> dict[str, Sizes]:
