@@ -653,3 +653,68 @@ def test_a_total_and_three_of_its_four_groups_do_not_give_a_patient(fresh_audit:
                                                                                            value=arm)]),
                          again, "eve").status == "released"
     assert run_local(Query(study_id=STUDY, sites=["site-a"], filters=[stages]), again, "mallory").status == "refused"
+
+
+def test_a_variance_records_the_cells_it_hid(fresh_audit: Settings) -> None:
+    """Seventh red team, V1: the variance of age by arm at site-a hides NR (one patient) and, as its complement,
+    another arm; the history recorded no hidden cell for a variance, so the mean of everyone and the mean of
+    the complement arm passed, and everyone minus the shown arms minus the complement was the NR patient's
+    exact age (and EFS, OS: any column). Every statistic of rows now records what it hid."""
+    (age,), = pooled(fresh_audit, f"SELECT {AGE} FROM unit_patients WHERE site_id = 'site-a' AND arm = 'NR'")
+    grouped = Query(study_id=STUDY, sites=["site-a"], statistic="variance", column=AGE, group_by=["arm"])
+    everyone = Query(study_id=STUDY, sites=["site-a"], statistic="mean", column=AGE)
+
+    def n_sum(cell: dict[str, Any]) -> tuple[int, float]:
+        return cell["n"], cell["n"] * cell["mean"]
+
+    def attack(settings: Settings) -> tuple[list[Any], tuple[int, float] | None]:
+        first = run_local(grouped, settings, "mallory")
+        hidden = [row["group"][0] for row in first.payload["rows"]
+                  if row["combined"] == {"suppressed": True} and row["group"][0] != "NR"]
+        rest = [run_local(everyone, settings, "mallory"),
+                run_local(everyone.model_copy(update={"filters": [Filter(column="arm", op="==", value=hidden[0])]}),
+                          settings, "eve")]
+        if any(r.status != "released" for r in rest):
+            return [first, *rest], None
+        n, s = n_sum(rest[0].payload["rows"][0]["combined"])
+        for cell in [row["combined"] for row in first.payload["rows"]] + [rest[1].payload["rows"][0]["combined"]]:
+            if "n" in cell:
+                n, s = n - cell["n"], s - cell["n"] * cell["mean"]
+        return [first, *rest], (n, s)
+
+    with switched_off("differencing"):
+        _, got = attack(elsewhere(fresh_audit, "unguarded.jsonl"))
+    assert got is not None and got[0] == 1 and got[1] == pytest.approx(age, abs=1e-6)  # the attack
+    results, got = attack(fresh_audit)
+    assert results[0].status == "released" and got is None
+    assert "pin down a hidden cell" in next(r.reason for r in results if r.status == "refused")
+
+
+def test_a_union_of_two_patients_no_single_cell_shows_is_not_derivable(fresh_audit: Settings) -> None:
+    """Seventh red team, U1: five means of age at site-a: stage in [IV, V]; arm DD4A; arm EE4A; arm M at stages
+    I-IV; everyone. Everyone minus the three groups is NR and the arm-M patients at stage V (2 here); the
+    first result splits them into two classes, neither derivable alone, so the span check (single classes)
+    let everyone through. Unions of a few small classes are now searched too."""
+    (few, ages), = pooled(fresh_audit, f"SELECT count(*), sum({AGE}) FROM unit_patients WHERE site_id = 'site-a' "
+                                       "AND (arm = 'NR' OR (arm = 'M' AND stage = 'V'))")
+    assert 1 < few < 5
+    filters = [[Filter(column="stage", op="in", value=["IV", "V"])], [Filter(column="arm", op="==", value="DD4A")],
+               [Filter(column="arm", op="==", value="EE4A")],
+               [Filter(column="arm", op="==", value="M"),
+                Filter(column="stage", op="in", value=["I", "II", "III", "IV"])],
+               []]
+    queries = [Query(study_id=STUDY, sites=["site-a"], statistic="sum", column=AGE, filters=f) for f in filters]
+
+    def n_sum(r: Any) -> tuple[int, float]:
+        assert r.status == "released", r.reason
+        return r.payload["rows"][0]["combined"]["n"], r.payload["rows"][0]["combined"]["sum"]
+
+    with switched_off("differencing"):
+        unguarded = [n_sum(run_local(q, elsewhere(fresh_audit, "unguarded.jsonl"), "mallory")) for q in queries]
+    n = unguarded[4][0] - sum(x[0] for x in unguarded[1:4])
+    s = unguarded[4][1] - sum(x[1] for x in unguarded[1:4])
+    assert (n, s) == (few, pytest.approx(ages, abs=1e-6))  # the attack: two patients' count and summed age
+
+    results = [run_local(q, fresh_audit, "mallory") for q in queries]
+    assert [r.status for r in results[:4]] == ["released"] * 4
+    assert results[4].status == "refused" and "a set of patients no single cell shows" in results[4].reason

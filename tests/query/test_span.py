@@ -3,10 +3,14 @@ down for an analyst or a site insider (`federation.query.central.span`), on smal
 
 from __future__ import annotations
 
+from itertools import combinations
+
 import numpy as np
+import pytest
 
 from federation.query.central.runner import released_cells
-from federation.query.central.span import derivable, new_leak
+from federation.query.central.span import column_classes, derivable, new_leak, small_unions
+from federation.query.guard import QueryRefused
 
 
 def rows(*cells: list[int]) -> np.ndarray:
@@ -73,6 +77,13 @@ def test_the_cells_a_result_hid_are_read_from_what_it_shows() -> None:
                       "site-b": {"points": [{"day": 0.0, "at_risk": 40}, {"day": 30.0, "at_risk": 38}]}}}]}
     assert released_cells(km) == ([["arm"]], [["", ["arm"], ["NR"]], ["site-a", ["arm"], ["NR"]]])
     assert released_cells({"statistic": "logistic", "coefficients": []}) == ([[]], [])
+    # every statistic of rows records what it hid (the seventh red team's V1: a variance recorded nothing)
+    for kind in ("sum", "mean", "variance", "proportion", "quantiles"):
+        rows_ = [{"group": ["NR"], "combined": {"suppressed": True}, "per_site": {}}]
+        assert released_cells({"statistic": kind, "dims": ["arm"], "rows": rows_}) == ([["arm"]], [["", ["arm"],
+                                                                                                  ["NR"]]])
+    with pytest.raises(QueryRefused, match="cannot record"):  # a shape it does not know is never released
+        released_cells({"statistic": "median-polish", "dims": ["arm"], "table": []})
 
 
 def test_a_decomposition_that_fails_never_lets_a_result_through(monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -165,3 +176,44 @@ def test_a_curve_withholds_what_shows_a_part_at_one_time() -> None:
     prop = Query(study_id="PONC-WT-01", statistic="proportion", column="efs_event", value=True)
     x = Footprint.of(prop, {"site-a": 1}, True, split=[Filter(column="efs_event", op="==", value=True)])
     assert not withhold_time({"statistic": "proportion", "rows": []}, x)
+
+
+def test_a_union_of_two_classes_neither_pinned_down_alone_is_found() -> None:
+    # the seventh red team's U1, in atoms: a0 and a1 one patient each, a2 and a3 ten each; everyone, everyone
+    # but a0 and a1, and a result holding a0 and a3 (which splits a0 from a1 without pinning either)
+    weight, site_of = np.array([1.0, 1.0, 10.0, 10.0]), np.zeros(4, dtype=int)
+    before = rows([0, 0, 1, 1], [1, 0, 0, 1])
+    union = small_unions(np.vstack([before, rows([1, 1, 1, 1])]), weight, 5)
+    assert union is not None and union.tolist() == [[True, True, False, False]]
+    assert not derivable(np.vstack([before, rows([1, 1, 1, 1])]), rows([1, 0, 0, 0], [0, 1, 0, 0])).any()
+    leak = new_leak(before, rows([1, 1, 1, 1]), np.zeros((0, 4), dtype=bool), weight, site_of, ["s"], 5)
+    assert leak is not None and leak.units == 2.0 and leak.what == "a set of patients no single cell shows"
+    # a union of k or more, or one known before the new cells, is no leak
+    assert new_leak(before, rows([1, 1, 1, 1]), np.zeros((0, 4), dtype=bool), np.array([3.0, 2.0, 10, 10]),
+                    site_of, ["s"], 5) is None
+    known = np.vstack([before, rows([1, 1, 0, 0])])
+    assert new_leak(known, rows([1, 1, 1, 1]), np.zeros((0, 4), dtype=bool), weight, site_of, ["s"], 5) is None
+
+
+def test_unions_of_three_and_four_classes_are_found_and_nothing_else() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        # six one-patient atoms and two large ones; random cells; compare with every union by brute force
+        weight = np.array([1.0] * 6 + [20.0, 20.0])
+        shown = rng.random((5, 8)) < 0.5
+        shown[0] = True
+        got = small_unions(shown, weight, 5)
+        assert got is not None
+        inverse = column_classes(shown)
+        classes = [np.nonzero(inverse == c)[0] for c in range(inverse.max() + 1)]
+        small = [c for c in classes if 0 < weight[c].sum() < 5]
+        want = set()
+        for r in (2, 3, 4):
+            for combo in combinations(range(len(small)), r):
+                atoms = np.concatenate([small[i] for i in combo])
+                if weight[atoms].sum() < 5:
+                    target = np.zeros((1, 8), dtype=bool)
+                    target[0, atoms] = True
+                    if derivable(shown, target)[0]:
+                        want.add(tuple(sorted(atoms.tolist())))
+        assert {tuple(np.nonzero(r)[0].tolist()) for r in got} == want

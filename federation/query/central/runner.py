@@ -200,6 +200,7 @@ def _run(q: Query, gateway: SiteGateway, policy: QueryPolicy, audit: AuditLog, a
             guard.released(ctx)
         if ctx.combined_only:  # the differencing guard said why in a note
             result.payload = hide_per_site(result.payload)
+        released_cells(result.payload)  # the history must be able to record it (else refused, before release)
     except QueryRefused as exc:
         result.status, result.reason, result.suggestion, result.payload = "refused", exc.reason, exc.suggestion, {}
         result.notes = result.notes[:notes_kept]
@@ -323,8 +324,8 @@ def km_splits(q: Query, payload: dict[str, Any]) -> list[dict[str, Any]]:
 def released_cells(payload: dict[str, Any]) -> tuple[list[list[str]], list[list[Any]]]:
     """The kinds of count cells a result shows (its levels: group-by columns, () for a total) and the cells
     of those levels it hides, as [site or "" for combined, level, key], read from the payload itself so that
-    the history records what was shown, not what a statistic meant to show. Results of other shapes
-    (curves, models) keep the default: their groups, all shown."""
+    the history records what was shown, not what a statistic meant to show. Models keep the default (their
+    groups, all shown); a shape it does not know is refused."""
     if not payload:
         return [], []
     dims = list(payload.get("dims") or [])
@@ -355,7 +356,7 @@ def released_cells(payload: dict[str, Any]) -> tuple[list[list[str]], list[list[
                     key = [x for x, last in ((label_r, last_r), (label_c, last_c)) if not last]
                     note(level, key, matrix[r][c], site)
         return levels, hidden
-    if kind in ("count", "mean", "sum", "proportion", "quantiles") and isinstance(payload.get("rows"), list):
+    if kind in ROW_STATISTICS and isinstance(payload.get("rows"), list):
         levels = [dims]
         for row in payload["rows"]:
             cell(dims, row["group"], row)
@@ -378,7 +379,16 @@ def released_cells(payload: dict[str, Any]) -> tuple[list[list[str]], list[list[
                 if curve_hidden(value):
                     hidden.append([site, dims, curve["group"]])
         return [dims], hidden
-    return [dims], []
+    if kind in ("logistic", "cox"):  # no groups: one combined fit (its parts, `released_splits`)
+        return [dims], []
+    # a result whose shape this does not know: what it showed and hid cannot be recorded, so it is not released
+    # (the seventh red team's V1: a variance by arm recorded no hidden cell, and a later mean of the cell it
+    # hid as a complement, with the total, gave the hidden one-patient group's exact values)
+    raise QueryRefused(f"the differencing history cannot record what a {kind!r} result shows; nothing was "
+                       "released", "report this to the consortium's data team")
+
+
+ROW_STATISTICS = ("count", "sum", "mean", "variance", "sd", "proportion", "quantiles")  # rows of groups, a total
 
 
 def _is_withheld(value: Any) -> bool:

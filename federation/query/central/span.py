@@ -116,18 +116,92 @@ def new_leak(before: np.ndarray, new: np.ndarray, targets: np.ndarray, weight: n
         sets = np.vstack([hidden_sets, class_sets])
         units = sets.astype(float) @ w
         small = (units > 0.5) & (units < k - 0.5)
-        if not small.any():
+        if small.any():
+            cand = sets[small]
+            now = derivable(a, cand)
+            if now.any():
+                was = derivable(b, cand[now], unsure=False)
+                if (~was).any():
+                    first = int(np.nonzero(small)[0][np.nonzero(now)[0][np.nonzero(~was)[0][0]]])
+                    what = "a hidden cell" if first < len(hidden_sets) else "a set of patients no single cell shows"
+                    return SpanLeak(units=float(units[first]), insider=who, what=what)
+        # unions of a few small classes (the seventh red team's U1: everyone minus three groups was NR and one
+        # patient of arm M at stage V; a fifth result, stage in [IV, V], split them into two classes, neither
+        # derivable alone, their union of 2 derivable); for the analyst's view only: an insider at a site
+        # whose cell a result hid subtracts it and gets the other hidden site parts together, within one
+        # result (decision 0009, Open: the insider view of suppression)
+        if who is not None:
             continue
-        cand = sets[small]
-        now = derivable(a, cand)
-        if not now.any():
-            continue
-        was = derivable(b, cand[now], unsure=False)
-        if (~was).any():
-            first = int(np.nonzero(small)[0][np.nonzero(now)[0][np.nonzero(~was)[0][0]]])
-            what = "a hidden cell" if first < len(hidden_sets) else "a set of patients no single cell shows"
-            return SpanLeak(units=float(units[first]), insider=who, what=what)
+        unions = small_unions(a, w, k)
+        if unions is None:  # undecided: refuse rather than release
+            return SpanLeak(units=0.0, insider=who, what="a set of patients no single cell shows")
+        if len(unions):
+            # a union the new result's own cells give is its suppression's business (one result), as for
+            # triples of new cells: a crosstab's combined cell minus the site parts it shows gives an insider
+            # the sum of the other hidden parts (decision 0009, Open: the insider view of suppression)
+            was = derivable(b, unions, unsure=False) | derivable(a[len(b):], unions, unsure=False)
+            if (~was).any():
+                units_of = float(unions[int(np.nonzero(~was)[0][0])].astype(float) @ w)
+                return SpanLeak(units=units_of, insider=who, what="a set of patients no single cell shows")
     return None
+
+
+UNION_CLASSES = 4  # classes of atoms combined at most (each holds a patient or more: all of k - 1 when k = 5)
+
+
+def small_unions(rows: np.ndarray, w: np.ndarray, k: int) -> np.ndarray | None:
+    """Sets of 1..k-1 patients that are unions of 2..UNION_CLASSES classes of atoms (atoms no row of 0/1 `rows`,
+    cells x atoms, tells apart), each class of fewer than k, and exact linear combinations of the rows: as 0/1
+    (sets x atoms). A union S is one when the residual of its indicator off the row space, the sum of its
+    classes' residuals, is zero. Found by a random projection of those residuals (sums near zero by sorting
+    and binary search: pairs, a class and a pair, two pairs), then checked exactly on the whole residuals.
+    None when the decomposition fails (the caller refuses)."""
+    empty = np.zeros((0, rows.shape[1]), dtype=bool)
+    if not rows.shape[0] or not rows.shape[1]:
+        return empty
+    inverse = column_classes(rows)
+    n_classes = int(inverse.max()) + 1
+    size = np.bincount(inverse, weights=w, minlength=n_classes)
+    small = np.nonzero((size > 0.5) & (size < k - 0.5))[0]
+    if len(small) < 2:
+        return empty
+    first = np.zeros(n_classes, dtype=np.int64)
+    first[inverse[::-1]] = np.arange(len(inverse))[::-1]
+    basis = _row_basis(rows[:, first].astype(float))
+    if basis is None:
+        return None
+    resid = -basis.T @ basis[:, small]  # (classes, small): each small class's indicator off the row space
+    resid[small, np.arange(len(small))] += 1.0
+    z = np.random.default_rng(0).standard_normal(n_classes) @ resid
+    tol = 1e-7 * max(1.0, float(np.abs(z).max()))
+    ws = size[small]
+    ia, ib = np.triu_indices(len(small), 1)
+    keep = ws[ia] + ws[ib] < k - 0.5
+    ia, ib = ia[keep], ib[keep]
+    pz, pw = z[ia] + z[ib], ws[ia] + ws[ib]
+    order = np.argsort(pz, kind="stable")
+    spz = pz[order]
+    found: set[tuple[int, ...]] = {(int(ia[j]), int(ib[j])) for j in np.nonzero(np.abs(pz) < tol)[0]}
+    if UNION_CLASSES >= 3:  # a class and a pair
+        lo, hi = np.searchsorted(spz, -z - tol), np.searchsorted(spz, -z + tol, side="right")
+        for c in np.nonzero(hi > lo)[0]:
+            for j in order[lo[c]:hi[c]]:
+                if c not in (ia[j], ib[j]) and pw[j] + ws[c] < k - 0.5:
+                    found.add(tuple(sorted((int(ia[j]), int(ib[j]), int(c)))))
+    if UNION_CLASSES >= 4:  # two pairs
+        lo, hi = np.searchsorted(spz, -pz - tol), np.searchsorted(spz, -pz + tol, side="right")
+        for j in np.nonzero(hi > lo)[0]:
+            for j2 in order[lo[j]:hi[j]]:
+                four = {int(ia[j]), int(ib[j]), int(ia[j2]), int(ib[j2])}
+                if len(four) == 4 and pw[j] + pw[j2] < k - 0.5:
+                    found.add(tuple(sorted(four)))
+    out = [combo for combo in sorted(found) if np.abs(resid[:, list(combo)].sum(axis=1)).max() < TOL]
+    if not out:
+        return empty
+    member = np.zeros((len(out), n_classes), dtype=bool)
+    for r, combo in enumerate(out):
+        member[r, small[list(combo)]] = True
+    return np.asarray(member[:, inverse])
 
 
 def phantom_leak(before: np.ndarray, new: np.ndarray, kinds_before: np.ndarray, kinds_new: np.ndarray
