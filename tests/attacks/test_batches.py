@@ -46,9 +46,9 @@ def test_a_check_in_many_batches_decides_as_one_batch(fresh_audit: Settings, mon
     plan = guards.plan_batches
 
     def smallest(n: int, together: set[int], groups: list[tuple[int, list[int]]], capacity: int,
-                 everywhere: set[int] | None = None) -> list[Any]:
+                 everywhere: set[int] | None = None, keys: list[Any] | None = None) -> list[Any]:
         """The smallest batches the plan allows: the triple candidates and the cells in every batch, or the
-        largest span group with them."""
+        largest span group with them (counted in footprints, not in the subsets the sites are asked about)."""
         every = everywhere or set()
         least = len(every) + max([1, len(together - every),
                                   *(len({i for i in [f, *m] if i >= 0} - every) for f, m in groups)])
@@ -94,3 +94,14 @@ def test_cells_that_may_decide_for_the_same_patients_join_every_batch() -> None:
     # more than half a batch of them: they join the first batch only (a batch without them refuses more)
     (only,) = [b for b in guards.plan_batches(20, {0}, [], 6, everywhere={1, 2, 3, 4}) if {1, 2, 3, 4} & b.members]
     assert {0, 1, 2, 3, 4} <= only.members
+
+
+def test_footprints_on_the_same_rows_count_once_in_a_batch() -> None:
+    # a span group of 9 footprints, 8 of them counts of everyone by different groupings (one subset and version):
+    # the sites are asked about 2 subsets, so it fits a batch of 3
+    keys: list[object] = ["everyone"] * 8 + ["age < 2", "sex == F", "sex == M"]
+    batches = guards.plan_batches(11, set(), [(-2, list(range(9)))], 3, keys=keys)
+    assert len(batches) == 2 and set(range(9)) <= batches[0].members
+    assert all(len({keys[i] for i in b.members}) <= 3 for b in batches)
+    with pytest.raises(QueryRefused):
+        guards.plan_batches(11, set(), [(-2, list(range(11)))], 3, keys=keys)

@@ -7,6 +7,8 @@ or restricts what is released (`check`). Suppression of small cells is a guard t
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,7 +135,10 @@ class DifferencingGuard(CentralGuard):
         ctx.result.checked["candidates"] = len(picked)
         if not picked:
             return None
-        batches = plan_batches(len(picked), triples, groups, MAX_EARLIER - len(mine), everywhere=deciding)
+        ctx.result.checked.update(triples=len(triples), deciding=len(deciding),
+                                  largest_group=max((len(set(g[1]) | {g[0]}) for g in groups), default=0))
+        batches = plan_batches(len(picked), triples, groups, MAX_EARLIER - len(mine), everywhere=deciding,
+                               keys=[(e.footprint.subset_key(), e.footprint.versions) for e in picked])
         ctx.result.checked["batches"] = len(batches)
         per_site = Statistic.for_query(q).per_site
         withheld: str | None = None  # the earlier results that made the per-site values withheld
@@ -189,46 +194,57 @@ MAX_BATCHES = 20  # batches of candidates checked per query before it is refused
 
 
 def plan_batches(n: int, together: set[int], groups: list[tuple[int, list[int]]], capacity: int,
-                 everywhere: set[int] | None = None) -> list[Batch]:
-    """Split `n` candidates into batches of at most `capacity` (what one `HistoryAtoms` task may hold besides
-    the new result's footprints). A pair (a cell inside another, or with the same patients) needs only its
-    earlier footprint in some batch. `together` (the triple candidates: both partners in one space) go into
-    the first batch; a span group needs its focus and all its members in one batch (first fit); `everywhere`
-    join every batch (cells that may have a new cell's own conditions, which let cells with the same
-    patients through `AtomSpace.same_patients`; if they are more than half a batch, they join the first
-    only: a batch without them can only refuse more, never less). The rest fill the free places and then
-    batches of their own. Refused for capacity only when `together` or one group does not fit in a batch,
-    or more than MAX_BATCHES batches are needed."""
+                 everywhere: set[int] | None = None, keys: list[Hashable] | None = None) -> list[Batch]:
+    """Split `n` candidates into batches that each ask the sites about at most `capacity` distinct `keys` (a
+    footprint's subset and versions: what one `HistoryAtoms` task holds, besides the new result's; many
+    footprints on the same rows, e.g. the counts of everyone by every grouping, share one). A pair (a cell
+    inside another, or with the same patients) needs only its earlier footprint in some batch. `together`
+    (the triple candidates: both partners in one space) go into the first batch; a span group needs its
+    focus and all its members in one batch (first fit); `everywhere` join every batch (cells that may have a
+    new cell's own conditions, which let cells with the same patients through `AtomSpace.same_patients`; if
+    they take more than half a batch, they join the first only: a batch without them can only refuse more,
+    never less). The rest fill the free places and then batches of their own. Refused for capacity only
+    when `together` or one group does not fit in a batch, or more than MAX_BATCHES batches are needed."""
     refused = QueryRefused("this query is related to more earlier results than the differencing check compares "
                            "in one query; nothing was released",
                            "ask the consortium's data team to review the query history of this study")
+    key: list[Hashable] = list(range(n)) if keys is None else keys
+
+    def size(members: set[int]) -> int:
+        return len({key[i] for i in members})
+
     everywhere = set(everywhere or ())
-    if len(everywhere) > capacity // 2:
+    if size(everywhere) > capacity // 2:
         together, everywhere = together | everywhere, set()
-    capacity -= len(everywhere)
+    capacity -= size(everywhere)
     together = together - everywhere
-    if capacity < 1 or len(together) > capacity:
+    if capacity < 1 or size(together) > capacity:
         raise refused
     batches = [Batch(members=set(together))]
     for g, (focus, around) in enumerate(groups):
         need = {i for i in [focus, *around] if i >= 0} - everywhere
-        if len(need) > capacity:
+        if size(need) > capacity:
             raise refused
-        home = next((b for b in batches if len(b.members | need) <= capacity), None)
+        home = next((b for b in batches if size(b.members | need) <= capacity), None)
         if home is None:
             home = Batch()
             batches.append(home)
         home.members |= need
         home.groups.append(g)
     placed = set().union(everywhere, *(b.members for b in batches))
-    rest = [i for i in range(n) if i not in placed]
+    rest = deque(sorted((i for i in range(n) if i not in placed), key=lambda i: str(key[i])))  # same keys together
+
+    def fill(b: Batch) -> None:
+        have = {key[i] for i in b.members}
+        while rest and (key[rest[0]] in have or len(have) < capacity):
+            have.add(key[rest[0]])
+            b.members.add(rest.popleft())
+
     for b in batches:
-        free = capacity - len(b.members)
-        b.members.update(rest[:free])
-        rest = rest[free:]
+        fill(b)
     while rest:
-        batches.append(Batch(members=set(rest[:capacity])))
-        rest = rest[capacity:]
+        batches.append(Batch())
+        fill(batches[-1])
     for b in batches:
         b.members |= everywhere
     batches = [b for b in batches if b.members]
