@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
-from federation.query.central.atoms import AtomSpace, history_answers, select_rows, subsets_at
+from federation.query.central.atoms import AtomSpace, _row_bytes, history_answers, select_rows, subsets_at
 from federation.query.central.candidates import (
     CellTable,
     Sizes,
@@ -362,12 +362,19 @@ def leak_of(space: AtomSpace, mine: Vectors, n_new: int, whole: Vectors, pool: V
         # target): the dense matrices are the group's, not the whole space's
         cols = np.union1d(np.union1d(group.before.indices, whole.matrix.indices),
                           np.nonzero(group.targets.any(axis=0))[0]).astype(np.int64)
-        before = group.before[:, cols].toarray() > 0.5
+        # repeated cells (results on the same rows: every count of everyone shows its total) add nothing to a
+        # span: one of each, found on the sparse rows before anything is made dense
+        rows = _row_bytes(group.before)
+        once = sorted({row: i for i, row in reversed(list(enumerate(rows)))}.values())
         shown = whole.matrix[:, cols].toarray() > 0.5
-        found = new_leak(before, shown, group.targets[:, cols], space.weight[cols], space.site_of[cols],
-                         space.sites, k)
+        found = new_leak(group.before[once][:, cols].toarray() > 0.5, shown, group.targets[:, cols],
+                         space.weight[cols], space.site_of[cols], space.sites, k)
         if found is None and (group.empty or group.universe):
-            found = phantom_leak(before, shown, *group.phantom_kinds(space, shown_defs))
+            kinds_before, kinds_new = group.phantom_kinds(space, shown_defs)
+            # the same cell with other hypothetical patients in it is another row here
+            joint = sorted({(row, kinds_before[i].tobytes()): i for i, row in reversed(list(enumerate(rows)))}
+                           .values())
+            found = phantom_leak(group.before[joint][:, cols].toarray() > 0.5, shown, kinds_before[joint], kinds_new)
         if found is not None:
             who = "" if found.insider is None else f" for an insider at {found.insider}"
             return (f"together they pin down a hidden cell, or a set of patients no single cell shows, of fewer "
