@@ -240,13 +240,13 @@ class AtomSpace:
         """The first small set `new` makes derivable with `pool` (indexes into the vectors given); `shown` are
         every cell of the new result, `new` and those it shows again (by default `new`)."""
         shown = new if shown is None else shown
-        mine = set(_row_bytes(shown.matrix))
+        mine = set(row_bytes(shown.matrix))
         same = self.same_patients(new, pool, shown)
         if same is not None:
             return same
         (new, new_at), (pool, pool_at) = informative(new, pool, self.weight, k)
         leaks = [Leak(new=int(new_at[x.new]), earlier=tuple(int(pool_at[i]) for i in x.earlier), how=x.how)
-                 for x in self._leaks(new, pool, k, np.array([r in mine for r in _row_bytes(pool.matrix)]))]
+                 for x in self._leaks(new, pool, k, np.array([r in mine for r in row_bytes(pool.matrix)]))]
         return leaks[0] if leaks else None
 
     def same_patients(self, new: Vectors, pool: Vectors, shown: Vectors) -> Leak | None:
@@ -258,13 +258,13 @@ class AtomSpace:
         left is its group's count), nor when some earlier cell of the new cell's own conditions had those
         patients (then that was known)."""
         own: dict[bytes, set[frozenset[str]]] = {}  # row -> conditions of the new result's cells showing it
-        for row, c in zip(_row_bytes(shown.matrix), shown.cond, strict=True):
+        for row, c in zip(row_bytes(shown.matrix), shown.cond, strict=True):
             own.setdefault(row, set()).add(c)
         where: dict[bytes, list[int]] = {}
-        for i, row in enumerate(_row_bytes(pool.matrix)):
+        for i, row in enumerate(row_bytes(pool.matrix)):
             if row in own:
                 where.setdefault(row, []).append(i)
-        for j, row in enumerate(_row_bytes(new.matrix)):
+        for j, row in enumerate(row_bytes(new.matrix)):
             earlier = where.get(row, [])
             if any(pool.cond[i] == new.cond[j] for i in earlier):
                 continue  # released before with these very conditions: nothing new about what lies between
@@ -304,7 +304,7 @@ class AtomSpace:
         return leaks
 
 
-def _row_bytes(m: sparse.csr_matrix) -> list[bytes]:
+def row_bytes(m: sparse.csr_matrix) -> list[bytes]:
     """Each row's atoms, as bytes (rows with the same atoms are the same cell)."""
     return [m.indices[m.indptr[i]:m.indptr[i + 1]].tobytes() for i in range(m.shape[0])]
 
@@ -338,8 +338,8 @@ def informative(new: Vectors, pool: Vectors, w: np.ndarray, k: int
     pool_kept, pool_at = select_rows(pool, ~small(pool))
     new_kept, new_at = select_rows(new, ~small(new))
     if pool_kept.matrix.shape[0] and new_kept.matrix.shape[0]:
-        known = set(_row_bytes(pool_kept.matrix))
-        fresh = np.array([row not in known for row in _row_bytes(new_kept.matrix)])
+        known = set(row_bytes(pool_kept.matrix))
+        fresh = np.array([row not in known for row in row_bytes(new_kept.matrix)])
         new_kept, at = select_rows(new_kept, fresh)
         new_at = new_at[at]
     return (new_kept, new_at), (pool_kept, pool_at)

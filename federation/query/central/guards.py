@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
-from federation.query.central.atoms import AtomSpace, _row_bytes, history_answers, select_rows, subsets_at
+from federation.query.central.atoms import AtomSpace, history_answers, row_bytes, select_rows, subsets_at
 from federation.query.central.candidates import (
     CellTable,
     Sizes,
@@ -364,7 +364,7 @@ def leak_of(space: AtomSpace, mine: Vectors, n_new: int, whole: Vectors, pool: V
                           np.nonzero(group.targets.any(axis=0))[0]).astype(np.int64)
         # repeated cells (results on the same rows: every count of everyone shows its total) add nothing to a
         # span: one of each, found on the sparse rows before anything is made dense
-        rows = _row_bytes(group.before)
+        rows = row_bytes(group.before)
         once = sorted({row: i for i, row in reversed(list(enumerate(rows)))}.values())
         shown = whole.matrix[:, cols].toarray() > 0.5
         found = new_leak(group.before[once][:, cols].toarray() > 0.5, shown, group.targets[:, cols],

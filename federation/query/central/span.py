@@ -97,9 +97,8 @@ def new_leak(before: np.ndarray, new: np.ndarray, targets: np.ndarray, weight: n
              sites: list[str], k: int) -> SpanLeak | None:
     """The first set of 1..k-1 patients that `before` + `new` (cells x atoms) make derivable and `before` alone
     did not: among `targets` (e.g. hidden cells) and the classes of atoms of `before` + `new`; for the
-    analyst, then for an insider at each site (whose own atoms are known, so left out)."""
-    if len(before) > 1:  # results on the same rows repeat cells (every count of everyone has its total)
-        before = np.unique(before, axis=0)
+    analyst, then for an insider at each site (whose own atoms are known, so left out). Repeated rows of
+    `before` only cost time: `guards.leak_of` drops them on the sparse rows first."""
     after = np.vstack([before, new]) if len(before) else new
     used = np.asarray(after.any(axis=0), dtype=bool)
     views: list[tuple[str | None, np.ndarray]] = [(None, np.zeros(len(used), dtype=bool))]
@@ -217,9 +216,6 @@ def phantom_leak(before: np.ndarray, new: np.ndarray, kinds_before: np.ndarray, 
     the analyst's view only (an insider's view of hypothetical patients is not decided here)."""
     if not kinds_new.shape[1]:
         return None
-    if len(before) > 1:  # repeated cells (results on the same rows) add nothing: one of each, with its kinds
-        joint = np.unique(np.hstack([before, kinds_before]), axis=0)
-        before, kinds_before = joint[:, :before.shape[1]], joint[:, before.shape[1]:]
     after = np.vstack([before, new]) if len(before) else new
     kinds = np.vstack([kinds_before, kinds_new]) if len(kinds_before) else kinds_new
     used = np.asarray(after.any(axis=0), dtype=bool)
