@@ -62,8 +62,7 @@ def derivable(rows: np.ndarray, targets: np.ndarray, unsure: bool = True) -> np.
         return np.asarray(~targets.any(axis=1))
     inverse = column_classes(rows)  # atoms no row tells apart
     n_classes = int(inverse.max()) + 1
-    first = np.zeros(n_classes, dtype=np.int64)
-    first[inverse[::-1]] = np.arange(len(inverse))[::-1]
+    first = _first_of_each(inverse, n_classes)
     classes = rows[:, first].astype(bool)
     classes = classes[np.unique(np.packbits(classes, axis=1), axis=0, return_index=True)[1]]  # distinct rows
     onehot = sparse.csr_matrix((np.ones(len(inverse)), (np.arange(len(inverse)), inverse)),
@@ -133,7 +132,7 @@ def new_leak(before: np.ndarray, new: np.ndarray, targets: np.ndarray, weight: n
         # result (decision 0009, Open: the insider view of suppression)
         if who is not None:
             continue
-        unions = small_unions(a, w, k)
+        unions = small_unions(a, w, k, inverse)
         if unions is None:  # undecided: refuse rather than release
             return SpanLeak(units=0.0, insider=who, what="a set of patients no single cell shows")
         if len(unions):
@@ -150,25 +149,30 @@ def new_leak(before: np.ndarray, new: np.ndarray, targets: np.ndarray, weight: n
 UNION_CLASSES = 4  # classes of atoms combined at most (each holds a patient or more: all of k - 1 when k = 5)
 
 
-def small_unions(rows: np.ndarray, w: np.ndarray, k: int) -> np.ndarray | None:
+def _first_of_each(inverse: np.ndarray, n_classes: int) -> np.ndarray:
+    """The first atom of each class (`column_classes`): a column standing for its class."""
+    first = np.zeros(n_classes, dtype=np.int64)
+    first[inverse[::-1]] = np.arange(len(inverse))[::-1]
+    return first
+
+
+def small_unions(rows: np.ndarray, w: np.ndarray, k: int, inverse: np.ndarray | None = None) -> np.ndarray | None:
     """Sets of 1..k-1 patients that are unions of 2..UNION_CLASSES classes of atoms (atoms no row of 0/1 `rows`,
     cells x atoms, tells apart), each class of fewer than k, and exact linear combinations of the rows: as 0/1
     (sets x atoms). A union S is one when the residual of its indicator off the row space, the sum of its
     classes' residuals, is zero. Found by a random projection of those residuals (sums near zero by sorting
     and binary search: pairs, a class and a pair, two pairs), then checked exactly on the whole residuals.
-    None when the decomposition fails (the caller refuses)."""
+    None when the decomposition fails (the caller refuses). `inverse`: the rows' `column_classes`, if known."""
     empty = np.zeros((0, rows.shape[1]), dtype=bool)
     if not rows.shape[0] or not rows.shape[1]:
         return empty
-    inverse = column_classes(rows)
+    inverse = column_classes(rows) if inverse is None else inverse
     n_classes = int(inverse.max()) + 1
     size = np.bincount(inverse, weights=w, minlength=n_classes)
     small = np.nonzero((size > 0.5) & (size < k - 0.5))[0]
     if len(small) < 2:
         return empty
-    first = np.zeros(n_classes, dtype=np.int64)
-    first[inverse[::-1]] = np.arange(len(inverse))[::-1]
-    basis = _row_basis(np.unique(rows[:, first], axis=0).astype(float))
+    basis = _row_basis(np.unique(rows[:, _first_of_each(inverse, n_classes)], axis=0).astype(float))
     if basis is None:
         return None
     resid = -basis.T @ basis[:, small]  # (classes, small): each small class's indicator off the row space
