@@ -343,7 +343,26 @@ def hidden_linked(new: Footprint, new_sizes: Sizes, earlier: list[Footprint], si
     if new.hidden and linked_to_new:
         around = sorted(set(linked_to_new) | set(companions(new, -1)))
         groups.append((-1, around))
-    return groups
+    return merge_foci(groups)
+
+
+def merge_foci(groups: list[tuple[int, list[int]]]) -> list[tuple[int, list[int]]]:
+    """Groups around earlier foci with the same members (the results of everyone by the same columns have the
+    same companions) checked once, as focus -3: the hidden cells of every member are its targets (a superset
+    of each focus's, all of them results already in the group: one decomposition instead of one per focus)."""
+    foci: dict[tuple[int, ...], list[int]] = {}
+    for focus, around in groups:
+        if focus >= 0:
+            foci.setdefault(tuple(sorted(set(around))), []).append(focus)
+    out, done = [], set()
+    for focus, around in groups:
+        members = tuple(sorted(set(around)))
+        if focus < 0 or len(foci[members]) == 1:
+            out.append((focus, around))
+        elif members not in done:
+            done.add(members)
+            out.append((-3, list(members)))
+    return out
 
 
 FAMILY_SPAN = 40  # earlier results in a filter family checked together with the new one (the most recent)

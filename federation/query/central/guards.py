@@ -36,7 +36,7 @@ from federation.query.central.span import new_leak, phantom_leak
 from federation.query.central.statistics import Statistic
 from federation.query.central.statistics.counts import check_filters
 from federation.query.central.statistics.km import year_start
-from federation.query.central.structure import CellDef, phantoms
+from federation.query.central.structure import CellDef, phantoms_of
 from federation.query.columns import GROUPABLE, require
 from federation.query.guard import Guard, QueryRefused
 from federation.query.model import Query
@@ -146,7 +146,7 @@ class DifferencingGuard(CentralGuard):
             chosen = sorted(batch.members)
             at = {i: j for j, i in enumerate(chosen)}
             some = [picked[i] for i in chosen]
-            spans_of = [(at.get(focus, focus), [at[i] for i in around])  # focus -1, -2: the new result
+            spans_of = [(at.get(focus, focus), [at[i] for i in around])  # focus < 0: see SpanGroup.of
                         for focus, around in (groups[g] for g in batch.groups)]
             found = self._batch_leak(ctx, news, some, again, spans_of, per_site and withheld is None)
             if found is not None and per_site and withheld is None:  # the same groups, combined values only
@@ -311,9 +311,11 @@ class SpanGroup:
     @classmethod
     def of(cls, space: AtomSpace, n_new: int, focus: int, around: list[int]) -> SpanGroup:
         """The group around `focus` (an index into the earlier candidates, or -1 for the new result, -2 for a
-        filter family); the space's first `n_new` footprints are the new result's."""
+        filter family, -3 for several earlier foci with the same members: `candidates.merge_foci`); the
+        space's first `n_new` footprints are the new result's."""
         members = [i + n_new for i in around]
-        owners = [0, *members] if focus == -2 else [0] if focus == -1 else [focus + n_new]
+        owners = ([0, *members] if focus == -2 else [0] if focus == -1 else members if focus == -3
+                  else [focus + n_new])
         # a filter family: every hidden cell of its results and of the new one; else those of the focus
         targets = np.vstack([space.hidden_sets(x) for x in owners])
         before = space.vectors(members)
@@ -330,14 +332,15 @@ class SpanGroup:
     def phantom_kinds(self, space: AtomSpace, shown_defs: list[CellDef]) -> tuple[np.ndarray, np.ndarray]:
         """Hypothetical patients for the span check (`span.phantom_leak`): each kind a hidden cell that holds no
         row could hold by definition, and, in a filter family, each kind of patient its cells tell apart
-        (`structure.phantoms`); as (cells of `before` x kinds, shown cells x kinds): whether such a patient
+        (`structure.phantoms_of`); as (cells of `before` x kinds, shown cells x kinds): whether such a patient
         would be in each cell."""
         n_before = len(self.before_defs)
         kinds: dict[tuple[bool, ...], None] = {}
         fp = space.footprints[0]
         rows = [*self.before_defs, *shown_defs]
-        for cell in [*self.empty, *([self.universe] if self.universe else [])]:
-            for _, inside in phantoms(fp.study_id, fp.table, cell, rows, space.policy) or []:
+        for found in phantoms_of(fp.study_id, fp.table, [*self.empty, *([self.universe] if self.universe else [])],
+                                 rows, space.policy):
+            for _, inside in found or []:
                 kinds.setdefault(tuple(inside), None)
         member = np.asarray(list(kinds), dtype=bool).T.reshape(len(rows), len(kinds))
         return member[:n_before], member[n_before:]

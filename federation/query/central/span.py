@@ -100,6 +100,10 @@ def new_leak(before: np.ndarray, new: np.ndarray, targets: np.ndarray, weight: n
     `before` only cost time: `guards.leak_of` drops them on the sparse rows first."""
     after = np.vstack([before, new]) if len(before) else new
     used = np.asarray(after.any(axis=0), dtype=bool)
+    if len(before) and derivable(before[:, used], new[:, used], unsure=False).all():
+        # every new cell is a combination of cells shown before: the span is the same, in every view (a view
+        # drops the columns its viewer knows, which keeps a combination one), so nothing new is derivable
+        return None
     views: list[tuple[str | None, np.ndarray]] = [(None, np.zeros(len(used), dtype=bool))]
     views += [(site, site_of == s) for s, site in enumerate(sites) if (site_of[used] == s).any()]
     for who, known in views:

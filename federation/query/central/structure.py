@@ -17,6 +17,8 @@ import json
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from federation.query.columns import CONTINUOUS, MISSING, declared_levels, holds, may_be_empty, unit_columns
 from federation.query.policy import QueryPolicy
 
@@ -153,30 +155,54 @@ def phantoms(study_id: str, table: str, hidden: CellDef, rows: list[CellDef], po
     empty set is always "derivable"); the span check asks it of these hypothetical patients instead, exactly
     as if the cell held one. [] when the cell is empty by definition; None when some cell cannot be read as
     a box, or a site's version differs between them, or there are too many kinds (then nothing is claimed)."""
-    cells = (hidden, *rows)
-    version = dict(hidden.versions)
+    return phantoms_of(study_id, table, [hidden], rows, policy)[0]
+
+
+def phantoms_of(study_id: str, table: str, hiddens: list[CellDef], rows: list[CellDef],
+                policy: QueryPolicy | None = None) -> list[list[tuple[str, list[bool]]] | None]:
+    """`phantoms` of each of `hiddens` against the same `rows`, reading the cells as boxes once (a span group
+    protects many empty cells with one set of rows). The domains are drawn from every cell: a cut point or
+    a value only another hidden cell uses splits a kind into kinds no row tells apart, which are one."""
+    if not hiddens:
+        return []
+    boxes = _boxes(study_id, table, (*hiddens, *rows), policy)
+    if boxes is None:
+        if len(hiddens) == 1 or _boxes(study_id, table, tuple(rows), policy) is None:
+            return [None] * len(hiddens)
+        return [phantoms_of(study_id, table, [h], rows, policy)[0] for h in hiddens]  # the unreadable one alone
+    others = boxes[len(hiddens):]
+    memo: dict[tuple[str, object], np.ndarray] = {}
+    held: dict[str, set[int]] = {}
     for c in rows:
         for site, v in c.versions:
-            if site in hidden.sites() and version.get(site, v) != v:
-                return None
-    boxes = _boxes(study_id, table, cells, policy)
-    if boxes is None:
-        return None
-    mine, others = boxes[0], boxes[1:]
-    choices: list[list[tuple[object, tuple[bool, ...]]]] = []  # per coordinate: (a value, its membership by row)
+            held.setdefault(site, set()).add(v)
+    return [_kinds(h, boxes[i], others, held, memo) for i, h in enumerate(hiddens)]
+
+
+def _kinds(hidden: CellDef, mine: Box, others: list[Box], held: dict[str, set[int]],
+           memo: dict[tuple[str, object], np.ndarray]) -> list[tuple[str, list[bool]]] | None:
+    """`phantoms` of one hidden cell whose box is `mine`, against the rows' boxes `others` (`held`: the
+    versions of each site the rows read); `memo` keeps each domain point's membership in the rows (shared by
+    the hidden cells of one call)."""
+    if any(site in held and held[site] - {v} for site, v in hidden.versions if site in hidden.sites()):
+        return None  # a site read at another version in some row
+    choices: list[list[tuple[object, np.ndarray]]] = []  # per coordinate: (a value, its membership by row)
     for coord, allowed in mine.items():
-        kinds: dict[tuple[bool, ...], object] = {}
+        kinds: dict[bytes, tuple[object, np.ndarray]] = {}
         for value in sorted(allowed, key=repr):
-            kinds.setdefault(tuple(value in b[coord] for b in others), value)
+            sig = memo.get((coord, value))
+            if sig is None:
+                sig = np.fromiter((value in b[coord] for b in others), dtype=bool, count=len(others))
+                memo[(coord, value)] = sig
+            kinds.setdefault(sig.tobytes(), (value, sig))
         if not kinds:
             return []  # no value at all: the cell is empty by definition
-        choices.append([(v, sig) for sig, v in kinds.items()])
+        choices.append(list(kinds.values()))
     if math.prod(len(c) for c in choices) > MAX_PHANTOMS:
         return None
-    coords = list(mine)
-    site_at = coords.index("(site)")
-    out: dict[tuple[str, tuple[bool, ...]], None] = {}
+    site_at = list(mine).index("(site)")
+    out: dict[tuple[str, bytes], np.ndarray] = {}
     for combo in itertools.product(*choices):
-        member = tuple(all(sig[r] for _, sig in combo) for r in range(len(others)))
-        out.setdefault((str(combo[site_at][0]), member), None)
-    return [(site, list(member)) for site, member in out]
+        member = np.logical_and.reduce([sig for _, sig in combo])
+        out.setdefault((str(combo[site_at][0]), member.tobytes()), member)
+    return [(site, member.tolist()) for (site, _), member in out.items()]
