@@ -35,7 +35,8 @@ def airflow_env(airflow_home: Path, extra: dict[str, str] | None = None) -> dict
 
 def run_dag(airflow_home: Path, dag_id: str, extra_env: dict[str, str] | None = None,
             log_file: Path | None = None) -> dict[str, object]:
-    """Run `dag_id` once with dag.test(); returns {"state": ..., "tasks": {task[map_index]: state}}."""
+    """Run `dag_id` once with dag.test(); returns {"state": ..., "tasks": {task[map_index]: state},
+    "labels": {task[map_index]: its name in the UI (map_index_template)}}."""
     airflow_home.mkdir(parents=True, exist_ok=True)
     env = airflow_env(airflow_home, extra_env)
     log_file = log_file or airflow_home / f"{dag_id}.log"
@@ -64,8 +65,10 @@ def _main(dag_id: str) -> int:
     dag = bag.get_dag(dag_id)
     with contextlib.redirect_stdout(sys.stderr):
         run = dag.test()
-        tasks = {f"{ti.task_id}[{ti.map_index}]": str(ti.state) for ti in run.get_task_instances()}
-    print(json.dumps({"state": str(run.state), "tasks": tasks}))
+        tis = run.get_task_instances()
+        tasks = {f"{ti.task_id}[{ti.map_index}]": str(ti.state) for ti in tis}
+        labels = {f"{ti.task_id}[{ti.map_index}]": ti.rendered_map_index for ti in tis if ti.rendered_map_index}
+    print(json.dumps({"state": str(run.state), "tasks": tasks, "labels": labels}))
     return 0
 
 

@@ -30,6 +30,8 @@ class Settings(BaseModel):
     audit_log: Path = Path("audit/queries.jsonl")
     query_policy: Path = INFRA_DIR / "query-policy.yaml"
     report_dir: Path = Path("consortium-report")
+    # where failed DAG runs are reported (a JSON POST; $FEDERATION_NOTIFY_WEBHOOK wins): federation/notify.py
+    notify_webhook: str | None = None
 
     def site(self, site_id: str) -> SiteConfig:
         return load_site(site_id, self.sites_dir)

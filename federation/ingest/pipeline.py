@@ -62,6 +62,11 @@ def read_catalog(store: ObjectStore, settings: Settings, site_id: str | None = N
     return sorted(out, key=lambda e: (e.updated, e.site_id, e.upload_id))
 
 
+def catalog_entry(settings: Settings, ref: UploadRef, store: ObjectStore | None = None) -> CatalogEntry | None:
+    """The catalog's entry for one upload, None if it has none yet."""
+    return _get_entry(store or open_store(settings.storage, "pipeline"), settings, ref)
+
+
 def _get_entry(store: ObjectStore, settings: Settings, ref: UploadRef) -> CatalogEntry | None:
     try:
         key = layout.catalog_key(settings.storage, ref.site_id, ref.upload_id)
@@ -151,6 +156,9 @@ def _process(settings: Settings, ref: UploadRef, store: ObjectStore, workdir: Pa
                                  "cut off after the manifest was written; upload again")
                 return _save(store, settings, entry)
         timings["download_s"] = round(time.perf_counter() - t0, 3)
+        size = sum((folder / f.name).stat().st_size for f in manifest.files) / 2**20
+        log.info("%s: downloaded %d file(s), %.1f MiB, sha256 checked (%.1f s)", ref.key, len(manifest.files), size,
+                 timings["download_s"])
 
         site = settings.site(ref.site_id)
         t1 = time.perf_counter()
@@ -161,6 +169,9 @@ def _process(settings: Settings, ref: UploadRef, store: ObjectStore, workdir: Pa
             keep_sources=True)
         timings["validate_s"] = round(time.perf_counter() - t1, 3)
         entry.rows = {t.table: t.rows for t in report.tables}
+        log.info("%s: validated %s rows in %d table(s) of %s: %s, %d error(s) (%.1f s)", ref.key,
+                 f"{sum(entry.rows.values()):,}", len(entry.rows), manifest.study_id, report.status,
+                 len(report.errors) + len(report.unusable), timings["validate_s"])
         report_prefix = layout.report_prefix(settings.storage, ref.site_id, ref.upload_id)
         rep_dir = folder / "_report"
         written = report.write(rep_dir)
@@ -179,6 +190,7 @@ def _process(settings: Settings, ref: UploadRef, store: ObjectStore, workdir: Pa
             n = len(report.errors) + len(report.unusable)
             entry.message = f"{report.status}: {n:,} errors; see the report"
             entry.seconds = {**timings, "total_s": round(time.perf_counter() - t0, 3)}
+            log.info("%s: quarantined (%s); report at %s", ref.key, entry.message, entry.report)
             return _save(store, settings, entry)
 
         t2 = time.perf_counter()
@@ -189,10 +201,13 @@ def _process(settings: Settings, ref: UploadRef, store: ObjectStore, workdir: Pa
             tables = harmonize_parts(dictionary, report.parts, study_id=manifest.study_id, site_id=ref.site_id,
                                      upload_id=ref.upload_id, key=settings.pseudonym_key(), folder=out)
         timings["harmonize_s"] = round(time.perf_counter() - t2, 3)
+        log.info("%s: harmonized %d table(s) (%.1f s)", ref.key, len(tables), timings["harmonize_s"])
         t3 = time.perf_counter()
         version, created = publish(store, settings.storage, site_id=ref.site_id, study_id=manifest.study_id,
                                    upload_id=ref.upload_id, schema_version=manifest.schema_version, tables=tables)
         timings["publish_s"] = round(time.perf_counter() - t3, 3)
+        log.info("%s: %s version %s of %s (%.1f s)", ref.key, "published" if created else "already published as",
+                 version.version_id, manifest.study_id, timings["publish_s"])
     entry.status, entry.version_id = "published", version.version_id
     entry.message = "published" if created else "already published earlier (idempotent re-run)"
     entry.seconds = {**timings, "total_s": round(time.perf_counter() - t0, 3)}
