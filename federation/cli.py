@@ -8,9 +8,12 @@ import datetime as dt
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from federation.exceptions import FederationError
+
+if TYPE_CHECKING:
+    from federation.settings import Settings
 
 EPILOG = """exit codes: 0 valid, 1 invalid (rules broken), 2 unusable input or usage error
 (query: 0 released, 3 refused).
@@ -118,10 +121,20 @@ def _build_parser() -> argparse.ArgumentParser:
     ing = sub.add_parser("ingest", help="process pending uploads now, without Airflow (what site_ingest does)")
     ing.add_argument("--config", type=Path, default=None, help="settings YAML (default $FEDERATION_CONFIG)")
 
-    st = sub.add_parser("storage", help="storage identities for SeaweedFS")
-    st.add_argument("action", choices=["identities"], help="identities: write the SeaweedFS -s3.config JSON")
+    st = sub.add_parser(
+        "storage", help="storage set-up: identities for SeaweedFS, buckets",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "identities: write the SeaweedFS -s3.config JSON (one identity per site, its query identity, the\n"
+            "  pipeline and storage-admin), creating keys in storage.secrets_dir where missing.\n"
+            "init: create the four buckets (landing, reports, harmonized, pipeline) with the storage-admin\n"
+            "  identity and check that the pipeline can write, read back and delete an object in each;\n"
+            "  waits for storage that is still starting (--wait). Safe to run again. Exit 0 when every\n"
+            "  bucket is writable, 1 otherwise, with the reason and what to change."))
+    st.add_argument("action", choices=["identities", "init"])
     st.add_argument("--config", type=Path, default=None, help="settings YAML (default $FEDERATION_CONFIG)")
-    st.add_argument("--out", type=Path, required=True, help="where to write the identities JSON")
+    st.add_argument("--out", type=Path, default=None, help="identities: where to write the identities JSON")
+    st.add_argument("--wait", type=float, default=120.0, help="init: seconds to wait for storage (default 120)")
     st.add_argument("--new-secrets", action="store_true",
                     help="rotate: create fresh random keys for every identity (default: only for identities "
                     "that have no key in storage.secrets_dir yet)")
@@ -334,7 +347,7 @@ def _uploads(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
 
-    from federation.ingest.pipeline import read_catalog
+    from federation.ingest.pipeline import list_uploads
     from federation.settings import load_settings
     from federation.storage import open_store
 
@@ -343,20 +356,33 @@ def _uploads(args: argparse.Namespace) -> int:
     if args.server:
         return _site_uploads(args)
     settings = load_settings(args.config)
-    entries = [e for e in read_catalog(open_store(settings.storage, "pipeline"), settings)
+    entries = [e for e in list_uploads(settings, open_store(settings.storage, "pipeline"))
                if args.site in (None, e.site_id)]
     if args.json:
         print(json.dumps([asdict(e) for e in entries], indent=2))
         return 0
     if not entries:
-        print("no uploads yet")
+        print("no uploads yet: nothing in the catalog or in landing" + (f" for {args.site}" if args.site else ""))
         return 0
-    print(f"{'site':<8} {'upload':<20} {'status':<12} {'rows':>9} {'version':<26} report / message")
+    waiting = sum(e.status in ("waiting", "incomplete") for e in entries)
+    print(f"{len(entries)} upload(s), newest first" + (f"; {waiting} not processed yet" if waiting else ""))
+    print(f"{'site':<8} {'upload':<20} {'study':<12} {'status':<12} {'uploaded (UTC)':<17} {'processed (UTC)':<17} "
+          f"{'rows':>9} {'version':<26} report / message")
     for e in entries:
         rows = sum(e.rows.values())
-        print(f"{e.site_id:<8} {e.upload_id:<20} {e.status:<12} {rows:>9,} {e.version_id:<26} "
-              f"{e.report or e.message}")
+        print(f"{e.site_id:<8} {e.upload_id:<20} {e.study_id:<12} {e.status:<12} {_stamp(e.uploaded):<17} "
+              f"{_stamp(e.updated):<17} {rows:>9,} {e.version_id:<26} {e.report or e.message}")
     return 0
+
+
+def _stamp(iso: str) -> str:
+    """'2026-12-05T07:31:10+00:00' -> '2026-12-05 07:31' (in UTC), '-' when absent."""
+    import datetime as dt
+
+    if not iso:
+        return "-"
+    t = dt.datetime.fromisoformat(iso)
+    return (t.astimezone(dt.UTC) if t.tzinfo else t).strftime("%Y-%m-%d %H:%M")
 
 
 def _site_uploads(args: argparse.Namespace) -> int:
@@ -414,6 +440,12 @@ def _storage(args: argparse.Namespace) -> int:
     from federation.storage.identities import new_secrets, render_seaweedfs
 
     settings = load_settings(args.config)
+    if args.action == "init":
+        return _storage_init(settings, args.wait)
+    if args.out is None:
+        print("error: storage identities needs --out FILE (where to write the SeaweedFS identities JSON)",
+              file=sys.stderr)
+        return 2
     cfg = settings.storage
     if cfg.secrets_dir is None:
         print("error: storage.secrets_dir is not set in the settings", file=sys.stderr)
@@ -423,6 +455,21 @@ def _storage(args: argparse.Namespace) -> int:
     args.out.write_text(render_seaweedfs(sites, cfg, creds), encoding="utf-8")
     args.out.chmod(0o600)
     print(f"wrote identities for pipeline and {len(sites)} sites to {args.out}")
+    return 0
+
+
+def _storage_init(settings: Settings, wait: float) -> int:
+    from federation.storage.init import StorageInitError, init_storage
+
+    print(f"initialising storage: {settings.storage.kind}"
+          f" {settings.storage.endpoint or settings.storage.root}")
+    try:
+        states = init_storage(settings, wait_s=wait, progress=lambda m: print(f"  {m}"))
+    except StorageInitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    made = [s.bucket for s in states if s.created]
+    print(f"storage ready: {len(states)} buckets writable" + (f" ({', '.join(made)} created)" if made else ""))
     return 0
 
 

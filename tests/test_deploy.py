@@ -45,7 +45,9 @@ def test_docker_compose_config_is_valid() -> None:
 
 def test_identities_policy_gives_sites_only_their_prefixes() -> None:
     p = policy(["site-a", "site-b"], StorageConfig())
-    assert set(p) == {"pipeline", "site-a", "site-b", "query-site-a", "query-site-b"}
+    assert set(p) == {"storage-admin", "pipeline", "site-a", "site-b", "query-site-a", "query-site-b"}
+    assert p["storage-admin"] == ["Admin"]  # creating buckets; no other identity may
+    assert not any("Admin" in a for name, actions in p.items() if name != "storage-admin" for a in actions)
     assert all("site-a" in action for action in p["site-a"] + p["query-site-a"])
     assert not any(a.startswith("Write") for a in p["query-site-a"])
     assert not any("harmonized" in a for a in p["site-a"])
@@ -65,7 +67,7 @@ def test_identities_command_keeps_existing_keys_and_adds_missing(tmp_path, monke
     out = tmp_path / "s3.json"
     assert main(["storage", "identities", "--config", str(tmp_path / "settings.yaml"), "--out", str(out)]) == 0
     first = {i["name"]: i["credentials"][0]["accessKey"] for i in json.loads(out.read_text())["identities"]}
-    assert set(first) == {"pipeline", "site-a", "site-b", "query-site-a", "query-site-b"}
+    assert set(first) == {"storage-admin", "pipeline", "site-a", "site-b", "query-site-a", "query-site-b"}
     (tmp_path / "secrets" / "site-b.json").unlink()  # rotate site-b only
     assert main(["storage", "identities", "--config", str(tmp_path / "settings.yaml"), "--out", str(out)]) == 0
     second = {i["name"]: i["credentials"][0]["accessKey"] for i in json.loads(out.read_text())["identities"]}

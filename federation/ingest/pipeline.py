@@ -47,7 +47,8 @@ class CatalogEntry:
     report: str = ""
     quarantine: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
-    updated: str = ""
+    updated: str = ""  # when this entry was written (UTC, ISO 8601)
+    uploaded: str = ""  # when the site made the upload (its manifest's `created`)
 
     def to_json(self) -> bytes:
         return (json.dumps(asdict(self), indent=2) + "\n").encode()
@@ -60,6 +61,37 @@ def read_catalog(store: ObjectStore, settings: Settings, site_id: str | None = N
     for obj in store.list(prefix):
         out.append(CatalogEntry(**json.loads(store.get_bytes(obj.key))))
     return sorted(out, key=lambda e: (e.updated, e.site_id, e.upload_id))
+
+
+def list_uploads(settings: Settings, store: ObjectStore | None = None) -> list[CatalogEntry]:
+    """Every upload, newest first: the catalog's entries and the uploads in landing that no run has
+    processed yet (status `waiting`, or `incomplete` while files are missing), which are not saved."""
+    store = store or open_store(settings.storage, "pipeline")
+    entries = {(e.site_id, e.upload_id): e for e in read_catalog(store, settings)}
+    for ref in discover_uploads(store, settings.storage):
+        entry = entries.get((ref.site_id, ref.upload_id))
+        if entry is not None and entry.status != "incomplete":
+            continue
+        waiting = CatalogEntry(ref.site_id, ref.upload_id, "waiting" if ref.complete and not ref.problem
+                               else "incomplete", ref.problem or "complete; the next site_ingest run processes it")
+        try:
+            manifest = Manifest.model_validate_json(store.get_bytes(upload_prefix(settings.storage, ref.site_id,
+                                                                                  ref.upload_id) + MANIFEST))
+            waiting.study_id, waiting.uploaded = manifest.study_id, manifest.created.isoformat(timespec="seconds")
+        except (KeyError, ValueError):
+            pass
+        waiting.updated = entry.updated if entry is not None else ""
+        entries[(ref.site_id, ref.upload_id)] = waiting
+    return sorted(entries.values(), key=lambda e: (max(_utc(e.updated), _utc(e.uploaded)), e.site_id, e.upload_id),
+                  reverse=True)
+
+
+def _utc(stamp: str) -> dt.datetime:
+    """An ISO time from the catalog or a manifest, comparable (naive ones are UTC); the epoch if absent."""
+    if not stamp:
+        return dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    t = dt.datetime.fromisoformat(stamp)
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 def catalog_entry(settings: Settings, ref: UploadRef, store: ObjectStore | None = None) -> CatalogEntry | None:
@@ -141,6 +173,7 @@ def _process(settings: Settings, ref: UploadRef, store: ObjectStore, workdir: Pa
         entry.status, entry.message = "rejected", f"manifest.json is missing or not valid: {str(exc)[:300]}"
         return _save(store, settings, entry)
     entry.study_id = manifest.study_id
+    entry.uploaded = manifest.created.isoformat(timespec="seconds")
     problem = _check_manifest(settings, ref, manifest)
     if problem:
         entry.status, entry.message = "rejected", problem

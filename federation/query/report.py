@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from federation.client import Client
+from federation.ingest.pipeline import CatalogEntry
 from federation.paths import INFRA_DIR
 from federation.query.central.runner import Result
 from federation.query.model import Query
@@ -25,7 +26,11 @@ DEFAULT_SPEC = INFRA_DIR / "reports" / "consortium.yaml"
 NO_DATA = "no site can take part in this query"
 
 
-def build_report(client: Client, out: Path, spec_path: Path = DEFAULT_SPEC, progress: Any = lambda _m: None) -> Path:
+def build_report(client: Client, out: Path, spec_path: Path = DEFAULT_SPEC, progress: Any = lambda _m: None,
+                 uploads: list[CatalogEntry] | None = None) -> Path:
+    """The report in `out` (index.html and a CSV per table). `uploads` (the upload catalog, newest first, as
+    `pipeline.list_uploads` gives it) adds each study's data status: which sites' latest upload was not
+    published (quarantined, rejected, failed) or waits."""
     spec = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
     out.mkdir(parents=True, exist_ok=True)
     sections: list[str] = []
@@ -33,6 +38,8 @@ def build_report(client: Client, out: Path, spec_path: Path = DEFAULT_SPEC, prog
     for entry in load_registry().studies:
         study = entry.study_id
         sections.append(f"<h2>{html.escape(study)}: {html.escape(entry.title)}</h2>")
+        if uploads is not None:
+            sections.append(data_status(study, uploads))
         for item in spec["queries"]:
             q = Query.model_validate({**item["query"], "study_id": study})
             progress(f"  {study}: {item['title']}")
@@ -56,6 +63,34 @@ def build_report(client: Client, out: Path, spec_path: Path = DEFAULT_SPEC, prog
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
+
+
+def data_status(study: str, uploads: list[CatalogEntry]) -> str:
+    """One paragraph: the sites whose data this study's tables use, and each site whose latest upload of it
+    is not in them (with its status and date), so a reader knows whose data is missing and why."""
+    latest: dict[str, CatalogEntry] = {}
+    published: set[str] = set()
+    for e in uploads:  # newest first
+        if e.study_id != study:
+            continue
+        latest.setdefault(e.site_id, e)
+        if e.status == "published":
+            published.add(e.site_id)
+    if not latest:
+        return "<p class='status'>Data status: no site has uploaded data for this study.</p>"
+    notes = []
+    for site, e in sorted(latest.items()):
+        if e.status == "published":
+            continue
+        when = (e.uploaded or e.updated)[:10]
+        what = {"quarantined": "was quarantined (it broke validation rules; the site has the report)",
+                "rejected": "was rejected", "failed": "could not be processed (the data engineers are told)",
+                "waiting": "waits to be processed", "incomplete": "is incomplete"}.get(e.status, e.status)
+        older = " Its earlier published data is used." if site in published else " No data of this site is used."
+        notes.append(f"<li>{html.escape(site)}: the upload of {html.escape(when)} {what}.{older}</li>")
+    used = ", ".join(sorted(published)) or "none"
+    return (f"<p class='status'>Data status: published data of {html.escape(used)}.</p>"
+            + (f"<ul class='status'>{''.join(notes)}</ul>" if notes else ""))
 
 
 def _section(item: dict[str, Any], r: Result, out: Path, study: str) -> str:

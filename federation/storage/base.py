@@ -67,5 +67,9 @@ class ObjectStore(abc.ABC):
     def describe(self) -> str:
         """Where this store points, without secrets (for logs and messages)."""
 
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove one object; nothing happens when it does not exist."""
+
     def copy(self, source: str, target: str) -> None:
         self.put_bytes(target, self.get_bytes(source))

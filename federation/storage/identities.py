@@ -2,7 +2,8 @@
 
 One identity per site (write and read its own landing prefix, read its own
 reports), one for the pipeline, one query identity per site (read that site's
-harmonized data only). Analysts get no identity at all. `render_seaweedfs`
+harmonized data only), and `storage-admin`, which only `federation storage
+init` uses to create the buckets. Analysts get no identity at all. `render_seaweedfs`
 turns this into SeaweedFS's `-s3.config` JSON; other stores (MinIO, AWS) get
 the same policy as bucket policies (see docs/operations.md).
 """
@@ -39,9 +40,12 @@ def pipeline_actions(cfg: StorageConfig) -> list[str]:
     return [f"{a}:{b}" for b in buckets for a in ("Read", "Write", "List")]
 
 
+ADMIN = "storage-admin"  # creates the buckets (`federation storage init`); its key stays with the operators
+
+
 def policy(sites: list[str], cfg: StorageConfig) -> dict[str, list[str]]:
     """identity -> allowed actions."""
-    out = {"pipeline": pipeline_actions(cfg)}
+    out = {ADMIN: ["Admin"], "pipeline": pipeline_actions(cfg)}
     for site in sites:
         out[site] = site_actions(site, cfg)
         out[query_identity(site)] = query_actions(site, cfg)

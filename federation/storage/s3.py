@@ -101,5 +101,19 @@ class S3Store(ObjectStore):
             return False
         return True
 
+    def delete(self, key: str) -> None:
+        bucket, path = split_key(key)
+        self._call(key, self.client.delete_object, Bucket=bucket, Key=path)
+
+    def create_bucket(self, bucket: str) -> bool:
+        """Create `bucket`; False when it exists already (this identity needs the Admin action)."""
+        try:
+            self._call(bucket, self.client.create_bucket, Bucket=bucket)
+        except StorageError as exc:
+            if "BucketAlreadyOwnedByYou" in str(exc) or "BucketAlreadyExists" in str(exc):
+                return False
+            raise
+        return True
+
     def describe(self) -> str:
         return f"S3 endpoint {self.endpoint} as {self.identity or 'anonymous'}"

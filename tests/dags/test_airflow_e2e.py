@@ -122,8 +122,11 @@ def test_standalone_airflow_runs_site_ingest(tmp_path: Path, clean_exports: Path
         assert state == "success", (tmp_path / "standalone.log").read_text()[-3000:]
         tis = _api(base, "/api/v2/dags/site_ingest/dagRuns/e2e-1/taskInstances")["task_instances"]
         assert isinstance(tis, list)
-        assert sorted((t["task_id"], t["state"]) for t in tis) == [
-            ("discover", "success"), ("process", "success"), ("process", "success"), ("summarize", "success")]
+        assert sorted((t["task_id"], t["state"]) for t in tis) == [("announce", "success"), ("discover", "success"),
+            ("process", "success"), ("process", "success"), ("summarize", "success")]
+        # the UI names each mapped task by its site and upload
+        assert sorted(str(t["rendered_map_index"]).split(" / ")[0] for t in tis if t["task_id"] == "process") == [
+            "site-a", "site-b"]
     finally:
         _stop(proc, tmp_path / "airflow")
     loaded = load_settings(config)

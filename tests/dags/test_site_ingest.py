@@ -111,6 +111,9 @@ def test_consortium_report_dag_builds_the_report(federated_settings_file: Path, 
     assert "withheld" not in html
     # the registry's study without published data is named in the report, not left out
     assert "PONC-NB-02" in html and "No site has published data for this study yet." in html
+    # each study's data status, from the pipeline's upload catalog
+    assert "Data status: published data of site-a, site-b, site-c, site-d, site-e, site-f." in html
+    assert "Data status: no site has uploaded data for this study." in html
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):

@@ -13,4 +13,4 @@ UPLOADED = dt.datetime(2025, 6, 30, 12, tzinfo=dt.UTC)
 def upload(settings: Settings, site: str, folder: Path, study: str = "PONC-WT-01", **kw: object) -> Manifest:
     identity = site if settings.storage.kind == "s3" else "pipeline"
     store = open_store(settings.storage, identity)
-    return upload_export(store, settings.storage, site, study, "1", folder, now=UPLOADED, **kw)  # type: ignore[arg-type]
+    return upload_export(store, settings.storage, site, study, "1", folder, **{"now": UPLOADED, **kw})  # type: ignore[arg-type]

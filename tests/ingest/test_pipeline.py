@@ -192,3 +192,35 @@ def test_upload_id_reused_after_processing_is_flagged_not_processed(backend: Set
     assert entry.status == "published" and entry.version_id == first.version_id
     assert "reused with different content" in entry.message
     assert len(list_versions(store, backend.storage, "site-e", STUDY)) == 1
+
+
+def test_uploads_lists_waiting_uploads_with_times_newest_first(backend: Settings, clean_exports: Path,
+                                                               tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                               ) -> None:
+    """A data engineer's `federation uploads` shows what sits in landing unprocessed, not "no uploads yet"."""
+    import datetime as dt
+
+    import yaml
+
+    from federation.cli import main
+
+    config = tmp_path / "settings.yaml"
+    config.write_text(yaml.safe_dump({"storage": backend.storage.model_dump(mode="json"),
+                                      "sites_dir": str(backend.sites_dir)}))
+    upload(backend, "site-a", clean_exports / "site-a" / "PONC-WT-01", now=dt.datetime(2025, 6, 1, 9, tzinfo=dt.UTC))
+    upload(backend, "site-c", clean_exports / "site-c" / "PONC-WT-01", now=dt.datetime(2025, 6, 2, 9, tzinfo=dt.UTC))
+    assert main(["uploads", "--config", str(config)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "2 upload(s), newest first; 2 not processed yet"
+    rows = [line.split() for line in lines[2:]]
+    assert [(r[0], r[3], r[4], r[6]) for r in rows] == [("site-c", "waiting", "2025-06-02", "-"),
+                                                      ("site-a", "waiting", "2025-06-01", "-")]
+    (ref,) = [r for r in pending_uploads(backend) if r.site_id == "site-a"]
+    process_upload(backend, ref)
+    assert main(["uploads", "--config", str(config)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "2 upload(s), newest first; 1 not processed yet"
+    first, second = (line.split() for line in lines[2:])
+    today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    assert first[:7] == ["site-a", ref.upload_id, "PONC-WT-01", "published", "2025-06-01", "09:00", today]
+    assert second[:4] == ["site-c", second[1], "PONC-WT-01", "waiting"]

@@ -51,6 +51,9 @@ class _Prefixed(ObjectStore):
     def exists(self, key: str) -> bool:
         return self.inner.exists(self._k(key))
 
+    def delete(self, key: str) -> None:
+        self.inner.delete(self._k(key))
+
     def describe(self) -> str:
         return self.inner.describe()
 
@@ -70,6 +73,9 @@ def test_put_get_list_exists(store: ObjectStore, tmp_path: Path) -> None:
         store.get_bytes("pipeline/a/none")
     store.put_bytes("pipeline/a/1.txt", b"uno")
     assert store.get_bytes("pipeline/a/1.txt") == b"uno"
+    store.delete("pipeline/a/1.txt")
+    store.delete("pipeline/a/1.txt")  # deleting what is gone is not an error
+    assert not store.exists("pipeline/a/1.txt") and store.exists("pipeline/a/b/2.bin")
 
 
 def test_put_if_absent_refuses_the_second_writer(store: ObjectStore) -> None:
