@@ -73,3 +73,17 @@ def test_identities_command_keeps_existing_keys_and_adds_missing(tmp_path, monke
     second = {i["name"]: i["credentials"][0]["accessKey"] for i in json.loads(out.read_text())["identities"]}
     assert second["site-b"] != first["site-b"]
     assert {k: v for k, v in second.items() if k != "site-b"} == {k: v for k, v in first.items() if k != "site-b"}
+
+
+def test_compose_writes_reports_and_audit_on_a_volume_not_next_to_the_read_only_settings() -> None:
+    from federation.settings import load_settings
+
+    compose = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+    settings = load_settings(PROJECT_ROOT / "infra" / "settings.compose.yaml")
+    for name in ("airflow-scheduler", "airflow-apiserver", "airflow-dag-processor", "airflow-triggerer"):
+        mounts = [v.split(":") for v in compose["services"][name]["volumes"]]
+        writable = {target for source, target, *mode in mounts if mode != ["ro"]}
+        for path in (settings.report_dir, settings.audit_log):
+            assert path.is_absolute() and any(str(path).startswith(t + "/") for t in writable), (name, path)
+            source = next(s for s, t, *_ in mounts if str(path).startswith(t + "/"))
+            assert source in compose["volumes"], f"{path} is on {source}, not a named volume"
