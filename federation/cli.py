@@ -121,6 +121,20 @@ def _build_parser() -> argparse.ArgumentParser:
     ing = sub.add_parser("ingest", help="process pending uploads now, without Airflow (what site_ingest does)")
     ing.add_argument("--config", type=Path, default=None, help="settings YAML (default $FEDERATION_CONFIG)")
 
+    rp = sub.add_parser(
+        "reprocess", help="validate and harmonize an upload again as a new version (after a configuration fix)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Process an upload once more with today's site configuration and dictionary: after fixing a site's\n"
+            "code map, date format or encoding, a quarantined upload can pass, and a published one is\n"
+            "re-harmonized. If it passes it is published as a NEW version (its own data folder); every\n"
+            "earlier version stays readable, so results citing it stay reproducible, and the earlier report\n"
+            "is kept beside the new one (earlier-N/). Refused when a later upload of the same site and study\n"
+            "was published (re-process that one instead). Uses the pipeline's storage identity."))
+    rp.add_argument("--site", required=True, help="the site of the upload")
+    rp.add_argument("--upload", required=True, help="the upload id (federation uploads lists them)")
+    rp.add_argument("--config", type=Path, default=None, help="settings YAML (default $FEDERATION_CONFIG)")
+
     st = sub.add_parser(
         "storage", help="storage set-up: identities for SeaweedFS, buckets",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -268,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             return _upload(args)
         if args.command == "uploads":
             return _uploads(args)
+        if args.command == "reprocess":
+            return _reprocess(args)
         if args.command == "ingest":
             return _ingest(args)
         if args.command == "storage":
@@ -423,6 +439,21 @@ def _site_report(args: argparse.Namespace) -> int:
     args.output.write_bytes(data)
     print(f"wrote {args.output} (open it in a browser)")
     return 0
+
+
+def _reprocess(args: argparse.Namespace) -> int:
+    from federation.ingest.landing import UploadRef
+    from federation.ingest.pipeline import reprocess
+    from federation.settings import load_settings
+
+    settings = load_settings(args.config)
+    e = reprocess(settings, UploadRef(args.site, args.upload, True))
+    before = e.earlier[-1] if e.earlier else {}
+    print(f"{e.site_id}/{e.upload_id}: {before.get('status', '?')} {before.get('version_id', '')} -> {e.status} "
+          f"{e.version_id} ({e.message})".replace("  ", " "))
+    if e.status != "published":
+        print(f"report: {e.report}")
+    return 0 if e.status == "published" else 1
 
 
 def _ingest(args: argparse.Namespace) -> int:

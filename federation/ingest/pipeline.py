@@ -49,6 +49,9 @@ class CatalogEntry:
     seconds: dict[str, float] = field(default_factory=dict)
     updated: str = ""  # when this entry was written (UTC, ISO 8601)
     uploaded: str = ""  # when the site made the upload (its manifest's `created`)
+    # how many times it was re-processed (`reprocess`), and what each earlier processing ended as
+    reprocessed: int = 0
+    earlier: list[dict[str, str]] = field(default_factory=list)
 
     def to_json(self) -> bytes:
         return (json.dumps(asdict(self), indent=2) + "\n").encode()
@@ -157,13 +160,19 @@ def process_upload(settings: Settings, ref: UploadRef, store: ObjectStore | None
         raise
 
 
-def _process(settings: Settings, ref: UploadRef, store: ObjectStore, workdir: Path | None) -> CatalogEntry:
+def _process(settings: Settings, ref: UploadRef, store: ObjectStore, workdir: Path | None,
+             again: CatalogEntry | None = None) -> CatalogEntry:
+    """`again`: the catalog entry of an upload processed before, to process once more (`reprocess`)."""
     existing = _get_entry(store, settings, ref)
-    if existing is not None and existing.status in FINAL:
+    if again is None and existing is not None and existing.status in FINAL:
         return existing
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     entry = CatalogEntry(ref.site_id, ref.upload_id, "failed")
+    if again is not None:
+        entry.reprocessed = again.reprocessed + 1
+        entry.earlier = [*again.earlier, {"status": again.status, "version_id": again.version_id,
+                                          "message": again.message, "updated": again.updated}]
     prefix = upload_prefix(settings.storage, ref.site_id, ref.upload_id)
     try:
         raw_manifest = store.get_bytes(prefix + MANIFEST)
@@ -206,6 +215,12 @@ def _process(settings: Settings, ref: UploadRef, store: ObjectStore, workdir: Pa
                  f"{sum(entry.rows.values()):,}", len(entry.rows), manifest.study_id, report.status,
                  len(report.errors) + len(report.unusable), timings["validate_s"])
         report_prefix = layout.report_prefix(settings.storage, ref.site_id, ref.upload_id)
+        if again is not None:  # the earlier processing's report stays readable beside the new one
+            for obj in store.list(report_prefix):
+                rel = obj.key[len(report_prefix):]
+                if not rel.startswith("earlier-"):
+                    store.copy(obj.key, f"{report_prefix}earlier-{again.reprocessed}/{rel}")
+                    store.delete(obj.key)  # nothing of the old report is left beside the new one
         rep_dir = folder / "_report"
         written = report.write(rep_dir)
         for path in sorted(f for f in rep_dir.rglob("*") if f.is_file()):  # the report and its Data Docs
@@ -236,8 +251,10 @@ def _process(settings: Settings, ref: UploadRef, store: ObjectStore, workdir: Pa
         timings["harmonize_s"] = round(time.perf_counter() - t2, 3)
         log.info("%s: harmonized %d table(s) (%.1f s)", ref.key, len(tables), timings["harmonize_s"])
         t3 = time.perf_counter()
+        data_id = f"{ref.upload_id}.r{entry.reprocessed}" if entry.reprocessed else ref.upload_id
         version, created = publish(store, settings.storage, site_id=ref.site_id, study_id=manifest.study_id,
-                                   upload_id=ref.upload_id, schema_version=manifest.schema_version, tables=tables)
+                                   upload_id=ref.upload_id, schema_version=manifest.schema_version, tables=tables,
+                                   data_id=data_id)
         timings["publish_s"] = round(time.perf_counter() - t3, 3)
         log.info("%s: %s version %s of %s (%.1f s)", ref.key, "published" if created else "already published as",
                  version.version_id, manifest.study_id, timings["publish_s"])
@@ -245,6 +262,56 @@ def _process(settings: Settings, ref: UploadRef, store: ObjectStore, workdir: Pa
     entry.message = "published" if created else "already published earlier (idempotent re-run)"
     entry.seconds = {**timings, "total_s": round(time.perf_counter() - t0, 3)}
     return _save(store, settings, entry)
+
+
+class ReprocessRefused(ConfigurationError):
+    """The upload cannot be re-processed as asked (unknown, not processed yet, or superseded)."""
+
+
+def reprocess(settings: Settings, ref: UploadRef, store: ObjectStore | None = None,
+              workdir: Path | None = None) -> CatalogEntry:
+    """Validate and harmonize an upload processed before once more, with today's site configuration and
+    dictionary, and publish it as a new version if it passes (quarantine it if not). Earlier versions and
+    their files stay as they were: the new one has its own data folder (`<upload_id>.r<N>`), so results
+    that cite an earlier version still read exactly what they read. Refused for an upload that a later
+    upload of the same site and study superseded (its data would become the latest again)."""
+    store = store or open_store(settings.storage, "pipeline")
+    before = _get_entry(store, settings, ref)
+    if before is None:
+        raise ReprocessRefused(f"{ref.key} is not in the catalog: no run has processed it yet (it is processed "
+                               "by the next site_ingest run, or `federation ingest`)")
+    if before.status not in FINAL and before.status != "failed":
+        raise ReprocessRefused(f"{ref.key} is {before.status}: {before.message}")
+    later = _later_upload(settings, store, before)
+    if later:
+        raise ReprocessRefused(f"{ref.key} was superseded by {later}: re-processing it would make its older data "
+                               f"the latest of {before.study_id}; re-process {later.split(' ')[0]} instead")
+    try:
+        return _process(settings, ref, store, workdir, again=before)
+    except TransientStorageError:
+        raise
+    except Exception as exc:
+        _save(store, settings, CatalogEntry(ref.site_id, ref.upload_id, "failed",
+                                            f"unexpected error: {type(exc).__name__}: {exc}"[:500],
+                                            reprocessed=before.reprocessed + 1, earlier=before.earlier))
+        raise
+
+
+def _later_upload(settings: Settings, store: ObjectStore, entry: CatalogEntry) -> str:
+    """An upload of the same site and study published after `entry`'s data was (or, if it never was,
+    uploaded after it), as 'site/upload (version)'; '' when none."""
+    from federation.ingest.publish import list_versions
+
+    if not entry.study_id:
+        return ""
+    versions = list_versions(store, settings.storage, entry.site_id, entry.study_id)
+    mine = [v.number for v in versions if v.upload_id == entry.upload_id]
+    others = [v for v in versions if v.upload_id != entry.upload_id]
+    if mine:
+        newer = [v for v in others if v.number > max(mine)]
+    else:
+        newer = [v for v in others if _utc(v.created) > _utc(entry.uploaded)] if entry.uploaded else others
+    return f"{entry.site_id}/{newer[-1].upload_id} ({newer[-1].version_id})" if newer else ""
 
 
 def _check_manifest(settings: Settings, ref: UploadRef, manifest: Manifest) -> str:

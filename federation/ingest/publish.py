@@ -46,6 +46,12 @@ class Version:
     schema_version: str
     created: str
     tables: dict[str, dict[str, Any]]  # table -> {key, rows, sha256}
+    # the data folder: the upload id, or `<upload_id>.r<N>` for its N-th re-processing (`pipeline.reprocess`)
+    data_id: str = ""
+
+    @property
+    def processing(self) -> str:
+        return self.data_id or self.upload_id
 
     @property
     def version_id(self) -> str:
@@ -56,13 +62,15 @@ class Version:
         return (json.dumps({"site_id": self.site_id, "study_id": self.study_id, "number": self.number,
                             "version_id": self.version_id, "upload_id": self.upload_id,
                             "schema_version": self.schema_version, "created": self.created,
-                            "tables": self.tables}, indent=2) + "\n").encode()
+                            **({"data_id": self.data_id} if self.data_id else {}), "tables": self.tables},
+                           indent=2) + "\n").encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> Version:
         d = json.loads(data)
         return cls(site_id=d["site_id"], study_id=d["study_id"], number=d["number"], upload_id=d["upload_id"],
-                   schema_version=d["schema_version"], created=d["created"], tables=d["tables"])
+                   schema_version=d["schema_version"], created=d["created"], tables=d["tables"],
+                   data_id=d.get("data_id", ""))
 
 
 def list_versions(store: ObjectStore, cfg: StorageConfig, site_id: str, study_id: str) -> list[Version]:
@@ -93,16 +101,18 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 
 
 def publish(store: ObjectStore, cfg: StorageConfig, *, site_id: str, study_id: str, upload_id: str,
-            schema_version: str, tables: dict[str, pa.Table | Path],
+            schema_version: str, tables: dict[str, pa.Table | Path], data_id: str = "",
             max_attempts: int = 5) -> tuple[Version, bool]:
     """Publish `tables` (in memory, or Parquet files already written) as the next version; returns (version,
-    created). Idempotent per upload_id."""
+    created). Idempotent per data folder: `data_id`, by default the upload id (a re-processing has its own,
+    so its files never replace those an earlier version lists)."""
+    data_id = data_id or upload_id
     for existing in list_versions(store, cfg, site_id, study_id):
-        if existing.upload_id == upload_id:
+        if existing.processing == data_id:
             return existing, False
     listed: dict[str, dict[str, Any]] = {}
     for name, table in sorted(tables.items()):
-        key = layout.data_key(cfg, site_id, study_id, upload_id, name)
+        key = layout.data_key(cfg, site_id, study_id, data_id, name)
         if isinstance(table, Path):
             store.put_file(key, table)
             rows, digest = pq.ParquetFile(table).metadata.num_rows, sha256_file(table)
@@ -113,12 +123,13 @@ def publish(store: ObjectStore, cfg: StorageConfig, *, site_id: str, study_id: s
         listed[name] = {"key": key, "rows": rows, "sha256": digest}
     for _attempt in range(max_attempts):
         current = latest_version(store, cfg, site_id, study_id)
-        if current is not None and current.upload_id == upload_id:
+        if current is not None and current.processing == data_id:
             return current, False
         number = (current.number if current else 0) + 1
         version = Version(site_id=site_id, study_id=study_id, number=number, upload_id=upload_id,
                           schema_version=schema_version,
-                          created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), tables=listed)
+                          created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), tables=listed,
+                          data_id="" if data_id == upload_id else data_id)
         try:
             store.put_bytes(layout.version_key(cfg, site_id, study_id, number), version.to_json(), if_absent=True)
         except PreconditionFailed:

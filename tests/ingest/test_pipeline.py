@@ -224,3 +224,59 @@ def test_uploads_lists_waiting_uploads_with_times_newest_first(backend: Settings
     today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     assert first[:7] == ["site-a", ref.upload_id, "PONC-WT-01", "published", "2025-06-01", "09:00", today]
     assert second[:4] == ["site-c", second[1], "PONC-WT-01", "waiting"]
+
+
+def test_reprocess_after_a_site_configuration_fix_publishes_a_new_version_and_keeps_the_old(
+        backend: Settings, clean_exports: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from federation.cli import main
+    from federation.ingest.pipeline import ReprocessRefused, reprocess
+
+    sites = tmp_path / "sites"
+    shutil.copytree(clean_exports / "sites", sites)
+    fixed = (sites / "site-d.yaml").read_text()
+    broken = yaml.safe_load(fixed)
+    del broken["conventions"]["code_maps"]["patients"]["sex"]["w"]  # the mistake: 'w' (weiblich) not mapped
+    (sites / "site-d.yaml").write_text(yaml.safe_dump(broken))
+    settings = backend.model_copy(update={"sites_dir": sites})
+    config = tmp_path / "settings.yaml"
+    config.write_text(yaml.safe_dump({"storage": settings.storage.model_dump(mode="json"), "sites_dir": str(sites)}))
+    first = upload(settings, "site-d", clean_exports / "site-d" / STUDY)
+    (entry,) = ingest_all(settings, progress=lambda _m: None)
+    assert entry.status == "quarantined"
+    store = open_store(settings.storage, "pipeline")
+    report_prefix = f"reports/site-d/{first.upload_id}/"
+    assert store.exists(report_prefix + "failures.csv")
+
+    (sites / "site-d.yaml").write_text(fixed)  # the data engineer fixes the code map, then re-processes
+    assert main(["reprocess", "--site", "site-d", "--upload", first.upload_id, "--config", str(config)]) == 0
+    assert f"site-d/{first.upload_id}: quarantined -> published site-d/{STUDY}@v1" in capsys.readouterr().out
+    (v1,) = list_versions(store, settings.storage, "site-d", STUDY)
+    assert v1.data_id == f"{first.upload_id}.r1"  # a data folder of its own
+    # the quarantined run's report is kept beside the new one; nothing of it is left at the top
+    assert len(store.get_bytes(f"{report_prefix}earlier-0/failures.csv").splitlines()) > 1
+    assert len(store.get_bytes(report_prefix + "failures.csv").splitlines()) == 1  # the new one: a header only
+    assert store.exists(report_prefix + "report.html")
+
+    again = reprocess(settings, UploadRef("site-d", first.upload_id, True))  # a published one, once more
+    assert (again.status, again.version_id, again.reprocessed) == ("published", f"site-d/{STUDY}@v2", 2)
+    assert [e["status"] for e in again.earlier] == ["quarantined", "published"]
+    v1_again, v2 = list_versions(store, settings.storage, "site-d", STUDY)
+    assert v1_again == v1 and v2.data_id == f"{first.upload_id}.r2"
+    assert not set(t["key"] for t in v1.tables.values()) & set(t["key"] for t in v2.tables.values())
+    for table in v1.tables:  # v1 reads exactly what it read (its checksums), and the same rows as v2
+        assert read_table(store, v1, table).num_rows == read_table(store, v2, table).num_rows
+
+    second = tmp_path / "second"
+    shutil.copytree(clean_exports / "site-d" / STUDY, second)
+    (second / "adverse_events.csv").write_text(
+        "\n".join((second / "adverse_events.csv").read_text(encoding="utf-8").splitlines()[:-3]) + "\n",
+        encoding="utf-8")
+    upload(settings, "site-d", second)
+    (newer,) = ingest_all(settings, progress=lambda _m: None)
+    assert newer.version_id == f"site-d/{STUDY}@v3"
+    with pytest.raises(ReprocessRefused, match="superseded by site-d/.*@v3.*re-process .* instead"):
+        reprocess(settings, UploadRef("site-d", first.upload_id, True))
+    with pytest.raises(ReprocessRefused, match="not in the catalog"):
+        reprocess(settings, UploadRef("site-d", "u-never-uploaded", True))
