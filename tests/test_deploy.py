@@ -87,3 +87,13 @@ def test_compose_writes_reports_and_audit_on_a_volume_not_next_to_the_read_only_
             assert path.is_absolute() and any(str(path).startswith(t + "/") for t in writable), (name, path)
             source = next(s for s, t, *_ in mounts if str(path).startswith(t + "/"))
             assert source in compose["volumes"], f"{path} is on {source}, not a named volume"
+
+
+def test_the_settings_reference_names_every_key() -> None:
+    from federation.settings import Settings
+
+    text = (PROJECT_ROOT / "docs" / "operations.md").read_text(encoding="utf-8").split("## Settings reference")[1]
+    keys = [f"`{k}`" for k in Settings.model_fields if k != "storage"]
+    keys += [f"`storage.{k}`" for k in StorageConfig.model_fields]
+    missing = [k for k in keys if f"| {k} |" not in text]
+    assert not missing, f"docs/operations.md, Settings reference, lacks {missing}"
