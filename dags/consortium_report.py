@@ -3,8 +3,9 @@
 
 Rebuilds the consortium report whenever a site publishes a new dataset
 version (scheduled on the `harmonized` Asset that `site_ingest` updates).
-The standard queries are in `infra/reports/consortium.yaml`; each is asked
-of the query service (FEDERATION_SERVER) with the report's own service token
+The standard queries are in the registry's `reports/consortium.yaml` (else
+`infra/reports/consortium.yaml`); each is asked of the query service
+(FEDERATION_SERVER) with the report's own service token
 (FEDERATION_TOKEN, or the credentials file in FEDERATION_CREDENTIALS), so
 the same disclosure control and audit apply as to any analyst. The
 report (HTML with plots, plus CSV) is written to `<report_dir>/<timestamp>/`
@@ -39,7 +40,7 @@ def consortium_report() -> None:
 
         from federation.client import Client
         from federation.ingest.pipeline import list_uploads
-        from federation.query.report import build_report
+        from federation.query.report import DEFAULT_SPEC, build_report
         from federation.settings import load_settings
 
         settings = load_settings()
@@ -50,7 +51,10 @@ def consortium_report() -> None:
         except Exception as exc:  # the report still comes out; it says the status is unknown
             print(f"the upload catalog could not be read ({type(exc).__name__}: {exc}); no data status")
             uploads = None
-        index = build_report(Client(), out, progress=print, uploads=uploads)
+        spec = DEFAULT_SPEC  # the registry's own report, when it has one (decision 0011)
+        if settings.registry_dir is not None and (settings.registry_dir / "reports" / "consortium.yaml").is_file():
+            spec = settings.registry_dir / "reports" / "consortium.yaml"
+        index = build_report(Client(), out, spec_path=spec, progress=print, uploads=uploads)
         latest = Path(settings.report_dir) / "latest"
         if latest.exists():
             shutil.rmtree(latest)

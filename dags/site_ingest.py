@@ -78,7 +78,7 @@ def site_ingest() -> None:
         from federation.settings import load_settings
         from federation.storage import TransientStorageError
 
-        steps = logging.getLogger("federation.ingest")  # each step, with rows and seconds, in the task log
+        steps = logging.getLogger("federation")  # each step, with rows and seconds, and warnings, in the task log
         if not steps.handlers:
             steps.addHandler(logging.StreamHandler(sys.stdout))
             steps.setLevel(logging.INFO)

@@ -80,9 +80,25 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--error-kinds", default=None, help="comma-separated subset of error kinds (see --list-errors)")
     s.add_argument("--list-errors", action="store_true", help="list the error kinds and exit")
 
-    sc = sub.add_parser("schema", help="generate or check files derived from schemas/")
+    sc = sub.add_parser("schema", help="generate or check files derived from the dictionaries and the registry")
     sc.add_argument("action", choices=["generate", "check"],
-                    help="generate: rewrite expectations/ and docs/data-dictionary-v*.md; check: exit 1 on drift")
+                    help="generate: rewrite the committed suites and the dictionary pages; check: exit 1 on drift")
+    sc.add_argument("--registry", type=Path, default=None,
+                    help="a deployment's registry folder: its suites go to REGISTRY/expectations/ and its "
+                         "dictionary pages to REGISTRY/ (default $FEDERATION_REGISTRY, else the package's "
+                         "examples: expectations/ and docs/)")
+
+    rg = sub.add_parser(
+        "registry", help="create a deployment's registry folder (studies, sites, query policy, report)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "init DIR: copy the package's example registry into DIR (studies.yaml, sites/, query-policy.yaml,\n"
+            "reports/consortium.yaml) and generate its suites (DIR/expectations/). Then name DIR in the\n"
+            "settings (registry_dir: DIR) and edit it there: a new study or site needs no change to this\n"
+            "package and no image rebuild. `federation schema check --registry DIR` says when its committed\n"
+            "suites no longer match it (validation always uses the suites the registry gives)."))
+    rg.add_argument("action", choices=["init"])
+    rg.add_argument("folder", type=Path, help="the registry folder to create")
 
     u = sub.add_parser(
         "upload", help="validate an export locally, then upload it to the landing zone",
@@ -228,6 +244,9 @@ def _build_parser() -> argparse.ArgumentParser:
             "site nodes pull signed tasks from it. OpenAPI docs at /docs. Put it behind TLS in production."))
     sv.add_argument("--state", type=Path, default=None,
                     help="state folder (default $FEDERATION_STATE, else service-state)")
+    sv.add_argument("--registry", type=Path, default=None,
+                    help="the deployment's registry folder (default $FEDERATION_REGISTRY, else the package's "
+                         "examples); its query-policy.yaml is the policy unless --policy")
     sv.add_argument("--policy", type=Path, default=None, help="query policy YAML (default infra/query-policy.yaml)")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sv.add_argument("--port", type=int, default=8700, help="port (default 8700)")
@@ -278,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             return _synth(args)
         if args.command == "schema":
             return _schema(args)
+        if args.command == "registry":
+            return _registry(args)
         if args.command == "upload":
             return _upload(args)
         if args.command == "uploads":
@@ -639,10 +660,16 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from federation.paths import INFRA_DIR
+    from federation.schema import is_package_registry, registry_dir, use_registry
     from federation.service.app import ServiceState, create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    state = ServiceState(_state_dir(args.state), args.policy or INFRA_DIR / "query-policy.yaml",
+    if args.registry:
+        use_registry(args.registry.resolve())
+    policy = args.policy
+    if policy is None and not is_package_registry() and (registry_dir() / "query-policy.yaml").is_file():
+        policy = registry_dir() / "query-policy.yaml"
+    state = ServiceState(_state_dir(args.state), policy or INFRA_DIR / "query-policy.yaml",
                          reply_timeout=args.reply_timeout)
     print(f"query service on http://{args.host}:{args.port} (docs at /docs); state in {state.state_dir}; "
           f"policy {state.policy_path}; public key {state.state_dir / 'service.pub'}", file=sys.stderr, flush=True)
@@ -727,16 +754,47 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from federation.generate import drift, write_derived
+    from federation.generate import derived_dirs, drift, write_derived
+    from federation.schema import use_registry
 
+    if args.registry:
+        use_registry(args.registry.resolve())
+    dirs = derived_dirs()
     if args.action == "generate":
-        for path in write_derived():
+        for path in write_derived(*dirs):
             print(f"wrote {path}")
         return 0
-    stale = drift()
+    stale = drift(*dirs)
+    again = " --registry " + str(args.registry) if args.registry else ""
     for path in stale:
-        print(f"out of date: {path} (run `federation schema generate`)")
+        print(f"out of date: {path} (the registry or dictionary changed; run `federation schema generate{again}`)")
     return 1 if stale else 0
+
+
+def _registry(args: argparse.Namespace) -> int:
+    import shutil
+
+    from federation.generate import derived_dirs, write_derived
+    from federation.paths import INFRA_DIR, SCHEMAS_DIR
+    from federation.schema import use_registry
+
+    folder: Path = args.folder.resolve()
+    if (folder / "studies.yaml").exists():
+        print(f"error: {folder} already holds a registry (studies.yaml); edit it there", file=sys.stderr)
+        return 2
+    (folder / "sites").mkdir(parents=True, exist_ok=True)
+    (folder / "reports").mkdir(exist_ok=True)
+    shutil.copyfile(SCHEMAS_DIR / "studies.yaml", folder / "studies.yaml")
+    for site in sorted((INFRA_DIR / "sites").glob("*.yaml")):
+        shutil.copyfile(site, folder / "sites" / site.name)
+    shutil.copyfile(INFRA_DIR / "query-policy.yaml", folder / "query-policy.yaml")
+    shutil.copyfile(INFRA_DIR / "reports" / "consortium.yaml", folder / "reports" / "consortium.yaml")
+    use_registry(folder)
+    written = write_derived(*derived_dirs())
+    print(f"registry in {folder}: studies.yaml, {len(list((folder / 'sites').glob('*.yaml')))} sites, "
+          f"query-policy.yaml, reports/consortium.yaml, {len(written)} generated files; name it in the settings "
+          f"as registry_dir: {folder}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -9,7 +9,14 @@ from pathlib import Path
 import pyarrow as pa
 
 from federation.paths import DOCS_DIR, EXPECTATIONS_DIR
-from federation.schema import Dictionary, available_versions, load_dictionary, load_registry
+from federation.schema import (
+    Dictionary,
+    available_versions,
+    is_package_registry,
+    load_dictionary,
+    load_registry,
+    registry_dir,
+)
 from federation.validation.suites import build_suite, render_suite, suite_path, tables_of
 
 _ARROW_TYPES = {
@@ -28,8 +35,9 @@ def harmonized_arrow_schema(dictionary: Dictionary, table: str) -> pa.Schema:
 def render_docs(dictionary: Dictionary) -> str:
     registry = load_registry()
     v = dictionary.schema_version
+    studies = "schemas/studies.yaml" if is_package_registry() else str(registry_dir() / "studies.yaml")
     out = [f"# Data dictionary v{v}", "",
-           f"Generated from `schemas/v{v}/dictionary.yaml` and `schemas/studies.yaml` by "
+           f"Generated from `schemas/v{v}/dictionary.yaml` and `{studies}` by "
            "`federation schema generate`; do not edit by hand.", "", "## Types", "",
            "| type | meaning |", "|---|---|"]
     out += [f"| {k} | {m} |" for k, m in dictionary.types.items()]
@@ -63,6 +71,13 @@ def render_docs(dictionary: Dictionary) -> str:
         out.append(f"| {s.study_id} | {s.title} | {', '.join(a.code for a in s.arms)} | {', '.join(s.stages)} | "
                    f"{s.accrual.first} to {s.accrual.last} | {', '.join(s.optional_tables) or '-'} |")
     return "\n".join(out) + "\n"
+
+
+def derived_dirs() -> tuple[Path, Path]:
+    """Where the files derived from the registry in use go: (suites, dictionary pages)."""
+    if is_package_registry():
+        return EXPECTATIONS_DIR, DOCS_DIR
+    return registry_dir() / "expectations", registry_dir()
 
 
 def derived_files(expectations_dir: Path = EXPECTATIONS_DIR, docs_dir: Path = DOCS_DIR) -> dict[Path, str]:

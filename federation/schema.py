@@ -9,6 +9,7 @@ the same objects. Several dictionary versions can sit side by side.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -179,13 +180,14 @@ class Study(_Model):
 
 class Registry(_Model):
     studies: list[Study]
+    source: str = "schemas/studies.yaml"  # the file it was read from (set on loading)
 
     def study(self, study_id: str) -> Study:
         for s in self.studies:
             if s.study_id == study_id:
                 return s
         raise ConfigurationError(
-            f"study {study_id!r} is not in the consortium registry (schemas/studies.yaml); "
+            f"study {study_id!r} is not in the consortium registry ({self.source}); "
             f"known studies: {', '.join(s.study_id for s in self.studies)}"
         )
 
@@ -228,9 +230,47 @@ def _check_rule(dictionary: Dictionary, rule: Rule) -> None:
     del table
 
 
+# The deployment's registry: a folder with `studies.yaml` (and, beside it, `sites/`, `query-policy.yaml`,
+# `reports/`, `expectations/`), outside the package. Named by the settings' `registry_dir` (which
+# `settings.load_settings` activates), by `federation serve --registry`, or by $FEDERATION_REGISTRY; without
+# one, the package's example registry in schemas/ is used. Decision 0011.
+REGISTRY_ENV = "FEDERATION_REGISTRY"
+_active_registry: Path | None = None
+
+
+def use_registry(folder: Path | None) -> None:
+    """Make `folder` the registry of this process (None: back to $FEDERATION_REGISTRY or the package's)."""
+    global _active_registry
+    _active_registry = folder
+
+
+def registry_dir() -> Path:
+    """The folder of the registry in use."""
+    if _active_registry is not None:
+        return _active_registry
+    env = os.environ.get(REGISTRY_ENV)
+    return Path(env) if env else SCHEMAS_DIR
+
+
+def is_package_registry(folder: Path | None = None) -> bool:
+    return (folder or registry_dir()).resolve() == SCHEMAS_DIR.resolve()
+
+
+def load_registry(schemas_dir: Path | None = None) -> Registry:
+    """The studies of the registry in use (or of `schemas_dir`); re-read when its file changes."""
+    path = (schemas_dir or registry_dir()) / "studies.yaml"
+    try:
+        stamp = path.stat().st_mtime_ns
+    except FileNotFoundError:
+        raise ConfigurationError(f"the registry {path.parent} has no studies.yaml; create the folder with "
+                                 f"`federation registry init {path.parent}` (decision 0011)") from None
+    return _load_registry(path, stamp)
+
+
 @lru_cache(maxsize=8)
-def load_registry(schemas_dir: Path = SCHEMAS_DIR) -> Registry:
-    return Registry.model_validate(_read_yaml(schemas_dir / "studies.yaml"))
+def _load_registry(path: Path, stamp: int) -> Registry:
+    registry = Registry.model_validate(_read_yaml(path))
+    return registry.model_copy(update={"source": str(path)})
 
 
 def available_versions(schemas_dir: Path = SCHEMAS_DIR) -> list[str]:

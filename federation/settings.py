@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from federation.config import SiteConfig, load_site
 from federation.exceptions import ConfigurationError
 from federation.paths import INFRA_DIR
+from federation.schema import use_registry
 from federation.storage import StorageConfig
 
 PSEUDONYM_KEY_ENV = "FEDERATION_PSEUDONYM_KEY"
@@ -22,6 +23,9 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    # the deployment configuration folder: studies.yaml, sites/, query-policy.yaml, reports/ (decision 0011);
+    # None: the package's examples (schemas/studies.yaml, infra/)
+    registry_dir: Path | None = None
     sites_dir: Path = INFRA_DIR / "sites"
     pseudonym_key_file: Path | None = None
     max_file_mb: int = 4096
@@ -66,10 +70,19 @@ def load_settings(path: Path | None = None) -> Settings:
     settings = Settings.model_validate(data)
     # Relative paths in the file are relative to the file.
     updates: dict[str, object] = {}
+    registry = settings.registry_dir
+    if registry is not None:
+        registry = registry if registry.is_absolute() else base / registry
+        updates["registry_dir"] = registry
+        use_registry(registry)  # the studies of this process: schema.load_registry
     if not settings.sites_dir.is_absolute() and "sites_dir" in data:
         updates["sites_dir"] = base / settings.sites_dir
+    elif registry is not None and "sites_dir" not in data:
+        updates["sites_dir"] = registry / "sites"
     if "query_policy" in data and not settings.query_policy.is_absolute():
         updates["query_policy"] = base / settings.query_policy
+    elif registry is not None and "query_policy" not in data and (registry / "query-policy.yaml").is_file():
+        updates["query_policy"] = registry / "query-policy.yaml"
     if not settings.report_dir.is_absolute():
         updates["report_dir"] = base / settings.report_dir
     if not settings.audit_log.is_absolute():

@@ -96,6 +96,17 @@ def _pseudonym_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FEDERATION_PSEUDONYM_KEY", "test-consortium-key-0123456789")
 
 
+@pytest.fixture(autouse=True)
+def _package_registry():  # type: ignore[no-untyped-def]
+    """Each test starts and ends on the package's example registry (loading settings with a registry_dir
+    activates that registry for the process)."""
+    from federation.schema import use_registry
+
+    use_registry(None)
+    yield
+    use_registry(None)
+
+
 @pytest.fixture()
 def fresh_seaweed(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A SeaweedFS of this test's own (empty), for tests that need a clean catalog."""

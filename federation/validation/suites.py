@@ -13,12 +13,25 @@ they drift from schemas/.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from federation.paths import EXPECTATIONS_DIR
-from federation.schema import Column, Condition, Dictionary, Rule, Study, Table
+from federation.schema import (
+    Column,
+    Condition,
+    Dictionary,
+    Rule,
+    Study,
+    Table,
+    is_package_registry,
+    load_registry,
+    registry_dir,
+)
 from federation.validation.reader import EPOCH, INVALID_SUFFIX
+
+log = logging.getLogger(__name__)
 
 AGE_COLUMN = "__age_years"
 GX_VERSION_KEY = "great_expectations_version"
@@ -225,13 +238,23 @@ def render_suite(suite: dict[str, Any]) -> str:
     return json.dumps(suite, indent=2, sort_keys=False) + "\n"
 
 
-def load_suite(dictionary: Dictionary, study: Study, table: str, root: Path = EXPECTATIONS_DIR) -> dict[str, Any]:
-    """The committed suite; falls back to generating it when the study has none committed."""
-    path = suite_path(dictionary, study, table, root)
-    if path.exists():
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        return data
-    return build_suite(dictionary, study, table)
+def suites_root() -> Path:
+    """Where the committed suites of the registry in use are: `<registry>/expectations/` for a deployment's
+    registry, the package's `expectations/` for its example registry."""
+    return EXPECTATIONS_DIR if is_package_registry() else registry_dir() / "expectations"
+
+
+def load_suite(dictionary: Dictionary, study: Study, table: str, root: Path | None = None) -> dict[str, Any]:
+    """The suite generated from the dictionary and the registry in use. A committed copy that differs (the
+    registry changed, `federation schema generate` was not run) is stale: said in a warning, not used."""
+    built = build_suite(dictionary, study, table)
+    path = suite_path(dictionary, study, table, root or suites_root())
+    if path.exists() and path.read_text(encoding="utf-8") != render_suite(built):
+        log.warning("%s is stale: the registry in use (%s) and dictionary v%s give another suite for %s; "
+                    "validation uses the one they give. Regenerate the committed suites: `federation schema "
+                    "generate%s`", path, load_registry().source, dictionary.schema_version, suite_name(
+                        dictionary, study, table), "" if is_package_registry() else f" --registry {registry_dir()}")
+    return built
 
 
 def join_needs(dictionary: Dictionary, table: str) -> dict[str, set[str]]:
