@@ -18,6 +18,7 @@ import datetime as dt
 
 from airflow.sdk import Asset, dag, task
 
+from federation.notify import WebhookNotifier
 from federation.orchestration import HARMONIZED_ASSET
 
 HARMONIZED = Asset(**HARMONIZED_ASSET)
@@ -30,6 +31,7 @@ HARMONIZED = Asset(**HARMONIZED_ASSET)
     max_active_runs=1,
     tags=["federation", "report"],
     doc_md=__doc__,
+    on_failure_callback=WebhookNotifier(),
     default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=1)},
 )
 def consortium_report() -> None:

@@ -8,12 +8,12 @@ the site's own storage location.
    file of the right size). Incomplete uploads are recorded and left alone.
 2. **process** (mapped, one task per upload, named `site / upload` in the UI):
    verify checksums, validate with the Great Expectations suites generated
-   from `schemas/`, then either harmonize and publish a new version
+   from the dictionary and the registry in use, then either harmonize and publish a new version
    atomically, or quarantine the upload and write the report to the site's
    report area. The task log shows each step with its rows and seconds.
    Storage outages are retried with exponential backoff; bad input never
-   fails the task (quarantined and rejected uploads are correct outcomes,
-   recorded in the upload catalog: `federation uploads`). An unexpected error
+   fails the task (quarantined, rejected and superseded uploads are correct
+   outcomes, recorded in the upload catalog: `federation uploads`). An unexpected error
    fails the task at once (retrying would not help) and is recorded as
    `failed`.
 3. **announce**: one `harmonized` Asset event for the run, listing every
@@ -124,7 +124,7 @@ def site_ingest() -> None:
             status = e.status if e is not None else "not processed"
             print(f"{label}: {status} {e.version_id if e else ''} {e.message if e else ''}".rstrip())
             counts[status] = counts.get(status, 0) + 1
-            if status not in ("published", "quarantined", "rejected"):
+            if status not in ("published", "quarantined", "rejected", "superseded"):
                 unprocessed.append(f"{label} ({status}{': ' + e.message if e and e.message else ''})")
         if unprocessed:
             raise AirflowFailException(f"{len(unprocessed)} of {len(uploads)} upload(s) could not be processed: "

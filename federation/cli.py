@@ -664,10 +664,14 @@ def _serve(args: argparse.Namespace) -> int:
     from federation.service.app import ServiceState, create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from federation.settings import check_registry
+
     if args.registry:
         use_registry(args.registry.resolve())
+    if not is_package_registry():
+        check_registry(registry_dir(), policy_needed=args.policy is None)
     policy = args.policy
-    if policy is None and not is_package_registry() and (registry_dir() / "query-policy.yaml").is_file():
+    if policy is None and not is_package_registry():
         policy = registry_dir() / "query-policy.yaml"
     state = ServiceState(_state_dir(args.state), policy or INFRA_DIR / "query-policy.yaml",
                          reply_timeout=args.reply_timeout)
@@ -768,7 +772,26 @@ def _schema(args: argparse.Namespace) -> int:
     again = " --registry " + str(args.registry) if args.registry else ""
     for path in stale:
         print(f"out of date: {path} (the registry or dictionary changed; run `federation schema generate{again}`)")
-    return 1 if stale else 0
+    problems = registry_problems()
+    for problem in problems:
+        print(f"registry: {problem}")
+    return 1 if stale or problems else 0
+
+
+def registry_problems() -> list[str]:
+    """Sites of the registry in use that name a study it does not have."""
+    from federation.config import load_site
+    from federation.paths import INFRA_DIR
+    from federation.schema import is_package_registry, load_registry, registry_dir
+
+    known = {s.study_id for s in load_registry().studies}
+    sites_dir = INFRA_DIR / "sites" if is_package_registry() else registry_dir() / "sites"
+    out = []
+    for path in sorted(sites_dir.glob("*.yaml")):
+        unknown = [s for s in load_site(path.stem, sites_dir).studies if s not in known]
+        if unknown:
+            out.append(f"site {path.stem} takes part in {', '.join(unknown)}, which the registry does not have")
+    return out
 
 
 def _registry(args: argparse.Namespace) -> int:
@@ -779,8 +802,9 @@ def _registry(args: argparse.Namespace) -> int:
     from federation.schema import use_registry
 
     folder: Path = args.folder.resolve()
-    if (folder / "studies.yaml").exists():
-        print(f"error: {folder} already holds a registry (studies.yaml); edit it there", file=sys.stderr)
+    if folder.exists() and any(folder.iterdir()):
+        print(f"error: {folder} is not empty; a registry is created in a new or empty folder (an existing one "
+              "is edited in place)", file=sys.stderr)
         return 2
     (folder / "sites").mkdir(parents=True, exist_ok=True)
     (folder / "reports").mkdir(exist_ok=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from federation.exceptions import ConfigurationError
 from federation.paths import SCHEMAS_DIR
@@ -181,6 +181,14 @@ class Study(_Model):
 class Registry(_Model):
     studies: list[Study]
     source: str = "schemas/studies.yaml"  # the file it was read from (set on loading)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Registry:
+        ids = [s.study_id for s in self.studies]
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:
+            raise ValueError(f"study ids must be unique; listed more than once: {', '.join(twice)}")
+        return self
 
     def study(self, study_id: str) -> Study:
         for s in self.studies:

@@ -58,6 +58,17 @@ class Settings(BaseModel):
         )
 
 
+def check_registry(folder: Path, policy_needed: bool = True) -> None:
+    """Refuse a registry folder that is not one (a typo, an empty mount): never fall back to the package's
+    example studies, sites or policy in its place."""
+    missing = [name for name in ("studies.yaml", "sites") if not (folder / name).exists()]
+    if policy_needed and not (folder / "query-policy.yaml").is_file():
+        missing.append("query-policy.yaml")
+    if missing:
+        raise ConfigurationError(f"the registry folder {folder} has no {', '.join(missing)}: is the path right? "
+                                 f"Create a registry with `federation registry init {folder}` (decision 0011)")
+
+
 def load_settings(path: Path | None = None) -> Settings:
     """Settings from `path`, else $FEDERATION_CONFIG, else the defaults (local storage in ./storage)."""
     chosen = path or (Path(os.environ["FEDERATION_CONFIG"]) if os.environ.get("FEDERATION_CONFIG") else None)
@@ -72,7 +83,8 @@ def load_settings(path: Path | None = None) -> Settings:
     updates: dict[str, object] = {}
     registry = settings.registry_dir
     if registry is not None:
-        registry = registry if registry.is_absolute() else base / registry
+        registry = (registry if registry.is_absolute() else base / registry).resolve()
+        check_registry(registry, policy_needed="query_policy" not in data)
         updates["registry_dir"] = registry
         use_registry(registry)  # the studies of this process: schema.load_registry
     if not settings.sites_dir.is_absolute() and "sites_dir" in data:
@@ -81,7 +93,7 @@ def load_settings(path: Path | None = None) -> Settings:
         updates["sites_dir"] = registry / "sites"
     if "query_policy" in data and not settings.query_policy.is_absolute():
         updates["query_policy"] = base / settings.query_policy
-    elif registry is not None and "query_policy" not in data and (registry / "query-policy.yaml").is_file():
+    elif registry is not None and "query_policy" not in data:
         updates["query_policy"] = registry / "query-policy.yaml"
     if not settings.report_dir.is_absolute():
         updates["report_dir"] = base / settings.report_dir

@@ -10,12 +10,14 @@
 # Environment (all optional):
 #   FEDERATION_NATIVE   state folder: settings.yaml, secrets/, data/, airflow/, service/, tokens/, logs/
 #                       (default ./native)
-#   NATIVE_PORT_BASE    first of 30 ports (default 18300): S3 +0, S3 gRPC +1, master +2/+3, volume +4/+5,
-#                       filer +6/+7, Airflow +10, query service +20
+#   NATIVE_PORT_BASE    first of 21 ports (default 18300): S3 +0, S3 gRPC +1, master +2/+3, volume +4/+5,
+#                       filer +6/+7, Airflow +10, its log servers +11/+12 (Airflow binds those to every
+#                       interface; nothing else listens beyond 127.0.0.1), query service +20
 #   NATIVE_SITES_DIR    site configurations (default infra/sites of this repository)
 #   PYTHON              the interpreter with the federation package (default .venv/bin/python)
 # See docs/operations.md, "Run it natively".
 set -euo pipefail
+umask 077  # keys, tokens, raw uploads, the Airflow password: readable by this user only
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$HERE")"
@@ -53,6 +55,11 @@ start_bg() {  # start_bg NAME COMMAND...: in its own session, pid in run/NAME.pi
 setup() {
   mkdir -p "$DIR"/{secrets,data,logs,run,tokens,airflow,service,node-logs}
   chmod 700 "$DIR/secrets" "$DIR/tokens"
+  if [ -f "$DIR/settings.yaml" ] && ! grep -q "endpoint: http://127.0.0.1:$S3_PORT\$" "$DIR/settings.yaml"; then
+    say "error: $DIR/settings.yaml was written for another NATIVE_PORT_BASE ($(grep -o 'endpoint: .*' \
+      "$DIR/settings.yaml")); start with that base, or delete settings.yaml to write it again"
+    exit 1
+  fi
   if [ ! -f "$DIR/settings.yaml" ]; then
     cat >"$DIR/settings.yaml" <<EOF
 # written by infra/native.sh; every key: docs/operations.md, "Settings reference"
@@ -79,7 +86,7 @@ start_storage() {
   done
   # compose's flags (docker-compose.yml, service seaweedfs), with this machine's ports and paths
   start_bg seaweedfs "$BIN/weed" server -dir="$DIR/data" -s3 -s3.config="$DIR/secrets/s3.json" \
-    -master.telemetry=false -volume.max=200 -master.volumeSizeLimitMB=1024 -s3.port.iceberg=0 \
+    -master.telemetry=false -volume.max=200 -master.volumeSizeLimitMB=1024 -s3.port.iceberg=0 -s3.port.lance=0 \
     -ip=127.0.0.1 -ip.bind=127.0.0.1 \
     -s3.port=$S3_PORT -s3.port.grpc=$((BASE + 1)) -master.port=$((BASE + 2)) -master.port.grpc=$((BASE + 3)) \
     -volume.port=$((BASE + 4)) -volume.port.grpc=$((BASE + 5)) -filer.port=$((BASE + 6)) \
@@ -90,6 +97,7 @@ start_storage() {
 start_airflow() {
   export AIRFLOW_HOME="$DIR/airflow" AIRFLOW__CORE__DAGS_FOLDER="$REPO/dags" AIRFLOW__CORE__LOAD_EXAMPLES=False \
     AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=$AIRFLOW_PORT \
+    AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=$((BASE + 11)) AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=$((BASE + 12)) \
     AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:$AIRFLOW_PORT/execution/" \
     FEDERATION_CONFIG="$DIR/settings.yaml" FEDERATION_SERVER="$SERVICE_URL" \
     FEDERATION_CREDENTIALS="$DIR/tokens/consortium-report" GX_ANALYTICS_ENABLED=false PATH="$BIN:$PATH"
@@ -148,6 +156,7 @@ status() {
 
 case "${1:-}" in
   start)
+    trap 'say "start failed; stop what did start with: infra/native.sh stop"' ERR
     say "state in $DIR; ports $BASE-$((BASE + 20)) on 127.0.0.1"
     setup
     say "SeaweedFS (S3 on 127.0.0.1:$S3_PORT) and its buckets:"
@@ -160,5 +169,5 @@ case "${1:-}" in
     ;;
   stop) stop_all ;;
   status) status ;;
-  *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

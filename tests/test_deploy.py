@@ -76,14 +76,14 @@ def test_identities_command_keeps_existing_keys_and_adds_missing(tmp_path, monke
 
 
 def test_compose_writes_reports_and_audit_on_a_volume_not_next_to_the_read_only_settings() -> None:
-    from federation.settings import load_settings
+    from pathlib import Path
 
     compose = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
-    settings = load_settings(PROJECT_ROOT / "infra" / "settings.compose.yaml")
+    settings = yaml.safe_load((PROJECT_ROOT / "infra" / "settings.compose.yaml").read_text())  # container paths
     for name in ("airflow-scheduler", "airflow-apiserver", "airflow-dag-processor", "airflow-triggerer"):
         mounts = [v.split(":") for v in compose["services"][name]["volumes"]]
         writable = {target for source, target, *mode in mounts if mode != ["ro"]}
-        for path in (settings.report_dir, settings.audit_log):
+        for path in (Path(settings["report_dir"]), Path(settings["audit_log"])):
             assert path.is_absolute() and any(str(path).startswith(t + "/") for t in writable), (name, path)
             source = next(s for s, t, *_ in mounts if str(path).startswith(t + "/"))
             assert source in compose["volumes"], f"{path} is on {source}, not a named volume"
@@ -97,3 +97,18 @@ def test_the_settings_reference_names_every_key() -> None:
     keys += [f"`storage.{k}`" for k in StorageConfig.model_fields]
     missing = [k for k in keys if f"| {k} |" not in text]
     assert not missing, f"docs/operations.md, Settings reference, lacks {missing}"
+
+
+def test_compose_gives_each_container_only_its_own_secrets() -> None:
+    services = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())["services"]
+
+    def secrets_of(name: str) -> set[str]:
+        sources = [":".join(str(v).split(":")[:-2]) for v in services[name].get("volumes", [])
+                   if "FEDERATION_SECRETS_DIR" in str(v)]
+        assert "${FEDERATION_SECRETS_DIR:-./secrets}" not in sources, f"{name} mounts the whole secrets folder"
+        return {src.split("/")[-1] for src in sources}
+
+    for name in ("airflow-scheduler", "airflow-apiserver", "airflow-dag-processor", "airflow-triggerer"):
+        assert secrets_of(name) == {"pipeline.json", "pseudonym.key", "consortium-report.token"}, name
+    assert secrets_of("storage-init") == {"storage-admin.json", "pipeline.json"}
+    assert secrets_of("query-service") == set()

@@ -112,3 +112,33 @@ def test_a_registry_change_without_regenerating_is_said_and_validation_follows_t
     with caplog.at_level(logging.WARNING, logger="federation"):
         validate_export(request)
     assert not [r for r in caplog.records if "is stale" in r.getMessage()]
+
+
+def test_a_wrong_or_broken_registry_is_refused_not_replaced_by_the_examples(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from federation.exceptions import ConfigurationError
+
+    settings_file = tmp_path / "settings.yaml"
+    settings_file.write_text(yaml.safe_dump({"registry_dir": "registy-typo"}))
+    with pytest.raises(ConfigurationError, match="registy-typo has no studies.yaml, sites, query-policy.yaml"):
+        load_settings(settings_file)
+
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    (registry / "notes.txt").write_text("kept")
+    assert main(["registry", "init", str(registry)]) == 2  # not into a folder that holds something
+    assert "is not empty" in capsys.readouterr().err and (registry / "notes.txt").read_text() == "kept"
+
+    registry = tmp_path / "registry2"
+    assert main(["registry", "init", str(registry)]) == 0
+    data = yaml.safe_load((registry / "studies.yaml").read_text())
+    site = yaml.safe_load((registry / "sites" / "site-a.yaml").read_text())
+    site["studies"].append("PONC-TYPO-9")
+    (registry / "sites" / "site-a.yaml").write_text(yaml.safe_dump(site))
+    capsys.readouterr()
+    assert main(["schema", "check", "--registry", str(registry)]) == 1
+    assert "site site-a takes part in PONC-TYPO-9, which the registry does not have" in capsys.readouterr().out
+    data["studies"].append(data["studies"][0])
+    (registry / "studies.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match="listed more than once: PONC-WT-01"):
+        load_registry(registry)

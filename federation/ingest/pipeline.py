@@ -31,14 +31,15 @@ from federation.validation.runner import ValidationRequest, validate_export
 
 log = logging.getLogger(__name__)
 
-FINAL = {"published", "quarantined", "rejected"}
+FINAL = {"published", "quarantined", "rejected", "superseded"}
+RECORDED = "recorded in the upload catalog as failed"  # the note on an exception whose failure is saved
 
 
 @dataclass
 class CatalogEntry:
     site_id: str
     upload_id: str
-    status: str  # published | quarantined | rejected | incomplete | failed
+    status: str  # published | quarantined | rejected | superseded | incomplete | failed
     message: str = ""
     study_id: str = ""
     manifest_sha256: str = ""
@@ -155,24 +156,64 @@ def process_upload(settings: Settings, ref: UploadRef, store: ObjectStore | None
     except TransientStorageError:
         raise
     except Exception as exc:
-        _save(store, settings, CatalogEntry(ref.site_id, ref.upload_id, "failed",
-                                            f"unexpected error: {type(exc).__name__}: {exc}"[:500]))
+        if RECORDED not in getattr(exc, "__notes__", []):
+            _save(store, settings, CatalogEntry(ref.site_id, ref.upload_id, "failed",
+                                                f"unexpected error: {type(exc).__name__}: {exc}"[:500]))
         raise
+
+
+def _history(entry: CatalogEntry) -> dict[str, str]:
+    return {"status": entry.status, "version_id": entry.version_id, "message": entry.message,
+            "updated": entry.updated}
 
 
 def _process(settings: Settings, ref: UploadRef, store: ObjectStore, workdir: Path | None,
              again: CatalogEntry | None = None) -> CatalogEntry:
-    """`again`: the catalog entry of an upload processed before, to process once more (`reprocess`)."""
+    """`again`: the catalog entry of an upload processed before, to process once more (`reprocess`). An
+    unexpected error is saved as `failed` with everything known so far (study, times, lineage), then raised."""
     existing = _get_entry(store, settings, ref)
     if again is None and existing is not None and existing.status in FINAL:
         return existing
+    # the processing this one continues: the one asked to re-process, or a failed retry of a re-processing
+    lineage = again if again is not None else (
+        existing if existing is not None and existing.status == "failed" and (existing.reprocessed or
+                                                                               existing.earlier) else None)
+    entry = CatalogEntry(ref.site_id, ref.upload_id, "failed")
+    if lineage is not None:
+        entry.reprocessed, entry.earlier = lineage.reprocessed, [*lineage.earlier, _history(lineage)]
+    try:
+        return _run(settings, ref, store, workdir, entry, lineage)
+    except TransientStorageError:
+        raise
+    except Exception as exc:
+        entry.status, entry.message = "failed", f"unexpected error: {type(exc).__name__}: {exc}"[:500]
+        _save(store, settings, entry)
+        exc.add_note(RECORDED)
+        raise
+
+
+def _next_processing(settings: Settings, store: ObjectStore, ref: UploadRef, study_id: str, counted: int) -> int:
+    """The number of a re-processing: past every number storage already holds for the upload (its data
+    folders `<upload>.r<N>`, its kept reports `earlier-<N>`) and the catalog's count, so nothing is reused."""
+    from federation.ingest.publish import list_versions
+
+    used = [counted]
+    for v in list_versions(store, settings.storage, ref.site_id, study_id):
+        tail = v.processing.removeprefix(f"{ref.upload_id}.r")
+        if v.upload_id == ref.upload_id and tail.isdigit():
+            used.append(int(tail))
+    report_prefix = layout.report_prefix(settings.storage, ref.site_id, ref.upload_id)
+    for obj in store.list(report_prefix):
+        first = obj.key[len(report_prefix):].split("/", 1)[0]
+        if first.startswith("earlier-") and first[8:].isdigit():
+            used.append(int(first[8:]) + 1)
+    return max(used) + 1
+
+
+def _run(settings: Settings, ref: UploadRef, store: ObjectStore, workdir: Path | None, entry: CatalogEntry,
+         lineage: CatalogEntry | None) -> CatalogEntry:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    entry = CatalogEntry(ref.site_id, ref.upload_id, "failed")
-    if again is not None:
-        entry.reprocessed = again.reprocessed + 1
-        entry.earlier = [*again.earlier, {"status": again.status, "version_id": again.version_id,
-                                          "message": again.message, "updated": again.updated}]
     prefix = upload_prefix(settings.storage, ref.site_id, ref.upload_id)
     try:
         raw_manifest = store.get_bytes(prefix + MANIFEST)
@@ -183,6 +224,8 @@ def _process(settings: Settings, ref: UploadRef, store: ObjectStore, workdir: Pa
         return _save(store, settings, entry)
     entry.study_id = manifest.study_id
     entry.uploaded = manifest.created.isoformat(timespec="seconds")
+    if lineage is not None:
+        entry.reprocessed = _next_processing(settings, store, ref, manifest.study_id, lineage.reprocessed)
     problem = _check_manifest(settings, ref, manifest)
     if problem:
         entry.status, entry.message = "rejected", problem
@@ -215,11 +258,11 @@ def _process(settings: Settings, ref: UploadRef, store: ObjectStore, workdir: Pa
                  f"{sum(entry.rows.values()):,}", len(entry.rows), manifest.study_id, report.status,
                  len(report.errors) + len(report.unusable), timings["validate_s"])
         report_prefix = layout.report_prefix(settings.storage, ref.site_id, ref.upload_id)
-        if again is not None:  # the earlier processing's report stays readable beside the new one
+        if lineage is not None:  # the earlier processing's report stays readable beside the new one
             for obj in store.list(report_prefix):
                 rel = obj.key[len(report_prefix):]
                 if not rel.startswith("earlier-"):
-                    store.copy(obj.key, f"{report_prefix}earlier-{again.reprocessed}/{rel}")
+                    store.copy(obj.key, f"{report_prefix}earlier-{entry.reprocessed - 1}/{rel}")
                     store.delete(obj.key)  # nothing of the old report is left beside the new one
         rep_dir = folder / "_report"
         written = report.write(rep_dir)
@@ -241,6 +284,17 @@ def _process(settings: Settings, ref: UploadRef, store: ObjectStore, workdir: Pa
             log.info("%s: quarantined (%s); report at %s", ref.key, entry.message, entry.report)
             return _save(store, settings, entry)
 
+        later = _published_later(settings, store, ref, entry)
+        if later:
+            if report.parts is not None:
+                report.parts.close()
+            entry.status = "superseded"
+            entry.message = (f"valid, but not published: {later} was uploaded after it and is already published, "
+                             "so publishing this older export would make older data the latest; upload it "
+                             "again if it should be the latest")
+            entry.seconds = {**timings, "total_s": round(time.perf_counter() - t0, 3)}
+            log.info("%s: superseded (%s)", ref.key, later)
+            return _save(store, settings, entry)
         t2 = time.perf_counter()
         dictionary = load_dictionary(manifest.schema_version)
         out = folder / "_harmonized"
@@ -254,7 +308,7 @@ def _process(settings: Settings, ref: UploadRef, store: ObjectStore, workdir: Pa
         data_id = f"{ref.upload_id}.r{entry.reprocessed}" if entry.reprocessed else ref.upload_id
         version, created = publish(store, settings.storage, site_id=ref.site_id, study_id=manifest.study_id,
                                    upload_id=ref.upload_id, schema_version=manifest.schema_version, tables=tables,
-                                   data_id=data_id)
+                                   data_id=data_id, uploaded=entry.uploaded)
         timings["publish_s"] = round(time.perf_counter() - t3, 3)
         log.info("%s: %s version %s of %s (%.1f s)", ref.key, "published" if created else "already published as",
                  version.version_id, manifest.study_id, timings["publish_s"])
@@ -286,15 +340,20 @@ def reprocess(settings: Settings, ref: UploadRef, store: ObjectStore | None = No
     if later:
         raise ReprocessRefused(f"{ref.key} was superseded by {later}: re-processing it would make its older data "
                                f"the latest of {before.study_id}; re-process {later.split(' ')[0]} instead")
-    try:
-        return _process(settings, ref, store, workdir, again=before)
-    except TransientStorageError:
-        raise
-    except Exception as exc:
-        _save(store, settings, CatalogEntry(ref.site_id, ref.upload_id, "failed",
-                                            f"unexpected error: {type(exc).__name__}: {exc}"[:500],
-                                            reprocessed=before.reprocessed + 1, earlier=before.earlier))
-        raise
+    return _process(settings, ref, store, workdir, again=before)  # a failure is recorded with its lineage
+
+
+def _published_later(settings: Settings, store: ObjectStore, ref: UploadRef, entry: CatalogEntry) -> str:
+    """The upload of the latest published version of the study when the site made it after this one
+    ('site/upload (version)'), else ''. Versions published before upload times were recorded are not compared."""
+    from federation.ingest.publish import latest_version
+
+    latest = latest_version(store, settings.storage, ref.site_id, entry.study_id)
+    if latest is None or latest.upload_id == ref.upload_id or not latest.uploaded or not entry.uploaded:
+        return ""
+    if _utc(latest.uploaded) > _utc(entry.uploaded):
+        return f"{ref.site_id}/{latest.upload_id} ({latest.version_id})"
+    return ""
 
 
 def _later_upload(settings: Settings, store: ObjectStore, entry: CatalogEntry) -> str:

@@ -48,6 +48,7 @@ class Version:
     tables: dict[str, dict[str, Any]]  # table -> {key, rows, sha256}
     # the data folder: the upload id, or `<upload_id>.r<N>` for its N-th re-processing (`pipeline.reprocess`)
     data_id: str = ""
+    uploaded: str = ""  # when the site made the upload (its manifest's `created`); "" in older versions
 
     @property
     def processing(self) -> str:
@@ -62,7 +63,8 @@ class Version:
         return (json.dumps({"site_id": self.site_id, "study_id": self.study_id, "number": self.number,
                             "version_id": self.version_id, "upload_id": self.upload_id,
                             "schema_version": self.schema_version, "created": self.created,
-                            **({"data_id": self.data_id} if self.data_id else {}), "tables": self.tables},
+                            **({"data_id": self.data_id} if self.data_id else {}),
+                            **({"uploaded": self.uploaded} if self.uploaded else {}), "tables": self.tables},
                            indent=2) + "\n").encode()
 
     @classmethod
@@ -70,7 +72,7 @@ class Version:
         d = json.loads(data)
         return cls(site_id=d["site_id"], study_id=d["study_id"], number=d["number"], upload_id=d["upload_id"],
                    schema_version=d["schema_version"], created=d["created"], tables=d["tables"],
-                   data_id=d.get("data_id", ""))
+                   data_id=d.get("data_id", ""), uploaded=d.get("uploaded", ""))
 
 
 def list_versions(store: ObjectStore, cfg: StorageConfig, site_id: str, study_id: str) -> list[Version]:
@@ -101,7 +103,7 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 
 
 def publish(store: ObjectStore, cfg: StorageConfig, *, site_id: str, study_id: str, upload_id: str,
-            schema_version: str, tables: dict[str, pa.Table | Path], data_id: str = "",
+            schema_version: str, tables: dict[str, pa.Table | Path], data_id: str = "", uploaded: str = "",
             max_attempts: int = 5) -> tuple[Version, bool]:
     """Publish `tables` (in memory, or Parquet files already written) as the next version; returns (version,
     created). Idempotent per data folder: `data_id`, by default the upload id (a re-processing has its own,
@@ -129,7 +131,7 @@ def publish(store: ObjectStore, cfg: StorageConfig, *, site_id: str, study_id: s
         version = Version(site_id=site_id, study_id=study_id, number=number, upload_id=upload_id,
                           schema_version=schema_version,
                           created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), tables=listed,
-                          data_id="" if data_id == upload_id else data_id)
+                          data_id="" if data_id == upload_id else data_id, uploaded=uploaded)
         try:
             store.put_bytes(layout.version_key(cfg, site_id, study_id, number), version.to_json(), if_absent=True)
         except PreconditionFailed:

@@ -85,6 +85,7 @@ def data_status(study: str, uploads: list[CatalogEntry]) -> str:
         when = (e.uploaded or e.updated)[:10]
         what = {"quarantined": "was quarantined (it broke validation rules; the site has the report)",
                 "rejected": "was rejected", "failed": "could not be processed (the data engineers are told)",
+                "superseded": "was not published (a later upload of the site was published first)",
                 "waiting": "waits to be processed", "incomplete": "is incomplete"}.get(e.status, e.status)
         older = " Its earlier published data is used." if site in published else " No data of this site is used."
         notes.append(f"<li>{html.escape(site)}: the upload of {html.escape(when)} {what}.{older}</li>")

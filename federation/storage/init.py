@@ -18,13 +18,16 @@ from dataclasses import dataclass
 from federation.exceptions import FederationError
 from federation.settings import Settings
 from federation.storage import ObjectStore, open_store
-from federation.storage.base import StorageError
+from federation.storage.base import AccessDenied, StorageError
 from federation.storage.identities import ADMIN
 
 PROBE_PREFIX = "_federation/init-probe-"
-VOLUME_HINT = ("on SeaweedFS this is usually the volume limit (every bucket is a collection with volumes of its "
-               "own): start weed with -volume.max=200 -master.volumeSizeLimitMB=1024, as docker-compose.yml "
-               "does (docs/operations.md, Storage)")
+VOLUME_HINT = ("SeaweedFS's volume limit is used up (every bucket is a collection with volumes of its own): start "
+               "weed with -volume.max=200 -master.volumeSizeLimitMB=1024, as docker-compose.yml does "
+               "(docs/operations.md, Storage)")
+DENIED_HINT = ("the key in storage.secrets_dir does not match the storage's identities: write them again with "
+               "`federation storage identities` and restart SeaweedFS so it reads them")
+DENIED_WAIT_S = 30.0  # a starting SeaweedFS refuses every key until it has read its identities
 
 
 class StorageInitError(FederationError):
@@ -61,14 +64,14 @@ def init_storage(settings: Settings, wait_s: float = 120.0,
 
             assert isinstance(admin, S3Store)
             created[bucket] = _retry(functools.partial(admin.create_bucket, bucket), deadline,
-                                     f"create bucket {bucket} as {ADMIN}")
+                                     f"create bucket {bucket} as {ADMIN}", s3=True)
         progress(f"bucket {bucket}: {'created' if created[bucket] else 'exists'}")
     store = open_store(cfg, "pipeline")
     out = []
     for bucket in buckets_of(settings):
         t0 = time.monotonic()
         _retry(functools.partial(_probe, store, bucket), deadline, f"write to bucket {bucket} as the pipeline",
-               hint=VOLUME_HINT if cfg.kind == "s3" else "check the folder's permissions and free space")
+               s3=cfg.kind == "s3")
         out.append(BucketState(bucket, created[bucket], round(time.monotonic() - t0, 2)))
         progress(f"bucket {bucket}: writable")
     return out
@@ -86,14 +89,19 @@ def _probe(store: ObjectStore, bucket: str) -> bool:
     return True
 
 
-def _retry(fn: Callable[[], bool], deadline: float, what: str, hint: str = "") -> bool:
-    """Run `fn` until it succeeds or the deadline passes (storage still starting, volumes still growing)."""
-    delay = 0.5
+def _retry(fn: Callable[[], bool], deadline: float, what: str, s3: bool = False) -> bool:
+    """Run `fn` until it succeeds or the deadline passes (storage still starting, volumes still growing); a
+    refused key is retried only while a starting SeaweedFS may not have read its identities yet."""
+    delay, started = 0.5, time.monotonic()
     while True:
         try:
             return fn()
         except (StorageError, OSError) as exc:
-            if time.monotonic() + delay > deadline:
+            denied = isinstance(exc, AccessDenied)
+            give_up = time.monotonic() + delay > (min(deadline, started + DENIED_WAIT_S) if denied else deadline)
+            if give_up:
+                hint = (DENIED_HINT if denied else VOLUME_HINT if "No writable volumes" in str(exc)
+                        else "" if s3 else "check the folder's permissions and free space")
                 raise StorageInitError(f"could not {what}: {exc}" + (f"; {hint}" if hint else "")) from None
             time.sleep(delay)
             delay = min(delay * 2, 5.0)

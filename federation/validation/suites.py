@@ -209,7 +209,8 @@ def build_suite(dictionary: Dictionary, study: Study, table: str) -> dict[str, A
         "expectations": expectations,
         "meta": {
             GX_VERSION_KEY: _gx_version(),
-            "generated_from": f"schemas/v{dictionary.schema_version}/dictionary.yaml and schemas/studies.yaml",
+            "generated_from": f"schemas/v{dictionary.schema_version}/dictionary.yaml and " + (
+                "schemas/studies.yaml" if is_package_registry() else str(registry_dir() / "studies.yaml")),
             "schema_version": dictionary.schema_version,
             "study_id": study.study_id,
             "table": table,

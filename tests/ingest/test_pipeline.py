@@ -280,3 +280,60 @@ def test_reprocess_after_a_site_configuration_fix_publishes_a_new_version_and_ke
         reprocess(settings, UploadRef("site-d", first.upload_id, True))
     with pytest.raises(ReprocessRefused, match="not in the catalog"):
         reprocess(settings, UploadRef("site-d", "u-never-uploaded", True))
+
+
+def test_a_failed_reprocessing_and_its_automatic_retry_keep_the_lineage_and_every_earlier_report(
+        backend: Settings, clean_exports: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by review: a re-processing that failed, then the next run's retry, started counting again and
+    overwrote the original (invalid) report with a valid one, and left the catalog citing an old version."""
+    import yaml
+
+    from federation.ingest.pipeline import reprocess
+
+    sites = tmp_path / "sites"
+    shutil.copytree(clean_exports / "sites", sites)
+    fixed = (sites / "site-d.yaml").read_text()
+    broken = yaml.safe_load(fixed)
+    del broken["conventions"]["code_maps"]["patients"]["sex"]["w"]
+    (sites / "site-d.yaml").write_text(yaml.safe_dump(broken))
+    settings = backend.model_copy(update={"sites_dir": sites})
+    first = upload(settings, "site-d", clean_exports / "site-d" / STUDY)
+    ref = UploadRef("site-d", first.upload_id, True)
+    store = open_store(settings.storage, "pipeline")
+    prefix = f"reports/site-d/{first.upload_id}/"
+    assert ingest_all(settings, progress=lambda _m: None)[0].status == "quarantined"
+    original = store.get_bytes(prefix + "report.json")
+    (sites / "site-d.yaml").write_text(fixed)
+    assert reprocess(settings, ref).version_id == f"site-d/{STUDY}@v1"
+    assert reprocess(settings, ref).version_id == f"site-d/{STUDY}@v2"
+    monkeypatch.setenv("FEDERATION_PSEUDONYM_KEY", "")  # the third re-processing fails
+    with pytest.raises(Exception, match="pseudonymisation key"):
+        reprocess(settings, ref)
+    (failed,) = [e for e in read_catalog(store, settings) if e.upload_id == first.upload_id]
+    assert (failed.status, failed.study_id, failed.reprocessed) == ("failed", STUDY, 3)
+    assert [e["status"] for e in failed.earlier] == ["quarantined", "published", "published"]
+    monkeypatch.setenv("FEDERATION_PSEUDONYM_KEY", "test-consortium-key-0123456789")
+    (retried,) = ingest_all(settings, progress=lambda _m: None)  # the next run retries the failed upload
+    assert (retried.status, retried.version_id, retried.reprocessed) == ("published", f"site-d/{STUDY}@v3", 4)
+    assert [e["status"] for e in retried.earlier] == ["quarantined", "published", "published", "failed"]
+    assert store.get_bytes(prefix + "earlier-0/report.json") == original  # the original invalid report, intact
+    data_ids = [v.data_id for v in list_versions(store, settings.storage, "site-d", STUDY)]
+    assert data_ids == [f"{first.upload_id}.r{n}" for n in (1, 2, 4)]  # no folder reused
+
+
+def test_an_older_upload_is_not_published_over_a_newer_one(backend: Settings, clean_exports: Path,
+                                                           tmp_path: Path) -> None:
+    import datetime as dt
+
+    older = upload(backend, "site-a", clean_exports / "site-a" / STUDY, now=dt.datetime(2025, 6, 1, tzinfo=dt.UTC))
+    newer_folder = tmp_path / "newer"
+    shutil.copytree(clean_exports / "site-a" / STUDY, newer_folder)
+    lines = (newer_folder / "adverse_events.csv").read_text().splitlines()
+    (newer_folder / "adverse_events.csv").write_text("\n".join(lines[:-2]) + "\n")
+    newer = upload(backend, "site-a", newer_folder, now=dt.datetime(2025, 6, 2, tzinfo=dt.UTC))
+    assert process_upload(backend, UploadRef("site-a", newer.upload_id, True)).status == "published"
+    late = process_upload(backend, UploadRef("site-a", older.upload_id, True))  # e.g. processed in parallel
+    assert late.status == "superseded" and f"site-a/{newer.upload_id}" in late.message
+    store = open_store(backend.storage, "pipeline")
+    (only,) = list_versions(store, backend.storage, "site-a", STUDY)
+    assert only.upload_id == newer.upload_id

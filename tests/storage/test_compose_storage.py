@@ -112,6 +112,19 @@ def test_seaweedfs_as_composed_with_init_ingests_six_sites(tmp_path: Path) -> No
                                timeout=300)
         assert again.returncode == 0 and "storage ready: 4 buckets writable\n" in again.stdout  # idempotent
 
+        # a pipeline key that does not match SeaweedFS's identities: said as such, after a short wait
+        wrong = tmp_path / "wrong-secrets"
+        wrong.mkdir()
+        for f in (tmp_path / "secrets").glob("*.json"):
+            (wrong / f.name).write_text(f.read_text())
+        (wrong / "pipeline.json").write_text('{"access_key": "pipeline-x", "secret_key": "not-the-key-0000"}')
+        bad = tmp_path / "bad-settings.yaml"
+        bad.write_text(yaml.safe_dump({"storage": cfg.model_copy(update={"secrets_dir": wrong}).model_dump(
+            mode="json"), "sites_dir": str(exports / "sites")}))
+        denied = subprocess.run([sys.executable, "-m", "federation.cli", "storage", "init", "--config", str(bad),
+                                 "--wait", "3"], capture_output=True, text=True, timeout=120)
+        assert denied.returncode == 1 and "does not match the storage's identities" in denied.stderr, denied.stderr
+
         for w in written:
             upload_export(open_store(cfg, w.site.site_id), cfg, w.site.site_id, "PONC-WT-01", "1", w.folder,
                           now=dt.datetime(2025, 6, 30, 12, tzinfo=dt.UTC))
