@@ -484,7 +484,7 @@ def _ingest(args: argparse.Namespace) -> int:
     entries = ingest_all(load_settings(args.config), progress=lambda m: print(m, file=sys.stderr))
     for e in entries:
         print(f"{e.site_id}/{e.upload_id}: {e.status} {e.version_id} {e.message}")
-    return 0
+    return 1 if any(e.status == "failed" for e in entries) else 0
 
 
 def _storage(args: argparse.Namespace) -> int:

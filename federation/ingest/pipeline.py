@@ -394,10 +394,18 @@ def _check_manifest(settings: Settings, ref: UploadRef, manifest: Manifest) -> s
 
 
 def ingest_all(settings: Settings, progress: Any = print) -> list[CatalogEntry]:
-    """Discover and process every pending upload (what the DAG does, without Airflow)."""
+    """Discover and process every pending upload (what the DAG does, without Airflow). An upload that fails
+    unexpectedly is recorded as `failed` and the others are still processed; storage outages raise."""
     store = open_store(settings.storage, "pipeline")
     out = []
     for ref in pending_uploads(settings, store):
         progress(f"processing {ref.key} ...")
-        out.append(process_upload(settings, ref, store))
+        try:
+            out.append(process_upload(settings, ref, store))
+        except TransientStorageError:
+            raise
+        except Exception as exc:  # recorded in the catalog by process_upload
+            progress(f"{ref.key} could not be processed: {type(exc).__name__}: {exc}")
+            out.append(_get_entry(store, settings, ref) or CatalogEntry(ref.site_id, ref.upload_id, "failed",
+                                                                       str(exc)[:500]))
     return out

@@ -157,7 +157,7 @@ def test_upload_retry_resumes_and_reused_id_is_refused(backend: Settings, clean_
 
 
 def test_an_unexpected_error_is_recorded_as_failed(backend: Settings, clean_exports: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+                                                   monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from federation.ingest import pipeline
 
     m = upload(backend, "site-a", clean_exports / "site-a" / STUDY)
@@ -176,6 +176,17 @@ def test_an_unexpected_error_is_recorded_as_failed(backend: Settings, clean_expo
     monkeypatch.setattr(pipeline, "harmonize_parts", original)
     assert [r.upload_id for r in pending_uploads(backend)] == [m.upload_id]  # picked up again next run
     assert process_upload(backend, UploadRef("site-a", m.upload_id, True)).status == "published"
+    # without Airflow, one failing upload does not stop the others
+    again = tmp_path / "again"
+    shutil.copytree(clean_exports / "site-a" / STUDY, again)
+    (again / "adverse_events.csv").write_text(
+        "\n".join((again / "adverse_events.csv").read_text().splitlines()[:-1]) + "\n")
+    upload(backend, "site-a", again)
+    upload(backend, "site-c", clean_exports / "site-c" / STUDY)
+    monkeypatch.setattr(pipeline, "harmonize_parts", lambda *a, **k: (broken() if k["site_id"] == "site-a"
+                                                                      else original(*a, **k)))
+    outcome = {e.site_id: e.status for e in ingest_all(backend, progress=lambda _m: None)}
+    assert outcome == {"site-a": "failed", "site-c": "published"}
 
 
 def test_upload_id_reused_after_processing_is_flagged_not_processed(backend: Settings, clean_exports: Path) -> None:
