@@ -2,7 +2,7 @@
 its own AIRFLOW_HOME and SQLite metadata database, so the demo and the tests
 exercise the same DAG files a production scheduler would run.
 
-    python -m federation.orchestration AIRFLOW_HOME DAG_ID
+    python -m federation.orchestration AIRFLOW_HOME DAG_ID [CONF_JSON]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def airflow_env(airflow_home: Path, extra: dict[str, str] | None = None) -> dict
 
 
 def run_dag(airflow_home: Path, dag_id: str, extra_env: dict[str, str] | None = None,
-            log_file: Path | None = None) -> dict[str, object]:
+            log_file: Path | None = None, conf: dict[str, object] | None = None) -> dict[str, object]:
     """Run `dag_id` once with dag.test(); returns {"state": ..., "tasks": {task[map_index]: state},
     "labels": {task[map_index]: its name in the UI (map_index_template)}}."""
     airflow_home.mkdir(parents=True, exist_ok=True)
@@ -44,7 +44,8 @@ def run_dag(airflow_home: Path, dag_id: str, extra_env: dict[str, str] | None = 
         if not (airflow_home / "airflow.db").exists():
             subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True,
                            stdout=log, stderr=subprocess.STDOUT)
-        proc = subprocess.run([sys.executable, "-m", "federation.orchestration", str(airflow_home), dag_id],
+        proc = subprocess.run([sys.executable, "-m", "federation.orchestration", str(airflow_home), dag_id,
+                               json.dumps(conf or {})],
                               env=env, stdout=subprocess.PIPE, stderr=log)
     lines = [line for line in proc.stdout.decode().splitlines() if line.startswith("{\"state\"")]
     if proc.returncode != 0 or not lines:
@@ -53,7 +54,7 @@ def run_dag(airflow_home: Path, dag_id: str, extra_env: dict[str, str] | None = 
     return result
 
 
-def _main(dag_id: str) -> int:
+def _main(dag_id: str, conf: dict[str, object] | None = None) -> int:
     import contextlib
 
     from airflow.dag_processing.dagbag import DagBag
@@ -64,7 +65,7 @@ def _main(dag_id: str) -> int:
         return 1
     dag = bag.get_dag(dag_id)
     with contextlib.redirect_stdout(sys.stderr):
-        run = dag.test()
+        run = dag.test(run_conf=conf or None)
         tis = run.get_task_instances()
         tasks = {f"{ti.task_id}[{ti.map_index}]": str(ti.state) for ti in tis}
         labels = {f"{ti.task_id}[{ti.map_index}]": ti.rendered_map_index for ti in tis if ti.rendered_map_index}
@@ -73,4 +74,4 @@ def _main(dag_id: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main(sys.argv[2]))
+    sys.exit(_main(sys.argv[2], json.loads(sys.argv[3]) if len(sys.argv) > 3 else None))

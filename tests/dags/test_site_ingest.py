@@ -38,6 +38,9 @@ def test_dagbag_has_no_import_errors_and_the_dag_is_well_formed() -> None:
     assert [a.uri for a in dag.get_task("announce").outlets] == ["federation://harmonized/"]
     assert process.retries == 3 and process.retry_exponential_backoff
     assert dag.on_failure_callback  # a failed run is notified
+    again = bag.dags["site_reprocess"]
+    assert again.schedule is None and set(again.params) == {"site", "upload"} and again.on_failure_callback
+    assert [a.uri for a in again.get_task("reprocess_upload").outlets] == ["federation://harmonized/"]
     report = bag.dags["consortium_report"]
     assert "federation://harmonized/" in repr(report.timetable.asset_condition)  # scheduled on the published data
     assert report.catchup is False and "report" in report.tags and report.doc_md
@@ -167,3 +170,29 @@ def test_a_run_with_an_upload_that_could_not_be_processed_fails_and_notifies(
     failed = message["failed_uploads"]
     assert isinstance(failed, list) and [f["site_id"] for f in failed] == ["site-a"]
     assert "no pseudonymisation key" in str(message["text"]) and "site-a/" in str(message["text"])
+
+
+@pytest.mark.integration
+def test_site_reprocess_dag_publishes_after_a_fix_and_announces_it(clean_exports: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from federation.ingest.pipeline import ingest_all
+
+    sites = tmp_path / "sites"
+    shutil.copytree(clean_exports / "sites", sites)
+    fixed = (sites / "site-d.yaml").read_text()
+    broken = yaml.safe_load(fixed)
+    del broken["conventions"]["code_maps"]["patients"]["sex"]["w"]
+    (sites / "site-d.yaml").write_text(yaml.safe_dump(broken))
+    settings = Settings(storage=StorageConfig(kind="local", root=tmp_path / "storage"), sites_dir=sites)
+    m = upload(settings, "site-d", clean_exports / "site-d" / "PONC-WT-01")
+    assert [e.status for e in ingest_all(settings, progress=lambda _m: None)] == ["quarantined"]
+    (sites / "site-d.yaml").write_text(fixed)
+    config = _settings_file(tmp_path, settings)
+    env = {"FEDERATION_CONFIG": str(config)}
+    result = run_dag(tmp_path / "airflow", "site_reprocess", env, conf={"site": "site-d", "upload": m.upload_id})
+    assert result["state"] == "success" and result["tasks"] == {"reprocess_upload[-1]": "success"}
+    (entry,) = read_catalog(open_store(settings.storage, "pipeline"), settings)
+    assert (entry.status, entry.version_id) == ("published", "site-d/PONC-WT-01@v1")
+    refused = run_dag(tmp_path / "airflow", "site_reprocess", env, conf={"site": "site-d", "upload": "u-unknown"})
+    assert refused["state"] == "failed"  # not in the catalog: said in the task log, the run is red
