@@ -20,7 +20,7 @@ from federation.localrun import LocalFederation
 from federation.orchestration import DAGS_DIR, airflow_env, run_dag
 from federation.settings import Settings, load_settings
 from federation.storage import StorageConfig, open_store
-from tests.ingest.helpers import upload
+from tests.ingest.helpers import sites_with_a_missing_code_map, upload
 
 
 def test_dagbag_has_no_import_errors_and_the_dag_is_well_formed() -> None:
@@ -174,16 +174,10 @@ def test_a_run_with_an_upload_that_could_not_be_processed_fails_and_notifies(
 
 @pytest.mark.integration
 def test_site_reprocess_dag_publishes_after_a_fix_and_announces_it(clean_exports: Path, tmp_path: Path) -> None:
-    import shutil
 
     from federation.ingest.pipeline import ingest_all
 
-    sites = tmp_path / "sites"
-    shutil.copytree(clean_exports / "sites", sites)
-    fixed = (sites / "site-d.yaml").read_text()
-    broken = yaml.safe_load(fixed)
-    del broken["conventions"]["code_maps"]["patients"]["sex"]["w"]
-    (sites / "site-d.yaml").write_text(yaml.safe_dump(broken))
+    sites, fixed = sites_with_a_missing_code_map(clean_exports, tmp_path / "sites")
     settings = Settings(storage=StorageConfig(kind="local", root=tmp_path / "storage"), sites_dir=sites)
     m = upload(settings, "site-d", clean_exports / "site-d" / "PONC-WT-01")
     assert [e.status for e in ingest_all(settings, progress=lambda _m: None)] == ["quarantined"]

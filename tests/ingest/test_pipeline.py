@@ -13,7 +13,7 @@ from federation.ingest.pipeline import ingest_all, pending_uploads, process_uplo
 from federation.ingest.publish import latest_version, list_versions, read_table
 from federation.settings import Settings
 from federation.storage import open_store
-from tests.ingest.helpers import upload
+from tests.ingest.helpers import sites_with_a_missing_code_map, upload
 
 STUDY = "PONC-WT-01"
 
@@ -244,12 +244,7 @@ def test_reprocess_after_a_site_configuration_fix_publishes_a_new_version_and_ke
     from federation.cli import main
     from federation.ingest.pipeline import ReprocessRefused, reprocess
 
-    sites = tmp_path / "sites"
-    shutil.copytree(clean_exports / "sites", sites)
-    fixed = (sites / "site-d.yaml").read_text()
-    broken = yaml.safe_load(fixed)
-    del broken["conventions"]["code_maps"]["patients"]["sex"]["w"]  # the mistake: 'w' (weiblich) not mapped
-    (sites / "site-d.yaml").write_text(yaml.safe_dump(broken))
+    sites, fixed = sites_with_a_missing_code_map(clean_exports, tmp_path / "sites")
     settings = backend.model_copy(update={"sites_dir": sites})
     config = tmp_path / "settings.yaml"
     config.write_text(yaml.safe_dump({"storage": settings.storage.model_dump(mode="json"), "sites_dir": str(sites)}))
@@ -297,16 +292,10 @@ def test_a_failed_reprocessing_and_its_automatic_retry_keep_the_lineage_and_ever
         backend: Settings, clean_exports: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Found by review: a re-processing that failed, then the next run's retry, started counting again and
     overwrote the original (invalid) report with a valid one, and left the catalog citing an old version."""
-    import yaml
 
     from federation.ingest.pipeline import reprocess
 
-    sites = tmp_path / "sites"
-    shutil.copytree(clean_exports / "sites", sites)
-    fixed = (sites / "site-d.yaml").read_text()
-    broken = yaml.safe_load(fixed)
-    del broken["conventions"]["code_maps"]["patients"]["sex"]["w"]
-    (sites / "site-d.yaml").write_text(yaml.safe_dump(broken))
+    sites, fixed = sites_with_a_missing_code_map(clean_exports, tmp_path / "sites")
     settings = backend.model_copy(update={"sites_dir": sites})
     first = upload(settings, "site-d", clean_exports / "site-d" / STUDY)
     ref = UploadRef("site-d", first.upload_id, True)
