@@ -31,10 +31,24 @@ def failure_message(dag_id: str, run_id: str, reason: str, failed: list[dict[str
     lines = [f"{dag_id} run {run_id} failed: {reason or 'a task failed'}."]
     if failed:
         lines.append(f"{len(failed)} upload(s) could not be processed:")
-        lines += [f"- {f['site_id']}/{f['upload_id']}: {f['message']}" for f in failed]
+        lines += [f"- {f['site_id']}/{f['upload_id']}: {f['message']}"
+                  + (f" (failing for {f['failures']} runs)" if int(f.get("failures", "1")) > 1 else "")
+                  for f in failed]
         lines.append("After fixing the cause, the next run retries them; `federation uploads` shows their status.")
     return {"text": "\n".join(lines), "dag_id": dag_id, "run_id": run_id, "reason": reason,
             "failed_uploads": failed}
+
+
+REMIND_EVERY = 144  # failed attempts between reminders: a day of site_ingest runs every 10 minutes
+
+
+def worth_telling(failed: list[dict[str, str]]) -> bool:
+    """Whether a failed run is news: an upload failing for the first time (or a daily reminder of one still
+    failing), or a failure that is not an upload's (storage down, a bug before any upload). A run that only
+    retried uploads already reported stays red in Airflow but sends nothing."""
+    if not failed:
+        return True
+    return any(int(f.get("failures", "1")) % REMIND_EVERY == 1 for f in failed)
 
 
 def failed_uploads() -> list[dict[str, str]]:
@@ -45,7 +59,7 @@ def failed_uploads() -> list[dict[str, str]]:
 
     settings = load_settings()
     entries = read_catalog(open_store(settings.storage, "pipeline"), settings)
-    return [{"site_id": e.site_id, "upload_id": e.upload_id, "message": e.message}
+    return [{"site_id": e.site_id, "upload_id": e.upload_id, "message": e.message, "failures": str(e.failures or 1)}
             for e in entries if e.status == "failed"]
 
 
@@ -79,5 +93,9 @@ class WebhookNotifier(BaseNotifier):
             failed = failed_uploads()
         except Exception as exc:  # the message must go out even when storage is what failed
             failed = [{"site_id": "?", "upload_id": "?", "message": f"the upload catalog could not be read: {exc}"}]
+        if not worth_telling(failed):
+            log.info("%s run %s failed again on uploads already reported; no message (a reminder every %d "
+                     "failed runs)", dag_id, run_id, REMIND_EVERY)
+            return
         post(url, failure_message(dag_id, run_id, str(context.get("reason") or ""), failed))
         log.info("failure of %s run %s sent to the webhook", dag_id, run_id)

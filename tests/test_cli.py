@@ -67,3 +67,16 @@ def test_failures_csv_is_capped(tmp_path: Path) -> None:
     lines = (tmp_path / "failures.csv").read_text().splitlines()
     assert len(lines) == report_mod.CSV_CAP + 2
     assert "and 7 more" in lines[-1]
+
+
+def test_a_failure_notification_is_sent_for_news_and_then_once_a_day() -> None:
+    from federation.notify import REMIND_EVERY, failure_message, worth_telling
+
+    def upload(failures: int) -> dict[str, str]:
+        return {"site_id": "site-a", "upload_id": "u-1", "message": "unexpected error: X", "failures": str(failures)}
+
+    assert worth_telling([]) and worth_telling([upload(1)]) and worth_telling([upload(2), upload(1)])
+    assert not worth_telling([upload(2)]) and not worth_telling([upload(REMIND_EVERY)])
+    assert worth_telling([upload(REMIND_EVERY + 1)])  # a daily reminder while it keeps failing
+    text = failure_message("site_ingest", "r1", "task_failure", [upload(3)])["text"]
+    assert "site-a/u-1: unexpected error: X (failing for 3 runs)" in text

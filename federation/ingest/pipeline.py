@@ -53,6 +53,8 @@ class CatalogEntry:
     # how many times it was re-processed (`reprocess`), and what each earlier processing ended as
     reprocessed: int = 0
     earlier: list[dict[str, str]] = field(default_factory=list)
+    # failed attempts in a row (each run retries a failed upload); notifications go out for the first
+    failures: int = 0
 
     def to_json(self) -> bytes:
         return (json.dumps(asdict(self), indent=2) + "\n").encode()
@@ -157,9 +159,15 @@ def process_upload(settings: Settings, ref: UploadRef, store: ObjectStore | None
         raise
     except Exception as exc:
         if RECORDED not in getattr(exc, "__notes__", []):
+            before = _get_entry(store, settings, ref)
             _save(store, settings, CatalogEntry(ref.site_id, ref.upload_id, "failed",
-                                                f"unexpected error: {type(exc).__name__}: {exc}"[:500]))
+                                                f"unexpected error: {type(exc).__name__}: {exc}"[:500],
+                                                failures=_failures(before) + 1))
         raise
+
+
+def _failures(entry: CatalogEntry | None) -> int:
+    return entry.failures if entry is not None and entry.status == "failed" else 0
 
 
 def _history(entry: CatalogEntry) -> dict[str, str]:
@@ -187,6 +195,7 @@ def _process(settings: Settings, ref: UploadRef, store: ObjectStore, workdir: Pa
         raise
     except Exception as exc:
         entry.status, entry.message = "failed", f"unexpected error: {type(exc).__name__}: {exc}"[:500]
+        entry.failures = _failures(existing) + 1
         _save(store, settings, entry)
         exc.add_note(RECORDED)
         raise

@@ -153,8 +153,10 @@ def test_a_run_with_an_upload_that_could_not_be_processed_fails_and_notifies(
         config.write_text(yaml.safe_dump(data))
         env = {"FEDERATION_CONFIG": str(config), "FEDERATION_PSEUDONYM_KEY": ""}
         result = run_dag(tmp_path / "airflow", "site_ingest", env)
+        again = run_dag(tmp_path / "airflow", "site_ingest", env)  # 3:10 a.m.: the next run retries, fails again
     finally:
         server.shutdown()
+    assert again["state"] == "failed"  # still red, but the upload was reported already: no second message
     assert result["state"] == "failed"
     tasks = result["tasks"]
     assert isinstance(tasks, dict)
