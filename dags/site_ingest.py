@@ -33,14 +33,12 @@ pseudonymisation key). All logic lives in `federation.ingest`.
 from __future__ import annotations
 
 import datetime as dt
-import logging
-import sys
 from typing import TYPE_CHECKING
 
 from airflow.sdk import Asset, dag, get_current_context, task
 
 from federation.notify import WebhookNotifier
-from federation.orchestration import HARMONIZED_ASSET
+from federation.orchestration import HARMONIZED_ASSET, steps_in_task_log
 
 if TYPE_CHECKING:
     from federation.ingest.pipeline import CatalogEntry
@@ -78,11 +76,7 @@ def site_ingest() -> None:
         from federation.settings import load_settings
         from federation.storage import TransientStorageError
 
-        steps = logging.getLogger("federation")  # each step, with rows and seconds, and warnings, in the task log
-        if not steps.handlers:
-            steps.addHandler(logging.StreamHandler(sys.stdout))
-            steps.setLevel(logging.INFO)
-            steps.propagate = False
+        steps_in_task_log()
         get_current_context()["upload_label"] = f"{upload['site_id']} / {upload['upload_id']}"  # type: ignore[typeddict-unknown-key]
         try:
             entry = process_upload(load_settings(), UploadRef(upload["site_id"], upload["upload_id"], True))

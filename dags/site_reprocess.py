@@ -21,13 +21,11 @@ upload of the same site and study superseded. See docs/operations.md,
 from __future__ import annotations
 
 import datetime as dt
-import logging
-import sys
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from federation.notify import WebhookNotifier
-from federation.orchestration import HARMONIZED_ASSET
+from federation.orchestration import HARMONIZED_ASSET, steps_in_task_log
 
 HARMONIZED = Asset(**HARMONIZED_ASSET)
 
@@ -52,11 +50,7 @@ def site_reprocess() -> None:
         from federation.ingest.pipeline import reprocess
         from federation.settings import load_settings
 
-        steps = logging.getLogger("federation")
-        if not steps.handlers:
-            steps.addHandler(logging.StreamHandler(sys.stdout))
-            steps.setLevel(logging.INFO)
-            steps.propagate = False
+        steps_in_task_log()
         site, upload = (params or {}).get("site", ""), (params or {}).get("upload", "")
         if not site or not upload:
             raise AirflowFailException("give the site and the upload: --conf '{\"site\": ..., \"upload\": ...}'")

@@ -20,6 +20,18 @@ DAGS_DIR = PROJECT_ROOT / "dags"
 HARMONIZED_ASSET = {"name": "harmonized", "uri": "federation://harmonized/"}
 
 
+def steps_in_task_log() -> None:
+    """Show the platform's own log lines (each ingest step with rows and seconds, warnings such as a stale
+    suite) in the Airflow task's log: Airflow captures the task's stdout, not every library logger."""
+    import logging
+
+    steps = logging.getLogger("federation")
+    if not steps.handlers:
+        steps.addHandler(logging.StreamHandler(sys.stdout))
+        steps.setLevel(logging.INFO)
+        steps.propagate = False
+
+
 def airflow_env(airflow_home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update({

@@ -160,10 +160,13 @@ def process_upload(settings: Settings, ref: UploadRef, store: ObjectStore | None
     except Exception as exc:
         if RECORDED not in getattr(exc, "__notes__", []):
             before = _get_entry(store, settings, ref)
-            _save(store, settings, CatalogEntry(ref.site_id, ref.upload_id, "failed",
-                                                f"unexpected error: {type(exc).__name__}: {exc}"[:500],
+            _save(store, settings, CatalogEntry(ref.site_id, ref.upload_id, "failed", _unexpected(exc),
                                                 failures=_failures(before) + 1))
         raise
+
+
+def _unexpected(exc: BaseException) -> str:
+    return f"unexpected error: {type(exc).__name__}: {exc}"[:500]
 
 
 def _failures(entry: CatalogEntry | None) -> int:
@@ -194,7 +197,7 @@ def _process(settings: Settings, ref: UploadRef, store: ObjectStore, workdir: Pa
     except TransientStorageError:
         raise
     except Exception as exc:
-        entry.status, entry.message = "failed", f"unexpected error: {type(exc).__name__}: {exc}"[:500]
+        entry.status, entry.message = "failed", _unexpected(exc)
         entry.failures = _failures(existing) + 1
         _save(store, settings, entry)
         exc.add_note(RECORDED)
