@@ -43,6 +43,7 @@ def consortium_report() -> None:
         from federation.client import Client
         from federation.ingest.pipeline import list_uploads
         from federation.query.report import DEFAULT_SPEC, build_report
+        from federation.schema import registry_file
         from federation.settings import load_settings
 
         settings = load_settings()
@@ -53,9 +54,9 @@ def consortium_report() -> None:
         except Exception as exc:  # the report still comes out; it says the status is unknown
             print(f"the upload catalog could not be read ({type(exc).__name__}: {exc}); no data status")
             uploads = None
-        spec = DEFAULT_SPEC  # the registry's own report, when it has one (decision 0011)
-        if settings.registry_dir is not None and (settings.registry_dir / "reports" / "consortium.yaml").is_file():
-            spec = settings.registry_dir / "reports" / "consortium.yaml"
+        spec = registry_file("reports/consortium.yaml")  # the registry's own report (decision 0011)
+        if not spec.is_file():
+            spec = DEFAULT_SPEC
         index = build_report(Client(), out, spec_path=spec, progress=print, uploads=uploads)
         latest = Path(settings.report_dir) / "latest"
         if latest.exists():

@@ -659,21 +659,16 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from federation.paths import INFRA_DIR
-    from federation.schema import is_package_registry, registry_dir, use_registry
+    from federation.schema import is_package_registry, registry_dir, registry_file, use_registry
     from federation.service.app import ServiceState, create_app
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from federation.settings import check_registry
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.registry:
         use_registry(args.registry.resolve())
     if not is_package_registry():
         check_registry(registry_dir(), policy_needed=args.policy is None)
-    policy = args.policy
-    if policy is None and not is_package_registry():
-        policy = registry_dir() / "query-policy.yaml"
-    state = ServiceState(_state_dir(args.state), policy or INFRA_DIR / "query-policy.yaml",
+    state = ServiceState(_state_dir(args.state), args.policy or registry_file("query-policy.yaml"),
                          reply_timeout=args.reply_timeout)
     print(f"query service on http://{args.host}:{args.port} (docs at /docs); state in {state.state_dir}; "
           f"policy {state.policy_path}; public key {state.state_dir / 'service.pub'}", file=sys.stderr, flush=True)
@@ -781,11 +776,10 @@ def _schema(args: argparse.Namespace) -> int:
 def registry_problems() -> list[str]:
     """Sites of the registry in use that name a study it does not have."""
     from federation.config import load_site
-    from federation.paths import INFRA_DIR
-    from federation.schema import is_package_registry, load_registry, registry_dir
+    from federation.schema import load_registry, registry_file
 
     known = {s.study_id for s in load_registry().studies}
-    sites_dir = INFRA_DIR / "sites" if is_package_registry() else registry_dir() / "sites"
+    sites_dir = registry_file("sites")
     out = []
     for path in sorted(sites_dir.glob("*.yaml")):
         unknown = [s for s in load_site(path.stem, sites_dir).studies if s not in known]

@@ -16,8 +16,9 @@ from federation.schema import (
     load_dictionary,
     load_registry,
     registry_dir,
+    studies_label,
 )
-from federation.validation.suites import build_suite, render_suite, suite_path, tables_of
+from federation.validation.suites import build_suite, render_suite, suite_path, suites_root, tables_of
 
 _ARROW_TYPES = {
     "string": pa.string(), "int8": pa.int8(), "int16": pa.int16(), "int32": pa.int32(), "int64": pa.int64(),
@@ -35,9 +36,8 @@ def harmonized_arrow_schema(dictionary: Dictionary, table: str) -> pa.Schema:
 def render_docs(dictionary: Dictionary) -> str:
     registry = load_registry()
     v = dictionary.schema_version
-    studies = "schemas/studies.yaml" if is_package_registry() else str(registry_dir() / "studies.yaml")
     out = [f"# Data dictionary v{v}", "",
-           f"Generated from `schemas/v{v}/dictionary.yaml` and `{studies}` by "
+           f"Generated from `schemas/v{v}/dictionary.yaml` and `{studies_label()}` by "
            "`federation schema generate`; do not edit by hand.", "", "## Types", "",
            "| type | meaning |", "|---|---|"]
     out += [f"| {k} | {m} |" for k, m in dictionary.types.items()]
@@ -75,9 +75,7 @@ def render_docs(dictionary: Dictionary) -> str:
 
 def derived_dirs() -> tuple[Path, Path]:
     """Where the files derived from the registry in use go: (suites, dictionary pages)."""
-    if is_package_registry():
-        return EXPECTATIONS_DIR, DOCS_DIR
-    return registry_dir() / "expectations", registry_dir()
+    return suites_root(), DOCS_DIR if is_package_registry() else registry_dir()
 
 
 def derived_files(expectations_dir: Path = EXPECTATIONS_DIR, docs_dir: Path = DOCS_DIR) -> dict[Path, str]:

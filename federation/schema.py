@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from federation.exceptions import ConfigurationError
-from federation.paths import SCHEMAS_DIR
+from federation.paths import INFRA_DIR, SCHEMAS_DIR
 
 ColumnType = Literal["string", "code", "date", "int", "decimal"]
 
@@ -262,6 +262,18 @@ def registry_dir() -> Path:
 
 def is_package_registry(folder: Path | None = None) -> bool:
     return (folder or registry_dir()).resolve() == SCHEMAS_DIR.resolve()
+
+
+def registry_file(name: str) -> Path:
+    """A file or folder of the registry in use beside its studies (`sites`, `query-policy.yaml`,
+    `reports/consortium.yaml`): in the deployment's folder, or the package's example under infra/."""
+    return (INFRA_DIR if is_package_registry() else registry_dir()) / name
+
+
+def studies_label() -> str:
+    """How generated files name the studies they came from: `schemas/studies.yaml` for the package's
+    examples (so committed files do not depend on where the checkout is), else the registry's file."""
+    return "schemas/studies.yaml" if is_package_registry() else str(registry_dir() / "studies.yaml")
 
 
 def load_registry(schemas_dir: Path | None = None) -> Registry:

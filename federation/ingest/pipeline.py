@@ -21,7 +21,7 @@ from typing import Any
 
 from federation.exceptions import ConfigurationError
 from federation.ingest.harmonize import harmonize_parts
-from federation.ingest.landing import Manifest, UploadRef, discover_uploads, sha256_file
+from federation.ingest.landing import Manifest, UploadRef, discover_uploads, load_manifest, sha256_file
 from federation.ingest.publish import publish
 from federation.schema import load_dictionary, load_registry
 from federation.settings import Settings
@@ -81,8 +81,7 @@ def list_uploads(settings: Settings, store: ObjectStore | None = None) -> list[C
         waiting = CatalogEntry(ref.site_id, ref.upload_id, "waiting" if ref.complete and not ref.problem
                                else "incomplete", ref.problem or "complete; the next site_ingest run processes it")
         try:
-            manifest = Manifest.model_validate_json(store.get_bytes(upload_prefix(settings.storage, ref.site_id,
-                                                                                  ref.upload_id) + MANIFEST))
+            manifest = load_manifest(store, settings.storage, ref)
             waiting.study_id, waiting.uploaded = manifest.study_id, manifest.created.isoformat(timespec="seconds")
         except (KeyError, ValueError):
             pass

@@ -28,6 +28,7 @@ from federation.schema import (
     is_package_registry,
     load_registry,
     registry_dir,
+    studies_label,
 )
 from federation.validation.reader import EPOCH, INVALID_SUFFIX
 
@@ -209,8 +210,7 @@ def build_suite(dictionary: Dictionary, study: Study, table: str) -> dict[str, A
         "expectations": expectations,
         "meta": {
             GX_VERSION_KEY: _gx_version(),
-            "generated_from": f"schemas/v{dictionary.schema_version}/dictionary.yaml and " + (
-                "schemas/studies.yaml" if is_package_registry() else str(registry_dir() / "studies.yaml")),
+            "generated_from": f"schemas/v{dictionary.schema_version}/dictionary.yaml and {studies_label()}",
             "schema_version": dictionary.schema_version,
             "study_id": study.study_id,
             "table": table,
