@@ -180,6 +180,33 @@ class QueryResult:
                              f"{ratio}_ci95_high": c[f"{ratio}_ci95"][1], "suppressed": False})
         return pd.DataFrame(rows)
 
+    def tests(self) -> Any:
+        """A Kaplan-Meier result's log-rank tests (unstratified, stratified by site) as a DataFrame: chi2, df, p
+        and the groups compared; a withheld test has its reason and no values."""
+        import pandas as pd
+
+        rows = [{"test": name, "chi2": t.get("chi2"), "df": t.get("df"), "p": t.get("p"),
+                 "groups": [" / ".join(map(str, g)) for g in t.get("groups", [])],
+                 "left_out": [" / ".join(map(str, g)) for g in t.get("left_out", [])],
+                 "follow_up_days": t.get("follow_up_days"), "withheld": bool(t.get("withheld")),
+                 "reason": t.get("reason", "")}
+                for name, t in (self.result.payload.get("tests") or {}).items()]
+        return pd.DataFrame(rows)
+
+    def medians(self) -> Any:
+        """The median survival of each shown curve (combined and per site) with its 95 % interval, in days;
+        missing where not reached."""
+        import pandas as pd
+
+        p, rows = self.result.payload, []
+        for c in p.get("curves", []):
+            for site, curve in [("combined", c["combined"]), *c["per_site"].items()]:
+                m = curve.get("median")
+                if m is not None:
+                    rows.append({**dict(zip(p["dims"], c["group"], strict=False)), "site": site,
+                                 "median_days": m["day"], "ci95_low": m["ci95"][0], "ci95_high": m["ci95"][1]})
+        return pd.DataFrame(rows)
+
     @property
     def combined(self) -> Any:
         t = self.table()

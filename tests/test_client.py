@@ -29,6 +29,11 @@ def test_client_tables_plots_and_html(federated_nodes: LocalFederation, tmp_path
     km = c.query(STUDY, statistic="km", endpoint="efs", group_by=["histology_risk"])
     assert km.result.status == "released", km.result.reason
     assert {"day", "survival", "ci95_low", "ci95_high", "at_risk"} <= set(km.combined.columns)
+    tests = km.tests()
+    assert list(tests["test"]) == ["logrank", "logrank_stratified_by_site"]
+    assert 0 <= tests["p"][0] <= 1 and tests["df"][0] == 1 and tests["groups"][0] == ["FAVORABLE", "UNFAVORABLE"]
+    assert {"histology_risk", "site", "median_days", "ci95_low", "ci95_high"} <= set(km.medians().columns)
+    assert f"p = {tests['p'][0]:.4f}" in repr(km)
     assert km.plot(tmp_path / "km.png").stat().st_size > 10_000
     assert km.plot() is not None  # a matplotlib figure for notebooks
     cox = c.query(STUDY, statistic="cox", endpoint="efs", covariates=["age_at_diagnosis_years"])

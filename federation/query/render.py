@@ -32,6 +32,43 @@ def _fmt(v: Any, hidden: str = "suppr.") -> str:
     return str(v)
 
 
+def survival_summary(payload: dict[str, Any]) -> list[str]:
+    """A Kaplan-Meier result's medians (combined curves) and log-rank tests, as lines of text."""
+    if payload.get("statistic") != "km":
+        return []
+    out = []
+    what = "event-free survival" if payload.get("endpoint") == "efs" else "overall survival"
+    for c in payload["curves"]:
+        m = c["combined"].get("median")
+        if m is None:
+            continue
+        name = " / ".join(map(str, c["group"])) or "all"
+        out.append(f"median {what}, {name}: {_days(m['day'])} (95% CI {_days(m['ci95'][0])} to "
+                   f"{_days(m['ci95'][1])})")
+    tests = (("logrank", "log-rank test"), ("logrank_stratified_by_site", "log-rank test stratified by site"))
+    for key, title in tests:
+        t = (payload.get("tests") or {}).get(key)
+        if t is None:
+            continue
+        if t.get("withheld"):
+            out.append(f"{title}: withheld ({t['reason']})")
+            continue
+        groups = ", ".join(" / ".join(map(str, g)) for g in t["groups"])
+        left = (" (left out, too small to show: " + ", ".join(" / ".join(map(str, g)) for g in t["left_out"]) + ")"
+                if t["left_out"] else "")
+        out.append(f"{title} of {groups}{left}: chi2 = {t['chi2']:.3f}, df = {t['df']}, p = {_p(t['p'])} "
+                   f"(follow-up to day {t['follow_up_days']:g})")
+    return out
+
+
+def _days(v: float | None) -> str:
+    return "not reached" if v is None else f"day {v:.0f} ({v / 365.25:.2f} y)"
+
+
+def _p(p: float) -> str:
+    return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
 def rows_of(result: Result) -> tuple[list[str], list[list[Any]]]:
     """A flat table of the released values: header and rows (suppressed entries say so)."""
     p = result.payload
@@ -111,6 +148,7 @@ def to_text(result: Result, max_rows: int = 60) -> str:
         lines.append("  ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=False)))
     if len(shown) < len(rows):
         lines.append(f"... {len(rows) - len(shown)} more rows (use --format csv)")
+    lines += survival_summary(result.payload)
     lines.append(f"versions: {', '.join(result.versions.values())}  audit entry #{result.audit_id}")
     for site, why in result.excluded.items():
         lines.append(f"  {site}: {why}")
@@ -141,6 +179,8 @@ def to_markdown(result: Result) -> str:
     out = [f"**{result.query.describe()}**", "", "| " + " | ".join(map(str, header)) + " |",
            "|" + "---|" * len(header)]
     out += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    summary = survival_summary(result.payload)
+    out += ["", *(f"- {line}" for line in summary)] if summary else []
     out += ["", f"Versions: {', '.join(result.versions.values())}. Audit entry #{result.audit_id}."]
     return "\n".join(out) + "\n"
 
@@ -176,6 +216,9 @@ def figure(result: Result) -> Any:
         for c in p["curves"]:
             pts = c["combined"]["points"]
             label = " / ".join(map(str, c["group"])) or "all"
+            median = c["combined"].get("median") or {}
+            if median.get("day") is not None:
+                label += f" (median {median['day'] / 365.25:.1f} y)"
             xs = [pt["day"] / 365.25 for pt in pts]
             ax.step(xs, [pt["survival"] for pt in pts], where="post", label=label)
             ax.fill_between(xs, [pt["ci95"][0] for pt in pts], [pt["ci95"][1] for pt in pts], step="post", alpha=0.15)
@@ -183,6 +226,10 @@ def figure(result: Result) -> Any:
         ax.set_ylim(0, 1.02)
         ax.set_ylabel(f"{'event-free' if p['endpoint'] == 'efs' else 'overall'} survival")
         ax.legend(loc="lower left")
+        test = (p.get("tests") or {}).get("logrank") or {}
+        if "p" in test:
+            ax.text(0.98, 0.97, f"log-rank p = {_p(test['p'])}", transform=ax.transAxes, ha="right", va="top",
+                    fontsize=9)
         ax.grid(alpha=0.3)
         ax.set_title(result.query.describe(), fontsize=9)
         xmax = max((pt["day"] / 365.25 for _, pts in years for pt in pts), default=1.0)

@@ -158,3 +158,52 @@ def test_a_kaplan_meier_curve_does_not_show_the_count_a_count_hid(fresh_audit: S
     safe = run_local(km, fresh_audit, "mallory")
     assert safe.status == "released" and recovered(safe) is None
     assert not any("withheld" in n for n in safe.notes)  # hidden like the count, not by the differencing guard
+
+
+def test_a_survival_test_does_not_compare_a_group_too_small_to_show(fresh_audit: Settings) -> None:
+    # site-a has one NR patient: NR against EE4A there, the NR curve is hidden (and EE4A's with it, as the count
+    # by arm hides it); a log-rank test of the two would tell whether the one NR patient had an event (a single
+    # event among few at risk gives chi2 well above 1; no event, chi2 = E below 1)
+    q = Query(study_id=STUDY, statistic="km", endpoint="efs", group_by=["arm"], sites=["site-a"],
+              filters=[Filter(column="arm", op="in", value=["NR", "EE4A"])])
+    truth = pooled(fresh_audit, "SELECT efs_event FROM patients WHERE arm = 'NR' AND site_id = 'site-a'")
+    assert len(truth) == 1
+
+    def guess(r: Any) -> bool | None:
+        test = r.payload["tests"]["logrank"]
+        return None if test.get("withheld") else test["chi2"] > 1
+
+    with switched_off("shown_groups"):
+        unguarded = run_local(q, elsewhere(fresh_audit, "unguarded"), "mallory")
+        assert guess(unguarded) is truth[0][0] and ["NR"] in unguarded.payload["tests"]["logrank"]["groups"]
+    safe = run_local(q, fresh_audit, "mallory")
+    assert safe.status == "released" and guess(safe) is None
+    assert safe.payload["tests"]["logrank_stratified_by_site"].get("withheld")
+
+
+def test_a_survival_test_does_not_move_with_the_curves_horizon(fresh_audit: Settings) -> None:
+    # a curve shows a point only after k events; a test over the curve's own horizon, asked at every month,
+    # would tell in which month between two shown points the groups' events fell (and, by the sign of the
+    # change, in which group)
+    def run(settings: Settings, months: int) -> Any:
+        q = Query(study_id=STUDY, statistic="km", endpoint="efs", group_by=["histology_risk"],
+                  horizon_days=months * 30.4375)
+        return run_local(q, settings, "mallory")
+
+    def hidden_steps(settings: Settings) -> int:
+        """Months after which the test changed while no curve showed a point in that month."""
+        found, before = 0, None
+        for months in range(12, 31):
+            r = run(settings, months)
+            chi2 = r.payload["tests"]["logrank"]["chi2"]
+            end = months * 30.4375
+            shown = any(end - 30.4375 < pt["day"] <= end + 1e-6 for c in r.payload["curves"]
+                        for pt in c["combined"]["points"])
+            if before is not None and chi2 != before and not shown:
+                found += 1
+            before = chi2
+        return found
+
+    with switched_off("whole_follow_up"):
+        assert hidden_steps(elsewhere(fresh_audit, "unguarded")) >= 2
+    assert hidden_steps(fresh_audit) == 0

@@ -131,6 +131,57 @@ def test_kaplan_meier_on_the_grid_equals_pooled(federated: Settings, ask: Callab
         assert pt["survival"] == pytest.approx(expected, abs=1e-12)
 
 
+def _on_grid(q: Query, t: np.ndarray, e: np.ndarray, horizon: float) -> tuple[np.ndarray, np.ndarray]:
+    """Every time moved to the end of its grid interval; after `horizon`'s grid, censored beyond it."""
+    grid = np.arange(0.0, horizon + q.grid_days, q.grid_days)
+    beyond = t >= grid[-1]
+    end = grid[np.minimum(np.searchsorted(grid, t, side="right"), len(grid) - 1)]
+    return np.where(beyond, grid[-1] + q.grid_days, end), (e & ~beyond).astype(int)
+
+
+def test_logrank_tests_and_medians_equal_pooled_statsmodels(federated: Settings, ask: Callable[[Query], Result]
+                                                            ) -> None:
+    from statsmodels.duration.survfunc import SurvfuncRight, survdiff
+
+    from federation.query.policy import load_query_policy
+
+    # a two-year curve by histology risk: the tests still cover the whole follow-up (the policy's horizon)
+    q = Query(study_id=STUDY, statistic="km", endpoint="efs", group_by=["histology_risk"], horizon_days=730.5)
+    r = ask(q)
+    assert r.status == "released", r.reason
+    horizon = load_query_policy(federated.query_policy).disclosure.km_max_horizon_days
+    tests = r.payload["tests"]
+    compared = [g[0] for g in tests["logrank"]["groups"]]
+    assert len(compared) == 2 and tests["logrank"]["follow_up_days"] == horizon and not tests["logrank"]["left_out"]
+    rows = pooled(federated, "SELECT efs_days, efs_event, histology_risk, site_id FROM unit_patients")
+    t = np.array([a for a, *_ in rows], dtype=float)
+    e = np.array([b for _, b, *_ in rows], dtype=bool)
+    group = np.array([compared.index(c) for _, _, c, _ in rows])
+    site = np.array([s for *_, s in rows])
+    rounded, status = _on_grid(q, t, e, horizon)
+    chi2, p = survdiff(rounded, status, group)
+    assert tests["logrank"]["chi2"] == pytest.approx(chi2, rel=1e-9)
+    assert tests["logrank"]["p"] == pytest.approx(p, rel=1e-7)
+    chi2_s, p_s = survdiff(rounded, status, group, strata=site)
+    assert tests["logrank_stratified_by_site"]["chi2"] == pytest.approx(chi2_s, rel=1e-9)
+    assert tests["logrank_stratified_by_site"]["p"] == pytest.approx(p_s, rel=1e-7)
+    # the median of each curve: the pooled one (first time at or below 0.5) moved to the next released point
+    q_all = Query(study_id=STUDY, statistic="km", endpoint="efs")
+    whole = ask(q_all).payload["curves"][0]["combined"]
+    rounded, status = _on_grid(q_all, t, e, q_all.horizon_days)
+    sf = SurvfuncRight(rounded, status)
+    days = [pt["day"] for pt in whole["points"]]
+
+    def next_point(x: float) -> float | None:
+        return None if not math.isfinite(x) else min((d for d in days if d >= x), default=None)
+
+    reached = np.flatnonzero(sf.surv_prob <= 0.5)  # Wilms tumour: event-free survival stays above 0.5 here
+    assert whole["median"]["day"] == (next_point(sf.surv_times[reached[0]]) if len(reached) else None)
+    assert whole["median"]["ci95"] == [next_point(x) for x in sf.quantile_ci(0.5, method="cloglog")]
+    assert all(x is None or x in days for x in [whole["median"]["day"], *whole["median"]["ci95"]])
+    # (medians that are reached: tests/query/test_survival.py, on grid counts of the same kind)
+
+
 def test_logistic_regression_equals_pooled_statsmodels(federated: Settings, ask: Callable[[Query], Result]) -> None:
     import statsmodels.api as sm
 

@@ -27,7 +27,7 @@ from federation.query.central.audit import AuditLog
 from federation.query.central.gateway import SiteGateway
 from federation.query.central.history import History, key_json
 from federation.query.central.statistics import Statistic
-from federation.query.central.statistics.km import year_start
+from federation.query.central.statistics.km import curve_hidden, year_start
 from federation.query.guard import QueryRefused
 from federation.query.model import Filter, Query
 from federation.query.policy import EffectiveThresholds, QueryPolicy
@@ -200,6 +200,7 @@ def _run(q: Query, gateway: SiteGateway, policy: QueryPolicy, audit: AuditLog, a
             guard.released(ctx)
         if ctx.combined_only:  # the differencing guard said why in a note
             result.payload = hide_per_site(result.payload)
+        statistic.finish(ctx)  # e.g. a curve's median from the points it shows
         released_cells(result.payload)  # the history must be able to record it (else refused, before release)
     except QueryRefused as exc:
         result.status, result.reason, result.suggestion, result.payload = "refused", exc.reason, exc.suggestion, {}
@@ -368,12 +369,6 @@ def released_cells(payload: dict[str, Any]) -> tuple[list[list[str]], list[list[
     if kind == "km" and isinstance(payload.get("curves"), list):
         # a curve shows its group's count (the number at risk at day 0, or through its steps and intervals)
         # unless it is withheld, or stops at day 0 with that number hidden
-        def curve_hidden(curve: Any) -> bool:
-            if not isinstance(curve, dict) or curve.get("withheld"):
-                return True
-            points = curve.get("points") or []
-            return len(points) <= 1 and (not points or points[0].get("at_risk") == {"suppressed": True})
-
         for curve in payload["curves"]:
             for site, value in [("", curve.get("combined")), *(curve.get("per_site") or {}).items()]:
                 if curve_hidden(value):

@@ -51,6 +51,9 @@ class Statistic:
     def combine(self, ctx: Context, answers: dict[str, list[Answer]]) -> dict[str, Any]:
         raise NotImplementedError
 
+    def finish(self, ctx: Context) -> None:
+        """Add to `ctx.result.payload`, after every guard has run on it, what follows from what it shows."""
+
 
 MAX_GROUPS = 120  # groups (or crosstab cells) per result: bounds the suppression audit's work
 

@@ -5,6 +5,10 @@ give the pooled Kaplan-Meier estimate on that grid exactly. A point is released 
 risk and at least k events since the previous released point (none is as few as 1..k-1: a flat step would
 tell that no one had an event there); per-site curves only at points
 where every site's curve may be shown, so that no site can be subtracted from the combined curve.
+
+Each released curve carries its median survival with a confidence interval, read from its released points
+(`survival.median_from_points`), and a result by groups carries the log-rank test of the groups whose curves
+are shown, unstratified and stratified by site, over the whole follow-up (`survival.logrank`).
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ import numpy as np
 from federation.query.central.combine import km_from_counts, log_log_ci
 from federation.query.central.statistics.base import SharedSuppressionGuard, Statistic, count_table, group_keys
 from federation.query.central.statistics.counts import check_filters
+from federation.query.central.survival import logrank, median_from_points
 from federation.query.columns import EmptyCellGuard, check_km_grid
 from federation.query.guard import Guard, QueryRefused
 from federation.query.model import Query
 from federation.query.policy import EffectiveThresholds, QueryPolicy
-from federation.query.site.summaries import Answer, KmCounts, KmIntervals, Request
+from federation.query.site.summaries import MAX_GRID_INTERVALS, Answer, KmCounts, KmIntervals, Request
 
 if TYPE_CHECKING:
     from federation.query.central.runner import Context
@@ -31,27 +36,39 @@ Parts = tuple[np.ndarray, np.ndarray, np.ndarray]
 class KaplanMeier(Statistic):
     names = ("km",)
 
+    def __init__(self) -> None:
+        self.test_horizon: float | None = None  # the follow-up the survival tests cover (`check`)
+        self.counts: dict[str, dict[tuple[Any, ...], Parts]] = {}  # per site and group, to the test horizon
+        self.keys: list[tuple[Any, ...]] = []
+
     def check(self, q: Query, policy: QueryPolicy) -> None:
         check_filters(q, policy)
         if q.table != "patients":
             raise QueryRefused("survival models are computed on patients", "use --table patients")
         check_km_grid(policy, q.grid_days, q.horizon_days)
+        self.test_horizon = q.horizon_days
+        if WholeFollowUpGuard.enabled():
+            whole = max(q.horizon_days, policy.disclosure.km_max_horizon_days)
+            # a grid too fine for the whole follow-up (only a policy declaring daily grids has one): no test
+            self.test_horizon = whole if whole / q.grid_days <= MAX_GRID_INTERVALS else None
 
     def requests(self, q: Query) -> list[Request]:
+        # one request for the curve and the tests: the counts to the tests' horizon (the curve uses the first)
         return [KmCounts(table=q.table, filters=q.filters, exists=q.exists, dims=q.group_by, endpoint=q.endpoint,
-                         grid_days=q.grid_days, horizon_days=q.horizon_days)]
+                         grid_days=q.grid_days, horizon_days=self.test_horizon or q.horizon_days)]
 
     def combine(self, ctx: Context, answers: dict[str, list[Answer]]) -> dict[str, Any]:
         q = ctx.query
         grid = np.arange(0.0, q.horizon_days + q.grid_days, q.grid_days)
+        n_int = len(grid) - 1
         per_site: dict[str, dict[tuple[Any, ...], Parts]] = {}
         for site, (km,) in answers.items():
             assert isinstance(km, KmIntervals)
-            per_site[site] = {tuple(g.key): (np.asarray(g.at_risk, int), np.asarray(g.events, int),
-                                             np.asarray(g.censored, int)) for g in km.groups}
-        keys = group_keys(ctx, {key for c in per_site.values() for key in c})
+            self.counts[site] = {tuple(g.key): (np.asarray(g.at_risk, int), np.asarray(g.events, int),
+                                                np.asarray(g.censored, int)) for g in km.groups}
+            per_site[site] = {key: (a[:n_int], e[:n_int], c[:n_int]) for key, (a, e, c) in self.counts[site].items()}
+        keys = self.keys = group_keys(ctx, {key for c in per_site.values() for key in c})
         names = ctx.sites
-        n_int = len(grid) - 1
         zero = (np.zeros(n_int, int), np.zeros(n_int, int), np.zeros(n_int, int))
         k = ctx.k
         empty_small = EmptyCellGuard.enabled()  # no one at risk is shown like 1..k-1 at risk
@@ -90,12 +107,77 @@ class KaplanMeier(Statistic):
         return {"statistic": "km", "endpoint": q.endpoint, "grid_days": q.grid_days, "dims": q.group_by,
                 "curves": curves}
 
+    def finish(self, ctx: Context) -> None:
+        """On the result as disclosure control left it: each shown curve's median from its own points, and the
+        log-rank tests of the groups whose combined curves are shown."""
+        payload = ctx.result.payload
+        for curve in payload["curves"]:
+            for value in [curve["combined"], *curve["per_site"].values()]:
+                if not curve_hidden(value):
+                    value["median"] = median_from_points(value["points"])
+        if ctx.query.group_by:
+            payload["tests"] = self.tests(ctx)
+
+    def tests(self, ctx: Context) -> dict[str, Any]:
+        q = ctx.query
+        curves = ctx.result.payload["curves"]
+        names = ctx.sites
+        n_int = len(np.arange(0.0, (self.test_horizon or q.horizon_days) + q.grid_days, q.grid_days)) - 1
+        zero = np.zeros(n_int, int)
+        if ShownGroupsGuard.enabled():
+            chosen = [r for r, c in enumerate(curves) if not curve_hidden(c["combined"])]
+        else:
+            chosen = [r for r, key in enumerate(self.keys)
+                      if any(self.counts[s].get(key, (zero,))[0][:1].sum() for s in names)]
+        left_out = [curves[r]["group"] for r in range(len(curves)) if r not in chosen]
+        about = {"groups": [curves[r]["group"] for r in chosen], "left_out": left_out,
+                 "follow_up_days": self.test_horizon}
+        if self.test_horizon is None:
+            reason = (f"the grid of {q.grid_days:g} days is too fine for a test over the whole follow-up "
+                      f"(more than {MAX_GRID_INTERVALS} intervals)")
+            return {name: {"withheld": True, "reason": reason, **about}
+                    for name in ("logrank", "logrank_stratified_by_site")}
+        if len(chosen) < 2:
+            reason = "fewer than two groups have a curve shown"
+            return {"logrank": {"withheld": True, "reason": reason, **about},
+                    "logrank_stratified_by_site": {"withheld": True, "reason": reason, **about}}
+        at_risk = np.array([[self.counts[s].get(self.keys[r], (zero,))[0] for r in chosen] for s in names])
+        events = np.array([[self.counts[s].get(self.keys[r], (zero, zero))[1] for r in chosen] for s in names])
+        plain = logrank(at_risk.sum(axis=0, keepdims=True), events.sum(axis=0, keepdims=True))
+        out: dict[str, Any] = {"logrank": {"chi2": plain.chi2, "df": plain.df, "p": plain.p, **about}}
+        # stratified by site: a scalar over every site's groups like the unstratified one (no count of a site
+        # follows from it); withheld with the per-site values when those would isolate patients at a site
+        if ctx.combined_only:
+            out["logrank_stratified_by_site"] = {
+                "withheld": True, **about, "reason": "per-site values are withheld (differencing), and the "
+                                                     "stratified test weighs each site's groups"}
+        else:
+            strat = logrank(at_risk, events)
+            out["logrank_stratified_by_site"] = {"chi2": strat.chi2, "df": strat.df, "p": strat.p, **about}
+        return out
+
 
 WITHHELD: dict[str, Any] = {"points": [], "withheld": True}
 
 
 class SiteRiskGuard(Guard):
     """A number at risk is shown only where every site's number at risk is 0 or at least its k."""
+
+
+class WholeFollowUpGuard(Guard):
+    """A survival test covers the whole follow-up to the policy's longest horizon, whatever the curve's horizon."""
+
+
+class ShownGroupsGuard(Guard):
+    """A survival test compares only the groups whose combined curves are shown."""
+
+
+def curve_hidden(curve: Any) -> bool:
+    """A curve that shows nothing of its group: withheld, or stopping at day 0 with its number at risk hidden."""
+    if not isinstance(curve, dict) or curve.get("withheld"):
+        return True
+    points = curve.get("points") or []
+    return len(points) <= 1 and (not points or points[0].get("at_risk") == {"suppressed": True})
 
 
 YEAR_DAYS = 365.25

@@ -1,0 +1,108 @@
+"""The survival summaries from grid counts equal statsmodels' pooled computations on the same patients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from statsmodels.duration.survfunc import SurvfuncRight, survdiff
+
+from federation.query.central.combine import km_from_counts, log_log_ci
+from federation.query.central.survival import logrank, median_from_points
+from federation.query.site.estimating import km_grid_counts
+
+GRID = np.arange(0.0, 3652.5 + 30.4375, 30.4375)
+
+
+def _patients(rng: np.random.Generator, n: int, groups: int, strata: int) -> tuple[np.ndarray, ...]:
+    group = rng.integers(0, groups, n)
+    stratum = rng.integers(0, strata, n)
+    hazard = 1 / (900 + 500 * group + 200 * stratum)
+    event_time = rng.exponential(1 / hazard)
+    censor_time = rng.uniform(100, 4200, n)
+    t = np.minimum(event_time, censor_time).round()
+    return t, event_time <= censor_time, group, stratum
+
+
+def _on_grid(t: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every time moved to the end of its grid interval; after the grid, censored beyond it."""
+    beyond = t >= GRID[-1]
+    end = GRID[np.minimum(np.searchsorted(GRID, t, side="right"), len(GRID) - 1)]
+    return np.where(beyond, GRID[-1] + 1, end), (e & ~beyond).astype(int)
+
+
+def _counts(t: np.ndarray, e: np.ndarray, group: np.ndarray, stratum: np.ndarray, groups: int, strata: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+    shape = (strata, groups, len(GRID) - 1)
+    n, d = np.zeros(shape, int), np.zeros(shape, int)
+    for s in range(strata):
+        for g in range(groups):
+            at = (stratum == s) & (group == g)
+            n[s, g], d[s, g], _ = km_grid_counts(t[at], e[at], GRID)
+    return n, d
+
+
+@pytest.mark.parametrize(("groups", "strata", "seed"), [(2, 1, 1), (3, 1, 2), (2, 4, 3), (3, 6, 4)])
+def test_logrank_on_grid_counts_equals_statsmodels_survdiff(groups: int, strata: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    t, e, group, stratum = _patients(rng, 700, groups, strata)
+    n, d = _counts(t, e, group, stratum, groups, strata)
+    rounded, status = _on_grid(t, e)
+    # unstratified: the per-site counts summed; stratified: kept apart
+    plain = logrank(n.sum(axis=0, keepdims=True), d.sum(axis=0, keepdims=True))
+    chi2, p = survdiff(rounded, status, group)
+    assert plain.df == groups - 1
+    assert plain.chi2 == pytest.approx(chi2, rel=1e-9) and plain.p == pytest.approx(p, rel=1e-7, abs=1e-15)
+    assert sum(plain.observed) == status.sum() and sum(plain.expected) == pytest.approx(status.sum())
+    if strata > 1:
+        strat = logrank(n, d)
+        chi2_s, p_s = survdiff(rounded, status, group, strata=stratum)
+        assert strat.chi2 == pytest.approx(chi2_s, rel=1e-9) and strat.p == pytest.approx(p_s, rel=1e-7, abs=1e-15)
+        assert strat.chi2 != pytest.approx(plain.chi2, rel=1e-6)  # the strata matter in this data
+
+
+def test_logrank_of_identical_groups_is_not_significant_and_of_different_ones_is() -> None:
+    rng = np.random.default_rng(7)
+    t, e, group, stratum = _patients(rng, 2000, 2, 1)
+    n, d = _counts(t, e, group, stratum, 2, 1)
+    assert logrank(n, d).p < 1e-6  # hazards differ by design
+    same = np.stack([n[:, 0], n[:, 0]], axis=1), np.stack([d[:, 0], d[:, 0]], axis=1)
+    assert logrank(*same).chi2 == pytest.approx(0.0, abs=1e-12)
+
+
+def _points(at_risk: np.ndarray, events: np.ndarray, every: int = 1) -> list[dict[str, object]]:
+    surv, var = km_from_counts(at_risk, events)
+    pts: list[dict[str, object]] = [{"day": 0.0, "survival": 1.0, "ci95": [1.0, 1.0]}]
+    for j in range(0, len(at_risk), every):
+        if events[j]:
+            pts.append({"day": float(GRID[j + 1]), "survival": float(surv[j]),
+                        "ci95": list(log_log_ci(float(surv[j]), float(var[j])))})
+    return pts
+
+
+def test_median_and_its_interval_equal_statsmodels_on_a_curve_showing_every_step() -> None:
+    rng = np.random.default_rng(11)
+    t, e, group, stratum = _patients(rng, 900, 1, 1)
+    n, d = _counts(t, e, group, stratum, 1, 1)
+    rounded, status = _on_grid(t, e)
+    sf = SurvfuncRight(rounded, status)
+    median = median_from_points(_points(n[0, 0], d[0, 0]))
+    # the first time the curve is at or below 0.5 (R's survfit; statsmodels' quantile takes < 0.5)
+    assert median["day"] == sf.surv_times[np.flatnonzero(sf.surv_prob <= 0.5)[0]]
+    assert median["ci95"] == list(sf.quantile_ci(0.5, method="cloglog"))
+
+
+def test_a_coarser_curve_moves_the_median_to_its_next_point_and_never_before_the_pooled_one() -> None:
+    rng = np.random.default_rng(12)
+    t, e, group, stratum = _patients(rng, 900, 1, 1)
+    n, d = _counts(t, e, group, stratum, 1, 1)
+    fine = median_from_points(_points(n[0, 0], d[0, 0]))
+    coarse_points = _points(n[0, 0], d[0, 0], every=3)
+    coarse = median_from_points(coarse_points)
+    days = [p["day"] for p in coarse_points]
+    assert coarse["day"] == min(x for x in days if x >= fine["day"])  # type: ignore[operator]
+    assert coarse["day"] in days and coarse["ci95"][0] in days
+
+
+def test_a_median_not_reached_is_none() -> None:
+    pts = [{"day": 0.0, "survival": 1.0, "ci95": [1.0, 1.0]}, {"day": 30.0, "survival": 0.8, "ci95": [0.7, 0.9]}]
+    assert median_from_points(pts) == {"day": None, "ci95": [None, None]}
