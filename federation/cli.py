@@ -182,6 +182,8 @@ def _build_parser() -> argparse.ArgumentParser:
             "  federation query --study PONC-WT-01 --stat crosstab --by stage --by histology_risk\n"
             "  federation query --study PONC-WT-01 --stat mean --column age_at_diagnosis_years --by sex\n"
             "  federation query --study PONC-WT-01 --stat km --endpoint efs --by arm --plot efs.png\n"
+            "  federation query --study PONC-WT-01 --stat cif --endpoint efs --cause RELAPSE --cause PROGRESSION "
+            "--by arm\n"
             "  federation query --study PONC-WT-01 --by arm --exists 'adverse_events: grade >= 3'\n"
             "  federation query --study PONC-WT-01 --stat logistic --outcome 'efs_event == true' \\\n"
             "      --covariate age_at_diagnosis_years --covariate enrollment_year"),
@@ -191,7 +193,9 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="unit of analysis: patients (with diagnosis and outcome), or one row per event")
     qp.add_argument("--stat", default="count",
                     choices=["count", "crosstab", "sum", "mean", "variance", "quantiles", "proportion", "km",
-                             "logistic", "cox"], help="the statistic (default count)")
+                             "cif", "logistic", "cox"],
+                    help="the statistic (default count); km: Kaplan-Meier with median and log-rank test; cif: "
+                         "cumulative incidence of --cause with the other first events competing")
     qp.add_argument("--by", action="append", default=[], help="group by this column (repeatable)")
     qp.add_argument("--where", action="append", default=[], metavar="'COL OP VALUE'",
                     help="filter, e.g. 'sex == F', 'age_at_diagnosis_years < 5', 'arm in EE4A,DD4A' (repeatable)")
@@ -201,7 +205,14 @@ def _build_parser() -> argparse.ArgumentParser:
     qp.add_argument("--value", help="proportion: the value whose share is computed")
     qp.add_argument("--prob", action="append", type=float, default=[], help="quantile probability (repeatable)")
     qp.add_argument("--endpoint", choices=["efs", "os"], default="os",
-                    help="Kaplan-Meier and Cox endpoint (default os)")
+                    help="Kaplan-Meier and Cox endpoint (default os; cif needs efs)")
+    qp.add_argument("--grid-days", type=float, default=None,
+                    help="km, cif: the grid (a policy's: 30.4375 months by default, 91.3125, 182.625, 365.25)")
+    qp.add_argument("--horizon-days", type=float, default=None,
+                    help="km, cif: the curve's horizon (default 3652.5, ten years); the restricted mean survival "
+                         "time is given to it where the curve shows a point there")
+    qp.add_argument("--cause", action="append", default=[], metavar="FIRST_EVENT",
+                    help="cif: a first event of interest, e.g. RELAPSE (repeatable); the others compete")
     qp.add_argument("--outcome", help="logistic: 'COL OP VALUE' defining y = 1")
     qp.add_argument("--covariate", action="append", default=[], help="logistic or Cox covariate (repeatable)")
     qp.add_argument("--site", action="append", default=None, help="only these sites (repeatable)")
@@ -570,7 +581,9 @@ def _query(args: argparse.Namespace) -> int:
             "study_id": args.study, "table": args.table, "statistic": args.stat, "group_by": args.by,
             "filters": [parse_filter(w) for w in args.where], "exists": exists, "column": args.column,
             "value": _parse_value(args.value) if args.value is not None else None,
-            "probs": args.prob or [0.5], "endpoint": args.endpoint,
+            "probs": args.prob or [0.5], "endpoint": args.endpoint, "cause": args.cause,
+            **({"grid_days": args.grid_days} if args.grid_days is not None else {}),
+            **({"horizon_days": args.horizon_days} if args.horizon_days is not None else {}),
             "outcome": parse_filter(args.outcome) if args.outcome else None, "covariates": args.covariate,
             "sites": args.site, "versions": versions or None, "allow_partial": args.allow_partial})
     except ValueError as exc:

@@ -172,6 +172,16 @@ class QueryResult:
                                      "day": pt["day"], "survival": pt["survival"], "ci95_low": pt["ci95"][0],
                                      "ci95_high": pt["ci95"][1], "at_risk": _num(pt["at_risk"]),
                                      "suppressed": _hidden(pt["at_risk"])})
+        elif stat == "cif":
+            for c in p["curves"]:
+                for site, curve in [("combined", c["combined"]), *c["per_site"].items()]:
+                    for pt in curve["points"]:
+                        rows.append({**dict(zip(p["dims"], c["group"], strict=False)), "site": site,
+                                     "day": pt["day"], "incidence": pt["incidence"], "ci95_low": pt["ci95"][0],
+                                     "ci95_high": pt["ci95"][1], "competing": pt["competing"],
+                                     "competing_ci95_low": pt["competing_ci95"][0],
+                                     "competing_ci95_high": pt["competing_ci95"][1], "at_risk": _num(pt["at_risk"]),
+                                     "suppressed": _hidden(pt["at_risk"])})
         elif stat in ("logistic", "cox"):
             ratio = "odds_ratio" if stat == "logistic" else "hazard_ratio"
             for c in p["coefficients"]:
@@ -188,7 +198,8 @@ class QueryResult:
         rows = [{"test": name, "chi2": t.get("chi2"), "df": t.get("df"), "p": t.get("p"),
                  "groups": [" / ".join(map(str, g)) for g in t.get("groups", [])],
                  "left_out": [" / ".join(map(str, g)) for g in t.get("left_out", [])],
-                 "follow_up_days": t.get("follow_up_days"), "withheld": bool(t.get("withheld")),
+                 "follow_up_days": t.get("follow_up_days"), "hazard": t.get("hazard", "all events"),
+                 "withheld": bool(t.get("withheld")),
                  "reason": t.get("reason", "")}
                 for name, t in (self.result.payload.get("tests") or {}).items()]
         return pd.DataFrame(rows)

@@ -35,6 +35,11 @@ def test_client_tables_plots_and_html(federated_nodes: LocalFederation, tmp_path
     assert {"histology_risk", "site", "median_days", "ci95_low", "ci95_high"} <= set(km.medians().columns)
     assert f"p = {tests['p'][0]:.4f}" in repr(km)
     assert km.plot(tmp_path / "km.png").stat().st_size > 10_000
+    cif = c.query(STUDY, statistic="cif", endpoint="efs", cause=["RELAPSE", "PROGRESSION"], group_by=["sex"])
+    assert cif.result.status == "released", cif.result.reason
+    assert {"sex", "day", "incidence", "competing", "at_risk"} <= set(cif.combined.columns)
+    assert cif.tests()["hazard"].str.startswith("cause-specific").all()
+    assert cif.plot(tmp_path / "cif.png").stat().st_size > 10_000
     assert km.plot() is not None  # a matplotlib figure for notebooks
     cox = c.query(STUDY, statistic="cox", endpoint="efs", covariates=["age_at_diagnosis_years"])
     row = cox.combined.iloc[0]

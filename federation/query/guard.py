@@ -54,6 +54,7 @@ def registered() -> dict[str, type[Guard]]:
     import federation.query.central.disclosure  # noqa: F401 - registers its guard
     import federation.query.central.guards  # noqa: F401
     import federation.query.central.statistics.base  # noqa: F401 - registers the shared suppression guard
+    import federation.query.central.statistics.cif  # noqa: F401
     import federation.query.central.statistics.km  # noqa: F401
     import federation.query.columns  # noqa: F401
     import federation.query.site.guards  # noqa: F401

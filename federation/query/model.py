@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Statistic = Literal["count", "crosstab", "sum", "mean", "variance", "quantiles", "proportion", "km", "logistic",
-                    "cox"]
+Statistic = Literal["count", "crosstab", "sum", "mean", "variance", "quantiles", "proportion", "km", "cif",
+                    "logistic", "cox"]
 Op = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not in"]
 UNIT_TABLES = ("patients", "adverse_events", "treatments")
 
@@ -71,7 +71,8 @@ class Query(BaseModel):
     column: str | None = None  # the variable of sum, mean, variance, quantiles, proportion
     value: Any = None  # proportion: the share of rows where column == value
     probs: list[float] = Field(default_factory=lambda: [0.5], max_length=9)  # quantiles
-    endpoint: Literal["efs", "os"] = "os"  # km
+    endpoint: Literal["efs", "os"] = "os"  # km, cif (efs), cox
+    cause: list[str] = Field(default_factory=list, max_length=10)  # cif: first events of interest; others compete
     grid_days: float = 30.4375  # km: monthly grid by default
     horizon_days: float = 3652.5  # km: ten years
     outcome: Filter | None = None  # logistic: y = 1 where the filter holds
@@ -94,7 +95,9 @@ class Query(BaseModel):
         return hashlib.sha256(self.canonical().encode()).hexdigest()[:16]
 
     def describe(self) -> str:
-        what = {"km": f"Kaplan-Meier {self.endpoint.upper()}", "logistic": "logistic regression",
+        what = {"km": f"Kaplan-Meier {self.endpoint.upper()}",
+                "cif": f"cumulative incidence of {'/'.join(self.cause) or '?'} (other first events competing)",
+                "logistic": "logistic regression",
                 "cox": f"Cox regression ({self.endpoint.upper()})"}.get(
             self.statistic, self.statistic)
         parts = [f"{what} of {self.table}"]

@@ -34,7 +34,7 @@ def _fmt(v: Any, hidden: str = "suppr.") -> str:
 
 def survival_summary(payload: dict[str, Any]) -> list[str]:
     """A Kaplan-Meier result's medians (combined curves) and log-rank tests, as lines of text."""
-    if payload.get("statistic") != "km":
+    if payload.get("statistic") not in ("km", "cif"):
         return []
     out = []
     what = "event-free survival" if payload.get("endpoint") == "efs" else "overall survival"
@@ -45,6 +45,15 @@ def survival_summary(payload: dict[str, Any]) -> list[str]:
         name = " / ".join(map(str, c["group"])) or "all"
         out.append(f"median {what}, {name}: {_days(m['day'])} (95% CI {_days(m['ci95'][0])} to "
                    f"{_days(m['ci95'][1])})")
+    for c in payload["curves"]:
+        rm = c["combined"].get("rmst")
+        if rm is None:
+            continue
+        name = " / ".join(map(str, c["group"])) or "all"
+        tau = f"{rm['horizon_days']:g}"
+        out.append(f"restricted mean {what} to day {tau}, {name}: " + (
+            f"withheld ({rm['reason']})" if rm.get("withheld") else
+            f"{rm['days']:.1f} days (SE {rm['se']:.1f}; 95% CI {rm['ci95'][0]:.1f} to {rm['ci95'][1]:.1f})"))
     tests = (("logrank", "log-rank test"), ("logrank_stratified_by_site", "log-rank test stratified by site"))
     for key, title in tests:
         t = (payload.get("tests") or {}).get(key)
@@ -56,8 +65,9 @@ def survival_summary(payload: dict[str, Any]) -> list[str]:
         groups = ", ".join(" / ".join(map(str, g)) for g in t["groups"])
         left = (" (left out, too small to show: " + ", ".join(" / ".join(map(str, g)) for g in t["left_out"]) + ")"
                 if t["left_out"] else "")
+        hazard = f", {t['hazard']}" if t.get("hazard") else ""
         out.append(f"{title} of {groups}{left}: chi2 = {t['chi2']:.3f}, df = {t['df']}, p = {_p(t['p'])} "
-                   f"(follow-up to day {t['follow_up_days']:g})")
+                   f"(follow-up to day {t['follow_up_days']:g}{hazard})")
     return out
 
 
@@ -113,6 +123,17 @@ def rows_of(result: Result) -> tuple[list[str], list[list[Any]]]:
             for prob, v in c["quantiles"].items():
                 rows.append([*r["group"], c["n"], prob, *(["suppr.", ""] if v.get("suppressed") else _bin(v))])
         return header, rows
+    if stat == "cif":
+        header = [*p["dims"], "curve", "day", "incidence", "ci95 low", "ci95 high", "competing", "ci95 low",
+                  "ci95 high", "at risk"]
+        rows = []
+        for c in p["curves"]:
+            for name, curve in [("combined", c["combined"]), *c["per_site"].items()]:
+                for pt in curve["points"]:
+                    rows.append([*c["group"], name, f"{pt['day']:.0f}", _fmt(pt["incidence"]), _fmt(pt["ci95"][0]),
+                                 _fmt(pt["ci95"][1]), _fmt(pt["competing"]), _fmt(pt["competing_ci95"][0]),
+                                 _fmt(pt["competing_ci95"][1]), _fmt(pt["at_risk"])])
+        return header, rows
     if stat == "km":
         header = [*p["dims"], "curve", "day", "survival", "ci95 low", "ci95 high", "at risk"]
         rows = []
@@ -141,7 +162,7 @@ def to_text(result: Result, max_rows: int = 60) -> str:
         lines.append(f"  (audit entry #{result.audit_id})")
         return "\n".join(lines)
     header, rows = rows_of(result)
-    shown = rows[:max_rows] if result.payload.get("statistic") == "km" else rows
+    shown = rows[:max_rows] if result.payload.get("statistic") in ("km", "cif") else rows
     widths = [max(len(str(x)) for x in col) for col in zip(header, *shown, strict=False)] if shown else []
     lines.append("  ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=False)))
     for r in shown:
@@ -210,9 +231,10 @@ def figure(result: Result) -> Any:
 
     p = result.payload
     stat = p.get("statistic")
-    if stat == "km":
+    if stat in ("km", "cif"):
         fig, (ax, risk) = plt.subplots(2, 1, figsize=(8, 6), height_ratios=[4, 1.3], sharex=True)
         years = []
+        value = "survival" if stat == "km" else "incidence"
         for c in p["curves"]:
             pts = c["combined"]["points"]
             label = " / ".join(map(str, c["group"])) or "all"
@@ -220,12 +242,16 @@ def figure(result: Result) -> Any:
             if median.get("day") is not None:
                 label += f" (median {median['day'] / 365.25:.1f} y)"
             xs = [pt["day"] / 365.25 for pt in pts]
-            ax.step(xs, [pt["survival"] for pt in pts], where="post", label=label)
+            line, = ax.step(xs, [pt[value] for pt in pts], where="post", label=label)
             ax.fill_between(xs, [pt["ci95"][0] for pt in pts], [pt["ci95"][1] for pt in pts], step="post", alpha=0.15)
+            if stat == "cif":  # the competing events' incidence, dashed in the same colour
+                ax.step(xs, [pt["competing"] for pt in pts], where="post", linestyle="--", color=line.get_color(),
+                        label=f"{label}: competing events")
             years.append((label, pts))
         ax.set_ylim(0, 1.02)
-        ax.set_ylabel(f"{'event-free' if p['endpoint'] == 'efs' else 'overall'} survival")
-        ax.legend(loc="lower left")
+        ax.set_ylabel(f"{'event-free' if p['endpoint'] == 'efs' else 'overall'} survival" if stat == "km" else
+                      f"cumulative incidence of {'/'.join(p.get('cause', []))}")
+        ax.legend(loc="lower left" if stat == "km" else "upper left")
         test = (p.get("tests") or {}).get("logrank") or {}
         if "p" in test:
             ax.text(0.98, 0.97, f"log-rank p = {_p(test['p'])}", transform=ax.transAxes, ha="right", va="top",

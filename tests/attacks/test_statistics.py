@@ -207,3 +207,60 @@ def test_a_survival_test_does_not_move_with_the_curves_horizon(fresh_audit: Sett
     with switched_off("whole_follow_up"):
         assert hidden_steps(elsewhere(fresh_audit, "unguarded")) >= 2
     assert hidden_steps(fresh_audit) == 0
+
+
+def test_a_cumulative_incidence_does_not_step_over_a_few_competing_events(fresh_audit: Settings) -> None:
+    # the cause's incidence, the competing events' and the event-free survival add up to one: a point released
+    # after k relapses but 1..k-1 deaths in remission would show those deaths (d = n (F'o - Fo) / S over a step
+    # of one grid interval from a point showing its number at risk)
+    q = Query(study_id=STUDY, statistic="cif", endpoint="efs", cause=["RELAPSE", "PROGRESSION"])
+    rows = pooled(fresh_audit, "SELECT efs_days FROM unit_patients WHERE efs_event AND first_event IN "
+                               "('DEATH', 'SECOND_MALIGNANCY')")
+
+    def small_steps(r: Any) -> list[tuple[float, int]]:
+        """(day, competing events in the grid interval before it) read off the curves, where 1..k-1."""
+        pts = r.payload["curves"][0]["combined"]["points"]
+        found = []
+        for a, b in zip(pts, pts[1:], strict=False):
+            if abs(b["day"] - a["day"] - q.grid_days) < 1e-6 and isinstance(a["at_risk"], int):
+                survival = 1 - a["incidence"] - a["competing"]
+                d = round(a["at_risk"] * (b["competing"] - a["competing"]) / survival)
+                if 0 < d < 5:
+                    found.append((b["day"], d))
+        return found
+
+    with switched_off("competing_step"):
+        leaked = small_steps(run_local(q, elsewhere(fresh_audit, "unguarded"), "mallory"))
+    assert leaked
+    for day, d in leaked:  # each is the true number of deaths in remission or second cancers in that month
+        assert d == sum(1 for (t,) in rows if day - q.grid_days - 1e-6 <= t < day - 1e-6)
+    assert small_steps(run_local(q, fresh_audit, "mallory")) == []
+
+
+def test_a_restricted_mean_is_given_only_at_a_day_its_curve_shows(fresh_audit: Settings) -> None:
+    # the area under the curve to a horizon moved by one month grows by the curve's level in that month: asked
+    # between two shown points, it gives the curve where it shows nothing (a drop there is 1..k-1 events)
+    def ask(settings: Settings, months: int) -> Any:
+        q = Query(study_id=STUDY, statistic="km", endpoint="efs", horizon_days=months * 30.4375)
+        return run_local(q, settings, "mallory").payload["curves"][0]["combined"]
+
+    def hidden_levels(settings: Settings) -> list[float]:
+        """Levels of the curve in months where it shows no point, differing from its last shown level."""
+        found = []
+        curve = ask(settings, 120)
+        shown = {round(p["day"] / 30.4375): p["survival"] for p in curve["points"]}
+        for months in range(24, 40):
+            if months in shown or (months + 1) in shown:
+                continue
+            a, b = ask(settings, months)["rmst"], ask(settings, months + 1)["rmst"]
+            if a.get("withheld") or b.get("withheld"):
+                continue
+            level = (b["days"] - a["days"]) / 30.4375
+            last = shown[max(m for m in shown if m <= months)]
+            if abs(level - last) > 1e-9:
+                found.append(level)
+        return found
+
+    with switched_off("rmst_at_point"):
+        assert hidden_levels(elsewhere(fresh_audit, "unguarded"))
+    assert hidden_levels(fresh_audit) == []

@@ -4,6 +4,7 @@ this process, and through the query service and six site-node processes (integra
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Callable
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from federation.query import Filter, Query, run_local
 from federation.query.central.runner import Result
 from federation.settings import Settings
-from tests.federated import STUDY, pooled
+from tests.federated import STUDY, elsewhere, pooled
 
 
 @pytest.fixture(params=["in-process", pytest.param("nodes", marks=pytest.mark.integration)])
@@ -139,6 +140,17 @@ def _on_grid(q: Query, t: np.ndarray, e: np.ndarray, horizon: float) -> tuple[np
     return np.where(beyond, grid[-1] + q.grid_days, end), (e & ~beyond).astype(int)
 
 
+def _stratified(federated: Settings, q: Query, r: Result) -> dict[str, object]:
+    """The stratified test of `r`; when the differencing guard withheld it with the per-site values (earlier
+    results in the shared history), the same query on a fresh history."""
+    test = r.payload["tests"]["logrank_stratified_by_site"]
+    if test.get("withheld"):
+        assert "per-site values are withheld (differencing)" in test["reason"]
+        test = run_local(q, elsewhere(federated, f"fresh-{uuid.uuid4().hex}"), "t").payload["tests"][
+            "logrank_stratified_by_site"]
+    return test
+
+
 def test_logrank_tests_and_medians_equal_pooled_statsmodels(federated: Settings, ask: Callable[[Query], Result]
                                                             ) -> None:
     from statsmodels.duration.survfunc import SurvfuncRight, survdiff
@@ -163,8 +175,8 @@ def test_logrank_tests_and_medians_equal_pooled_statsmodels(federated: Settings,
     assert tests["logrank"]["chi2"] == pytest.approx(chi2, rel=1e-9)
     assert tests["logrank"]["p"] == pytest.approx(p, rel=1e-7)
     chi2_s, p_s = survdiff(rounded, status, group, strata=site)
-    assert tests["logrank_stratified_by_site"]["chi2"] == pytest.approx(chi2_s, rel=1e-9)
-    assert tests["logrank_stratified_by_site"]["p"] == pytest.approx(p_s, rel=1e-7)
+    stratified = _stratified(federated, q, r)
+    assert stratified["chi2"] == pytest.approx(chi2_s, rel=1e-9) and stratified["p"] == pytest.approx(p_s, rel=1e-7)
     # the median of each curve: the pooled one (first time at or below 0.5) moved to the next released point
     q_all = Query(study_id=STUDY, statistic="km", endpoint="efs")
     whole = ask(q_all).payload["curves"][0]["combined"]
@@ -180,6 +192,74 @@ def test_logrank_tests_and_medians_equal_pooled_statsmodels(federated: Settings,
     assert whole["median"]["ci95"] == [next_point(x) for x in sf.quantile_ci(0.5, method="cloglog")]
     assert all(x is None or x in days for x in [whole["median"]["day"], *whole["median"]["ci95"]])
     # (medians that are reached: tests/query/test_survival.py, on grid counts of the same kind)
+
+
+def test_restricted_mean_survival_equals_the_area_under_the_pooled_curve(federated: Settings,
+                                                                         ask: Callable[[Query], Result]) -> None:
+    from statsmodels.duration.survfunc import SurvfuncRight
+
+    first = ask(Query(study_id=STUDY, statistic="km", endpoint="efs", group_by=["histology_risk"]))
+    favorable = first.payload["curves"][0]
+    assert favorable["group"] == ["FAVORABLE"]
+    tau = favorable["combined"]["points"][-2]["day"]  # a day the curve shows
+    q = Query(study_id=STUDY, statistic="km", endpoint="efs", group_by=["histology_risk"], horizon_days=tau)
+    r = ask(q)
+    rmst = r.payload["curves"][0]["combined"]["rmst"]
+    rows = pooled(federated, "SELECT efs_days, efs_event FROM unit_patients WHERE histology_risk = 'FAVORABLE'")
+    rounded, status = _on_grid(q, np.array([a for a, _ in rows], dtype=float),
+                               np.array([b for _, b in rows], dtype=bool), q.horizon_days)
+    sf = SurvfuncRight(rounded, status)
+    times = np.concatenate([[0.0], sf.surv_times[sf.surv_times < tau], [tau]])
+    levels = np.concatenate([[1.0], sf.surv_prob[sf.surv_times < tau]])
+    assert rmst["horizon_days"] == tau and rmst["days"] == pytest.approx(float(np.sum(np.diff(times) * levels)),
+                                                                        rel=1e-12)
+    assert rmst["ci95"][0] < rmst["days"] < rmst["ci95"][1] and rmst["se"] > 0
+    # the other curve shows no point at that day: its restricted mean is withheld, with days it shows instead
+    other = r.payload["curves"][1]["combined"]
+    if not any(abs(p["day"] - tau) < 1e-6 for p in other["points"]):
+        assert other["rmst"]["withheld"] and "shows no point" in other["rmst"]["reason"]
+
+
+def test_cumulative_incidence_with_competing_risks_equals_pooled_statsmodels(
+        federated: Settings, ask: Callable[[Query], Result]) -> None:
+    from statsmodels.duration.survfunc import CumIncidenceRight, survdiff
+
+    cause = ["RELAPSE", "PROGRESSION"]
+    q = Query(study_id=STUDY, statistic="cif", endpoint="efs", cause=cause, group_by=["sex"])
+    r = ask(q)
+    assert r.status == "released", r.reason
+    rows = pooled(federated, "SELECT efs_days, efs_event, first_event, sex, site_id FROM unit_patients")
+    t = np.array([a for a, *_ in rows], dtype=float)
+    e = np.array([b for _, b, *_ in rows], dtype=bool)
+    of_cause = np.array([c in cause for _, _, c, *_ in rows])
+    sex = np.array([x for *_, x, _ in rows])
+    site = np.array([x for *_, x in rows])
+    rounded, status = _on_grid(q, t, e, q.horizon_days)
+    status = np.where(status == 1, np.where(of_cause, 1, 2), 0)  # 1: the cause, 2: a competing first event
+    checked = 0
+    shown = [c for c in r.payload["curves"] if len(c["combined"]["points"]) > 1]
+    assert [c["group"] for c in shown] == [["M"], ["F"]]  # U: too few patients (and competing events) to show
+    for curve in shown:
+        at = sex == curve["group"][0]
+        ref = CumIncidenceRight(rounded[at], status[at])
+        points = curve["combined"]["points"]
+        for pt in points[1:]:
+            i = np.searchsorted(ref.times, pt["day"] + 1e-9, side="right") - 1
+            assert pt["incidence"] == pytest.approx(ref.cinc[0][i], abs=1e-12)
+            assert pt["competing"] == pytest.approx(ref.cinc[1][i], abs=1e-12)
+            assert pt["ci95"][0] < pt["incidence"] < pt["ci95"][1]
+            checked += 1
+    assert checked >= 6
+    # the cause-specific hazards compared: competing events censored, over the whole follow-up
+    test = r.payload["tests"]["logrank"]
+    assert [g[0] for g in test["groups"]] == ["M", "F"] and "cause-specific" in test["hazard"]
+    assert test["left_out"] == [["U"]]
+    keep = sex != "U"
+    rounded, status = _on_grid(q, t[keep], (e & of_cause)[keep], test["follow_up_days"])
+    chi2, p = survdiff(rounded, status, sex[keep])
+    assert test["chi2"] == pytest.approx(chi2, rel=1e-9) and test["p"] == pytest.approx(p, rel=1e-7)
+    chi2_s, _ = survdiff(rounded, status, sex[keep], strata=site[keep])
+    assert _stratified(federated, q, r)["chi2"] == pytest.approx(chi2_s, rel=1e-9)
 
 
 def test_logistic_regression_equals_pooled_statsmodels(federated: Settings, ask: Callable[[Query], Result]) -> None:

@@ -79,12 +79,15 @@ def _points(at_risk: np.ndarray, events: np.ndarray, every: int = 1) -> list[dic
     return pts
 
 
-def test_median_and_its_interval_equal_statsmodels_on_a_curve_showing_every_step() -> None:
-    rng = np.random.default_rng(11)
-    t, e, group, stratum = _patients(rng, 900, 1, 1)
+def _one_group(seed: int) -> tuple[np.ndarray, np.ndarray, SurvfuncRight]:
+    """900 patients' grid counts (one stratum, one group) and statsmodels' curve of the same patients on the grid."""
+    t, e, group, stratum = _patients(np.random.default_rng(seed), 900, 1, 1)
     n, d = _counts(t, e, group, stratum, 1, 1)
-    rounded, status = _on_grid(t, e)
-    sf = SurvfuncRight(rounded, status)
+    return n, d, SurvfuncRight(*_on_grid(t, e))
+
+
+def test_median_and_its_interval_equal_statsmodels_on_a_curve_showing_every_step() -> None:
+    n, d, sf = _one_group(11)
     median = median_from_points(_points(n[0, 0], d[0, 0]))
     # the first time the curve is at or below 0.5 (R's survfit; statsmodels' quantile takes < 0.5)
     assert median["day"] == sf.surv_times[np.flatnonzero(sf.surv_prob <= 0.5)[0]]
@@ -106,3 +109,46 @@ def test_a_coarser_curve_moves_the_median_to_its_next_point_and_never_before_the
 def test_a_median_not_reached_is_none() -> None:
     pts = [{"day": 0.0, "survival": 1.0, "ci95": [1.0, 1.0]}, {"day": 30.0, "survival": 0.8, "ci95": [0.7, 0.9]}]
     assert median_from_points(pts) == {"day": None, "ci95": [None, None]}
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_aalen_johansen_on_grid_counts_equals_statsmodels_cumincidence(seed: int) -> None:
+    from statsmodels.duration.survfunc import CumIncidenceRight
+
+    from federation.query.central.survival import aalen_johansen
+
+    rng = np.random.default_rng(seed)
+    t, e, _, _ = _patients(rng, 800, 1, 1)
+    cause = np.where(e, rng.choice([1, 2], len(t), p=[0.7, 0.3]), 0)  # 1: relapse, 2: death in remission
+    n, d_all, _ = km_grid_counts(t, e, GRID)
+    rounded, status = _on_grid(t, e)
+    status = np.where(status == 1, cause, 0)
+    ref = CumIncidenceRight(rounded, status)
+    for c in (1, 2):
+        d = km_grid_counts(t, cause == c, GRID)[1]
+        f, var = aalen_johansen(n, d_all, d)
+        at = np.searchsorted(ref.times, GRID[1:] + 1e-9, side="right") - 1  # the last pooled time at each grid point
+        shown = at >= 0
+        assert np.allclose(f[shown], ref.cinc[c - 1][at[shown]], rtol=0, atol=1e-12)
+        assert np.allclose(np.sqrt(var[shown]), ref.cinc_se[c - 1][at[shown]], rtol=0, atol=1e-12)
+    both = [aalen_johansen(n, d_all, km_grid_counts(t, cause == c, GRID)[1])[0] for c in (1, 2)]
+    surv, _ = km_from_counts(n, d_all)
+    assert np.allclose(both[0] + both[1], 1 - surv)  # the causes share out exactly what the survival loses
+
+
+def test_restricted_mean_on_grid_counts_equals_the_area_under_statsmodels_curve() -> None:
+    from federation.query.central.survival import restricted_mean
+
+    n, d, sf = _one_group(21)
+    for months in (12, 37, 60, 120):
+        tau = GRID[months]
+        value, var = restricted_mean(n[0, 0], d[0, 0], GRID[1], months)
+        # the pooled curve integrated up to tau, and the variance from its own risk sets and events
+        times = np.concatenate([[0.0], sf.surv_times[sf.surv_times < tau], [tau]])
+        levels = np.concatenate([[1.0], sf.surv_prob[sf.surv_times < tau]])
+        assert value == pytest.approx(float(np.sum(np.diff(times) * levels)), rel=1e-12)
+        before = sf.surv_times <= tau
+        areas = [float(np.sum(np.diff(times)[i + 1:] * levels[i + 1:])) for i in range(int(before.sum()))]
+        nr, ne = sf.n_risk[before], sf.n_events[before]
+        expected = sum(a * a * dd / (nn * (nn - dd)) for a, nn, dd in zip(areas, nr, ne, strict=True) if nn > dd)
+        assert var == pytest.approx(expected, rel=1e-9)

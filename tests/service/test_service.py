@@ -85,14 +85,15 @@ def test_a_node_that_is_down_gives_that_sites_error_and_partial_still_works(fede
     client = Client(fed.url, fed.token("analyst"))
     fed.stop_node("site-f")
     try:
-        # a plain count: grouped by sex, the partial result minus an earlier all-site result by sex in the shared
-        # history (another test's) is site-f's counts by sex, whose small cells the differencing guard rightly
-        # refuses; whether such a result is in the history depended on test order
-        refused = client.query(STUDY).result
+        # a plain count of treatments: the partial result minus earlier all-site results in the shared history
+        # (other tests') is site-f's part, whose small cells the differencing guard rightly refuses; whether such
+        # results are in the history depends on test order, and no other node test counts treatments (the
+        # history is kept per study and table)
+        refused = client.query(STUDY, table="treatments").result
         assert refused.status == "refused" and "site-f" in refused.reason and "not connected" in refused.reason
-        partial = client.query(STUDY, allow_partial=True).result
+        partial = client.query(STUDY, table="treatments", allow_partial=True).result
         assert partial.status == "released" and "site-f" in partial.excluded, partial.reason
-        total = pooled(federated, "SELECT count(*) FROM patients WHERE site_id <> 'site-f'")[0][0]
+        total = pooled(federated, "SELECT count(*) FROM treatments WHERE site_id <> 'site-f'")[0][0]
         assert partial.payload["total"]["combined"] == total
     finally:
         fed.start_node("site-f")
@@ -202,6 +203,12 @@ def test_cli_query_through_the_service_and_nothing_the_analyst_configures_counts
                  str(tmp_path / "km.png")]) == 0
     out = capsys.readouterr().out
     assert "Kaplan-Meier EFS" in out and "audit entry #" in out and (tmp_path / "km.png").stat().st_size > 10_000
+    assert "log-rank test of FAVORABLE, UNFAVORABLE: chi2 = " in out and "median event-free survival" in out
+    assert main([*base, "--stat", "cif", "--endpoint", "efs", "--cause", "RELAPSE", "--cause", "PROGRESSION",
+                 "--horizon-days", "1826.25", "--plot", str(tmp_path / "cif.png")]) == 0
+    out = capsys.readouterr().out
+    assert "cumulative incidence of RELAPSE/PROGRESSION" in out and "competing" in out
+    assert (tmp_path / "cif.png").stat().st_size > 10_000
     # an analyst's own laxer policy and audit log are not read by anything the analyst runs
     lax = tmp_path / "lax-policy.yaml"
     lax.write_text("disclosure: {min_cell: 2}\ncolumns: {default: {patients: [pid, death_day, sex]}}\n")

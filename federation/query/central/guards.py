@@ -269,7 +269,7 @@ def withhold_time(payload: dict[str, Any], part: Footprint) -> bool:
     at risk at its day (`time >= t`; risk table and points), or the point at its day (`event and time < t`:
     the next step then spans two intervals, and the events before it are no longer pinned down). False
     for anything else (the query is refused instead)."""
-    if payload.get("statistic") != "km":
+    if payload.get("statistic") not in ("km", "cif"):
         return False
     split = {f.op: float(f.value) for f in part.split() if f.op in (">=", "<")}
     if not split:

@@ -269,7 +269,7 @@ def released_splits(q: Query, payload: dict[str, Any], hidden: list[list[Any]]) 
         return [part(q.outcome)]
     if kind == "cox":
         return [part(Filter(column=f"{q.endpoint}_event", op="==", value=True))]
-    if kind == "km" and isinstance(payload.get("curves"), list):
+    if kind in CURVES and isinstance(payload.get("curves"), list):
         return km_splits(q, payload)
     return []
 
@@ -319,6 +319,11 @@ def km_splits(q: Query, payload: dict[str, Any]) -> list[dict[str, Any]]:
     out += [{"split": [Filter(column=event, op="==", value=True).model_dump(mode="json"),
                        Filter(column=time, op="<", value=day).model_dump(mode="json")], "hidden": not_shown(shown)}
             for day, shown in sorted(points.items())]
+    if payload.get("statistic") == "cif":  # and the events of the cause before each such point
+        out += [{"split": [Filter(column=event, op="==", value=True).model_dump(mode="json"),
+                           Filter(column="first_event", op="in", value=list(q.cause)).model_dump(mode="json"),
+                           Filter(column=time, op="<", value=day).model_dump(mode="json")], "hidden": not_shown(shown)}
+                for day, shown in sorted(points.items())]
     return out
 
 
@@ -366,7 +371,7 @@ def released_cells(payload: dict[str, Any]) -> tuple[list[list[str]], list[list[
                 levels.append([])
             cell([], [], payload["total"])
         return levels, hidden
-    if kind == "km" and isinstance(payload.get("curves"), list):
+    if kind in CURVES and isinstance(payload.get("curves"), list):
         # a curve shows its group's count (the number at risk at day 0, or through its steps and intervals)
         # unless it is withheld, or stops at day 0 with that number hidden
         for curve in payload["curves"]:
@@ -383,6 +388,7 @@ def released_cells(payload: dict[str, Any]) -> tuple[list[list[str]], list[list[
                        "released", "report this to the consortium's data team")
 
 
+CURVES = ("km", "cif")  # results of curves by group, with numbers at risk (Kaplan-Meier, cumulative incidence)
 ROW_STATISTICS = ("count", "sum", "mean", "variance", "sd", "proportion", "quantiles")  # rows of groups, a total
 
 

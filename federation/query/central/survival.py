@@ -75,3 +75,40 @@ def median_from_points(points: list[dict[str, Any]]) -> dict[str, Any]:
     lower = float(shown[inside[0]]["day"]) if inside else None
     upper = float(shown[inside[-1] + 1]["day"]) if inside and inside[-1] + 1 < len(shown) else None
     return {"day": median, "ci95": [lower, upper]}
+
+
+def aalen_johansen(at_risk: np.ndarray, events: np.ndarray, cause_events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The cumulative incidence of one cause at the end of each grid interval, with competing causes (the
+    other events), and its delta-method variance, as statsmodels' `CumIncidenceRight` computes them on the
+    pooled patients with every time at the end of its grid interval: F(t_j) = sum over i <= j of
+    S(t_i-1) d_c,i / n_i, with S the Kaplan-Meier estimate of being free of any event."""
+    n = np.asarray(at_risk, dtype=float)
+    d_all = np.asarray(events, dtype=float)
+    d = np.asarray(cause_events, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        surv = np.cumprod(np.where(n > 0, 1 - d_all / n, 1.0))
+        before = np.concatenate([[1.0], surv[:-1]])
+        s0 = np.where(n > 0, before / n, 0.0)  # S(t_i-1) / n_i
+        f = np.cumsum(s0 * d)
+        ra = np.where((n > 0) & (n > d_all), d_all / (n * (n - d_all)), 0.0)
+        var = f ** 2 * np.cumsum(ra) - 2 * f * np.cumsum(f * ra) + np.cumsum(f ** 2 * ra)
+        var += np.cumsum(s0 ** 2 * np.where(n > 0, (n - d) * d / n, 0.0))
+        rb = np.where(n > 0, s0 * d / n, 0.0)
+        var += -2 * f * np.cumsum(rb) + 2 * np.cumsum(f * rb)
+    return f, np.maximum(var, 0.0)
+
+
+def restricted_mean(at_risk: np.ndarray, events: np.ndarray, width: float, intervals: int) -> tuple[float, float]:
+    """The restricted mean survival time to the end of the first `intervals` grid intervals (each `width`
+    days; events tied at an interval's end) and its variance: the area under the Kaplan-Meier step curve,
+    sum over intervals i of width x S(start of i), and sum over intervals j of A_j^2 d_j / (n_j (n_j - d_j)),
+    A_j the area from the end of j to the horizon (Klein and Moeschberger 4.5; R's survRM2)."""
+    n = np.asarray(at_risk, dtype=float)[:intervals]
+    d = np.asarray(events, dtype=float)[:intervals]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        surv = np.cumprod(np.where(n > 0, 1 - d / n, 1.0))
+        term = np.where((n > 0) & (n > d), d / (n * (n - d)), 0.0)
+    level = np.concatenate([[1.0], surv[:-1]])  # the curve's level during each interval
+    area = width * level
+    after = np.concatenate([np.cumsum(area[::-1])[::-1][1:], [0.0]])  # from the end of interval j to the horizon
+    return float(area.sum()), float(np.sum(after ** 2 * term))

@@ -132,6 +132,7 @@ class KmGroup(Answer):
     at_risk: list[int]
     events: list[int]
     censored: list[int]
+    cause_events: list[int] | None = None  # of the events, those whose first event is of the asked cause
 
 
 class KmIntervals(Answer):
@@ -543,6 +544,14 @@ class KmCounts(Grouped):
     endpoint: Literal["efs", "os"] = "os"
     grid_days: float = Field(ge=1.0)
     horizon_days: float = Field(gt=0)
+    cause: list[str] | None = Field(default=None, min_length=1, max_length=10)  # efs: first events of interest
+
+    def uses(self) -> list[tuple[str, str, set[str] | None, str]]:
+        return super().uses() + ([("first_event", "the cause of an event", GROUPABLE, self.table)]
+                                 if self.cause else [])
+
+    def compared(self) -> list[tuple[str, str, str, object]]:
+        return super().compared() + ([(self.table, "first_event", "in", self.cause)] if self.cause else [])
 
     def grid(self) -> np.ndarray:
         if self.horizon_days / self.grid_days > MAX_GRID_INTERVALS:
@@ -554,9 +563,12 @@ class KmCounts(Grouped):
         grid = self.grid()
         frm, params = self.frm()
         time_col, event_col = f"{self.endpoint}_days", f"{self.endpoint}_event"
+        if self.cause and self.endpoint != "efs":
+            raise QueryRefused("causes are those of the first event: ask them with the efs endpoint")
         sel, _ = group_select(self.dims)
-        data = ctx.data.arrays(f"SELECT {sel}{time_col} AS t, {event_col} AS e {frm} AND {time_col} IS NOT NULL",
-                               params)
+        cause = ", first_event AS c" if self.cause else ""
+        data = ctx.data.arrays(f"SELECT {sel}{time_col} AS t, {event_col} AS e{cause} {frm} AND {time_col} IS NOT "
+                               "NULL", params)
         groups: dict[tuple[Label, ...], list[int]] = {}
         gcols = [data[g] for g in self.dims]
         for i in range(len(data["t"])):
@@ -566,8 +578,12 @@ class KmCounts(Grouped):
             t = np.asarray(data["t"][idx], dtype=float)
             e = np.asarray(data["e"][idx], dtype=bool)
             at_risk, events, censored = estimating.km_grid_counts(t, e, grid)
+            of_cause = None
+            if self.cause:
+                mine = e & np.isin(np.asarray(data["c"][idx], dtype=object), self.cause)
+                of_cause = estimating.km_grid_counts(t, mine, grid)[1].tolist()
             out.append(KmGroup(key=list(key), at_risk=at_risk.tolist(), events=events.tolist(),
-                               censored=censored.tolist()))
+                               censored=censored.tolist(), cause_events=of_cause))
         return KmIntervals(groups=out)
 
 

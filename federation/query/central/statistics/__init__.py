@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from federation.query.central.statistics import counts, km, moments, proportion, quantiles, regression
+from federation.query.central.statistics import cif, counts, km, moments, proportion, quantiles, regression
 from federation.query.central.statistics.base import Statistic
 
-__all__ = ["Statistic", "counts", "km", "moments", "proportion", "quantiles", "regression"]
+__all__ = ["Statistic", "cif", "counts", "km", "moments", "proportion", "quantiles", "regression"]

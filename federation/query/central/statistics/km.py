@@ -20,7 +20,7 @@ import numpy as np
 from federation.query.central.combine import km_from_counts, log_log_ci
 from federation.query.central.statistics.base import SharedSuppressionGuard, Statistic, count_table, group_keys
 from federation.query.central.statistics.counts import check_filters
-from federation.query.central.survival import logrank, median_from_points
+from federation.query.central.survival import logrank, median_from_points, restricted_mean
 from federation.query.columns import EmptyCellGuard, check_km_grid
 from federation.query.guard import Guard, QueryRefused
 from federation.query.model import Query
@@ -30,7 +30,7 @@ from federation.query.site.summaries import MAX_GRID_INTERVALS, Answer, KmCounts
 if TYPE_CHECKING:
     from federation.query.central.runner import Context
 
-Parts = tuple[np.ndarray, np.ndarray, np.ndarray]
+Parts = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # at risk, events, censored, events of the cause
 
 
 class KaplanMeier(Statistic):
@@ -65,11 +65,15 @@ class KaplanMeier(Statistic):
         for site, (km,) in answers.items():
             assert isinstance(km, KmIntervals)
             self.counts[site] = {tuple(g.key): (np.asarray(g.at_risk, int), np.asarray(g.events, int),
-                                                np.asarray(g.censored, int)) for g in km.groups}
-            per_site[site] = {key: (a[:n_int], e[:n_int], c[:n_int]) for key, (a, e, c) in self.counts[site].items()}
+                                                np.asarray(g.censored, int),
+                                                np.asarray(g.cause_events if g.cause_events is not None
+                                                           else np.zeros(len(g.events)), int))
+                                 for g in km.groups}
+            per_site[site] = {key: (a[:n_int], e[:n_int], c[:n_int], ce[:n_int])
+                              for key, (a, e, c, ce) in self.counts[site].items()}
         keys = self.keys = group_keys(ctx, {key for c in per_site.values() for key in c})
         names = ctx.sites
-        zero = (np.zeros(n_int, int), np.zeros(n_int, int), np.zeros(n_int, int))
+        zero = (np.zeros(n_int, int),) * 4
         k = ctx.k
         empty_small = EmptyCellGuard.enabled()  # no one at risk is shown like 1..k-1 at risk
         # the number at risk at day 0 is each group's count: hidden at least where the count of the same
@@ -81,9 +85,9 @@ class KaplanMeier(Statistic):
         curves = []
         for r, key in enumerate(keys):
             parts = {s: per_site[s].get(key, zero) for s in names}
-            at_risk = np.asarray(sum(p[0] for p in parts.values()))
-            events = np.asarray(sum(p[1] for p in parts.values()))
-            common = common_points({s: (parts[s][0], parts[s][1]) for s in names}, ctx.thresholds)
+            summed: Parts = tuple(np.asarray(sum(p[i] for p in parts.values())) for i in range(4))  # type: ignore[assignment]
+            at_risk = summed[0]
+            common = common_points({s: self.series(parts[s]) for s in names}, ctx.thresholds)
             # a number at risk (a site's, or the combined one) is shown only where every site's is at least its k
             # (or 0, with the empty-cell guard off): then neither a site insider, nor two site selections (all
             # sites, all but one), nor the per-site curves with the combined one can leave 0..k-1 patients at risk
@@ -92,43 +96,83 @@ class KaplanMeier(Statistic):
                               for s in names)}
             if not SiteRiskGuard.enabled():
                 risk_ok = set(range(n_int))
-            combined = release_curve(at_risk, events, grid, k, risk_ok=risk_ok)
+            combined = self.curve(summed, grid, k, risk_ok=risk_ok)
             combined["risk_table"] = risk_table(at_risk, grid, k, risk_ok=risk_ok)
             site_curves = {s: dict(WITHHELD) if hidden[i, r] else
-                           release_curve(parts[s][0], parts[s][1], grid, ctx.thresholds[s].min_cell, only=common,
-                                         risk_ok=risk_ok) for i, s in enumerate(names)}
+                           self.curve(parts[s], grid, ctx.thresholds[s].min_cell, only=common, risk_ok=risk_ok)
+                           for i, s in enumerate(names)}
             if hidden[len(names), r]:
                 combined = {**WITHHELD, "risk_table": risk_table(at_risk, grid, k, risk_ok=set())}
             curves.append({"group": list(key), "combined": combined, "per_site": site_curves})
-        ctx.result.notes.append(
-            f"Kaplan-Meier on a grid of {q.grid_days:g} days: per interval, sites return the number at risk, events "
-            "and censorings; the combined curve equals the pooled estimate on this grid. A point is released only "
-            f"with at least {k} at risk and at least {k} events since the previous released point.")
-        return {"statistic": "km", "endpoint": q.endpoint, "grid_days": q.grid_days, "dims": q.group_by,
-                "curves": curves}
+        ctx.result.notes.append(self.note(q, k))
+        return {"statistic": q.statistic, "endpoint": q.endpoint, "grid_days": q.grid_days, "dims": q.group_by,
+                **({"cause": q.cause} if q.statistic == "cif" else {}), "curves": curves}
+
+    def series(self, parts: Parts) -> tuple[np.ndarray, ...]:
+        """A site's number at risk and the event counts whose steps a curve shows (for `common_points`)."""
+        return parts[0], parts[1]
+
+    def curve(self, parts: Parts, grid: np.ndarray, k: int, only: set[int] | None = None,
+              risk_ok: set[int] | None = None) -> dict[str, Any]:
+        return release_curve(parts[0], parts[1], grid, k, only=only, risk_ok=risk_ok)
+
+    def note(self, q: Query, k: int) -> str:
+        return (f"Kaplan-Meier on a grid of {q.grid_days:g} days: per interval, sites return the number at risk, "
+                "events and censorings; the combined curve equals the pooled estimate on this grid. A point is "
+                f"released only with at least {k} at risk and at least {k} events since the previous released point.")
+
+    def test_events(self, parts: Parts) -> np.ndarray:
+        """The events a log-rank test counts (all events; a cumulative incidence's: those of its cause)."""
+        return parts[1]
 
     def finish(self, ctx: Context) -> None:
         """On the result as disclosure control left it: each shown curve's median from its own points, and the
         log-rank tests of the groups whose combined curves are shown."""
         payload = ctx.result.payload
-        for curve in payload["curves"]:
+        for r, curve in enumerate(payload["curves"]):
             for value in [curve["combined"], *curve["per_site"].values()]:
                 if not curve_hidden(value):
                     value["median"] = median_from_points(value["points"])
+            if not curve_hidden(curve["combined"]):
+                curve["combined"]["rmst"] = self.rmst(ctx, self.keys[r], curve["combined"]["points"])
         if ctx.query.group_by:
             payload["tests"] = self.tests(ctx)
+
+    def rmst(self, ctx: Context, key: tuple[Any, ...], points: list[dict[str, Any]]) -> dict[str, Any]:
+        """The restricted mean survival time of a combined curve to the query's horizon, from the grid counts;
+        only where the curve shows a point at the horizon (after its last point, a tail of 1..k-1 events would
+        show in the area, and a horizon moved month by month would give the curve between its points)."""
+        q = ctx.query
+        tau = q.horizon_days
+        intervals = int(round(tau / q.grid_days))
+        shown = [float(p["day"]) for p in points]
+        at_point = any(abs(d - tau) < 1e-6 for d in shown) and abs(intervals * q.grid_days - tau) < 1e-6
+        if not at_point and RmstAtPointGuard.enabled():
+            near = sorted(shown[1:], key=lambda d: abs(d - tau))[:2]
+            return {"horizon_days": tau, "withheld": True,
+                    "reason": f"the curve shows no point at day {tau:g}" + (
+                        "; ask with the horizon at a day it shows, e.g. " + " or ".join(f"{d:g}" for d in sorted(near))
+                        if near else "")}
+        zero = (np.zeros(1, int),) * 4
+        parts = [self.counts[s].get(key, zero) for s in ctx.sites]
+        width = max((len(p[0]) for p in parts), default=0)
+        at_risk = sum((np.pad(p[0], (0, width - len(p[0]))) for p in parts), np.zeros(width, int))
+        events = sum((np.pad(p[1], (0, width - len(p[1]))) for p in parts), np.zeros(width, int))
+        value, var = restricted_mean(at_risk, events, q.grid_days, min(intervals, width))
+        half = 1.959963984540054 * float(np.sqrt(var))
+        return {"horizon_days": tau, "days": value, "se": float(np.sqrt(var)), "ci95": [value - half, value + half]}
 
     def tests(self, ctx: Context) -> dict[str, Any]:
         q = ctx.query
         curves = ctx.result.payload["curves"]
         names = ctx.sites
         n_int = len(np.arange(0.0, (self.test_horizon or q.horizon_days) + q.grid_days, q.grid_days)) - 1
-        zero = np.zeros(n_int, int)
+        zero = (np.zeros(n_int, int),) * 4
         if ShownGroupsGuard.enabled():
             chosen = [r for r, c in enumerate(curves) if not curve_hidden(c["combined"])]
         else:
             chosen = [r for r, key in enumerate(self.keys)
-                      if any(self.counts[s].get(key, (zero,))[0][:1].sum() for s in names)]
+                      if any(self.counts[s].get(key, zero)[0][:1].sum() for s in names)]
         left_out = [curves[r]["group"] for r in range(len(curves)) if r not in chosen]
         about = {"groups": [curves[r]["group"] for r in chosen], "left_out": left_out,
                  "follow_up_days": self.test_horizon}
@@ -141,8 +185,8 @@ class KaplanMeier(Statistic):
             reason = "fewer than two groups have a curve shown"
             return {"logrank": {"withheld": True, "reason": reason, **about},
                     "logrank_stratified_by_site": {"withheld": True, "reason": reason, **about}}
-        at_risk = np.array([[self.counts[s].get(self.keys[r], (zero,))[0] for r in chosen] for s in names])
-        events = np.array([[self.counts[s].get(self.keys[r], (zero, zero))[1] for r in chosen] for s in names])
+        at_risk = np.array([[self.counts[s].get(self.keys[r], zero)[0] for r in chosen] for s in names])
+        events = np.array([[self.test_events(self.counts[s].get(self.keys[r], zero)) for r in chosen] for s in names])
         plain = logrank(at_risk.sum(axis=0, keepdims=True), events.sum(axis=0, keepdims=True))
         out: dict[str, Any] = {"logrank": {"chi2": plain.chi2, "df": plain.df, "p": plain.p, **about}}
         # stratified by site: a scalar over every site's groups like the unstratified one (no count of a site
@@ -166,6 +210,10 @@ class SiteRiskGuard(Guard):
 
 class WholeFollowUpGuard(Guard):
     """A survival test covers the whole follow-up to the policy's longest horizon, whatever the curve's horizon."""
+
+
+class RmstAtPointGuard(Guard):
+    """A restricted mean survival time is given only at a time its curve shows (no tail of a few events)."""
 
 
 class ShownGroupsGuard(Guard):
@@ -205,21 +253,22 @@ def risk_table(at_risk: np.ndarray, grid: np.ndarray, k: int, every_days: float 
     return out
 
 
-def common_points(parts: dict[str, tuple[np.ndarray, np.ndarray]], thresholds: dict[str, EffectiveThresholds]
-                  ) -> set[int]:
-    """Grid points where every site's curve may be shown (so sites cannot be subtracted from the combined)."""
+def common_points(parts: dict[str, tuple[np.ndarray, ...]], thresholds: dict[str, EffectiveThresholds]) -> set[int]:
+    """Grid points where every site's curve may be shown (so sites cannot be subtracted from the combined): per
+    site, its number at risk and one or more event counts whose steps the curve shows (each at least k since
+    the last such point)."""
     n_int = len(next(iter(parts.values()))[0])
     ok: set[int] = set()
-    since = {s: 0 for s in parts}
+    since = {s: [0] * (len(p) - 1) for s, p in parts.items()}
+    empty_ok = not EmptyCellGuard.enabled()  # with it on, no event since is as few as 1..k-1
     for j in range(n_int):
-        for s, (_, ev) in parts.items():
-            since[s] += int(ev[j])
-        empty_ok = not EmptyCellGuard.enabled()  # with it on, no event since is as few as 1..k-1
-        if all(parts[s][0][j] >= thresholds[s].min_cell and ((since[s] == 0 and empty_ok)
-                                                             or since[s] >= thresholds[s].min_cell)
+        for s, (_, *series) in parts.items():
+            since[s] = [n + int(ev[j]) for n, ev in zip(since[s], series, strict=True)]
+        if all(parts[s][0][j] >= thresholds[s].min_cell and all((n == 0 and empty_ok) or n >= thresholds[s].min_cell
+                                                                for n in since[s])
                for s in parts):
             ok.add(j)
-            since = {s: 0 for s in parts}
+            since = {s: [0] * len(v) for s, v in since.items()}
     return ok
 
 
