@@ -189,7 +189,9 @@ def _build_parser() -> argparse.ArgumentParser:
             "      --covariate age_at_diagnosis_years --covariate enrollment_year"),
     )
     qp.add_argument("--study", required=True, help="study id")
-    qp.add_argument("--table", default="patients", choices=["patients", "adverse_events", "treatments"],
+    from federation.query.model import UNIT_TABLES
+
+    qp.add_argument("--table", default="patients", choices=list(UNIT_TABLES),
                     help="unit of analysis: patients (with diagnosis and outcome), or one row per event")
     qp.add_argument("--stat", default="count",
                     choices=["count", "crosstab", "sum", "mean", "variance", "quantiles", "proportion", "km",

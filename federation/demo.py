@@ -34,6 +34,7 @@ from federation.synth import synthesize
 from federation.validation.runner import ValidationRequest, validate_export
 
 DEMO_STUDY = "PONC-WT-01"
+V2_STUDY = "PONC-NB-03"
 AS_OF = dt.date(2025, 6, 30)
 
 
@@ -46,6 +47,9 @@ def run_demo(workdir: Path, n_sites: int = 5, patients: int = 300) -> int:
     print(f"[1/5] synthesizing exports of {n_sites} sites for {DEMO_STUDY} into {exports} "
           "(site-b gets injected errors)")
     written = synthesize(exports, n_sites, DEMO_STUDY, patients, AS_OF, seed=42, error_sites=["site-b"])
+    print(f"  and site-a's export of {V2_STUDY}, a study on data dictionary v2 (molecular markers, agent classes, "
+          "late effects, quality of life)")
+    v2 = synthesize(workdir / "exports-v2", 1, V2_STUDY, 2 * patients, AS_OF, seed=43)[0]
 
     print("[2/5] each site checks its export locally with the consortium rules (Great Expectations)")
     for w in written:
@@ -68,6 +72,9 @@ def run_demo(workdir: Path, n_sites: int = 5, patients: int = 300) -> int:
         m = upload_export(store, settings.storage, w.site.site_id, DEMO_STUDY, "1", w.folder,
                           now=dt.datetime.combine(AS_OF, dt.time(12), tzinfo=dt.UTC))
         print(f"  {w.site.site_id:<7} upload {m.upload_id}: {len(m.files)} files + manifest")
+    m = upload_export(store, settings.storage, v2.site.site_id, V2_STUDY, "2", v2.folder,
+                      now=dt.datetime.combine(AS_OF, dt.time(12), tzinfo=dt.UTC))
+    print(f"  {v2.site.site_id:<7} upload {m.upload_id}: {len(m.files)} files + manifest ({V2_STUDY}, dictionary v2)")
 
     print("[4/5] running the Airflow DAG site_ingest (dag.test(), SQLite metadata DB) ...")
     result = run_dag(workdir / "airflow", "site_ingest", {"FEDERATION_CONFIG": str(settings_file)})
@@ -75,10 +82,11 @@ def run_demo(workdir: Path, n_sites: int = 5, patients: int = 300) -> int:
     print(f"  DAG run {result['state']}; tasks: " + ", ".join(f"{k} {v}" for k, v in tasks.items()))
     print()
     print(f"{'site':<8} {'status':<12} {'rows':>8}  version / report")
-    for e in sorted(read_catalog(store, settings), key=lambda e: e.site_id):
+    for e in sorted(read_catalog(store, settings), key=lambda e: (e.study_id != DEMO_STUDY, e.site_id)):
         rows = sum(e.rows.values())
         where = e.version_id if e.status == "published" else ""
-        print(f"{e.site_id:<8} {e.status:<12} {rows:>8,}  {where}")
+        print(f"{e.site_id:<8} {e.status:<12} {rows:>8,}  {where}" + (f" ({e.study_id})" if e.study_id != DEMO_STUDY
+                                                                     else ""))
         if e.status != "published":
             print(f"{'':<8} {e.message}")
             print(f"{'':<8} report: {settings.storage.root / e.report}")
@@ -88,7 +96,7 @@ def run_demo(workdir: Path, n_sites: int = 5, patients: int = 300) -> int:
           f"upload catalog: `federation uploads --config {settings_file}`")
 
     print()
-    published = sorted(e.site_id for e in read_catalog(store, settings) if e.status == "published")
+    published = sorted({e.site_id for e in read_catalog(store, settings) if e.status == "published"})
     print(f"[5/5] starting the query service and one node per site ({', '.join(published)}) on 127.0.0.1 ...")
     with LocalFederation(workdir / "federation", {site: settings_file for site in published},
                          analysts=("demo-analyst", "consortium-report")) as fed:
@@ -113,6 +121,21 @@ def run_demo(workdir: Path, n_sites: int = 5, patients: int = 300) -> int:
             if q.statistic == "mean":  # combined rows only, to keep the demo short
                 text = [line for line in text if "site-" not in line or line.startswith("versions")]
             print("\n".join(text))
+        print()
+        print(f"{V2_STUDY} (dictionary v2, site-a beside the v1 sites): event-free survival by MYCN status, and "
+              "the cumulative incidence of relapse or progression with the other first events (death, second "
+              "cancers) competing:")
+        km = analyst.query(Query(study_id=V2_STUDY, statistic="km", endpoint="efs", group_by=["mycn_status"]))
+        print("\n".join(line for line in to_text(km.result).splitlines()
+                        if line.startswith(("median", "log-rank", "REFUSED"))))
+        if km.status == "released":
+            km.plot(workdir / "efs-by-mycn.png")
+        cif = analyst.query(Query(study_id=V2_STUDY, statistic="cif", endpoint="efs", cause=["RELAPSE", "PROGRESSION"],
+                                  horizon_days=1826.25))
+        print("\n".join(line for line in to_text(cif.result, max_rows=10).splitlines()
+                        if not line.lstrip().startswith(("site-", "note:", "versions:"))))
+        if cif.status == "released":
+            print(f"plots: {cif.plot(workdir / 'cif-relapse.png')}, {workdir / 'efs-by-mycn.png'}")
         check = Client(fed.url, fed.token("auditor")).audit_verify()
         print()
         print(f"audit log: {check['entries']} signed entries; checked against the chain heads recorded by "

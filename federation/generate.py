@@ -47,7 +47,8 @@ def render_docs(dictionary: Dictionary) -> str:
         for col in table.columns.values():
             rule = col.description
             if col.codes:
-                rule = (rule + "; " if rule else "") + "codes: " + ", ".join(f"`{c}`" for c in col.codes)
+                source = f" (code list `{col.codes_file.split(':')[0]}`)" if col.codes_file else ""
+                rule = (rule + "; " if rule else "") + f"codes{source}: " + ", ".join(f"`{c}`" for c in col.codes)
             if col.converts:
                 rule += "; converted on input: " + ", ".join(f"`{k}`->`{c.to}`" for k, c in col.converts.items())
             if col.pattern:
@@ -57,12 +58,19 @@ def render_docs(dictionary: Dictionary) -> str:
         rules = dictionary.rules_for(tname)
         if rules:
             out += ["", f"Rules checked on {tname}:", ""]
-            out += [f"- `{r.id}`{' (cross-table)' if r.cross_table else ''}: {r.message}" for r in rules]
+            out += [f"- `{r.id}`{' (cross-table)' if r.cross_table else ''}: {r.message}"
+                    + (f" (allowed {r.other} x {r.column} pairs: `{r.pairs_file}`, {len(r.pairs)} pairs: "
+                       + ", ".join(f"{a} {b}" for a, b in r.pairs) + ")" if r.kind == "pair_in" else "")
+                    for r in rules]
     out += ["", "## Harmonized layer (Parquet)", "",
             "Every harmonized table starts with: " + ", ".join(f"`{c.name}`" for c in dictionary.harmonized.common),
             ""]
     for hname, cols in dictionary.harmonized.tables.items():
-        out.append(f"- **{hname}**: " + ", ".join(f"`{c.name}` ({c.type})" for c in cols))
+        out.append(f"- **{hname}**: " + ", ".join(
+            f"`{c.name}` ({c.type}" + (f", from {c.derived.split(':')[1].split('->')[0]} by `{c.derived.split(':')[0]}`"
+                                      if c.mapping and c.derived else "")
+            + (f", status of {c.marker.gene} {c.marker.alteration} from biomarkers" if c.marker else "") + ")"
+            for c in cols))
     out += ["", "## Studies", "", "| study | title | arms | stages | accrual | optional tables |",
             "|---|---|---|---|---|---|"]
     for s in registry.studies:

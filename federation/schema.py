@@ -39,6 +39,7 @@ class Column(_Model):
     description: str = ""
     codes: list[str] | None = None
     codes_from: Literal["study.arms", "study.stages"] | None = None
+    codes_file: str | None = None  # "codelists/<file>.csv:<column>", beside the dictionary: the codes, as data
     extra_codes: list[str] = Field(default_factory=list)
     converts: dict[str, UnitConversion] = Field(default_factory=dict)
     pattern: str | None = None
@@ -67,6 +68,7 @@ class Condition(_Model):
     column: str
     equals: str | int | None = None
     not_equals: str | None = None
+    not_in: list[str] | None = None
     present: bool | None = None
 
     def describe(self) -> str:
@@ -74,12 +76,14 @@ class Condition(_Model):
             return f"{self.column} is {self.equals}"
         if self.not_equals is not None:
             return f"{self.column} is not {self.not_equals}"
+        if self.not_in is not None:
+            return f"{self.column} is none of {', '.join(self.not_in)}"
         return f"{self.column} is given"
 
 
 RuleKind = Literal[
     "required_if", "absent_unless", "not_before", "not_after", "references",
-    "has_row_in", "age_between", "value_in", "equals",
+    "has_row_in", "age_between", "value_in", "equals", "pair_in",
 ]
 
 
@@ -93,6 +97,8 @@ class Rule(_Model):
     values: list[str] | None = None
     min_years: float | None = None
     max_years: float | None = None
+    pairs_file: str | None = None  # pair_in: "codelists/<file>.csv" with the columns `other` and `column`
+    pairs: list[tuple[str, str]] = Field(default_factory=list)  # pair_in: (other, column) allowed, from pairs_file
     message: str
     hint: str
 
@@ -114,11 +120,25 @@ class Rule(_Model):
         return self.other_table is not None and self.other_table != self.table
 
 
+class Marker(_Model):
+    """A patient's status for one molecular alteration, derived from the biomarkers table at harmonization:
+    DETECTED if any sample shows it, else NOT_DETECTED if any was tested negative, else INDETERMINATE, else
+    NOT_TESTED; missing when the site sent no biomarkers table."""
+
+    gene: str
+    alteration: str
+
+
 class HarmonizedColumn(_Model):
     name: str
     type: str
     description: str = ""
     values: list[str] | None = None
+    marker: Marker | None = None  # patients: a marker status (v2)
+    # how a table harmonized from its declaration is made (tables added in v2): "col" (copied), "col->day"
+    # (a date as whole days since the patient's enrollment), "codelists/f.csv:a->b" (col a mapped by the list)
+    derived: str | None = None
+    mapping: dict[str, str] = Field(default_factory=dict)  # a code list's a -> b, read when loading
 
 
 class Harmonized(_Model):
@@ -207,14 +227,65 @@ def _read_yaml(path: Path) -> Any:
         return yaml.safe_load(fh)
 
 
+def read_codelist(folder: Path, ref: str) -> list[dict[str, str]]:
+    """The rows of a code list (`codelists/<file>.csv`, optionally `:<column>`) beside a dictionary."""
+    import csv
+
+    path = folder / ref.split(":", 1)[0]
+    if not path.is_file():
+        raise ConfigurationError(f"the code list {path} named in {folder / 'dictionary.yaml'} does not exist")
+    with path.open(encoding="utf-8", newline="") as fh:
+        rows = [{k: (v or "").strip() for k, v in row.items()} for row in csv.DictReader(fh)]
+    if not rows:
+        raise ConfigurationError(f"the code list {path} is empty")
+    return rows
+
+
+def _codes_of(folder: Path, ref: str) -> list[str]:
+    rows = read_codelist(folder, ref)
+    column = ref.split(":", 1)[1] if ":" in ref else next(iter(rows[0]))
+    if column not in rows[0]:
+        raise ConfigurationError(f"the code list {ref} has no column {column!r}")
+    return list(dict.fromkeys(r[column] for r in rows if r[column]))
+
+
+def _resolve_lists(raw: dict[str, Any], folder: Path) -> None:
+    """Fill in what the dictionary's code lists hold: a column's codes, a rule's allowed pairs, a harmonized
+    column's mapping (every code of its source column must map to one of its values)."""
+    for table in raw["tables"].values():
+        for col in table["columns"].values():
+            if col.get("codes_file"):
+                col["codes"] = _codes_of(folder, col["codes_file"])
+    for rule in raw.get("rules", []):
+        if rule.get("pairs_file"):
+            rows = read_codelist(folder, rule["pairs_file"])
+            first, second = rule["other"].split(".")[-1], rule["column"]
+            if first not in rows[0] or second not in rows[0]:
+                raise ConfigurationError(f"{rule['pairs_file']} needs the columns {first} and {second}")
+            rule["pairs"] = [(r[first], r[second]) for r in rows]
+    for cols in raw.get("harmonized", {}).get("tables", {}).values():
+        for col in cols:
+            derived = col.get("derived") or ""
+            if ":" in derived and "->" in derived:
+                ref, arrow = derived.split(":", 1)
+                a, b = arrow.split("->", 1)
+                rows = read_codelist(folder, ref)
+                col["mapping"] = {r[a]: r[b] for r in rows if r[b]}  # an empty one: unmapped, said below
+                outside = sorted(set(col["mapping"].values()) - set(col.get("values") or col["mapping"].values()))
+                if outside:
+                    raise ConfigurationError(f"{ref} maps to {outside}, not among {col['name']}'s values")
+
+
 @lru_cache(maxsize=8)
 def load_dictionary(version: str = "1", schemas_dir: Path = SCHEMAS_DIR) -> Dictionary:
-    """Load `schemas/v<version>/dictionary.yaml`, filling in table and column names."""
-    raw = _read_yaml(schemas_dir / f"v{version}" / "dictionary.yaml")
+    """Load `schemas/v<version>/dictionary.yaml`, filling in table and column names and its code lists."""
+    folder = schemas_dir / f"v{version}"
+    raw = _read_yaml(folder / "dictionary.yaml")
     for tname, table in raw["tables"].items():
         table["name"] = tname
         for cname, col in table["columns"].items():
             col["name"] = cname
+    _resolve_lists(raw, folder)
     dictionary = Dictionary.model_validate(raw)
     if dictionary.schema_version != version:
         raise ConfigurationError(
@@ -222,6 +293,17 @@ def load_dictionary(version: str = "1", schemas_dir: Path = SCHEMAS_DIR) -> Dict
         )
     for rule in dictionary.rules:
         _check_rule(dictionary, rule)
+    for tname, cols in dictionary.harmonized.tables.items():
+        for c in cols:
+            source = (c.derived or "").split(":")[-1].split("->")[0]
+            if c.derived and tname in dictionary.tables and source not in dictionary.tables[tname].columns:
+                raise ConfigurationError(f"harmonized {tname}.{c.name} is derived from {source!r}, not a column of "
+                                         f"{tname}")
+            if c.mapping:
+                codes = dictionary.tables[tname].columns[source].codes or []
+                unmapped = [x for x in codes if x not in c.mapping]
+                if unmapped:
+                    raise ConfigurationError(f"harmonized {tname}.{c.name}: no {c.name} for {unmapped}")
     return dictionary
 
 

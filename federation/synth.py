@@ -106,11 +106,37 @@ DISEASES: dict[str, dict[str, Any]] = {
                    "radiotherapy"],
     },
 }
+# dictionary v2 studies: molecular markers (prevalence among the study's patients, and the event rate when
+# DETECTED), today's agents, late effects (share of patients with each category) and quality of life
+DISEASES["PONC-NB-03"] = {
+    **DISEASES["PONC-NB-02"], "event_rate": 0.36, "death_given_event": 0.55, "stage_weights": [0.0, 0.12, 0.83, 0.05],
+    "agents": ["cisplatin", "etoposide", "vincristine", "cyclophosphamide", "carboplatin", "busulfan", "melphalan",
+               "surgery", "hsct", "radiotherapy", "dinutuximab", "isotretinoin"],
+    # (gene, alteration, method, prevalence, event rate if DETECTED, 0: no effect): MYCN amplification in about
+    # 40 % of high-risk neuroblastoma, with much worse event-free survival; ALK mutation about 10 %; 11q loss
+    # about 35 %; 1p loss about 25 %
+    "markers": [("MYCN", "AMPLIFICATION", "FISH", 0.40, 0.66), ("ALK", "MUTATION", "NGS_PANEL", 0.10, 0.0),
+                ("11q", "DELETION_LOH", "SNP_ARRAY", 0.35, 0.0), ("1p", "DELETION_LOH", "SNP_ARRAY", 0.25, 0.0)],
+    # category, share of patients, typical term, CTCAE grades: cisplatin ototoxicity is the commonest
+    "late_effects": [("HEARING", 0.45, "Hearing impaired", [1, 2, 3]), ("ENDOCRINE", 0.35, "Growth hormone deficiency",
+                                                                         [1, 2]),
+                     ("RENAL", 0.10, "Chronic kidney disease", [1, 2]), ("CARDIAC", 0.05, "Left ventricular "
+                                                                         "systolic dysfunction", [1, 2, 3]),
+                     ("SECOND_NEOPLASM", 0.03, "Myelodysplastic syndrome", [3, 4]),
+                     ("NEUROCOGNITIVE", 0.12, "Cognitive disturbance", [1, 2]),
+                     ("PULMONARY", 0.04, "Restrictive lung disease", [1, 2]),
+                     ("FERTILITY", 0.20, "Ovarian or testicular dysfunction", [1, 2, 3]),
+                     ("MUSCULOSKELETAL", 0.08, "Growth retardation of the spine", [1, 2]),
+                     ("OTHER", 0.05, "Dental anomalies", [1])],
+    "qol_mean": 72.0,
+}
 DOSES: dict[str, tuple[float, str]] = {
     "vincristine": (1.5, "mg/m2"), "dactinomycin": (45.0, "mcg"), "doxorubicin": (30.0, "mg/m2"),
     "cyclophosphamide": (1.2, "g"), "ifosfamide": (1800.0, "mg/m2"), "etoposide": (100.0, "mg/m2"),
     "carboplatin": (450.0, "mg/m2"), "cisplatin": (80.0, "mg/m2"), "irinotecan": (50.0, "mg/m2"),
-    "radiotherapy": (10.8, "Gy"),
+    "radiotherapy": (10.8, "Gy"), "busulfan": (3.2, "mg/kg"), "melphalan": (140.0, "mg/m2"),
+    "dinutuximab": (10.0, "mg/m2"), "isotretinoin": (160.0, "mg/m2"), "blinatumomab": (15.0, "mcg/m2"),
+    "hsct": (0.0, ""),
 }
 AE_TERMS = [
     ("Febrile neutropenia", "10016288"), ("Anemia", "10002272"), ("Vomiting", "10047700"),
@@ -141,7 +167,7 @@ def generate_site(study: Study, site_id: str, n_patients: int, as_of: dt.date, s
     stages = study.stages
     sw = np.asarray(d["stage_weights"][: len(stages)] + [0.05] * max(0, len(stages) - len(d["stage_weights"])))
     tables: dict[str, list[Row]] = {t: [] for t in ("patients", "diagnoses", "treatments", "adverse_events",
-                                                     "outcomes")}
+                                                     "outcomes", "biomarkers", "late_effects", "quality_of_life")}
     prefix = site_id.replace("site-", "").upper()
     for i in range(n_patients):
         pid = f"{prefix}{study.study_id[-2:]}-{i + 1:05d}"
@@ -169,7 +195,18 @@ def generate_site(study: Study, site_id: str, n_patients: int, as_of: dt.date, s
         last = enrol + _days(rng.integers(min(60, follow), follow + 1))
         outcome: Row = {"patient_id": pid, "last_contact_date": last, "vital_status": "ALIVE",
                         "death_date": None, "first_event": "NONE", "first_event_date": None}
-        if rng.random() < d["event_rate"]:
+        event_rate = d["event_rate"]
+        for gene, alteration, method, prevalence, rate in d.get("markers", []):
+            if rng.random() < 0.06:
+                continue  # not tested
+            found = rng.random() < prevalence
+            result = "INDETERMINATE" if rng.random() < 0.02 else "DETECTED" if found else "NOT_DETECTED"
+            if result == "DETECTED":
+                event_rate = max(event_rate, rate)
+            tables["biomarkers"].append({"patient_id": pid, "sample_date": diag, "gene": gene,
+                                         "alteration": alteration, "method": method, "result": result,
+                                         "variant": "F1174L" if gene == "ALK" and found else None})
+        if rng.random() < event_rate:
             event = str(rng.choice(EVENTS, p=[0.6, 0.2, 0.05, 0.15]))
             edate = enrol + _days(rng.integers(0, max((last - enrol).days, 1)))
             outcome.update(first_event=event, first_event_date=edate)
@@ -190,10 +227,32 @@ def generate_site(study: Study, site_id: str, n_patients: int, as_of: dt.date, s
             row: Row = {"patient_id": pid, "agent": agent, "start_date": start,
                         "end_date": min(start + _days(rng.integers(0, 120)), last) if rng.random() < 0.85 else None,
                         "dose": None, "dose_unit": None}
-            if agent != "surgery":
+            if agent not in ("surgery", "hsct"):
                 base, unit = DOSES[agent]
                 row.update(dose=round(base * float(rng.uniform(0.8, 1.2)), 2), dose_unit=unit)
             tables["treatments"].append(row)
+        therapy_end = t0 + _days(365)  # about a year of multimodal therapy
+        if therapy_end < last:
+            for category, share, term, grades in d.get("late_effects", []):
+                if rng.random() < share:
+                    onset = therapy_end + _days(rng.integers(0, max((last - therapy_end).days, 1)))
+                    tables["late_effects"].append({
+                        "patient_id": pid, "category": category, "term": term, "grade": int(rng.choice(grades)),
+                        "ototoxicity_grade": int(rng.integers(1, 5)) if category == "HEARING" else None,
+                        "onset_date": onset})
+        if "qol_mean" in d:
+            for point, offset in (("BASELINE", 7), ("ON_THERAPY", 180), ("END_OF_THERAPY", 380),
+                                  ("FOLLOW_UP_1Y", 745), ("FOLLOW_UP_2Y", 1110), ("FOLLOW_UP_5Y", 2190)):
+                when = enrol + _days(offset)
+                if when > last or rng.random() < 0.15:
+                    continue
+                # lowest during therapy, recovering after it
+                score = d["qol_mean"] + {"BASELINE": -4, "ON_THERAPY": -12, "END_OF_THERAPY": -10, "FOLLOW_UP_1Y": 0,
+                                         "FOLLOW_UP_2Y": 4, "FOLLOW_UP_5Y": 6}[point] + rng.normal(0, 12)
+                tables["quality_of_life"].append({
+                    "patient_id": pid, "assessment_date": when, "instrument": "PEDSQL_GENERIC",
+                    "respondent": "CHILD" if age > 7 and rng.random() < 0.7 else "PARENT_PROXY", "timepoint": point,
+                    "total_score": round(float(np.clip(score, 0, 100)), 1)})
         for _ in range(int(rng.poisson(ae_per_patient))):
             onset = enrol + _days(rng.integers(0, max((last - enrol).days, 1)))
             term, code = AE_TERMS[int(rng.integers(0, len(AE_TERMS)))]
@@ -423,6 +482,38 @@ def _unknown(t: dict[str, list[Row]], rng: np.random.Generator, s: Study, a: dt.
     t["patients"][0].setdefault("__header_expect", []).append(("comments", "unknown_column", "unknown_column"))
 
 
+@_injector("gene_alteration_not_allowed")
+def _bad_pair(t: dict[str, list[Row]], rng: np.random.Generator, s: Study, a: dt.date) -> None:
+    b = _pick(t["biomarkers"], rng, lambda r: r["gene"] == "MYCN")
+    b["alteration"] = "FUSION"
+    _mark(b, "alteration", "gene_alteration_allowed", "gene_alteration_not_allowed")
+
+
+@_injector("hearing_without_ototoxicity_grade")
+def _no_oto(t: dict[str, list[Row]], rng: np.random.Generator, s: Study, a: dt.date) -> None:
+    r = _pick(t["late_effects"], rng, lambda r: r["category"] == "HEARING")
+    r["ototoxicity_grade"] = None
+    _mark(r, "ototoxicity_grade", "ototoxicity_grade_required_if_hearing", "hearing_without_ototoxicity_grade")
+
+
+@_injector("late_effect_after_last_contact")
+def _late_after(t: dict[str, list[Row]], rng: np.random.Generator, s: Study, a: dt.date) -> None:
+    last = {o["patient_id"]: o["last_contact_date"] for o in t["outcomes"]}
+    r = _pick(t["late_effects"], rng, lambda r: r["category"] != "HEARING")
+    r["onset_date"] = last[r["patient_id"]] + _days(30)
+    _mark(r, "onset_date", "late_effect_not_after_last_contact", "late_effect_after_last_contact")
+
+
+@_injector("quality_of_life_out_of_range")
+def _qol_range(t: dict[str, list[Row]], rng: np.random.Generator, s: Study, a: dt.date) -> None:
+    r = _pick(t["quality_of_life"], rng)
+    r["total_score"] = 104.5
+    _mark(r, "total_score", "range", "quality_of_life_out_of_range")
+
+
+# the tables an injection needs beyond v1's (a study without them gets no such error)
+NEEDS = {"gene_alteration_not_allowed": "biomarkers", "hearing_without_ototoxicity_grade": "late_effects",
+         "late_effect_after_last_contact": "late_effects", "quality_of_life_out_of_range": "quality_of_life"}
 ERROR_KINDS = list(_INJECTORS)
 
 
@@ -430,6 +521,10 @@ def inject_errors(tables: dict[str, list[Row]], study: Study, as_of: dt.date, se
                   kinds: list[str] | None = None) -> None:
     rng = np.random.default_rng(seed + 7919)
     for kind in kinds or ERROR_KINDS:
+        if kind in NEEDS and NEEDS[kind] not in study.optional_tables:
+            if kinds:
+                raise ValueError(f"{kind} needs the table {NEEDS[kind]}, which {study.study_id} does not collect")
+            continue
         _INJECTORS[kind](tables, rng, study, as_of)
 
 

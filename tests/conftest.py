@@ -46,6 +46,16 @@ def broken_exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def broken_exports_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Exports of all six site styles of a dictionary v2 study (PONC-NB-03) with every error kind injected."""
+    from federation.synth import synthesize
+
+    out = tmp_path_factory.mktemp("broken-v2")
+    synthesize(out, 6, "PONC-NB-03", 100, AS_OF, seed=6, error_sites=["all"])
+    return out
+
+
 SITES = ["site-a", "site-b", "site-c", "site-d", "site-e", "site-f"]
 BUCKETS = ["landing", "reports", "harmonized", "pipeline"]
 

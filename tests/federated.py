@@ -11,9 +11,10 @@ import pytest
 
 from federation.ingest.landing import upload_export
 from federation.ingest.pipeline import ingest_all
+from federation.schema import load_registry
 from federation.settings import Settings
 from federation.storage import StorageConfig, open_store
-from federation.synth import synthesize
+from federation.synth import WrittenExport, synthesize
 
 STUDY = "PONC-WT-01"
 
@@ -40,11 +41,17 @@ def federated(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         age_days = 100 if i in (1, 2) else max((diag - dt.date.fromisoformat(r[birth])).days, 400)
         r[birth] = (diag - dt.timedelta(days=age_days)).isoformat()
     patients.write_text("\n".join([lines[0], *(",".join(r) for r in rows)]) + "\n")
+    return publish(root, written)
+
+
+def publish(root: Path, written: list[WrittenExport]) -> Settings:
+    """Upload synthetic exports (written under `root`/exports) and publish them on local storage under `root`."""
     settings = Settings(storage=StorageConfig(kind="local", root=root / "storage"),
                         sites_dir=root / "exports" / "sites", audit_log=root / "audit.jsonl")
     store = open_store(settings.storage)
     for w in written:
-        upload_export(store, settings.storage, w.site.site_id, STUDY, "1", w.folder,
+        version = load_registry().study(w.study_id).schema_version
+        upload_export(store, settings.storage, w.site.site_id, w.study_id, version, w.folder,
                       now=dt.datetime(2025, 6, 30, 12, tzinfo=dt.UTC))
     entries = ingest_all(settings, progress=lambda _m: None)
     assert {e.status for e in entries} == {"published"}, [e.message for e in entries]

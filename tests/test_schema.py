@@ -11,7 +11,7 @@ import pytest
 
 from federation.exceptions import ConfigurationError
 from federation.generate import derived_files, drift, harmonized_arrow_schema, write_derived
-from federation.paths import DOCS_DIR, EXPECTATIONS_DIR
+from federation.paths import DOCS_DIR, EXPECTATIONS_DIR, SCHEMAS_DIR
 from federation.schema import available_versions, load_dictionary, load_registry
 
 
@@ -89,3 +89,28 @@ def test_harmonized_arrow_schema_has_provenance_and_no_raw_identifiers() -> None
         names = harmonized_arrow_schema(load_dictionary("1"), table).names
         assert "patient_id" not in names
         assert not [n for n in names if n.endswith("_date")]
+
+
+def test_dictionary_v2_adds_markers_agent_classes_late_effects_and_quality_of_life() -> None:
+    d = load_dictionary("2")
+    assert {"biomarkers", "late_effects", "quality_of_life"} <= set(d.tables) and "2" in available_versions()
+    assert set(load_dictionary("1").tables) < set(d.tables)  # v1's tables are all there
+    agents = d.tables["treatments"].columns["agent"].codes or []
+    assert {"dinutuximab", "blinatumomab", "tisagenlecleucel", "nivolumab", "larotrectinib", "lorlatinib"} <= set(
+        agents)
+    agent_class = next(c for c in d.harmonized.tables["treatments"] if c.name == "agent_class")
+    assert agent_class.mapping["dinutuximab"] == "IMMUNOTHERAPY" and agent_class.mapping["larotrectinib"] == "TARGETED"
+    assert "agent_class" not in d.tables["treatments"].columns  # derived, never typed by sites
+    pairs = next(r for r in d.rules if r.id == "gene_alteration_allowed").pairs
+    assert ("MYCN", "AMPLIFICATION") in pairs and ("NTRK1", "FUSION") in pairs and ("MYCN", "FUSION") not in pairs
+
+
+def test_a_code_list_that_leaves_an_agent_without_a_class_is_refused(tmp_path: Path) -> None:
+    shutil.copytree(SCHEMAS_DIR / "v2", tmp_path / "v2")
+    agents = tmp_path / "v2" / "codelists" / "agents.csv"
+    agents.write_text(agents.read_text() + "newmab,\n")
+    with pytest.raises(ConfigurationError, match="no agent_class for \\['newmab'\\]"):
+        load_dictionary("2", tmp_path)
+    agents.write_text(agents.read_text().replace("newmab,", "newmab,ANTIBODY"))
+    with pytest.raises(ConfigurationError, match="maps to \\['ANTIBODY'\\]"):
+        load_dictionary("2", tmp_path)

@@ -139,6 +139,10 @@ def harmonize_pieces(dictionary: Dictionary, sources: dict[str, SourceTable], *,
     os_event = o["vital_status"].eq("DEAD")
     p["os_days"] = np.where(os_event, o["death_date"] - patients["enrollment_date"], last)
     p["os_event"] = os_event.astype(bool)
+    for c in dictionary.harmonized.tables["patients"]:
+        if c.marker is not None:
+            p[c.name] = marker_status(patients["patient_id"], sources.get("biomarkers"), c.marker.gene,
+                                      c.marker.alteration)
     yield arrow("patients", p)
     del p, o, age, diag_day
 
@@ -155,6 +159,9 @@ def harmonize_pieces(dictionary: Dictionary, sources: dict[str, SourceTable], *,
         h = base(t, rows)
         e = enrol(t, rows)
         h["agent"] = t["agent"]
+        for c in dictionary.harmonized.tables["treatments"]:
+            if c.mapping:  # a class derived from the agent by the dictionary's code list (v2), never typed by sites
+                h[c.name] = t[(c.derived or "").split(":")[1].split("->")[0]].map(c.mapping)
         h["start_day"] = _rel(t["start_date"], e)
         h["end_day"] = _rel(t["end_date"].astype("float64"), e)
         h["dose"], h["dose_unit"] = _convert_dose(t, dictionary)
@@ -171,6 +178,21 @@ def harmonize_pieces(dictionary: Dictionary, sources: dict[str, SourceTable], *,
         h["related"] = a["related"]
         yield arrow("adverse_events", h)
 
+    for name in declared_tables(dictionary):  # tables harmonized from their declaration alone (v2)
+        for frame in chunks(name) if name in sources else ():
+            rows = rows_of(frame)
+            h = base(frame, rows)
+            e = enrol(frame, rows)
+            for c in dictionary.harmonized.tables[name]:
+                source = (c.derived or "").split("->")[0]
+                if (c.derived or "").endswith("->day"):
+                    h[c.name] = _rel(frame[source].astype("float64"), e)
+                elif c.type in ("int8", "int16", "int32"):
+                    h[c.name] = frame[source].astype("float64").astype(f"Int{c.type[3:]}")
+                else:
+                    h[c.name] = frame[source]
+            yield arrow(name, h)
+
     o = sources["outcomes"].frame
     rows = rows_of(o)
     h = base(o, rows)
@@ -181,6 +203,25 @@ def harmonize_pieces(dictionary: Dictionary, sources: dict[str, SourceTable], *,
     h["first_event"] = o["first_event"]
     h["first_event_day"] = _rel(o["first_event_date"].astype("float64"), e)
     yield arrow("outcomes", h)
+
+
+def marker_status(patient_ids: pd.Series, biomarkers: SourceTable | None, gene: str, alteration: str) -> pd.Series:
+    """Each patient's status for one alteration (`schema.Marker`): DETECTED in any sample, else NOT_DETECTED
+    if tested, else INDETERMINATE, else NOT_TESTED; missing for every patient when no biomarkers were sent."""
+    if biomarkers is None or not biomarkers.present:
+        return pd.Series([None] * len(patient_ids), index=patient_ids.index, dtype="object")
+    b = biomarkers.frame
+    rows = b[(b["gene"] == gene) & (b["alteration"] == alteration)]
+    status = pd.Series("NOT_TESTED", index=patient_ids.index, dtype="object")
+    for result in ("INDETERMINATE", "NOT_DETECTED", "DETECTED"):  # the later wins
+        status[patient_ids.isin(set(rows.loc[rows["result"] == result, "patient_id"]))] = result
+    return status
+
+
+def declared_tables(dictionary: Dictionary) -> list[str]:
+    """Harmonized tables made from their declaration (every column `derived`), not by hand-written code."""
+    return [name for name, cols in dictionary.harmonized.tables.items() if cols and all(c.derived for c in cols)
+            and not any(c.mapping for c in cols)]
 
 
 def harmonize_parts(dictionary: Dictionary, parts: PartStore, *, study_id: str, site_id: str, upload_id: str,

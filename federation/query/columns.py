@@ -39,11 +39,22 @@ def unit_columns(study_id: str, table: str) -> dict[str, str]:
         types.update({c.name: c.type for c in h.tables["patients"]})
         for t, cols in PATIENT_LEVEL.items():
             types.update({c.name: c.type for c in h.tables[t] if c.name in cols})
+    elif table not in h.tables:
+        return {}  # not collected in this study's dictionary (`require` says so)
     else:
         types.update({c.name: c.type for c in h.tables[table]})
         patients = unit_columns(study_id, "patients")
         types.update({c: patients[c] for c in EVENT_PATIENT_COLUMNS})
     return types
+
+
+def check_collected(study_id: str, tables: list[str]) -> None:
+    """Refuse a unit table (or an exists filter's table) that the study's data dictionary does not have."""
+    for table in tables:
+        if table != "patients" and not unit_columns(study_id, table):
+            version = load_registry().study(study_id).schema_version
+            raise QueryRefused(f"{table} is not collected in {study_id} (data dictionary v{version} has no table "
+                               f"{table})", "ask a study on a dictionary that has it (e.g. v2)")
 
 
 class ComparisonTypeGuard(Guard):
@@ -141,6 +152,11 @@ def require(policy: QueryPolicy, study_id: str, table: str, column: str, what: s
         raise QueryRefused(f"{column} is not a queryable column of {table} ({what})",
                       f"queryable columns: {', '.join(sorted(allowed))}")
     kind = unit_columns(study_id, table).get(column)
+    if kind is None:
+        version = load_registry().study(study_id).schema_version
+        what_is_missing = f"such column in {table}" if unit_columns(study_id, table) else f"table {table}"
+        raise QueryRefused(f"{column} is not collected in {study_id} (data dictionary v{version} has no "
+                           f"{what_is_missing})")
     if kinds and kind not in kinds:
         raise QueryRefused(f"{column} cannot be used for {what} (it is {kind})")
 

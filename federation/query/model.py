@@ -21,7 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 Statistic = Literal["count", "crosstab", "sum", "mean", "variance", "quantiles", "proportion", "km", "cif",
                     "logistic", "cox"]
 Op = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not in"]
-UNIT_TABLES = ("patients", "adverse_events", "treatments")
+EventTable = Literal["adverse_events", "treatments", "biomarkers", "late_effects", "quality_of_life"]
+UnitTable = Literal["patients", "adverse_events", "treatments", "biomarkers", "late_effects", "quality_of_life"]
+UNIT_TABLES = ("patients", "adverse_events", "treatments", "biomarkers", "late_effects", "quality_of_life")
 
 
 class Filter(BaseModel):
@@ -55,7 +57,7 @@ class Exists(BaseModel):
     """Keep patients that have at least one row in `table` matching `where`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    table: Literal["adverse_events", "treatments"]
+    table: EventTable
     where: list[Filter] = Field(default_factory=list, max_length=10)
 
 
@@ -63,7 +65,7 @@ class Query(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     study_id: str = Field(max_length=64)
-    table: Literal["patients", "adverse_events", "treatments"] = "patients"
+    table: UnitTable = "patients"
     statistic: Statistic = "count"
     filters: list[Filter] = Field(default_factory=list, max_length=20)
     exists: list[Exists] = Field(default_factory=list, max_length=5)

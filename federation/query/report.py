@@ -17,7 +17,7 @@ from federation.ingest.pipeline import CatalogEntry
 from federation.paths import INFRA_DIR
 from federation.query.central.runner import Result
 from federation.query.model import Query
-from federation.query.render import plot, rows_of, to_csv
+from federation.query.render import plot, rows_of, survival_summary, to_csv
 from federation.schema import load_registry
 
 DEFAULT_SPEC = INFRA_DIR / "reports" / "consortium.yaml"
@@ -41,6 +41,8 @@ def build_report(client: Client, out: Path, spec_path: Path = DEFAULT_SPEC, prog
         if uploads is not None:
             sections.append(data_status(study, uploads))
         for item in spec["queries"]:
+            if "dictionaries" in item and entry.schema_version not in [str(v) for v in item["dictionaries"]]:
+                continue  # a section of the new science, for studies whose dictionary collects it
             q = Query.model_validate({**item["query"], "study_id": study})
             progress(f"  {study}: {item['title']}")
             r = client.query(q).result
@@ -103,11 +105,14 @@ def _section(item: dict[str, Any], r: Result, out: Path, study: str) -> str:
     (out / f"{stem}.csv").write_text(to_csv(r), encoding="utf-8")
     parts = [f"<h3>{title}</h3>"]
     stat = r.payload.get("statistic")
-    if stat in ("km", "count", "crosstab"):
+    if stat in ("km", "cif", "count", "crosstab"):
         png = plot(r, out / f"{stem}.png")
         data = base64.b64encode(png.read_bytes()).decode()
         parts.append(f"<img alt='{title}' src='data:image/png;base64,{data}' style='max-width:100%'>")
-    if stat != "km":
+    summary = survival_summary(r.payload)
+    if summary:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in summary) + "</ul>")
+    if stat not in ("km", "cif"):
         header, rows = rows_of(r)
         parts.append("<table><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>")
         parts += ["<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows]

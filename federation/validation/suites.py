@@ -149,6 +149,9 @@ def _condition(cond: Condition, table: str, negate: bool = False) -> str:
     if cond.not_equals is not None:
         value = json.dumps(cond.not_equals)
         return f"{col} == {value}" if negate else f"({col} == {col}) & ({col} != {value})"
+    if cond.not_in is not None:
+        values = json.dumps(cond.not_in)
+        return f"{col} in {values}" if negate else f"({col} == {col}) & ({col} not in {values})"
     raise ValueError(f"empty condition in a rule of {table}")
 
 
@@ -187,6 +190,9 @@ def _rule_expectation(rule: Rule) -> dict[str, Any]:
         return exp("expect_column_values_to_be_in_set", {"column": other, "value_set": rule.values})
     if rule.kind == "equals":
         return exp("expect_column_pair_values_to_be_equal", {"column_A": col, "column_B": other, **pair})
+    if rule.kind == "pair_in":
+        return exp("expect_column_pair_values_to_be_in_set",
+                   {"column_A": other, "column_B": col, "value_pairs_set": [list(p) for p in rule.pairs], **pair})
     raise ValueError(f"rule kind {rule.kind} has no expectation")
 
 

@@ -23,11 +23,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from federation.exceptions import ConfigurationError
 from federation.query.central.audit import AuditLog
 from federation.query.central.gateway import SiteGateway
 from federation.query.central.history import History, key_json
 from federation.query.central.statistics import Statistic
 from federation.query.central.statistics.km import curve_hidden, year_start
+from federation.query.columns import check_collected
 from federation.query.guard import QueryRefused
 from federation.query.model import Filter, Query
 from federation.query.policy import EffectiveThresholds, QueryPolicy
@@ -176,6 +178,10 @@ def _run(q: Query, gateway: SiteGateway, policy: QueryPolicy, audit: AuditLog, a
     notes_kept: int | None = None  # a refused result keeps the notes from before the statistic combined
     try:
         statistic = Statistic.for_query(q)
+        try:
+            check_collected(q.study_id, [q.table, *(e.table for e in q.exists)])
+        except ConfigurationError as exc:
+            raise QueryRefused(str(exc)) from None
         statistic.check(q, policy)
         ctx = Context(query=q, gateway=gateway, policy=policy, result=result, history=history)
         sites = q.sites or gateway.candidate_sites(q.study_id)

@@ -23,6 +23,7 @@ import numpy as np
 from federation.exceptions import FederationError
 from federation.ingest.publish import Version, get_version, latest_version
 from federation.query.columns import EVENT_PATIENT_COLUMNS, PATIENT_LEVEL
+from federation.query.model import UNIT_TABLES
 from federation.storage import StorageConfig, layout, open_store
 from federation.storage.config import load_credentials
 from federation.storage.identities import query_identity
@@ -153,7 +154,7 @@ def _unit_views(con: duckdb.DuckDBPyConnection, tables: set[str]) -> None:
         SELECT p.*, {d_cols}, {o_cols}
         FROM patients p LEFT JOIN diagnoses d USING (pid) LEFT JOIN outcomes o USING (pid)""")
     pcols = ", ".join(f"u.{c}" for c in EVENT_PATIENT_COLUMNS)
-    for events in ("adverse_events", "treatments"):
+    for events in UNIT_TABLES[1:]:  # one row per event (or result, or questionnaire), with the patient's columns
         if events in tables:
             con.execute(f"""CREATE TABLE unit_{events} AS
                 SELECT e.*, {pcols} FROM {events} e JOIN unit_patients u USING (pid)""")

@@ -25,6 +25,7 @@ from federation.query.columns import (
     MISSING,
     NUMERIC,
     CutPointGuard,
+    check_collected,
     check_comparison,
     check_km_grid,
     check_split,
@@ -33,7 +34,7 @@ from federation.query.columns import (
     unit_columns,
 )
 from federation.query.guard import QueryRefused
-from federation.query.model import Exists, Filter
+from federation.query.model import Exists, Filter, UnitTable
 from federation.query.policy import EffectiveThresholds, QueryPolicy
 from federation.query.site import estimating
 from federation.query.site.data import SiteData
@@ -225,7 +226,7 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     registry: ClassVar[dict[str, type[Request]]] = {}
 
-    table: Literal["patients", "adverse_events", "treatments"] = "patients"
+    table: UnitTable = "patients"
     filters: list[Filter] = Field(default_factory=list, max_length=20)
     exists: list[Exists] = Field(default_factory=list, max_length=5)
 
@@ -728,6 +729,7 @@ REQUEST = TypeAdapter(AnyRequest)
 
 
 def check_columns(request: Request, ctx: SiteContext) -> None:
+    check_collected(ctx.study_id, [request.table, *(e.table for e in request.exists)])
     for column, what, kinds, table in request.uses():
         require(ctx.policy, ctx.study_id, table, column, what, kinds)
     for table, column, op, value in request.compared():
