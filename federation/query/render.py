@@ -47,20 +47,19 @@ def survival_summary(payload: dict[str, Any]) -> list[str]:
                    f"{_days(m['ci95'][1])})")
     for c in payload["curves"]:
         rm = c["combined"].get("rmst")
-        if rm is None:
+        if rm is None or rm.get("withheld"):  # not at a day the curve shows: the JSON says which days it shows
             continue
         name = " / ".join(map(str, c["group"])) or "all"
-        tau = f"{rm['horizon_days']:g}"
-        out.append(f"restricted mean {what} to day {tau}, {name}: " + (
-            f"withheld ({rm['reason']})" if rm.get("withheld") else
-            f"{rm['days']:.1f} days (SE {rm['se']:.1f}; 95% CI {rm['ci95'][0]:.1f} to {rm['ci95'][1]:.1f})"))
-    tests = (("logrank", "log-rank test"), ("logrank_stratified_by_site", "log-rank test stratified by site"))
+        out.append(f"restricted mean {what} to day {rm['horizon_days']:g}, {name}: {rm['days']:.1f} days "
+                   f"(SE {rm['se']:.1f}; 95% CI {rm['ci95'][0]:.1f} to {rm['ci95'][1]:.1f})")
+    tests = (("gray", "Gray's test"), ("gray_stratified_by_site", "Gray's test stratified by site"),
+             ("logrank", "log-rank test"), ("logrank_stratified_by_site", "log-rank test stratified by site"))
     for key, title in tests:
         t = (payload.get("tests") or {}).get(key)
         if t is None:
             continue
         if t.get("withheld"):
-            out.append(f"{title}: withheld ({t['reason']})")
+            out.append(f"{title}: not given ({t['reason']})")
             continue
         groups = ", ".join(" / ".join(map(str, g)) for g in t["groups"])
         left = (" (left out, too small to show: " + ", ".join(" / ".join(map(str, g)) for g in t["left_out"]) + ")"
@@ -244,10 +243,18 @@ def figure(result: Result) -> Any:
             xs = [pt["day"] / 365.25 for pt in pts]
             line, = ax.step(xs, [pt[value] for pt in pts], where="post", label=label)
             ax.fill_between(xs, [pt["ci95"][0] for pt in pts], [pt["ci95"][1] for pt in pts], step="post", alpha=0.15)
+            # censor marks: a + on each step during which at least k patients were censored
+            marks = [((a["day"] + b["day"]) / 2 / 365.25, a[value]) for a, b in zip(pts, pts[1:], strict=False)
+                     if b.get("censored_since")]
+            if marks:
+                ax.plot(*zip(*marks, strict=True), linestyle="none", marker="+", color=line.get_color(),
+                        markersize=7)
             if stat == "cif":  # the competing events' incidence, dashed in the same colour
                 ax.step(xs, [pt["competing"] for pt in pts], where="post", linestyle="--", color=line.get_color(),
                         label=f"{label}: competing events")
             years.append((label, pts))
+        ax.plot([], [], linestyle="none", marker="+", color="grey",
+                label="censored on this step (marked when at least k)")
         ax.set_ylim(0, 1.02)
         ax.set_ylabel(f"{'event-free' if p['endpoint'] == 'efs' else 'overall'} survival" if stat == "km" else
                       f"cumulative incidence of {'/'.join(p.get('cause', []))}")

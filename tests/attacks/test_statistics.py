@@ -237,30 +237,89 @@ def test_a_cumulative_incidence_does_not_step_over_a_few_competing_events(fresh_
     assert small_steps(run_local(q, fresh_audit, "mallory")) == []
 
 
-def test_a_restricted_mean_is_given_only_at_a_day_its_curve_shows(fresh_audit: Settings) -> None:
-    # the area under the curve to a horizon moved by one month grows by the curve's level in that month: asked
-    # between two shown points, it gives the curve where it shows nothing (a drop there is 1..k-1 events)
-    def ask(settings: Settings, months: int) -> Any:
-        q = Query(study_id=STUDY, statistic="km", endpoint="efs", horizon_days=months * 30.4375)
-        return run_local(q, settings, "mallory").payload["curves"][0]["combined"]
+def test_a_restricted_mean_does_not_split_a_step_of_its_curve(fresh_audit: Settings) -> None:
+    # the eighth red team's A1: the area to two consecutive shown points two months apart is w S (2 - d / n)
+    # when computed on every grid interval, which gives d, the events of the hidden first month
+    W = 30.4375
 
-    def hidden_levels(settings: Settings) -> list[float]:
-        """Levels of the curve in months where it shows no point, differing from its last shown level."""
+    def split_months(settings: Settings) -> list[tuple[int, int]]:
+        """(recovered events in the hidden month, true events there) for steps of two months."""
+        def km(horizon: float) -> Any:
+            return run_local(Query(study_id=STUDY, statistic="km", endpoint="efs", horizon_days=horizon), settings,
+                             "mallory").payload["curves"][0]["combined"]
+
+        points = km(120 * W)["points"]
         found = []
-        curve = ask(settings, 120)
-        shown = {round(p["day"] / 30.4375): p["survival"] for p in curve["points"]}
-        for months in range(24, 40):
-            if months in shown or (months + 1) in shown:
-                continue
-            a, b = ask(settings, months)["rmst"], ask(settings, months + 1)["rmst"]
-            if a.get("withheld") or b.get("withheld"):
-                continue
-            level = (b["days"] - a["days"]) / 30.4375
-            last = shown[max(m for m in shown if m <= months)]
-            if abs(level - last) > 1e-9:
-                found.append(level)
+        for a, b in zip(points, points[1:], strict=False):
+            if a["day"] > 0 and abs(b["day"] - a["day"] - 2 * W) < 1e-6 and isinstance(a["at_risk"], int):
+                area = km(b["day"])["rmst"]["days"] - km(a["day"])["rmst"]["days"]
+                d = round(a["at_risk"] * (2 - area / (W * a["survival"])))
+                truth = pooled(settings, f"SELECT count(*) FROM unit_patients WHERE efs_event AND efs_days >= "
+                                         f"{a['day']} AND efs_days < {a['day'] + W}")[0][0]
+                found.append((d, truth))
+            if len(found) == 3:
+                break
         return found
 
-    with switched_off("rmst_at_point"):
-        assert hidden_levels(elsewhere(fresh_audit, "unguarded"))
-    assert hidden_levels(fresh_audit) == []
+    with switched_off("rmst_of_shown_curve"):
+        leaked = split_months(elsewhere(fresh_audit, "unguarded"))
+        assert leaked and all(d == truth and 0 < d < 5 for d, truth in leaked)
+    safe = split_months(fresh_audit)
+    assert safe and all(d == 0 for d, _ in safe) and any(truth > 0 for _, truth in safe)  # the area shows no split
+
+
+def test_a_survival_test_does_not_compare_curves_that_show_no_step(fresh_audit: Settings) -> None:
+    # the eighth red team's B1: at site-d, stage IV, girls and boys (9 and 7) have one event between them; both
+    # curves show only day 0, and the log-rank chi2 of one event is the other group's number at risk over its
+    # own (7/9 for a girl's event, 9/7 for a boy's), and a cause-specific test with df 0 says "no such event"
+    q = Query(study_id=STUDY, statistic="km", endpoint="efs", group_by=["sex"], sites=["site-d"],
+              filters=[Filter(column="stage", op="==", value="IV"), Filter(column="sex", op="in", value=["F", "M"])])
+    truth = pooled(fresh_audit, "SELECT sex FROM unit_patients WHERE site_id = 'site-d' AND stage = 'IV' AND "
+                                "sex IN ('F', 'M') AND efs_event")
+    sizes = dict(pooled(fresh_audit, "SELECT sex, count(*) FROM unit_patients WHERE site_id = 'site-d' AND "
+                                     "stage = 'IV' AND sex IN ('F', 'M') GROUP BY 1"))
+    assert len(truth) == 1
+
+    def whose(r: Any) -> str | None:
+        test = r.payload["tests"]["logrank"]
+        if test.get("withheld"):
+            return None
+        return "F" if test["chi2"] == pytest.approx(sizes["M"] / sizes["F"]) else "M"
+
+    with switched_off("shown_groups"):
+        unguarded = run_local(q, elsewhere(fresh_audit, "unguarded"), "mallory")
+        assert all(len(c["combined"]["points"]) == 1 for c in unguarded.payload["curves"])
+        assert whose(unguarded) == truth[0][0]
+    safe = run_local(q, fresh_audit, "mallory")
+    assert safe.status == "released" and whose(safe) is None
+
+
+def test_a_cumulative_incidence_does_not_show_the_survival_between_two_kaplan_meier_points(
+        fresh_audit: Settings) -> None:
+    # the eighth red team's C1: 1 - F - G at a point of the incidence curves is the event-free survival on a day
+    # the Kaplan-Meier curve of the same girls shows no point; from its last point (and number at risk) it gives
+    # the events between: one girl's death. Every point's events before it are now a part in the history.
+    flt = [Filter(column="sex", op="==", value="F")]
+    W = 30.4375
+
+    def hidden_steps(settings: Settings) -> list[tuple[int, int]]:
+        km = run_local(Query(study_id=STUDY, statistic="km", endpoint="efs", filters=flt, horizon_days=120 * W),
+                       settings, "mallory").payload["curves"][0]["combined"]["points"]
+        cif = run_local(Query(study_id=STUDY, statistic="cif", endpoint="efs", cause=["RELAPSE", "PROGRESSION"],
+                              filters=flt, horizon_days=120 * W), settings, "mallory").payload
+        shown = {round(p["day"] / W): p for p in km}
+        found = []
+        for p in cif["curves"][0]["combined"]["points"][1:] if cif else []:
+            m = round(p["day"] / W)
+            before = shown.get(m - 1)
+            if m not in shown and before is not None and isinstance(before["at_risk"], int):
+                d = round(before["at_risk"] * (1 - (1 - p["incidence"] - p["competing"]) / before["survival"]))
+                truth = pooled(settings, f"SELECT count(*) FROM unit_patients WHERE sex = 'F' AND efs_event AND "
+                                         f"efs_days >= {before['day']} AND efs_days < {p['day']}")[0][0]
+                found.append((d, truth))
+        return found
+
+    with switched_off("differencing"):
+        leaked = hidden_steps(elsewhere(fresh_audit, "unguarded"))
+        assert any(0 < d < 5 and d == truth for d, truth in leaked)
+    assert not any(0 < d < 5 for d, _ in hidden_steps(fresh_audit))

@@ -130,6 +130,11 @@ def test_kaplan_meier_on_the_grid_equals_pooled(federated: Settings, ask: Callab
         idx = np.searchsorted(sf.surv_times, pt["day"] + 1e-9, side="right") - 1
         expected = 1.0 if idx < 0 else sf.surv_prob[idx]
         assert pt["survival"] == pytest.approx(expected, abs=1e-12)
+    # a censor mark on a step: at least k patients censored during it
+    for a, b in zip(points, points[1:], strict=False):
+        censored = int(np.sum(~e & (t >= a["day"] - 1e-9) & (t < b["day"] - 1e-9)))
+        assert b["censored_since"] == (censored >= 5)
+    assert any(p["censored_since"] for p in points[1:]) and not all(p["censored_since"] for p in points[1:])
 
 
 def _on_grid(q: Query, t: np.ndarray, e: np.ndarray, horizon: float) -> tuple[np.ndarray, np.ndarray]:
@@ -204,17 +209,25 @@ def test_restricted_mean_survival_equals_the_area_under_the_pooled_curve(federat
     tau = favorable["combined"]["points"][-2]["day"]  # a day the curve shows
     q = Query(study_id=STUDY, statistic="km", endpoint="efs", group_by=["histology_risk"], horizon_days=tau)
     r = ask(q)
-    rmst = r.payload["curves"][0]["combined"]["rmst"]
+    curve = r.payload["curves"][0]["combined"]
+    rmst = curve["rmst"]
     rows = pooled(federated, "SELECT efs_days, efs_event FROM unit_patients WHERE histology_risk = 'FAVORABLE'")
     rounded, status = _on_grid(q, np.array([a for a, _ in rows], dtype=float),
                                np.array([b for _, b in rows], dtype=bool), q.horizon_days)
     sf = SurvfuncRight(rounded, status)
+    # the area under the pooled curve as the result shows it: its level at each shown day until the next one
+    days = [p["day"] for p in curve["points"]]
+    at = [np.searchsorted(sf.surv_times, d + 1e-9, side="right") - 1 for d in days]
+    levels = np.array([1.0 if i < 0 else sf.surv_prob[i] for i in at])
+    g = np.array([0.0 if i < 0 else (sf.surv_prob_se[i] / sf.surv_prob[i]) ** 2 for i in at])
+    ws = np.diff(days) * levels[:-1]
+    assert rmst["horizon_days"] == tau and rmst["days"] == pytest.approx(float(ws.sum()), rel=1e-12)
+    assert rmst["se"] ** 2 == pytest.approx(float(ws @ np.minimum.outer(g[:-1], g[:-1]) @ ws), rel=1e-9)
+    assert rmst["ci95"][0] < rmst["days"] < rmst["ci95"][1]
+    # never below the area under every grid interval of the pooled curve (its drops come no later)
     times = np.concatenate([[0.0], sf.surv_times[sf.surv_times < tau], [tau]])
-    levels = np.concatenate([[1.0], sf.surv_prob[sf.surv_times < tau]])
-    assert rmst["horizon_days"] == tau and rmst["days"] == pytest.approx(float(np.sum(np.diff(times) * levels)),
-                                                                        rel=1e-12)
-    assert rmst["ci95"][0] < rmst["days"] < rmst["ci95"][1] and rmst["se"] > 0
-    # the other curve shows no point at that day: its restricted mean is withheld, with days it shows instead
+    fine = float(np.sum(np.diff(times) * np.concatenate([[1.0], sf.surv_prob[sf.surv_times < tau]])))
+    assert rmst["days"] >= fine - 1e-9
     other = r.payload["curves"][1]["combined"]
     if not any(abs(p["day"] - tau) < 1e-6 for p in other["points"]):
         assert other["rmst"]["withheld"] and "shows no point" in other["rmst"]["reason"]
@@ -260,6 +273,21 @@ def test_cumulative_incidence_with_competing_risks_equals_pooled_statsmodels(
     assert test["chi2"] == pytest.approx(chi2, rel=1e-9) and test["p"] == pytest.approx(p, rel=1e-7)
     chi2_s, _ = survdiff(rounded, status, sex[keep], strata=site[keep])
     assert _stratified(federated, q, r)["chi2"] == pytest.approx(chi2_s, rel=1e-9)
+    # Gray's test of the incidence curves: the federated counts give what the pooled patients give (the test
+    # itself is checked against R's cmprsk in tests/query/test_survival.py)
+    from federation.query.central.survival import gray_test
+    from federation.query.site.estimating import km_grid_counts
+
+    grid = np.arange(0.0, test["follow_up_days"] + q.grid_days, q.grid_days)
+    counts = np.zeros((1, 2, 3, len(grid) - 1), int)
+    for g, level in enumerate(["M", "F"]):
+        at = sex == level
+        counts[0, g, 0], all_events, _ = km_grid_counts(t[at], e[at], grid)
+        counts[0, g, 1] = km_grid_counts(t[at], (e & of_cause)[at], grid)[1]
+        counts[0, g, 2] = all_events - counts[0, g, 1]
+    gray = gray_test(counts[:, :, 0], counts[:, :, 1], counts[:, :, 2])
+    assert r.payload["tests"]["gray"]["chi2"] == pytest.approx(gray.chi2, rel=1e-12)
+    assert r.payload["tests"]["gray"]["hazard"].startswith("subdistribution")
 
 
 def test_logistic_regression_equals_pooled_statsmodels(federated: Settings, ask: Callable[[Query], Result]) -> None:

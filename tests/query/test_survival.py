@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from statsmodels.duration.survfunc import SurvfuncRight, survdiff
@@ -136,19 +138,53 @@ def test_aalen_johansen_on_grid_counts_equals_statsmodels_cumincidence(seed: int
     assert np.allclose(both[0] + both[1], 1 - surv)  # the causes share out exactly what the survival loses
 
 
-def test_restricted_mean_on_grid_counts_equals_the_area_under_statsmodels_curve() -> None:
+def test_restricted_mean_of_a_curve_showing_every_step_equals_the_area_under_statsmodels_curve() -> None:
     from federation.query.central.survival import restricted_mean
 
     n, d, sf = _one_group(21)
+    surv, var = km_from_counts(n[0, 0], d[0, 0])
     for months in (12, 37, 60, 120):
         tau = GRID[months]
-        value, var = restricted_mean(n[0, 0], d[0, 0], GRID[1], months)
-        # the pooled curve integrated up to tau, and the variance from its own risk sets and events
+        days = [0.0, *GRID[1:months + 1]]
+        value, variance = restricted_mean(days, [1.0, *surv[:months]], [0.0, *(var[:months] / surv[:months] ** 2)])
+        # the pooled curve integrated up to tau, and the delta method's variance from its own standard errors
         times = np.concatenate([[0.0], sf.surv_times[sf.surv_times < tau], [tau]])
         levels = np.concatenate([[1.0], sf.surv_prob[sf.surv_times < tau]])
         assert value == pytest.approx(float(np.sum(np.diff(times) * levels)), rel=1e-12)
-        before = sf.surv_times <= tau
-        areas = [float(np.sum(np.diff(times)[i + 1:] * levels[i + 1:])) for i in range(int(before.sum()))]
-        nr, ne = sf.n_risk[before], sf.n_events[before]
-        expected = sum(a * a * dd / (nn * (nn - dd)) for a, nn, dd in zip(areas, nr, ne, strict=True) if nn > dd)
-        assert var == pytest.approx(expected, rel=1e-9)
+        g = np.concatenate([[0.0], (sf.surv_prob_se[sf.surv_times < tau] / sf.surv_prob[sf.surv_times < tau]) ** 2])
+        ws = np.diff(times) * levels
+        assert variance == pytest.approx(float(ws @ np.minimum.outer(g, g) @ ws), rel=1e-9)
+
+
+def test_grays_test_on_grid_counts_equals_r_cmprsk_cuminc() -> None:
+    # R's cmprsk (Gray's own code) on the same patients with times at the end of their grid interval; the
+    # reference values and the script that made them are in tests/query/data/gray_reference.*
+    import csv
+    import json
+
+    from federation.query.central.survival import gray_test
+
+    data = Path(__file__).parent / "data"
+    with (data / "gray_reference.csv").open() as fh:
+        rows = [{k: int(float(v)) for k, v in r.items()} for r in csv.DictReader(fh)]
+    reference = json.loads((data / "gray_reference.json").read_text())
+    t = np.array([r["days"] for r in rows], dtype=float)
+    status = np.array([r["status"] for r in rows])
+    group = np.array([r["group"] for r in rows]) - 1
+    stratum = np.array([r["stratum"] for r in rows]) - 1
+    shape = (4, 3, len(GRID) - 1)
+    n, d1, d2 = np.zeros(shape, int), np.zeros(shape, int), np.zeros(shape, int)
+    for s in range(4):
+        for g in range(3):
+            at = (stratum == s) & (group == g)
+            n[s, g], _, _ = km_grid_counts(t[at], status[at] > 0, GRID)
+            d1[s, g] = km_grid_counts(t[at], status[at] == 1, GRID)[1]
+            d2[s, g] = km_grid_counts(t[at], status[at] == 2, GRID)[1]
+    for cause, (mine, other) in {"1": (d1, d2), "2": (d2, d1)}.items():
+        plain = gray_test(n.sum(axis=0, keepdims=True), mine.sum(axis=0, keepdims=True), other.sum(axis=0,
+                                                                                                  keepdims=True))
+        strat = gray_test(n, mine, other)
+        for got, ref in ((plain, reference["plain"][cause]), (strat, reference["stratified"][cause])):
+            assert got.df == ref["df"] == 2
+            assert got.chi2 == pytest.approx(ref["stat"], rel=1e-9)
+            assert got.p == pytest.approx(ref["pv"], rel=1e-7)

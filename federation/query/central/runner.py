@@ -283,10 +283,12 @@ def released_splits(q: Query, payload: dict[str, Any], hidden: list[list[Any]]) 
 def km_splits(q: Query, payload: dict[str, Any]) -> list[dict[str, Any]]:
     """A curve's numbers at risk (risk table and points) and its events before each point, as parts: at risk
     at day t are the patients followed at least t days; hidden where the result does not show that number
-    for a group (combined, or at a site). Events before a point are a part only while they follow exactly
-    from the curve: every step so far spans one grid interval from a point showing its number at risk
-    (d = n (1 - S_j / S_j-1)); across a longer step the survival ratio narrows the events without pinning
-    them (decision 0009, Open)."""
+    for a group (combined, or at a site). Events before a point (and, for a cumulative incidence, the events
+    of its cause) are a part at every point the curve shows: across a step of one grid interval from a point
+    showing its number at risk they follow exactly (d = n (1 - S_j / S_j-1)), and across longer steps the
+    survival ratio narrows them so closely that they round to the count (the red team of decision 0013: a
+    Kaplan-Meier point and a cumulative-incidence point a month apart, or two cause lists, gave 1..k-1
+    events)."""
     time, event = f"{q.endpoint}_days", f"{q.endpoint}_event"
     dims = list(payload.get("dims") or [])
     at_risk: dict[float, set[tuple[str, str]]] = {}  # day -> (site or "", group as key_json) shown
@@ -300,17 +302,12 @@ def km_splits(q: Query, payload: dict[str, Any]) -> list[dict[str, Any]]:
             sites.add(site)
             if not isinstance(value, dict):
                 continue
-            exact, before = True, None  # events so far follow exactly from the points shown (see the docstring)
             for p in value.get("points") or []:
                 day = float(p["day"])
                 if day > 0:
-                    exact = exact and before is not None and isinstance(before.get("at_risk"), int) and abs(
-                        day - float(before["day"]) - q.grid_days) < 1e-6
-                    if exact:
-                        points.setdefault(day, set()).add((site, key))
+                    points.setdefault(day, set()).add((site, key))
                     if isinstance(p.get("at_risk"), int):
                         at_risk.setdefault(day, set()).add((site, key))
-                before = p
             for r in value.get("risk_table") or []:
                 if isinstance(r.get("at_risk"), int):  # at the start of the interval holding the year
                     day = year_start(r["year"], q.grid_days)

@@ -98,17 +98,136 @@ def aalen_johansen(at_risk: np.ndarray, events: np.ndarray, cause_events: np.nda
     return f, np.maximum(var, 0.0)
 
 
-def restricted_mean(at_risk: np.ndarray, events: np.ndarray, width: float, intervals: int) -> tuple[float, float]:
-    """The restricted mean survival time to the end of the first `intervals` grid intervals (each `width`
-    days; events tied at an interval's end) and its variance: the area under the Kaplan-Meier step curve,
-    sum over intervals i of width x S(start of i), and sum over intervals j of A_j^2 d_j / (n_j (n_j - d_j)),
-    A_j the area from the end of j to the horizon (Klein and Moeschberger 4.5; R's survRM2)."""
-    n = np.asarray(at_risk, dtype=float)[:intervals]
-    d = np.asarray(events, dtype=float)[:intervals]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        surv = np.cumprod(np.where(n > 0, 1 - d / n, 1.0))
-        term = np.where((n > 0) & (n > d), d / (n * (n - d)), 0.0)
-    level = np.concatenate([[1.0], surv[:-1]])  # the curve's level during each interval
-    area = width * level
-    after = np.concatenate([np.cumsum(area[::-1])[::-1][1:], [0.0]])  # from the end of interval j to the horizon
-    return float(area.sum()), float(np.sum(after ** 2 * term))
+def restricted_mean(days: list[float], surv: list[float], greenwood: list[float]) -> tuple[float, float]:
+    """The restricted mean survival time of a curve as shown, to its last point, and its variance.
+
+    `days`, `surv`: the curve's points from day 0 (survival 1) to the horizon; between points the curve is
+    flat, so the area is sum over points r of (day_r+1 - day_r) S_r. `greenwood`: each point's Greenwood sum
+    (variance of S over S squared, 0 at day 0). The variance is the delta method's, with Cov(S_r, S_s) =
+    S_r S_s G_min(r, s) (Kaplan-Meier's covariance). Both are functions of the shown points alone (a point's
+    CI gives its Greenwood sum): on a curve that shows a point at every grid interval with an event it is
+    the pooled RMST on the grid; on a coarser one it is the area under the curve as shown, never below it."""
+    d = np.asarray(days, dtype=float)
+    s = np.asarray(surv, dtype=float)[:-1]
+    g = np.asarray(greenwood, dtype=float)[:-1]
+    w = np.diff(d)
+    area = float(np.sum(w * s))
+    ws = w * s
+    g_min = np.minimum.outer(g, g)  # G of the earlier of two points (G grows with time)
+    return area, float(ws @ g_min @ ws)
+
+
+@dataclass(frozen=True)
+class GrayTest:
+    chi2: float
+    df: int
+    p: float
+
+
+def gray_test(at_risk: np.ndarray, cause_events: np.ndarray, other_events: np.ndarray, rho: float = 0.0) -> GrayTest:
+    """Gray's (1988) test of equal cumulative incidence of a cause across groups, stratified over the first axis,
+    from grid counts of shape (strata, groups, intervals): number at risk at each interval's start, events of
+    the cause and competing events in it (tied at its end; censorings leave after it). A line-by-line port of
+    `crstm`/`crst` of R's cmprsk (Robert Gray, GPL), whose loop over distinct times is here a loop over grid
+    intervals; checked against R's `cuminc` on the same tied times (tests/query/test_survival.py)."""
+    n_all = np.asarray(at_risk, dtype=float)
+    d1_all = np.asarray(cause_events, dtype=float)
+    d2_all = np.asarray(other_events, dtype=float)
+    ng = n_all.shape[1]
+    if ng < 2:
+        raise ValueError("Gray's test compares at least two groups")
+    ng1 = ng - 1
+    s_total = np.zeros(ng1)
+    v_total = np.zeros((ng1, ng1))
+    for n, d1, d2 in zip(n_all, d1_all, d2_all, strict=True):
+        s, v = _gray_stratum(n, d1, d2, rho)
+        s_total += s
+        v_total += v
+    rank = int(np.linalg.matrix_rank(v_total)) if v_total.size else 0
+    if rank == 0:
+        return GrayTest(chi2=0.0, df=0, p=1.0)
+    chi2 = float(s_total @ np.linalg.pinv(v_total) @ s_total)
+    return GrayTest(chi2=chi2, df=ng1, p=float(sps.chi2.sf(chi2, ng1)))
+
+
+def _gray_stratum(at_risk: np.ndarray, d1: np.ndarray, d2: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray]:
+    """cmprsk's `crst` for one stratum: the scores of the first groups - 1 and their covariance."""
+    ng, n_int = at_risk.shape
+    ng1 = ng - 1
+    s = np.zeros(ng1)
+    v = np.zeros((ng1, ng1))  # lower triangle used, as the Fortran's packed v
+    f1m, f1 = np.zeros(ng), np.zeros(ng)
+    skmm, skm = np.ones(ng), np.ones(ng)
+    v3 = np.zeros(ng)
+    v2 = np.zeros((ng1, ng))
+    c = np.zeros((ng, ng))
+    fm = f = 0.0
+    for j in range(n_int):
+        rs = at_risk[:, j]
+        nd1, nd2 = float(d1[:, j].sum()), float(d2[:, j].sum())
+        if nd1 > 0 or nd2 > 0:
+            tr = tq = 0.0
+            for i in range(ng):
+                if rs[i] <= 0:
+                    continue
+                skm[i] = skmm[i] * (rs[i] - d1[i, j] - d2[i, j]) / rs[i]
+                f1[i] = f1m[i] + skmm[i] * d1[i, j] / rs[i]
+                tr += rs[i] / skmm[i]
+                tq += rs[i] * (1 - f1m[i]) / skmm[i]
+            f = fm + nd1 / tr
+            fb = (1 - fm) ** rho
+            a = np.zeros((ng, ng))
+            for i in range(ng):
+                if rs[i] <= 0:
+                    continue
+                t1 = rs[i] / skmm[i]
+                a[i, i] = fb * t1 * (1 - t1 / tr)
+                if a[i, i] != 0:
+                    c[i, i] += a[i, i] * nd1 / (tr * (1 - fm))
+                for k in range(i + 1, ng):
+                    if rs[k] <= 0:
+                        continue
+                    a[i, k] = -fb * t1 * rs[k] / (skmm[k] * tr)
+                    if a[i, k] != 0:
+                        c[i, k] += a[i, k] * nd1 / (tr * (1 - fm))
+            for i in range(1, ng):
+                for k in range(i):
+                    a[i, k] = a[k, i]
+                    c[i, k] = c[k, i]
+            for i in range(ng1):
+                if rs[i] > 0:
+                    s[i] += fb * (d1[i, j] - nd1 * rs[i] * (1 - f1m[i]) / (skmm[i] * tq))
+            if nd1 > 0:
+                for k in range(ng):
+                    if rs[k] <= 0:
+                        continue
+                    t4 = 1 - (1 - f) / skm[k] if skm[k] > 0 else 1.0
+                    t5 = 1 - (nd1 - 1) / (tr * skmm[k] - 1) if nd1 > 1 else 1.0
+                    t3 = t5 * skmm[k] * nd1 / (tr * rs[k])
+                    v3[k] += t4 * t4 * t3
+                    for i in range(ng1):
+                        t1 = a[i, k] - t4 * c[i, k]
+                        v2[i, k] += t1 * t4 * t3
+                        for m in range(i + 1):
+                            v[i, m] += t1 * (a[m, k] - t4 * c[m, k]) * t3
+            if nd2 > 0:
+                for k in range(ng):
+                    if skm[k] <= 0 or d2[k, j] <= 0:
+                        continue
+                    t4 = (1 - f) / skm[k]
+                    t5 = 1 - (d2[k, j] - 1) / (rs[k] - 1) if d2[k, j] > 1 else 1.0
+                    t3 = t5 * (skmm[k] ** 2 * d2[k, j]) / rs[k] ** 2
+                    v3[k] += t4 * t4 * t3
+                    for i in range(ng1):
+                        t1 = t4 * c[i, k]
+                        v2[i, k] -= t1 * t4 * t3
+                        for m in range(i + 1):
+                            v[i, m] += t1 * (t4 * c[m, k]) * t3
+        fm = f
+        f1m = f1.copy()
+        skmm = skm.copy()
+    for i in range(ng1):
+        for m in range(i + 1):
+            for k in range(ng):
+                v[i, m] += c[i, k] * c[m, k] * v3[k] + c[i, k] * v2[m, k] + c[m, k] * v2[i, k]
+    return s, np.tril(v) + np.tril(v, -1).T

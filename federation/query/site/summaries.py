@@ -334,7 +334,7 @@ class Subset(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     filters: list[Filter] = Field(default_factory=list, max_length=20)
     exists: list[Exists] = Field(default_factory=list, max_length=5)
-    split: list[Filter] = Field(default_factory=list, max_length=2)
+    split: list[Filter] = Field(default_factory=list, max_length=3)  # a curve's events of a cause before a day: 3
 
     @property
     def rows(self) -> list[Filter]:

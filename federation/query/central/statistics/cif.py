@@ -15,13 +15,14 @@ groups (competing events censored), unstratified and stratified by site, over th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from federation.query.central.combine import log_log_ci
 from federation.query.central.statistics.km import KaplanMeier, Parts
-from federation.query.central.survival import aalen_johansen
+from federation.query.central.survival import aalen_johansen, gray_test, logrank
 from federation.query.columns import EmptyCellGuard, declared_levels, require
 from federation.query.guard import Guard, QueryRefused
 from federation.query.model import Query
@@ -59,7 +60,8 @@ class CumulativeIncidence(KaplanMeier):
 
     def curve(self, parts: Parts, grid: np.ndarray, k: int, only: set[int] | None = None,
               risk_ok: set[int] | None = None) -> dict[str, Any]:
-        return release_incidence(parts[0], parts[1], parts[3], grid, k, only=only, risk_ok=risk_ok)
+        return release_incidence(parts[0], parts[1], parts[3], grid, k, only=only, risk_ok=risk_ok,
+                                 censored=parts[2])
 
     def note(self, q: Query, k: int) -> str:
         return (f"Cumulative incidence (Aalen-Johansen) of {'/'.join(q.cause)} with the other first events "
@@ -68,15 +70,20 @@ class CumulativeIncidence(KaplanMeier):
                 f"A point is released only with at least {k} at risk and at least {k} events of the cause and {k} "
                 "competing events since the previous released point.")
 
-    def test_events(self, parts: Parts) -> np.ndarray:
-        return parts[3]
+    def test_kinds(self) -> dict[str, Callable[[np.ndarray], Any]]:
+        """Gray's test of the incidence curves, and the log-rank test of the cause-specific hazards (competing
+        events censored)."""
+        return {"gray": lambda c: gray_test(c[:, :, 0], c[:, :, 3], c[:, :, 1] - c[:, :, 3]),
+                "logrank": lambda c: logrank(c[:, :, 0], c[:, :, 3])}
 
     def finish(self, ctx: Context) -> None:
-        """The log-rank tests of the cause-specific hazards (no median: an incidence need not reach one half)."""
+        """The tests (no median: an incidence need not reach one half)."""
         if ctx.query.group_by:
             tests = self.tests(ctx)
-            for t in tests.values():
-                t["hazard"] = f"cause-specific: {'/'.join(ctx.query.cause)} (competing events censored)"
+            cause = "/".join(ctx.query.cause)
+            for name, t in tests.items():
+                t["hazard"] = (f"subdistribution (Gray): the cumulative incidence of {cause}" if name.startswith("gray")
+                               else f"cause-specific: {cause} (competing events censored)")
             ctx.result.payload["tests"] = tests
 
 
@@ -85,7 +92,8 @@ class CompetingStepGuard(Guard):
 
 
 def release_incidence(at_risk: np.ndarray, events: np.ndarray, cause_events: np.ndarray, grid: np.ndarray, k: int,
-                      only: set[int] | None = None, risk_ok: set[int] | None = None) -> dict[str, Any]:
+                      only: set[int] | None = None, risk_ok: set[int] | None = None,
+                      censored: np.ndarray | None = None) -> dict[str, Any]:
     """The released points of one group's two curves (the cause's incidence and the competing events'); for
     per-site curves `only` are the points where every site's curves may be shown."""
     other_events = events - cause_events
@@ -103,10 +111,12 @@ def release_incidence(at_risk: np.ndarray, events: np.ndarray, cause_events: np.
 
     points = [{"day": 0.0, "incidence": 0.0, "ci95": [0.0, 0.0], "competing": 0.0, "competing_ci95": [0.0, 0.0],
                "at_risk": risk(0) if len(at_risk) else 0}]
-    since_mine = since_other = 0
+    since_mine = since_other = gone = 0
+    lost = censored if censored is not None else np.zeros(len(at_risk), int)
     for j in range(len(at_risk)):
         since_mine += int(cause_events[j])
         since_other += int(other_events[j])
+        gone += int(lost[j])
         if at_risk[j] < k:
             break  # fewer than k at risk: the curves stop here
         if (only is not None and j not in only) or small(since_mine) or (small(since_other)
@@ -116,6 +126,7 @@ def release_incidence(at_risk: np.ndarray, events: np.ndarray, cause_events: np.
                        "ci95": list(log_log_ci(float(mine[j]), float(mine_var[j]))),
                        "competing": float(other[j]),
                        "competing_ci95": list(log_log_ci(float(other[j]), float(other_var[j]))),
-                       "at_risk": risk(j + 1) if j + 1 < len(at_risk) else {"suppressed": True}})
-        since_mine = since_other = 0
+                       "at_risk": risk(j + 1) if j + 1 < len(at_risk) else {"suppressed": True},
+                       **({"censored_since": gone >= k} if censored is not None else {})})
+        since_mine = since_other = gone = 0
     return {"points": points}

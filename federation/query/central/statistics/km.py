@@ -13,6 +13,7 @@ are shown, unstratified and stratified by site, over the whole follow-up (`survi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -114,16 +115,13 @@ class KaplanMeier(Statistic):
 
     def curve(self, parts: Parts, grid: np.ndarray, k: int, only: set[int] | None = None,
               risk_ok: set[int] | None = None) -> dict[str, Any]:
-        return release_curve(parts[0], parts[1], grid, k, only=only, risk_ok=risk_ok)
+        return release_curve(parts[0], parts[1], grid, k, only=only, risk_ok=risk_ok, censored=parts[2])
 
     def note(self, q: Query, k: int) -> str:
         return (f"Kaplan-Meier on a grid of {q.grid_days:g} days: per interval, sites return the number at risk, "
                 "events and censorings; the combined curve equals the pooled estimate on this grid. A point is "
                 f"released only with at least {k} at risk and at least {k} events since the previous released point.")
 
-    def test_events(self, parts: Parts) -> np.ndarray:
-        """The events a log-rank test counts (all events; a cumulative incidence's: those of its cause)."""
-        return parts[1]
 
     def finish(self, ctx: Context) -> None:
         """On the result as disclosure control left it: each shown curve's median from its own points, and the
@@ -139,15 +137,13 @@ class KaplanMeier(Statistic):
             payload["tests"] = self.tests(ctx)
 
     def rmst(self, ctx: Context, key: tuple[Any, ...], points: list[dict[str, Any]]) -> dict[str, Any]:
-        """The restricted mean survival time of a combined curve to the query's horizon, from the grid counts;
-        only where the curve shows a point at the horizon (after its last point, a tail of 1..k-1 events would
-        show in the area, and a horizon moved month by month would give the curve between its points)."""
+        """The restricted mean survival time of a combined curve to the query's horizon: the area under the
+        curve as shown (`survival.restricted_mean`), only where it shows a point at the horizon (after its last
+        point the curve may have stopped for want of patients at risk)."""
         q = ctx.query
         tau = q.horizon_days
-        intervals = int(round(tau / q.grid_days))
         shown = [float(p["day"]) for p in points]
-        at_point = any(abs(d - tau) < 1e-6 for d in shown) and abs(intervals * q.grid_days - tau) < 1e-6
-        if not at_point and RmstAtPointGuard.enabled():
+        if not any(abs(d - tau) < 1e-6 for d in shown):
             near = sorted(shown[1:], key=lambda d: abs(d - tau))[:2]
             return {"horizon_days": tau, "withheld": True,
                     "reason": f"the curve shows no point at day {tau:g}" + (
@@ -155,50 +151,68 @@ class KaplanMeier(Statistic):
                         if near else "")}
         zero = (np.zeros(1, int),) * 4
         parts = [self.counts[s].get(key, zero) for s in ctx.sites]
-        width = max((len(p[0]) for p in parts), default=0)
+        width = max(len(p[0]) for p in parts)
         at_risk = sum((np.pad(p[0], (0, width - len(p[0]))) for p in parts), np.zeros(width, int))
         events = sum((np.pad(p[1], (0, width - len(p[1]))) for p in parts), np.zeros(width, int))
-        value, var = restricted_mean(at_risk, events, q.grid_days, min(intervals, width))
-        half = 1.959963984540054 * float(np.sqrt(var))
-        return {"horizon_days": tau, "days": value, "se": float(np.sqrt(var)), "ci95": [value - half, value + half]}
+        surv, var = km_from_counts(at_risk, events)
+        index = [int(round(d / q.grid_days)) - 1 for d in shown]  # a point at day grid[j + 1] ends interval j
+        greenwood = [0.0] + [float(var[j] / surv[j] ** 2) if surv[j] > 0 else 0.0 for j in index[1:]]
+        levels = [float(p["survival"]) for p in points]
+        if not RmstOfShownCurveGuard.enabled():  # the area under the curve on every grid interval
+            levels = [1.0, *surv[: index[-1] + 1].tolist()]
+            shown = [float(q.grid_days * i) for i in range(index[-1] + 2)]
+            greenwood = [0.0, *[float(var[j] / surv[j] ** 2) if surv[j] > 0 else 0.0 for j in range(index[-1] + 1)]]
+        value, variance = restricted_mean(shown, levels, greenwood)
+        half = 1.959963984540054 * float(np.sqrt(variance))
+        return {"horizon_days": tau, "days": value, "se": float(np.sqrt(variance)),
+                "ci95": [value - half, value + half]}
 
     def tests(self, ctx: Context) -> dict[str, Any]:
+        """The tests of the groups whose combined curves are shown, each unstratified and stratified by site
+        (`<name>` and `<name>_stratified_by_site`), over the whole follow-up; withheld with the reason."""
         q = ctx.query
         curves = ctx.result.payload["curves"]
         names = ctx.sites
         n_int = len(np.arange(0.0, (self.test_horizon or q.horizon_days) + q.grid_days, q.grid_days)) - 1
         zero = (np.zeros(n_int, int),) * 4
-        if ShownGroupsGuard.enabled():
-            chosen = [r for r, c in enumerate(curves) if not curve_hidden(c["combined"])]
+        if ShownGroupsGuard.enabled():  # a curve showing a step after day 0: at least k events of what it counts
+            chosen = [r for r, c in enumerate(curves)
+                      if not curve_hidden(c["combined"]) and len(c["combined"].get("points") or []) > 1]
         else:
             chosen = [r for r, key in enumerate(self.keys)
                       if any(self.counts[s].get(key, zero)[0][:1].sum() for s in names)]
         left_out = [curves[r]["group"] for r in range(len(curves)) if r not in chosen]
         about = {"groups": [curves[r]["group"] for r in chosen], "left_out": left_out,
                  "follow_up_days": self.test_horizon}
+        kinds = [f"{name}{how}" for name in self.test_kinds() for how in ("", "_stratified_by_site")]
+        reason = None
         if self.test_horizon is None:
             reason = (f"the grid of {q.grid_days:g} days is too fine for a test over the whole follow-up "
                       f"(more than {MAX_GRID_INTERVALS} intervals)")
-            return {name: {"withheld": True, "reason": reason, **about}
-                    for name in ("logrank", "logrank_stratified_by_site")}
-        if len(chosen) < 2:
-            reason = "fewer than two groups have a curve shown"
-            return {"logrank": {"withheld": True, "reason": reason, **about},
-                    "logrank_stratified_by_site": {"withheld": True, "reason": reason, **about}}
-        at_risk = np.array([[self.counts[s].get(self.keys[r], zero)[0] for r in chosen] for s in names])
-        events = np.array([[self.test_events(self.counts[s].get(self.keys[r], zero)) for r in chosen] for s in names])
-        plain = logrank(at_risk.sum(axis=0, keepdims=True), events.sum(axis=0, keepdims=True))
-        out: dict[str, Any] = {"logrank": {"chi2": plain.chi2, "df": plain.df, "p": plain.p, **about}}
-        # stratified by site: a scalar over every site's groups like the unstratified one (no count of a site
-        # follows from it); withheld with the per-site values when those would isolate patients at a site
-        if ctx.combined_only:
-            out["logrank_stratified_by_site"] = {
-                "withheld": True, **about, "reason": "per-site values are withheld (differencing), and the "
-                                                     "stratified test weighs each site's groups"}
-        else:
-            strat = logrank(at_risk, events)
-            out["logrank_stratified_by_site"] = {"chi2": strat.chi2, "df": strat.df, "p": strat.p, **about}
+        elif len(chosen) < 2:
+            reason = "fewer than two groups have a curve that shows a step (at least k events)"
+        if reason is not None:
+            return {name: {"withheld": True, "reason": reason, **about} for name in kinds}
+        # per site, compared group and interval: number at risk, events, censorings, events of the cause
+        parts = np.array([[self.counts[s].get(self.keys[r], zero) for r in chosen] for s in names])
+        out: dict[str, Any] = {}
+        for name, test in self.test_kinds().items():
+            plain = test(parts.sum(axis=0, keepdims=True))
+            out[name] = {"chi2": plain.chi2, "df": plain.df, "p": plain.p, **about}
+            # stratified by site: a scalar over every site's groups like the unstratified one (no count of a
+            # site follows from it); withheld with the per-site values when those would isolate patients there
+            if ctx.combined_only:
+                out[f"{name}_stratified_by_site"] = {
+                    "withheld": True, **about, "reason": "per-site values are withheld (differencing), and the "
+                                                         "stratified test weighs each site's groups"}
+            else:
+                strat = test(parts)
+                out[f"{name}_stratified_by_site"] = {"chi2": strat.chi2, "df": strat.df, "p": strat.p, **about}
         return out
+
+    def test_kinds(self) -> dict[str, Callable[[np.ndarray], Any]]:
+        """Name -> test on counts of shape (strata, groups, 4 count kinds, intervals)."""
+        return {"logrank": lambda c: logrank(c[:, :, 0], c[:, :, 1])}
 
 
 WITHHELD: dict[str, Any] = {"points": [], "withheld": True}
@@ -212,12 +226,12 @@ class WholeFollowUpGuard(Guard):
     """A survival test covers the whole follow-up to the policy's longest horizon, whatever the curve's horizon."""
 
 
-class RmstAtPointGuard(Guard):
-    """A restricted mean survival time is given only at a time its curve shows (no tail of a few events)."""
+class RmstOfShownCurveGuard(Guard):
+    """A restricted mean survival time is the area under the curve as shown, not under every grid interval."""
 
 
 class ShownGroupsGuard(Guard):
-    """A survival test compares only the groups whose combined curves are shown."""
+    """A survival test compares only groups whose combined curves show a step (at least k events)."""
 
 
 def curve_hidden(curve: Any) -> bool:
@@ -273,10 +287,14 @@ def common_points(parts: dict[str, tuple[np.ndarray, ...]], thresholds: dict[str
 
 
 def release_curve(at_risk: np.ndarray, events: np.ndarray, grid: np.ndarray, k: int,
-                  only: set[int] | None = None, risk_ok: set[int] | None = None) -> dict[str, Any]:
+                  only: set[int] | None = None, risk_ok: set[int] | None = None,
+                  censored: np.ndarray | None = None) -> dict[str, Any]:
     """The released points of one curve. For per-site curves, `only` are the grid points where every
-    site's curve may be shown and `risk_ok` the intervals where every site's number at risk may be."""
+    site's curve may be shown and `risk_ok` the intervals where every site's number at risk may be. With
+    `censored`, each point says whether at least k patients were censored since the previous point (the
+    plot's censor mark on that step; fewer are not marked, and the legend says so)."""
     surv, var = km_from_counts(at_risk, events)
+    lost = censored if censored is not None else np.zeros(len(at_risk), int)
 
     def risk(j: int) -> Any:
         n = int(at_risk[j])
@@ -284,9 +302,10 @@ def release_curve(at_risk: np.ndarray, events: np.ndarray, grid: np.ndarray, k: 
         return n if shown else {"suppressed": True}
 
     points = [{"day": 0.0, "survival": 1.0, "ci95": [1.0, 1.0], "at_risk": risk(0) if len(at_risk) else 0}]
-    since = 0
+    since = gone = 0
     for j in range(len(at_risk)):
         since += int(events[j])
+        gone += int(lost[j])
         if at_risk[j] < k:
             break  # fewer than k at risk: the curve stops here
         if only is not None and j not in only:
@@ -295,6 +314,7 @@ def release_curve(at_risk: np.ndarray, events: np.ndarray, grid: np.ndarray, k: 
             continue  # coarsen: wait until k events have accumulated (no event is as few as 1..k-1)
         lo, hi = log_log_ci(float(surv[j]), float(var[j]))
         points.append({"day": float(grid[j + 1]), "survival": float(surv[j]), "ci95": [lo, hi],
-                       "at_risk": risk(j + 1) if j + 1 < len(at_risk) else {"suppressed": True}})
-        since = 0
+                       "at_risk": risk(j + 1) if j + 1 < len(at_risk) else {"suppressed": True},
+                       **({"censored_since": gone >= k} if censored is not None else {})})
+        since = gone = 0
     return {"points": points}
