@@ -386,7 +386,7 @@ def _upload(args: argparse.Namespace) -> int:
               "or upload anyway with --force", file=sys.stderr)
         return report.exit_code
     store = open_store(settings.storage, site.site_id)
-    manifest = upload_export(store, settings.storage, site.site_id, study.study_id, study.schema_version,
+    manifest = upload_export(store, settings.storage, site.site_id, study.study_id, site.dictionary_for(study),
                              args.path, upload_id=args.upload_id,
                              progress=lambda m: print(m, file=sys.stderr))
     print(f"uploaded {len(manifest.files)} files as upload {manifest.upload_id} to {store.describe()}")

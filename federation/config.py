@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -85,6 +85,9 @@ class SiteConfig(BaseModel):
     site_id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,40}$")
     name: str
     studies: list[str] = Field(default_factory=list)
+    # study -> the dictionary version this site's exports follow, where it is not the study's own (one the
+    # study still accepts: `also_accepts` in the registry)
+    dictionaries: dict[str, str] = Field(default_factory=dict)
     conventions: SiteConventions = Field(default_factory=SiteConventions)
     disclosure: SiteThresholds = Field(default_factory=SiteThresholds)
 
@@ -98,6 +101,15 @@ class SiteConfig(BaseModel):
             return cls.model_validate(data)
         except ValueError as exc:
             raise ConfigurationError(f"site configuration {path} is invalid:\n{exc}") from exc
+
+    def dictionary_for(self, study: Any) -> str:
+        """The dictionary version of this site's exports of `study` (a `schema.Study`)."""
+        version = str(self.dictionaries.get(study.study_id, study.schema_version))
+        if version not in study.versions():
+            raise ConfigurationError(
+                f"{self.site_id} declares dictionary v{version} for {study.study_id}, which takes only "
+                f"{', '.join('v' + v for v in study.versions())}; correct `dictionaries` in the site configuration")
+        return version
 
     def to_yaml(self, path: Path) -> None:
         path.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True),

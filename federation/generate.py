@@ -74,10 +74,12 @@ def render_docs(dictionary: Dictionary) -> str:
     out += ["", "## Studies", "", "| study | title | arms | stages | accrual | optional tables |",
             "|---|---|---|---|---|---|"]
     for s in registry.studies:
-        if s.schema_version != v:
+        if v not in s.versions():
             continue
-        out.append(f"| {s.study_id} | {s.title} | {', '.join(a.code for a in s.arms)} | {', '.join(s.stages)} | "
-                   f"{s.accrual.first} to {s.accrual.last} | {', '.join(s.optional_tables) or '-'} |")
+        own = "" if s.schema_version == v else f" (its dictionary is v{s.schema_version}; it still takes v{v})"
+        optional = [t for t in s.optional_tables if t in dictionary.tables]
+        out.append(f"| {s.study_id}{own} | {s.title} | {', '.join(a.code for a in s.arms)} | {', '.join(s.stages)} | "
+                   f"{s.accrual.first} to {s.accrual.last} | {', '.join(optional) or '-'} |")
     return "\n".join(out) + "\n"
 
 
@@ -94,7 +96,7 @@ def derived_files(expectations_dir: Path = EXPECTATIONS_DIR, docs_dir: Path = DO
         dictionary = load_dictionary(version)
         files[docs_dir / f"data-dictionary-v{version}.md"] = render_docs(dictionary)
         for study in registry.studies:
-            if study.schema_version != version:
+            if version not in study.versions():
                 continue
             for table in tables_of(dictionary, study):
                 files[suite_path(dictionary, study, table, expectations_dir)] = render_suite(

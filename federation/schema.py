@@ -186,6 +186,12 @@ class Study(_Model):
     stages: list[str]
     accrual: AccrualWindow
     optional_tables: list[str] = Field(default_factory=list)
+    # earlier dictionary versions whose exports the study still takes, from sites that have not moved on
+    # (their data answers on the columns those versions have; a question about others: "not collected")
+    also_accepts: list[str] = Field(default_factory=list)
+
+    def versions(self) -> list[str]:
+        return [self.schema_version, *(v for v in self.also_accepts if v != self.schema_version)]
 
     def codes_for(self, column: Column) -> list[str] | None:
         """The code list of `column` in this study (study lists resolved)."""

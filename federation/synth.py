@@ -547,8 +547,9 @@ class WrittenExport:
 
 
 def write_export(tables: dict[str, list[Row]], site: SiteConfig, study: Study, folder: Path) -> WrittenExport:
-    """Write canonical rows as the site's CSV files; return where injected errors must be reported."""
-    dictionary = load_dictionary(study.schema_version)
+    """Write canonical rows as the site's CSV files (in the dictionary version the site declares for the study);
+    return where injected errors must be reported."""
+    dictionary = load_dictionary(site.dictionary_for(study))
     conv = site.conventions
     folder.mkdir(parents=True, exist_ok=True)
     date_fmt = conv.date_formats[0]
@@ -598,13 +599,16 @@ def write_export(tables: dict[str, list[Row]], site: SiteConfig, study: Study, f
 
 def synthesize(out: Path, n_sites: int, study_id: str, patients: int, as_of: dt.date, seed: int = 1,
                error_sites: list[str] | None = None, error_kinds: list[str] | None = None,
-               ae_per_patient: float = 2.0) -> list[WrittenExport]:
+               ae_per_patient: float = 2.0, dictionary: str | None = None) -> list[WrittenExport]:
     """Write exports of `n_sites` sites to `out/<site>/<study>/`, site configs to `out/sites/`,
-    and the answer file `out/answers.json` listing every injected error."""
+    and the answer file `out/answers.json` listing every injected error. `dictionary`: an earlier version the
+    study still takes (`also_accepts`), declared in the site configurations, for sites that have not moved on."""
     study = load_registry().study(study_id)
     # synthetic sites take part in every study of the registry, as the example sites in infra/sites do (a
     # study a site is not enrolled in is refused by validate, upload and the pipeline)
     sites = site_configs(n_sites, [s.study_id for s in load_registry().studies])
+    if dictionary is not None and dictionary != study.schema_version:
+        sites = [site.model_copy(update={"dictionaries": {study_id: dictionary}}) for site in sites]
     (out / "sites").mkdir(parents=True, exist_ok=True)
     written = []
     for i, site in enumerate(sites):
@@ -612,6 +616,9 @@ def synthesize(out: Path, n_sites: int, study_id: str, patients: int, as_of: dt.
         # Sites differ a lot in size: the largest has about 4 times the patients of the smallest.
         n = max(int(patients * (0.5 + 1.5 * ((i * 7) % 5) / 4)), 40)
         tables = generate_site(study, site.site_id, n, as_of, seed=seed * 1000 + i, ae_per_patient=ae_per_patient)
+        if dictionary is not None:  # a system on an earlier dictionary records only the agents that one lists
+            agents = set(load_dictionary(dictionary).table("treatments").columns["agent"].codes or [])
+            tables["treatments"] = [r for r in tables["treatments"] if r["agent"] in agents]
         if error_sites and (site.site_id in error_sites or "all" in error_sites):
             inject_errors(tables, study, as_of, seed=seed * 1000 + i, kinds=error_kinds)
         written.append(write_export(tables, site, study, out / site.site_id / study_id))

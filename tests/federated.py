@@ -50,7 +50,7 @@ def publish(root: Path, written: list[WrittenExport]) -> Settings:
                         sites_dir=root / "exports" / "sites", audit_log=root / "audit.jsonl")
     store = open_store(settings.storage)
     for w in written:
-        version = load_registry().study(w.study_id).schema_version
+        version = w.site.dictionary_for(load_registry().study(w.study_id))
         upload_export(store, settings.storage, w.site.site_id, w.study_id, version, w.folder,
                       now=dt.datetime(2025, 6, 30, 12, tzinfo=dt.UTC))
     entries = ingest_all(settings, progress=lambda _m: None)

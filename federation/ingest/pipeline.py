@@ -398,9 +398,14 @@ def _check_manifest(settings: Settings, ref: UploadRef, manifest: Manifest) -> s
         study = load_registry().study(manifest.study_id)
     except ConfigurationError as exc:
         return str(exc)
-    if manifest.schema_version != study.schema_version:
+    if manifest.schema_version not in study.versions():
         return (f"the manifest declares dictionary v{manifest.schema_version} but study {study.study_id} "
-                f"uses v{study.schema_version}")
+                f"uses v{study.schema_version}" + (f" (and takes {', '.join('v' + v for v in study.also_accepts)})"
+                                                   if study.also_accepts else ""))
+    declared = settings.site(ref.site_id).dictionaries.get(study.study_id, study.schema_version)
+    if manifest.schema_version != declared:
+        return (f"the manifest declares dictionary v{manifest.schema_version} but {ref.site_id}'s configuration "
+                f"says its {study.study_id} exports follow v{declared}")
     return ""
 
 

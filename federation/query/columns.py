@@ -32,7 +32,13 @@ CONTINUOUS = NUMERIC - GROUPABLE  # filtered only at the policy's cut points
 @lru_cache(maxsize=64)
 def unit_columns(study_id: str, table: str) -> dict[str, str]:
     """Column -> harmonized Arrow type name of a unit table (patients joined with diagnosis and outcome)."""
-    d = load_dictionary(load_registry().study(study_id).schema_version)
+    return version_columns(load_registry().study(study_id).schema_version, table)
+
+
+@lru_cache(maxsize=64)
+def version_columns(version: str, table: str) -> dict[str, str]:
+    """`unit_columns` of data harmonized with dictionary `version` (a site still on an earlier one)."""
+    d = load_dictionary(version)
     h = d.harmonized
     types = {c.name: c.type for c in h.common}
     if table == "patients":
@@ -43,7 +49,7 @@ def unit_columns(study_id: str, table: str) -> dict[str, str]:
         return {}  # not collected in this study's dictionary (`require` says so)
     else:
         types.update({c.name: c.type for c in h.tables[table]})
-        patients = unit_columns(study_id, "patients")
+        patients = version_columns(version, "patients")
         types.update({c: patients[c] for c in EVENT_PATIENT_COLUMNS})
     return types
 

@@ -85,7 +85,8 @@ def validate_export(request: ValidationRequest, progress: ProgressFn = _no_progr
     started = time.perf_counter()
     registry = load_registry()
     study = registry.study(request.study_id)
-    dictionary = load_dictionary(study.schema_version)
+    dictionary = load_dictionary(request.site.dictionary_for(study) if study.study_id in request.site.studies
+                                 else study.schema_version)
     report = Report(site_id=request.site.site_id, study_id=study.study_id,
                     schema_version=dictionary.schema_version, path=str(request.path),
                     upload_date=request.upload_date.isoformat())

@@ -71,4 +71,4 @@ def test_a_v2_export_declared_as_v1_is_rejected_with_the_reason(v2_exports: Path
                         sites_dir=v2_exports / "sites")
     upload(settings, "site-b", v2_exports / "site-b" / STUDY, study=STUDY)
     (entry,) = ingest_all(settings, progress=lambda _m: None)
-    assert entry.status == "rejected" and "uses v2" in entry.message
+    assert entry.status == "rejected" and "configuration says its PONC-NB-03 exports follow v2" in entry.message

@@ -149,3 +149,42 @@ def test_a_rare_alteration_at_one_site_is_a_small_cell(nb03: Settings, tmp_path:
         assert any(recovered(naive, site) == truth[(site, "DETECTED")] for site in rare)
     safe = run_local(q, fresh(nb03, tmp_path), "mallory")
     assert safe.status == "released" and all(recovered(safe, site) is None for site in rare)
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """PONC-NB-03 with site-a and site-b on dictionary v2 and site-c still exporting v1 (`also_accepts`)."""
+    import shutil
+
+    os.environ.setdefault("FEDERATION_PSEUDONYM_KEY", "test-consortium-key-0123456789")
+    root = tmp_path_factory.mktemp("mixed")
+    written = synthesize(root / "exports", 2, STUDY, 150, dt.date(2025, 6, 30), seed=8)
+    v1 = synthesize(root / "v1", 3, STUDY, 150, dt.date(2025, 6, 30), seed=8, dictionary="1")[2]
+    shutil.copy(root / "v1" / "sites" / "site-c.yaml", root / "exports" / "sites" / "site-c.yaml")
+    return publish(root, [*written, v1])
+
+
+def test_v1_and_v2_sites_answer_together_on_shared_columns_and_v1_says_not_collected(
+        mixed: Settings, tmp_path: Path) -> None:
+    s = fresh(mixed, tmp_path)
+    # a shared column: every site takes part, and the combined count is the pooled one
+    r = run_local(Query(study_id=STUDY, group_by=["sex"]), s, "t")
+    assert r.status == "released" and set(r.sites) == {"site-a", "site-b", "site-c"} and not r.excluded
+    assert r.payload["total"]["combined"] == pooled(mixed, "SELECT count(*) FROM patients")[0][0]
+    # a v2 column or table: site-c takes no part and the result says why ("not collected", not a count of 0)
+    for q, what in [(Query(study_id=STUDY, group_by=["mycn_status"]), "mycn_status"),
+                    (Query(study_id=STUDY, table="late_effects", group_by=["category"]), "late_effects"),
+                    (Query(study_id=STUDY, exists=[Exists(table="biomarkers", where=[
+                        Filter(column="gene", op="==", value="MYCN"),
+                        Filter(column="result", op="==", value="DETECTED")])]), "biomarkers")]:
+        r = run_local(q, fresh(mixed, tmp_path / what), "t")  # each on its own history (the exists filter
+        assert r.status == "released", r.reason            # and the count by mycn_status hold the same patients)
+        assert set(r.sites) == {"site-a", "site-b"} and "site-c" not in str(r.payload.get("rows"))
+        assert "not collected" in r.excluded["site-c"] and "v1" in r.excluded["site-c"] and what in r.excluded[
+            "site-c"]
+    v2_patients = pooled(mixed, "SELECT count(*) FROM patients WHERE site_id <> 'site-c'")[0][0]
+    r = run_local(Query(study_id=STUDY, group_by=["mycn_status"]), s, "t")
+    assert r.payload["total"]["combined"] == v2_patients
+    from federation.query.render import to_text
+
+    assert "site-c: not collected" in to_text(r)

@@ -32,6 +32,7 @@ from federation.query.columns import (
     declared_levels,
     require,
     unit_columns,
+    version_columns,
 )
 from federation.query.guard import QueryRefused
 from federation.query.model import Exists, Filter, UnitTable
@@ -39,6 +40,7 @@ from federation.query.policy import EffectiveThresholds, QueryPolicy
 from federation.query.site import estimating
 from federation.query.site.data import SiteData
 from federation.query.site.sql import group_select, ident, subset, where
+from federation.schema import load_registry
 
 Label = str | bool | int | None  # one category of a groupable column; None where the value is missing
 MAX_GRID_INTERVALS = 2000
@@ -406,7 +408,8 @@ class HistoryAtoms(ManySubsets):
             params: list[Any] = []
             chosen = [self.subsets[self.columns[i].subset] for i in by_version[version]]
             conds = [f"(({where(x.rows, x.exists, params)}) IS TRUE)" for x in chosen]
-            dims = "".join(f", {ident(d)}" for d in self.dims)
+            here = version_columns(data.version.schema_version, self.table)  # an earlier dictionary lacks some
+            dims = "".join(f", {ident(d)}" if d in here else ", NULL" for d in self.dims)
             got = data.sql(f"SELECT {row_identity(self.table)} AS rid, pid{dims}, {', '.join(conds)} "
                            f"FROM unit_{self.table}", params)
             nd = len(self.dims)
@@ -730,9 +733,31 @@ REQUEST = TypeAdapter(AnyRequest)
 
 def check_columns(request: Request, ctx: SiteContext) -> None:
     check_collected(ctx.study_id, [request.table, *(e.table for e in request.exists)])
+    check_collected_here(request, ctx)
     for column, what, kinds, table in request.uses():
         require(ctx.policy, ctx.study_id, table, column, what, kinds)
     for table, column, op, value in request.compared():
         check_comparison(ctx.policy, ctx.study_id, table, column, op, value)
     for table, f in request.splits():
         check_split(ctx.policy, ctx.study_id, table, f)
+
+
+def check_collected_here(request: Request, ctx: SiteContext) -> None:
+    """A site whose data follows an earlier dictionary than its study (`Study.also_accepts`) takes no part in a
+    request about tables or columns that dictionary does not have: "not collected", never counted as absent."""
+    version = ctx.data.version.schema_version
+    if version == load_registry().study(ctx.study_id).schema_version or isinstance(request, ManySubsets):
+        return  # the differencing guard's requests name only subsets this site answered (`HistoryAtoms`: dims)
+    missing: list[str] = []
+    for unit in [request.table, *(e.table for e in request.exists)]:
+        if unit != "patients" and not version_columns(version, unit):
+            missing.append(unit)
+    used: list[tuple[str, str]] = [(t, c) for c, _, _, t in request.uses()]
+    used += [(t, c) for t, c, _, _ in request.compared()]
+    used += [(t, f.column) for t, f in request.splits()]
+    for table, column in used:
+        if table not in missing and column not in version_columns(version, table):
+            missing.append(f"{table}.{column}" if table != "patients" else column)
+    if missing:
+        raise NotTakingPart(f"not collected: its data follows data dictionary v{version}, which has no "
+                            + ", ".join(dict.fromkeys(missing)))
