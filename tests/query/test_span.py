@@ -8,6 +8,7 @@ from itertools import combinations
 import numpy as np
 import pytest
 
+from federation.query.central.differencing import Units
 from federation.query.central.runner import released_cells
 from federation.query.central.span import column_classes, derivable, new_leak, small_unions
 from federation.query.guard import QueryRefused
@@ -33,26 +34,28 @@ def test_atoms_no_cell_tells_apart_are_one_class() -> None:
 def test_a_complement_released_later_gives_the_primary_cell() -> None:
     # one site; atoms: groups g1 (30), g2 (40), g3 (1 patient, primary), g4 (12, hidden as its complement)
     weight = np.array([30.0, 40.0, 1.0, 12.0])
+    units = Units.additive(weight)
     site_of = np.zeros(4, dtype=int)
     before = rows([1, 1, 1, 1], [1, 0, 0, 0], [0, 1, 0, 0])  # the site total, and the groups shown
     hidden = rows([0, 0, 1, 0], [0, 0, 0, 1])
-    assert new_leak(before, rows([0, 0, 1, 1]), hidden, weight, site_of, ["s"], 5) is None  # g3+g4: known already
-    leak = new_leak(before, rows([0, 0, 0, 1]), hidden, weight, site_of, ["s"], 5)  # g4 filtered: g3 follows
+    assert new_leak(before, rows([0, 0, 1, 1]), hidden, units, site_of, ["s"], 5) is None  # g3+g4: known already
+    leak = new_leak(before, rows([0, 0, 0, 1]), hidden, units, site_of, ["s"], 5)  # g4 filtered: g3 follows
     assert leak is not None and leak.units == 1.0 and leak.what == "a hidden cell" and leak.insider is None
     # a set pinned down before the new cells is not the new result's doing
-    assert new_leak(np.vstack([before, rows([0, 0, 0, 1])]), rows([1, 1, 0, 0]), hidden, weight, site_of, ["s"],
+    assert new_leak(np.vstack([before, rows([0, 0, 0, 1])]), rows([1, 1, 0, 0]), hidden, units, site_of, ["s"],
                     5) is None
 
 
 def test_an_insider_removes_their_own_rows() -> None:
     # two sites, one group each side hidden; atoms: (site 0, small), (site 0, big), (site 1, small), (site 1, big)
     weight = np.array([2.0, 30.0, 3.0, 40.0])
+    units = Units.additive(weight)
     site_of = np.array([0, 0, 1, 1])
     before = rows([1, 1, 0, 0], [0, 0, 1, 1])  # each site's total
     new = rows([1, 0, 1, 0])  # the combined small group (5 patients: shown as at least k)
     hidden = rows([1, 0, 0, 0], [0, 0, 1, 0])
-    assert new_leak(before, new, hidden, weight, site_of, ["a", "b"], 5) is not None  # insider a gets b's 3
-    leak = new_leak(before, new, hidden, weight, site_of, ["a", "b"], 5)
+    assert new_leak(before, new, hidden, units, site_of, ["a", "b"], 5) is not None  # insider a gets b's 3
+    leak = new_leak(before, new, hidden, units, site_of, ["a", "b"], 5)
     assert leak is not None and leak.insider in ("a", "b")
     # without the insiders' knowledge the two small cells stay hidden from an outside analyst
     assert not derivable(np.vstack([before, new]), hidden).any()
@@ -97,7 +100,8 @@ def test_a_decomposition_that_fails_never_lets_a_result_through(monkeypatch) -> 
     assert derivable(shown, rows([1, 0, 0])).all()  # unsure: "derivable", so the guard refuses
     assert not derivable(shown, rows([1, 0, 0]), unsure=False).any()  # and "was not derivable before"
     weight, site_of = np.array([30.0, 2.0, 30.0]), np.zeros(3, dtype=int)
-    assert new_leak(shown[:1], shown[1:], rows([0, 1, 0]), weight, site_of, ["s"], 5) is not None
+    units = Units.additive(weight)
+    assert new_leak(shown[:1], shown[1:], rows([0, 1, 0]), units, site_of, ["s"], 5) is not None
 
 
 def test_a_matrix_on_which_the_fast_decomposition_fails_is_still_decided() -> None:
@@ -183,17 +187,18 @@ def test_a_union_of_two_classes_neither_pinned_down_alone_is_found() -> None:
     # the seventh red team's U1, in atoms: a0 and a1 one patient each, a2 and a3 ten each; everyone, everyone
     # but a0 and a1, and a result holding a0 and a3 (which splits a0 from a1 without pinning either)
     weight, site_of = np.array([1.0, 1.0, 10.0, 10.0]), np.zeros(4, dtype=int)
+    units = Units.additive(weight)
     before = rows([0, 0, 1, 1], [1, 0, 0, 1])
     union = small_unions(np.vstack([before, rows([1, 1, 1, 1])]), weight, 5)
     assert union is not None and union.tolist() == [[True, True, False, False]]
     assert not derivable(np.vstack([before, rows([1, 1, 1, 1])]), rows([1, 0, 0, 0], [0, 1, 0, 0])).any()
-    leak = new_leak(before, rows([1, 1, 1, 1]), np.zeros((0, 4), dtype=bool), weight, site_of, ["s"], 5)
+    leak = new_leak(before, rows([1, 1, 1, 1]), np.zeros((0, 4), dtype=bool), units, site_of, ["s"], 5)
     assert leak is not None and leak.units == 2.0 and leak.what == "a set of patients no single cell shows"
     # a union of k or more, or one known before the new cells, is no leak
-    assert new_leak(before, rows([1, 1, 1, 1]), np.zeros((0, 4), dtype=bool), np.array([3.0, 2.0, 10, 10]),
-                    site_of, ["s"], 5) is None
+    assert new_leak(before, rows([1, 1, 1, 1]), np.zeros((0, 4), dtype=bool),
+                    Units.additive(np.array([3.0, 2.0, 10, 10])), site_of, ["s"], 5) is None
     known = np.vstack([before, rows([1, 1, 0, 0])])
-    assert new_leak(known, rows([1, 1, 1, 1]), np.zeros((0, 4), dtype=bool), weight, site_of, ["s"], 5) is None
+    assert new_leak(known, rows([1, 1, 1, 1]), np.zeros((0, 4), dtype=bool), units, site_of, ["s"], 5) is None
 
 
 def test_unions_of_three_and_four_classes_are_found_and_nothing_else() -> None:

@@ -17,6 +17,7 @@ from federation.query.central.differencing import (
     Leak,
     TooMuchHistory,
     Union,
+    Units,
     Vectors,
     pair_leaks,
     triple_leaks,
@@ -79,6 +80,7 @@ class AtomSpace:
         self.skipped: list[str] = []
         self.site_of = np.zeros(0, dtype=int)
         self.weight = np.zeros(0)
+        self.units = Units.additive(self.weight)  # patients in sets of atoms (`differencing.Units`)
         self.member = np.zeros((0, len(footprints)), dtype=bool)  # atom x footprint
         self.keys: list[tuple[Any, ...]] = []
         self._code_cache: dict[tuple[str, ...], tuple[np.ndarray, list[str]]] = {}
@@ -113,6 +115,8 @@ class AtomSpace:
         weight: list[float] = []
         keys: list[tuple[Any, ...]] = []
         member_rows: list[np.ndarray] = []
+        pattern_atoms: list[list[int]] = []  # patients with rows in several atoms: those atoms (global indexes)
+        pattern_n: list[int] = []
         for i, site in enumerate(sites):
             answers = history_answers(ctx, replies, site, Atoms)
             if answers is None:
@@ -121,6 +125,13 @@ class AtomSpace:
             (atoms,) = answers
             assert isinstance(atoms, Atoms)
             where = columns_of[site]
+            first = len(keys)
+            for p in atoms.patterns:
+                if any(not 0 <= a < len(atoms.cells) for a in p.atoms):
+                    raise QueryRefused(f"the differencing check got a malformed reply from {site}; nothing was "
+                                       "released", "ask again later")
+                pattern_atoms.append([first + a for a in p.atoms])
+                pattern_n.append(p.n)
             for cell in atoms.cells:
                 bits = int(cell.bits, 16)
                 row = np.zeros(len(footprints), dtype=bool)
@@ -132,6 +143,12 @@ class AtomSpace:
                 member_rows.append(row)
         space.site_of = np.asarray(site_of, dtype=int)
         space.weight = np.asarray(weight, dtype=float)
+        patterns = None
+        if pattern_atoms:
+            cols = np.concatenate([np.asarray(a, dtype=np.int64) for a in pattern_atoms])
+            indptr = np.cumsum([0] + [len(a) for a in pattern_atoms])
+            patterns = sparse.csr_matrix((np.ones(len(cols)), cols, indptr), shape=(len(pattern_atoms), len(weight)))
+        space.units = Units(upper=space.weight, patterns=patterns, counts=np.asarray(pattern_n, dtype=float))
         space.keys = keys
         space.member = np.asarray(member_rows, dtype=bool).reshape(len(member_rows), len(footprints))
         return space
@@ -244,7 +261,7 @@ class AtomSpace:
         same = self.same_patients(new, pool, shown)
         if same is not None:
             return same
-        (new, new_at), (pool, pool_at) = informative(new, pool, self.weight, k)
+        (new, new_at), (pool, pool_at) = informative(new, pool, self.units, k)
         leaks = [Leak(new=int(new_at[x.new]), earlier=tuple(int(pool_at[i]) for i in x.earlier), how=x.how)
                  for x in self._leaks(new, pool, k, np.array([r in mine for r in row_bytes(pool.matrix)]))]
         return leaks[0] if leaks else None
@@ -293,10 +310,10 @@ class AtomSpace:
         # own (a curve's number at risk at two times, one also asked as a filter), under its own control
         apart, at = select_rows(pool, ~also_new) if len(also_new) else (pool, np.arange(0))
         leaks = [Leak(new=x.new, earlier=tuple(int(at[i]) for i in x.earlier), how=x.how)
-                 for x in pair_leaks(new, apart, self.weight, self.site_of, len(self.sites), k)]
+                 for x in pair_leaks(new, apart, self.units, self.site_of, len(self.sites), k)]
         if not leaks:
             try:
-                leaks = triple_leaks(new, pool, self.weight, k, union=self._union(new, pool), also_new=also_new)
+                leaks = triple_leaks(new, pool, self.units, k, union=self._union(new, pool), also_new=also_new)
             except TooMuchHistory:
                 raise QueryRefused("the differencing check found more combinations with earlier results than it "
                                    "checks in one query; nothing was released",
@@ -327,12 +344,12 @@ def select_rows(v: Vectors, keep: np.ndarray) -> tuple[Vectors, np.ndarray]:
                    where=[v.where[i] for i in idx] if v.where else []), idx
 
 
-def informative(new: Vectors, pool: Vectors, w: np.ndarray, k: int
+def informative(new: Vectors, pool: Vectors, units: Units, k: int
                 ) -> tuple[tuple[Vectors, np.ndarray], tuple[Vectors, np.ndarray]]:
-    """Leave out cells of 1..k-1 rows (suppressed when released, so never released as such) and new cells
+    """Leave out cells of 1..k-1 patients (suppressed when released, so never released as such) and new cells
     identical to an earlier one (they add nothing to what is known); with the indexes of the rows kept."""
     def small(v: Vectors) -> np.ndarray:
-        sizes = np.asarray(v.matrix @ w).ravel() if v.matrix.shape[0] else np.zeros(0)
+        sizes = units.of(v.matrix) if v.matrix.shape[0] else np.zeros(0)
         return (sizes > 0.5) & (sizes < k - 0.5)
 
     pool_kept, pool_at = select_rows(pool, ~small(pool))

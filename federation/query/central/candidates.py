@@ -80,10 +80,13 @@ def _cells(new: Sizes, earlier: CellTable, sites: list[str]) -> Iterator[tuple[n
         yield mine.n[:, q:q + 1], mine.sketch[:, q:q + 1, :]
 
 
-def nested_near(new: Sizes, earlier: CellTable, sites: list[str], k: int) -> set[int]:
+def nested_near(new: Sizes, earlier: CellTable, sites: list[str], k: int, several: bool = False) -> set[int]:
     """Footprints with a cell that may contain, or lie inside, a new cell with 1..k-1 rows between them:
-    over all sites, over all sites but one (an insider's view), or at one site."""
+    over all sites, over all sites but one (an insider's view), or at one site. `several`: the units are
+    distinct patients of a table with several rows per patient, so the rows between two nested cells may
+    belong to patients of the smaller one (its count minus the other's is only a lower bound, possibly 0)."""
     found: set[int] = set()
+    least = 0 if several else 1
     for qn, qs in _cells(new, earlier, sites):
         d = earlier.n - qn  # (sites, cells): rows of the earlier cell minus the new one's, per site
         # cells of 1..k-1 rows are suppressed when released: only cells of at least k can be subtracted
@@ -93,10 +96,10 @@ def nested_near(new: Sizes, earlier: CellTable, sites: list[str], k: int) -> set
         for sign in (1, -1):  # new inside earlier, then earlier inside new
             dd = sign * d
             inside = (dd >= 0).all(axis=0) & _bits_inside(qs, earlier.sketch, sign)
-            small_all = (dd.sum(axis=0) >= 1) & (dd.sum(axis=0) <= k - 1)
+            small_all = (dd.sum(axis=0) >= least) & (dd.sum(axis=0) <= k - 1)
             rest = dd.sum(axis=0)[None, :] - dd  # the difference without one site's rows (insider)
-            small_insider = ((rest >= 1) & (rest <= k - 1)).any(axis=0)
-            small_site = ((dd >= 1) & (dd <= k - 1) & shown_site & _site_bits_inside(qs, earlier.sketch, sign)
+            small_insider = ((rest >= least) & (rest <= k - 1)).any(axis=0)
+            small_site = ((dd >= least) & (dd <= k - 1) & shown_site & _site_bits_inside(qs, earlier.sketch, sign)
                           ).any(axis=0)
             keep |= (inside & shown_all & (small_all | small_insider)) | small_site
         found.update(int(x) for x in np.unique(earlier.owners[keep]))
@@ -147,10 +150,13 @@ def _bits_inside(q: np.ndarray, e: np.ndarray, sign: int) -> np.ndarray:
 PATTERNS = ("q+a-b", "a+b-q", "q-a-b", "a-b-q")
 
 
-def triple_near(new: Sizes, family: CellTable, sites: list[str], k: int) -> set[int]:
+def triple_near(new: Sizes, family: CellTable, sites: list[str], k: int, several: bool = False) -> set[int]:
     """Footprints of the same family with cells a, b whose sizes could make `q + a - b`, `a + b - q`,
     `q - a - b` or `a - b - q` a set of 1..k-1 rows for a new cell q: over all sites (combined cells) and
-    at each site alone (per-site cells); sizes and sketches only."""
+    at each site alone (per-site cells); sizes and sketches only. `several`: the units are distinct patients
+    of a table with several rows per patient, which do not add up over cells (a patient in a and in b is
+    one): the windows are those bounds allow (e.g. for `q + a - b`, b holds q and a but what the few derived
+    patients hold, so between max(|q|, |a|) - (k - 1) and |q| + |a|)."""
     if not len(family.owners):
         return set()
     mine = CellTable.build([(0, new)], sites)
@@ -183,9 +189,15 @@ def triple_near(new: Sizes, family: CellTable, sites: list[str], k: int) -> set[
                 sizes = totals[order]
                 na = totals[idx]
                 e = 1 if EmptyCombinationGuard.enabled() else 0  # an empty combination counts (unless by definition)
-                lo, hi = {"q+a-b": (t + na - (k - 1), t + na - 1 + e), "a+b-q": (t - na + 1 - e, t - na + (k - 1)),
-                          "q-a-b": (t - na - (k - 1), t - na - 1 + e), "a-b-q": (na - t - (k - 1), na - t - 1 + e)
-                          }[pattern]
+                if several:
+                    lo, hi = {"q+a-b": (np.maximum(t, na) - (k - 1), t + na), "a+b-q": (t - na, t + (k - 1)),
+                              "q-a-b": (t - na - (k - 1), np.full_like(na, t)), "a-b-q": (na - t - (k - 1), na)
+                              }[pattern]
+                else:
+                    lo, hi = {"q+a-b": (t + na - (k - 1), t + na - 1 + e),
+                              "a+b-q": (t - na + 1 - e, t - na + (k - 1)),
+                              "q-a-b": (t - na - (k - 1), t - na - 1 + e), "a-b-q": (na - t - (k - 1), na - t - 1 + e)
+                              }[pattern]
                 first = np.searchsorted(sizes, lo, side="left")
                 last = np.searchsorted(sizes, hi, side="right")
                 counts = last - first
@@ -199,9 +211,11 @@ def triple_near(new: Sizes, family: CellTable, sites: list[str], k: int) -> set[
                 na_s, nb_s = n[:, a_cells], n[:, b_cells]
                 v = {"q+a-b": qn + na_s - nb_s, "a+b-q": na_s + nb_s - qn, "q-a-b": qn - na_s - nb_s,
                      "a-b-q": na_s - nb_s - qn}[pattern]
-                ok = (a_cells != b_cells) & ((v >= 0) & (v <= k - 1)).all(axis=0)
-                ok &= (a_cells != base + q) & (b_cells != base + q) & ((a_cells < base) | (b_cells < base))
-                ok &= (v.sum(axis=0) >= 1 - e) & (v.sum(axis=0) <= k - 1)
+                ok = (a_cells != b_cells) & (a_cells != base + q) & (b_cells != base + q)
+                ok &= (a_cells < base) | (b_cells < base)
+                if not several:  # sums of patients' counts are the derived set's: 0..k-1 at each site
+                    ok &= ((v >= 0) & (v <= k - 1)).all(axis=0)
+                    ok &= (v.sum(axis=0) >= 1 - e) & (v.sum(axis=0) <= k - 1)
                 a_ok, b_ok = a_cells[ok], b_cells[ok]
                 # the inclusions each pattern needs, on sketches (never false for a true inclusion)
                 sa, sb = sk[:, a_ok, :], sk[:, b_ok, :]

@@ -5,7 +5,8 @@ grouped by (group-by values, membership in each released subset at the version i
 Rows are matched across versions by identity (a patient's pseudonym; an event row's pseudonym and
 content), so a re-upload that adds one patient is one atom of one row. Every released cell of every
 result (combined over its sites, and per site when per-site values were released) is then a 0/1 vector
-over the atoms, weighted by rows (patients for event tables).
+over the atoms; a set of atoms is sized in patients, each counted once however many atoms hold their rows
+(`Units`: in the row tables a patient has rows in several atoms).
 
 A new result isolates a few patients when, with what was released before, it yields a vector that is a
 small non-empty set:
@@ -48,6 +49,71 @@ class Vectors:
     where: list[str] = field(default_factory=list)  # each cell's site ("" for a combined cell)
 
 
+class DistinctPatientsGuard(Guard):
+    """A set of atoms counts each patient once, however many of its atoms hold the patient's rows (tables of
+    several rows per patient): otherwise a patient split over five cells weighs as five."""
+
+
+EPS = 1e-6
+
+
+@dataclass
+class Units:
+    """Patients in sets of atoms. Each atom knows its distinct patients; a patient whose rows lie in several
+    atoms (a quality-of-life score per time point, a treatment per agent) is in each of them, so the sum over
+    a set's atoms over-counts: the ninth red team took one patient's five scores as "five patients" that way.
+    `patterns` (patients x atoms, one row per distinct set of atoms, `counts` patients each, from the sites'
+    `Atoms.patterns`) give a set's exact count; `lower` is an additive lower bound (each patient's unit
+    shared among their atoms) for the searches that rely on sums: a set of fewer than k patients has a lower
+    bound of at most k - 1, so screening on it misses none, and every candidate is then counted exactly."""
+
+    upper: np.ndarray  # distinct patients of each atom (sums over-count patients in several atoms)
+    patterns: sparse.csr_matrix | None = None  # (patterns, atoms): the atoms of patients in two or more
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(0))  # patients per pattern
+    lower: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.upper = np.asarray(self.upper, dtype=float)
+        if self.patterns is not None and (self.patterns.shape[0] == 0 or not DistinctPatientsGuard.enabled()):
+            self.patterns = None
+        if self.patterns is None:
+            self.lower = self.upper
+            return
+        per = np.maximum(np.asarray(self.patterns.sum(axis=1)).ravel(), 1.0)  # atoms per pattern
+        share = self.counts * (1.0 - 1.0 / per)  # what each pattern's patients over-count per atom
+        self.lower = self.upper - np.asarray(self.patterns.T @ share).ravel()
+
+    @classmethod
+    def additive(cls, weight: np.ndarray) -> Units:
+        return cls(upper=np.asarray(weight, dtype=float))
+
+    @property
+    def exact_sums(self) -> bool:
+        return self.patterns is None
+
+    def take(self, cols: np.ndarray) -> Units:
+        """The same over the atoms `cols` only (a pattern keeps the atoms among them)."""
+        if self.patterns is None:
+            return Units(upper=self.upper[cols])
+        sub = self.patterns[:, cols]
+        return Units(upper=self.upper[cols], patterns=sub, counts=self.counts)
+
+    def of(self, sets: np.ndarray | sparse.spmatrix) -> np.ndarray:
+        """Distinct patients of each set (rows of a sets x atoms 0/1 matrix, or one 0/1 vector)."""
+        m = sparse.csr_matrix(sets, dtype=float) if sparse.issparse(sets) \
+            else sparse.csr_matrix(np.atleast_2d(np.asarray(sets, dtype=float)))
+        total = np.asarray(m @ self.upper).ravel()
+        if self.patterns is not None:
+            hits = (self.patterns @ m.T).toarray()  # (patterns, sets): atoms of the set each pattern has
+            total -= self.counts @ np.maximum(hits - 1.0, 0.0)  # a patient in h atoms of the set counted once
+        return total
+
+
+def maybe_small(lower: np.ndarray, k: int) -> np.ndarray:
+    """Sets whose additive lower bound allows 1..k-1 patients (non-empty sets bound above 0): to check exactly."""
+    return (lower > EPS) & (lower < k - 1 + EPS)
+
+
 class EmptyCombinationGuard(Guard):
     """Three results that combine into an empty set are refused like three that combine into 1..k-1 patients,
     unless they are empty by definition (`structure.is_disjoint_union`): otherwise the refusal tells which."""
@@ -58,32 +124,41 @@ TRIPLE = ("three cells, of this result and earlier ones, add up, or one minus th
 NESTED = "a cell of one lies inside a cell of the other with fewer than k patients between them (possibly none)"
 
 
-def _small(x: np.ndarray, k: int) -> np.ndarray:
+def is_small(x: np.ndarray, k: int) -> np.ndarray:
     return (x > 0.5) & (x < k - 0.5)
 
 
-def pair_leaks(new: Vectors, pool: Vectors, w: np.ndarray, site_of: np.ndarray, n_sites: int, k: int
+def pair_leaks(new: Vectors, pool: Vectors, units: Units, site_of: np.ndarray, n_sites: int, k: int
                ) -> list[Leak]:
-    """Nested cells whose difference is 1..k-1 rows, for the analyst and for every site insider."""
+    """Nested cells whose difference is 1..k-1 patients, for the analyst and for every site insider."""
     if pool.matrix.shape[0] == 0 or new.matrix.shape[0] == 0:
         return []
     P = pool.matrix.astype(np.float64)
     Q = new.matrix.astype(np.float64)
+    common = (P @ Q.T).toarray()  # atoms in both
+    nested_e = (np.asarray(Q.sum(axis=1)).ravel()[None, :] - common < 0.5) \
+        & (np.asarray(P.sum(axis=1)).ravel()[:, None] - common > 0.5)  # q inside e: e - q is derivable
+    nested_q = (np.asarray(P.sum(axis=1)).ravel()[:, None] - common < 0.5) \
+        & (np.asarray(Q.sum(axis=1)).ravel()[None, :] - common > 0.5)  # e inside q: q - e is derivable
+    w = units.lower  # additive; exact when no patient has rows in two atoms, else a bound checked below
     inter = (P.multiply(w) @ Q.T).toarray()  # |e n q|, shape (pool, new)
-    size_e = np.asarray(P @ w).ravel()[:, None]
-    size_q = np.asarray(Q @ w).ravel()[None, :]
-    only_e, only_q = size_e - inter, size_q - inter
-    nested_e = (only_q < 0.5) & (only_e > 0.5)  # q inside e: e - q is derivable
-    nested_q = (only_e < 0.5) & (only_q > 0.5)  # e inside q: q - e is derivable
-    leak = (nested_e & _small(only_e, k)) | (nested_q & _small(only_q, k))
+    only_e = np.asarray(P @ w).ravel()[:, None] - inter
+    only_q = np.asarray(Q @ w).ravel()[None, :] - inter
+    leak = (nested_e & maybe_small(only_e, k)) | (nested_q & maybe_small(only_q, k))
     for s in range(n_sites):  # an insider at site s knows their own rows of the difference
         ws = w * (site_of == s)
         inter_s = (P.multiply(ws) @ Q.T).toarray()
         e_s = np.asarray(P @ ws).ravel()[:, None] - inter_s
         q_s = np.asarray(Q @ ws).ravel()[None, :] - inter_s
-        leak |= (nested_e & _small(only_e - e_s, k)) | (nested_q & _small(only_q - q_s, k))
+        leak |= (nested_e & maybe_small(only_e - e_s, k)) | (nested_q & maybe_small(only_q - q_s, k))
     out = []
     for i, j in zip(*np.nonzero(leak), strict=True):
+        if not units.exact_sums:
+            e, q = P[i].toarray().ravel() > 0.5, Q[j].toarray().ravel() > 0.5
+            diff = (e & ~q) if nested_e[i, j] else (q & ~e)
+            views = np.vstack([diff] + [diff & (site_of != s) for s in range(n_sites)])
+            if not is_small(units.of(views), k).any():
+                continue  # fewer than k by the bound only: its patients have rows in several of its atoms
         out.append(Leak(new=int(j), earlier=(int(i),), how=NESTED))
     return out
 
@@ -91,7 +166,7 @@ def pair_leaks(new: Vectors, pool: Vectors, w: np.ndarray, site_of: np.ndarray, 
 Union = Callable[[tuple[str, int], tuple[str, int], tuple[str, int]], bool]
 
 
-def triple_leaks(new: Vectors, pool: Vectors, w: np.ndarray, k: int, budget: int = 2_000_000,
+def triple_leaks(new: Vectors, pool: Vectors, units: Units, k: int, budget: int = 2_000_000,
                  union: Union | None = None, also_new: np.ndarray | None = None) -> list[Leak]:
     """`q + a - b`, `a + b - q`, `q - a - b` and `a - b - q` that are 0/1 vectors of 0..k-1 rows, for every
     new cell q and cells a, b of which at least one is earlier (the other may be another new cell: an earlier
@@ -104,7 +179,9 @@ def triple_leaks(new: Vectors, pool: Vectors, w: np.ndarray, k: int, budget: int
     if not n_pool or not n_new:
         return []
     ext = sparse.vstack([pool.matrix, new.matrix]).astype(bool).tocsr()  # earlier cells, then the new ones
+    w = units.lower  # additive: the windows below on its sums miss no set of fewer than k patients
     sizes = np.asarray(ext.astype(np.float64) @ w).ravel()
+    atoms_in = np.asarray(ext.sum(axis=1)).ravel()  # atoms per cell (to tell one cell inside another)
     order = np.argsort(sizes, kind="stable")
     sorted_sizes = sizes[order]
     dense = ext.toarray()  # cells x atoms, bool
@@ -120,21 +197,21 @@ def triple_leaks(new: Vectors, pool: Vectors, w: np.ndarray, k: int, budget: int
         me = n_pool + j
         q = dense[me]
         nq = float(w[q].sum())
-        inter_q = dense[:, q] @ w[q]  # |a n q| for every a
+        common_q = dense[:, q].sum(axis=1)  # atoms of a in q, for every a
         for pattern in ("q+a-b", "a+b-q", "q-a-b", "a-b-q"):
             for a in range(len(sizes)):
                 if a == me:
                     continue
                 na = sizes[a]
-                if pattern == "q-a-b" and abs(inter_q[a] - na) > 0.5:
+                if pattern == "q-a-b" and common_q[a] != atoms_in[a]:
                     continue  # a must lie inside q
-                if pattern == "a-b-q" and abs(inter_q[a] - nq) > 0.5:
+                if pattern == "a-b-q" and common_q[a] != atoms_in[me]:
                     continue  # q must lie inside a
-                # the derived set has 0..k-1 rows: a window on |b|
+                # the derived set has 0..k-1 patients, so a bound of 0..k-1: a window on b's
                 lo, hi = {"q+a-b": (nq + na - k + 1, nq + na), "a+b-q": (nq - na, nq - na + k - 1),
                           "q-a-b": (nq - na - k + 1, nq - na), "a-b-q": (na - nq - k + 1, na - nq)
                           }[pattern]
-                first, last = np.searchsorted(sorted_sizes, [lo - 0.5, hi + 0.5])
+                first, last = np.searchsorted(sorted_sizes, [lo - EPS, hi + EPS])
                 for b in order[first:last]:
                     if b == a or b == me or (own[a] and own[b]):
                         continue
@@ -146,7 +223,7 @@ def triple_leaks(new: Vectors, pool: Vectors, w: np.ndarray, k: int, budget: int
                          "a-b-q": va - vb - q}[pattern]
                     if v.min() < 0 or v.max() > 1:
                         continue
-                    n = float(w[v == 1].sum())
+                    n = float(units.of(v == 1)[0])
                     if n < 0.5 and union is not None:
                         whole, x, y = {"q+a-b": (ref(int(b)), ("new", j), ref(a)),
                                        "a+b-q": (("new", j), ref(a), ref(int(b))),

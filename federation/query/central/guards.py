@@ -29,7 +29,7 @@ from federation.query.central.candidates import (
     row_family,
     triple_near,
 )
-from federation.query.central.differencing import EmptyCombinationGuard, Vectors
+from federation.query.central.differencing import DistinctPatientsGuard, EmptyCombinationGuard, Vectors
 from federation.query.central.history import Earlier, Footprint, footprints_of
 from federation.query.central.runner import Context, released_record
 from federation.query.central.span import new_leak, phantom_leak
@@ -371,7 +371,7 @@ def leak_of(space: AtomSpace, mine: Vectors, n_new: int, whole: Vectors, pool: V
         once = sorted({row: i for i, row in reversed(list(enumerate(rows)))}.values())
         shown = whole.matrix[:, cols].toarray() > 0.5
         found = new_leak(group.before[once][:, cols].toarray() > 0.5, shown, group.targets[:, cols],
-                         space.weight[cols], space.site_of[cols], space.sites, k)
+                         space.units.take(cols), space.site_of[cols], space.sites, k)
         if found is None and (group.empty or group.universe):
             kinds_before, kinds_new = group.phantom_kinds(space, shown_defs)
             # the same cell with other hypothetical patients in it is another row here
@@ -421,13 +421,15 @@ def find_candidates(ctx: Context, news: list[Footprint], news_sizes: list[Sizes]
     near: set[int] = set()
     same: set[int] = set()
     triples: set[int] = set()
+    # a patient's rows may lie in several cells of a row table: their counts of patients do not add up
+    several = news[0].table != "patients" and DistinctPatientsGuard.enabled()
     for new_sizes in news_sizes:
         # cells with the same patients, whatever their conditions (`AtomSpace.same_patients`)
         same |= equal_near(new_sizes, table, sites) | equal_near(new_sizes, recent, sites)
-        near |= nested_near(new_sizes, table, sites, ctx.k)
+        near |= nested_near(new_sizes, table, sites, ctx.k, several)
         if len(keys) > len(covered):  # released since the table was built: compared directly
-            near |= nested_near(new_sizes, recent, sites, ctx.k)
-        triples |= triple_near(new_sizes, family, sites, ctx.k)
+            near |= nested_near(new_sizes, recent, sites, ctx.k, several)
+        triples |= triple_near(new_sizes, family, sites, ctx.k, several)
     groups: list[tuple[int, list[int]]] = []
     if not news[0].split():  # span groups of the whole result, among earlier whole results
         parts = {i for i, fp in enumerate(footprints) if fp.split()}

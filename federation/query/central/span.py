@@ -29,6 +29,8 @@ import numpy as np
 from scipy import sparse
 from scipy.linalg import svd
 
+from federation.query.central.differencing import EPS, Units, is_small, maybe_small
+
 TOL = 1e-8
 
 
@@ -92,7 +94,7 @@ def _row_basis(a: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def new_leak(before: np.ndarray, new: np.ndarray, targets: np.ndarray, weight: np.ndarray, site_of: np.ndarray,
+def new_leak(before: np.ndarray, new: np.ndarray, targets: np.ndarray, units: Units, site_of: np.ndarray,
              sites: list[str], k: int) -> SpanLeak | None:
     """The first set of 1..k-1 patients that `before` + `new` (cells x atoms) make derivable and `before` alone
     did not: among `targets` (e.g. hidden cells) and the classes of atoms of `before` + `new`; for the
@@ -111,15 +113,17 @@ def new_leak(before: np.ndarray, new: np.ndarray, targets: np.ndarray, weight: n
         if not cols.any():
             continue
         a, b = after[:, cols], before[:, cols] if len(before) else np.zeros((0, int(cols.sum())))
-        w = weight[cols]
+        u = units.take(np.nonzero(cols)[0])
+        w = u.lower  # additive bound; every set it lets through is counted exactly (`Units`)
         inverse = column_classes(a)
         class_sets = inverse[None, :] == np.arange(inverse.max() + 1)[:, None]  # (classes, atoms)
         # atoms no cell covers and the viewer does not know: a target holding any of them is never derivable
         unseen = np.asarray(targets[:, ~used & ~known].any(axis=1), dtype=bool)
         hidden_sets = targets[:, cols] & ~unseen[:, None]
         sets = np.vstack([hidden_sets, class_sets])
-        units = sets.astype(float) @ w
-        small = (units > 0.5) & (units < k - 0.5)
+        small = maybe_small(sets.astype(float) @ w, k)
+        if small.any() and not u.exact_sums:
+            small[small] = is_small(u.of(sets[small]), k)
         if small.any():
             cand = sets[small]
             now = derivable(a, cand)
@@ -128,7 +132,7 @@ def new_leak(before: np.ndarray, new: np.ndarray, targets: np.ndarray, weight: n
                 if (~was).any():
                     first = int(np.nonzero(small)[0][np.nonzero(now)[0][np.nonzero(~was)[0][0]]])
                     what = "a hidden cell" if first < len(hidden_sets) else "a set of patients no single cell shows"
-                    return SpanLeak(units=float(units[first]), insider=who, what=what)
+                    return SpanLeak(units=float(u.of(sets[first])[0]), insider=who, what=what)
         # unions of a few small classes (the seventh red team's U1: everyone minus three groups was NR and one
         # patient of arm M at stage V; a fifth result, stage in [IV, V], split them into two classes, neither
         # derivable alone, their union of 2 derivable); for the analyst's view only: an insider at a site
@@ -139,13 +143,15 @@ def new_leak(before: np.ndarray, new: np.ndarray, targets: np.ndarray, weight: n
         unions = small_unions(a, w, k, inverse)
         if unions is None:  # undecided: refuse rather than release
             return SpanLeak(units=0.0, insider=who, what="a set of patients no single cell shows")
+        if len(unions) and not u.exact_sums:
+            unions = unions[is_small(u.of(unions), k)]
         if len(unions):
             # a union the new result's own cells give is its suppression's business (one result), as for
             # triples of new cells: a crosstab's combined cell minus the site parts it shows gives an insider
             # the sum of the other hidden parts (decision 0009, Open: the insider view of suppression)
             was = derivable(b, unions, unsure=False) | derivable(a[len(b):], unions, unsure=False)
             if (~was).any():
-                units_of = float(unions[int(np.nonzero(~was)[0][0])].astype(float) @ w)
+                units_of = float(u.of(unions[int(np.nonzero(~was)[0][0])])[0])
                 return SpanLeak(units=units_of, insider=who, what="a set of patients no single cell shows")
     return None
 
@@ -173,7 +179,7 @@ def small_unions(rows: np.ndarray, w: np.ndarray, k: int, inverse: np.ndarray | 
     inverse = column_classes(rows) if inverse is None else inverse
     n_classes = int(inverse.max()) + 1
     size = np.bincount(inverse, weights=w, minlength=n_classes)
-    small = np.nonzero((size > 0.5) & (size < k - 0.5))[0]
+    small = np.nonzero(maybe_small(size, k))[0]
     if len(small) < 2:
         return empty
     basis = _row_basis(np.unique(rows[:, _first_of_each(inverse, n_classes)], axis=0).astype(float))
@@ -185,7 +191,7 @@ def small_unions(rows: np.ndarray, w: np.ndarray, k: int, inverse: np.ndarray | 
     tol = 1e-7 * max(1.0, float(np.abs(z).max()))
     ws = size[small]
     ia, ib = np.triu_indices(len(small), 1)
-    keep = ws[ia] + ws[ib] < k - 0.5
+    keep = ws[ia] + ws[ib] < k - 1 + EPS
     ia, ib = ia[keep], ib[keep]
     pz, pw = z[ia] + z[ib], ws[ia] + ws[ib]
     order = np.argsort(pz, kind="stable")
@@ -195,14 +201,14 @@ def small_unions(rows: np.ndarray, w: np.ndarray, k: int, inverse: np.ndarray | 
         lo, hi = np.searchsorted(spz, -z - tol), np.searchsorted(spz, -z + tol, side="right")
         for c in np.nonzero(hi > lo)[0]:
             for j in order[lo[c]:hi[c]]:
-                if c not in (ia[j], ib[j]) and pw[j] + ws[c] < k - 0.5:
+                if c not in (ia[j], ib[j]) and pw[j] + ws[c] < k - 1 + EPS:
                     found.add(tuple(sorted((int(ia[j]), int(ib[j]), int(c)))))
     if UNION_CLASSES >= 4:  # two pairs
         lo, hi = np.searchsorted(spz, -pz - tol), np.searchsorted(spz, -pz + tol, side="right")
         for j in np.nonzero(hi > lo)[0]:
             for j2 in order[lo[j]:hi[j]]:
                 four = {int(ia[j]), int(ib[j]), int(ia[j2]), int(ib[j2])}
-                if len(four) == 4 and pw[j] + pw[j2] < k - 0.5:
+                if len(four) == 4 and pw[j] + pw[j2] < k - 1 + EPS:
                     found.add(tuple(sorted(four)))
     out = [combo for combo in sorted(found) if np.abs(resid[:, list(combo)].sum(axis=1)).max() < TOL]
     if not out:

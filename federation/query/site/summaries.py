@@ -96,9 +96,17 @@ class SizeLists(Answer):
     items: list[list[Cell]]
 
 
+class AtomPattern(Answer):
+    atoms: list[int]  # indexes into `Atoms.cells`: the atoms one patient has rows in (two or more)
+    n: int  # patients with rows in exactly these atoms
+
+
 class Atoms(Answer):
     kind: Literal["atoms"] = "atoms"
     cells: list[AtomCell]
+    # patients whose rows lie in several atoms (tables of several rows per patient): a set of atoms holds
+    # fewer patients than the sum of its atoms' when one has rows in two of them (`differencing.Units`)
+    patterns: list[AtomPattern] = Field(default_factory=list)
 
 
 class MomentCell(Answer):
@@ -419,14 +427,18 @@ class HistoryAtoms(ManySubsets):
                     if hit:
                         held[2] |= 1 << i
         cells: dict[tuple[Any, int], list[Any]] = {}
+        spread: dict[Any, set[int]] = {}  # patient -> the atoms their rows lie in
         for key, pid, bits in rows.values():
             if bits:
-                cell = cells.setdefault((key, bits), [0, set()])
-                cell[0] += 1
-                cell[1].add(pid)
+                cell = cells.setdefault((key, bits), [len(cells), 0, set()])
+                cell[1] += 1
+                cell[2].add(pid)
+                spread.setdefault(pid, set()).add(cell[0])
+        patterns = Counter(tuple(sorted(atoms)) for atoms in spread.values() if len(atoms) > 1)
         width = max(1, (len(self.columns) + 3) // 4)
         return Atoms(cells=[AtomCell(key=list(key), bits=f"{bits:0{width}x}", n=n, patients=len(pids))
-                            for (key, bits), (n, pids) in cells.items()])
+                            for (key, bits), (_, n, pids) in cells.items()],
+                     patterns=[AtomPattern(atoms=list(atoms), n=n) for atoms, n in sorted(patterns.items())])
 
 
 class Sized(BaseModel):
