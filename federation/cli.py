@@ -206,8 +206,9 @@ def _build_parser() -> argparse.ArgumentParser:
     qp.add_argument("--column", help="the variable of sum, mean, variance, quantiles, proportion")
     qp.add_argument("--value", help="proportion: the value whose share is computed")
     qp.add_argument("--prob", action="append", type=float, default=[], help="quantile probability (repeatable)")
-    qp.add_argument("--endpoint", choices=["efs", "os"], default="os",
-                    help="Kaplan-Meier and Cox endpoint (default os; cif needs efs)")
+    qp.add_argument("--endpoint", choices=["efs", "os", "late_effect"], default="os",
+                    help="Kaplan-Meier, cumulative incidence and Cox endpoint (default os; cif needs efs or "
+                         "late_effect: the first late effect, death competing; dictionary v2)")
     qp.add_argument("--grid-days", type=float, default=None,
                     help="km, cif: the grid (a policy's: 30.4375 months by default, 91.3125, 182.625, 365.25)")
     qp.add_argument("--horizon-days", type=float, default=None,

@@ -69,7 +69,10 @@ def render_docs(dictionary: Dictionary) -> str:
         out.append(f"- **{hname}**: " + ", ".join(
             f"`{c.name}` ({c.type}" + (f", from {c.derived.split(':')[1].split('->')[0]} by `{c.derived.split(':')[0]}`"
                                       if c.mapping and c.derived else "")
-            + (f", status of {c.marker.gene} {c.marker.alteration} from biomarkers" if c.marker else "") + ")"
+            + (f", status of {c.marker.gene} {c.marker.alteration} from biomarkers" if c.marker else "")
+            + (f", any {c.exposure.agent_class} treatment" if c.exposure else "")
+            + (", first late effect: " + {"days": "days to it", "event": "it or death", "first": "which"}[c.late_effect]
+               if c.late_effect else "") + ")"
             for c in cols))
     out += ["", "## Studies", "", "| study | title | arms | stages | accrual | optional tables |",
             "|---|---|---|---|---|---|"]

@@ -129,12 +129,23 @@ class Marker(_Model):
     alteration: str
 
 
+class Exposure(_Model):
+    """Whether a patient received any treatment of an agent class (from treatments at harmonization): true or
+    false; missing when the site sent no treatments table."""
+
+    agent_class: str
+
+
 class HarmonizedColumn(_Model):
     name: str
     type: str
     description: str = ""
     values: list[str] | None = None
     marker: Marker | None = None  # patients: a marker status (v2)
+    exposure: Exposure | None = None  # patients: received an agent class (v2)
+    # patients: the first late effect (v2), like efs: "days" to it (or death, or last contact), "event" (it or
+    # death before it), "first" (its category, DEATH, or NONE); missing when the site sent no late_effects
+    late_effect: Literal["days", "event", "first"] | None = None
     # how a table harmonized from its declaration is made (tables added in v2): "col" (copied), "col->day"
     # (a date as whole days since the patient's enrollment), "codelists/f.csv:a->b" (col a mapped by the list)
     derived: str | None = None
@@ -305,6 +316,14 @@ def load_dictionary(version: str = "1", schemas_dir: Path = SCHEMAS_DIR) -> Dict
             if c.derived and tname in dictionary.tables and source not in dictionary.tables[tname].columns:
                 raise ConfigurationError(f"harmonized {tname}.{c.name} is derived from {source!r}, not a column of "
                                          f"{tname}")
+            if c.exposure is not None:
+                classes = next((x.values or [] for x in dictionary.harmonized.tables.get("treatments", [])
+                                if x.name == "agent_class"), [])
+                if c.exposure.agent_class not in classes:
+                    raise ConfigurationError(f"harmonized {tname}.{c.name}: {c.exposure.agent_class!r} is not an "
+                                             f"agent class ({', '.join(classes) or 'none declared'})")
+            if c.late_effect is not None and "late_effects" not in dictionary.tables:
+                raise ConfigurationError(f"harmonized {tname}.{c.name} needs a late_effects table")
             if c.mapping:
                 codes = dictionary.tables[tname].columns[source].codes or []
                 unmapped = [x for x in codes if x not in c.mapping]

@@ -139,12 +139,21 @@ def harmonize_pieces(dictionary: Dictionary, sources: dict[str, SourceTable], *,
     os_event = o["vital_status"].eq("DEAD")
     p["os_days"] = np.where(os_event, o["death_date"] - patients["enrollment_date"], last)
     p["os_event"] = os_event.astype(bool)
+    late: dict[str, pd.Series] | None = None
     for c in dictionary.harmonized.tables["patients"]:
         if c.marker is not None:
             p[c.name] = marker_status(patients["patient_id"], sources.get("biomarkers"), c.marker.gene,
                                       c.marker.alteration)
+        elif c.exposure is not None:
+            p[c.name] = exposure(patients["patient_id"], sources.get("treatments"), c.exposure.agent_class,
+                                 dictionary)
+        elif c.late_effect is not None:
+            order = next((x.values or [] for x in dictionary.harmonized.tables["patients"] if x.late_effect == "first"),
+                         [])
+            late = late or first_late_effect(patients, o, sources.get("late_effects"), order)
+            p[c.name] = late[c.late_effect]
     yield arrow("patients", p)
-    del p, o, age, diag_day
+    del p, o, age, diag_day, late
 
     d = sources["diagnoses"].frame
     rows = rows_of(d)
@@ -216,6 +225,42 @@ def marker_status(patient_ids: pd.Series, biomarkers: SourceTable | None, gene: 
     for result in ("INDETERMINATE", "NOT_DETECTED", "DETECTED"):  # the later wins
         status[patient_ids.isin(set(rows.loc[rows["result"] == result, "patient_id"]))] = result
     return status
+
+
+def exposure(patient_ids: pd.Series, treatments: SourceTable | None, agent_class: str,
+             dictionary: Dictionary) -> pd.Series:
+    """Whether each patient had a treatment of `agent_class` (`schema.Exposure`); missing for every patient
+    when no treatments were sent."""
+    if treatments is None or not treatments.present:
+        return pd.Series([None] * len(patient_ids), index=patient_ids.index, dtype="object")
+    mapping = next(c.mapping for c in dictionary.harmonized.tables["treatments"] if c.mapping)
+    t = treatments.frame
+    given = set(t.loc[t["agent"].map(mapping) == agent_class, "patient_id"])
+    return patient_ids.isin(given).astype(bool)
+
+
+def first_late_effect(patients: pd.DataFrame, outcomes: pd.DataFrame, late: SourceTable | None,
+                      order: list[str]) -> dict[str, pd.Series]:
+    """Each patient's first late effect, as efs is the first event (`HarmonizedColumn.late_effect`): "days"
+    from enrollment to it, or to death before one, or to last contact; "event"; "first": its category (of
+    several on one day, the first in `order`), DEATH or NONE. All missing when no late_effects were sent."""
+    index = patients.index
+    if late is None or not late.present:
+        none = pd.Series([None] * len(index), index=index, dtype="object")
+        return {"days": none, "event": none, "first": none}
+    f = late.frame[["patient_id", "category", "onset_date"]].copy()
+    f["rank"] = f["category"].map({c: i for i, c in enumerate(order)}).fillna(len(order))
+    f = f.sort_values(["onset_date", "rank"], kind="stable").drop_duplicates("patient_id")
+    first = f.set_index("patient_id").reindex(patients["patient_id"])
+    first.index = index
+    had = first["onset_date"].notna()
+    died = outcomes["vital_status"].eq("DEAD") & ~had
+    enrolled = patients["enrollment_date"]
+    days = np.where(had, first["onset_date"] - enrolled,
+                    np.where(died, outcomes["death_date"] - enrolled, outcomes["last_contact_date"] - enrolled))
+    category = np.where(had, first["category"], np.where(died, "DEATH", "NONE"))
+    return {"days": pd.Series(days, index=index), "event": (had | died).astype(bool),
+            "first": pd.Series(category, index=index, dtype="object")}
 
 
 def declared_tables(dictionary: Dictionary) -> list[str]:

@@ -7,7 +7,7 @@ it answers (a node never trusts that a task was checked).
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from federation.exceptions import ConfigurationError
 from federation.query.guard import Guard, QueryRefused
@@ -133,7 +133,9 @@ def check_split(policy: QueryPolicy, study_id: str, table: str, f: Filter) -> No
     make (a proportion's value, a model's outcome), or a Kaplan-Meier number at risk or events before a
     time on a grid the policy declares (`endpoint_days >= t` or `< t`, t a multiple of a declared grid
     within the horizon). Nothing else: no arbitrary threshold reaches a site this way either."""
-    if f.column.endswith("_days") and f.column[:-5] in ("efs", "os") and f.op in (">=", "<"):
+    from federation.query.model import Endpoint
+
+    if f.column.endswith("_days") and f.column[:-5] in get_args(Endpoint) and f.op in (">=", "<"):
         if not isinstance(f.value, int | float) or isinstance(f.value, bool):
             raise QueryRefused(f"a split on {f.column} needs a number of days")
         d = policy.disclosure

@@ -61,6 +61,11 @@ class Exists(BaseModel):
     where: list[Filter] = Field(default_factory=list, max_length=10)
 
 
+Endpoint = Literal["efs", "os", "late_effect"]
+# the endpoints whose events have causes (cumulative incidence): the patient-level column that names the cause
+CAUSE_COLUMN = {"efs": "first_event", "late_effect": "first_late_effect"}
+
+
 class Query(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -73,7 +78,7 @@ class Query(BaseModel):
     column: str | None = None  # the variable of sum, mean, variance, quantiles, proportion
     value: Any = None  # proportion: the share of rows where column == value
     probs: list[float] = Field(default_factory=lambda: [0.5], max_length=9)  # quantiles
-    endpoint: Literal["efs", "os"] = "os"  # km, cif (efs), cox
+    endpoint: Endpoint = "os"  # km, cif (efs, late_effect), cox
     cause: list[str] = Field(default_factory=list, max_length=10)  # cif: first events of interest; others compete
     grid_days: float = 30.4375  # km: monthly grid by default
     horizon_days: float = 3652.5  # km: ten years
@@ -98,7 +103,8 @@ class Query(BaseModel):
 
     def describe(self) -> str:
         what = {"km": f"Kaplan-Meier {self.endpoint.upper()}",
-                "cif": f"cumulative incidence of {'/'.join(self.cause) or '?'} (other first events competing)",
+                "cif": f"cumulative incidence of {'/'.join(self.cause) or '?'} (other first events competing)"
+                       + (" as the first late effect" if self.endpoint == "late_effect" else ""),
                 "logistic": "logistic regression",
                 "cox": f"Cox regression ({self.endpoint.upper()})"}.get(
             self.statistic, self.statistic)

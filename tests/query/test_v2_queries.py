@@ -112,11 +112,53 @@ def test_efs_by_mycn_status_with_its_log_rank_test_equals_pooled(nb03: Settings,
     assert p < 1e-4
 
 
+def test_cumulative_incidence_of_late_effects_by_radiotherapy_equals_pooled(nb03: Settings, tmp_path: Path) -> None:
+    """The first late effect (any category) with death competing, by exposure to radiotherapy: Aalen-Johansen
+    equal to statsmodels' on the pooled patients (times at the end of their grid interval), and Gray's test."""
+    from statsmodels.duration.survfunc import CumIncidenceRight
+
+    categories = [c for c in ("CARDIAC", "HEARING", "ENDOCRINE", "RENAL", "NEUROCOGNITIVE", "SECOND_NEOPLASM",
+                              "PULMONARY", "FERTILITY", "MUSCULOSKELETAL", "OTHER")]
+    q = Query(study_id=STUDY, statistic="cif", endpoint="late_effect", cause=categories,
+              group_by=["had_radiotherapy"])
+    r = run_local(q, fresh(nb03, tmp_path), "t")
+    assert r.status == "released", r.reason
+    rows = pooled(nb03, "SELECT late_effect_days, late_effect_event, first_late_effect, had_radiotherapy "
+                        "FROM patients")
+    t = np.array([a for a, *_ in rows], dtype=float)
+    e = np.array([b for _, b, *_ in rows], dtype=bool)
+    of_cause = np.array([c in categories for _, _, c, _ in rows])
+    exposed = np.array([x for *_, x in rows], dtype=bool)
+    assert (of_cause == (e & ~np.isin([c for _, _, c, _ in rows], ["DEATH"]))).all()  # death competes
+    grid = np.arange(0.0, q.horizon_days + q.grid_days, q.grid_days)
+    beyond = t >= grid[-1]
+    rounded = np.where(beyond, grid[-1] + q.grid_days, grid[np.minimum(np.searchsorted(grid, t, side="right"),
+                                                                       len(grid) - 1)])
+    status = np.where(e & ~beyond, np.where(of_cause, 1, 2), 0)
+    checked = 0
+    for curve in r.payload["curves"]:
+        at = exposed == curve["group"][0]
+        ref = CumIncidenceRight(rounded[at], status[at])
+        for pt in curve["combined"]["points"][1:]:
+            i = np.searchsorted(ref.times, pt["day"] + 1e-9, side="right") - 1
+            assert pt["incidence"] == pytest.approx(ref.cinc[0][i], abs=1e-12)
+            assert pt["competing"] == pytest.approx(ref.cinc[1][i], abs=1e-12)
+            checked += 1
+    assert checked >= 4  # a point needs k late effects and k deaths since the previous one
+    assert "gray" in r.payload["tests"] and r.payload["tests"]["gray"]["p"] is not None
+    # a category of its own: the first late effect being a hearing loss, the others and death competing
+    one = run_local(q.model_copy(update={"cause": ["HEARING"], "group_by": []}), fresh(nb03, tmp_path / "h"), "t")
+    assert one.status == "released", one.reason
+    assert "as the first late effect" in one.query.describe()
+
+
 def test_a_v1_study_says_the_v2_tables_and_columns_are_not_collected(nb03: Settings, tmp_path: Path) -> None:
     s = fresh(nb03, tmp_path)
     for q, what in [(Query(study_id="PONC-WT-01", table="biomarkers"), "biomarkers is not collected"),
                     (Query(study_id="PONC-WT-01", exists=[Exists(table="late_effects")]), "late_effects is not"),
-                    (Query(study_id="PONC-WT-01", group_by=["mycn_status"]), "mycn_status is not collected")]:
+                    (Query(study_id="PONC-WT-01", group_by=["mycn_status"]), "mycn_status is not collected"),
+                    (Query(study_id="PONC-WT-01", statistic="cif", endpoint="late_effect", cause=["HEARING"]),
+                     "is not collected")]:
         r = run_local(q, s, "t")
         assert r.status == "refused" and what in r.reason and "v1" in r.reason
 

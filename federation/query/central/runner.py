@@ -31,7 +31,7 @@ from federation.query.central.statistics import Statistic
 from federation.query.central.statistics.km import curve_hidden, year_start
 from federation.query.columns import check_collected
 from federation.query.guard import QueryRefused
-from federation.query.model import Filter, Query
+from federation.query.model import CAUSE_COLUMN, Filter, Query
 from federation.query.policy import EffectiveThresholds, QueryPolicy
 from federation.query.site.partial import SiteTask
 from federation.query.site.summaries import Answer, Refusal, Request, RowCount
@@ -323,8 +323,8 @@ def km_splits(q: Query, payload: dict[str, Any]) -> list[dict[str, Any]]:
                        Filter(column=time, op="<", value=day).model_dump(mode="json")], "hidden": not_shown(shown)}
             for day, shown in sorted(points.items())]
     if payload.get("statistic") == "cif":  # and the events of the cause before each such point
-        out += [{"split": [Filter(column=event, op="==", value=True).model_dump(mode="json"),
-                           Filter(column="first_event", op="in", value=list(q.cause)).model_dump(mode="json"),
+        cause = Filter(column=CAUSE_COLUMN[q.endpoint], op="in", value=list(q.cause)).model_dump(mode="json")
+        out += [{"split": [Filter(column=event, op="==", value=True).model_dump(mode="json"), cause,
                            Filter(column=time, op="<", value=day).model_dump(mode="json")], "hidden": not_shown(shown)}
                 for day, shown in sorted(points.items())]
     return out

@@ -35,7 +35,7 @@ from federation.query.columns import (
     version_columns,
 )
 from federation.query.guard import QueryRefused
-from federation.query.model import Exists, Filter, UnitTable
+from federation.query.model import CAUSE_COLUMN, Endpoint, Exists, Filter, UnitTable
 from federation.query.policy import EffectiveThresholds, QueryPolicy
 from federation.query.site import estimating
 from federation.query.site.data import SiteData
@@ -557,17 +557,22 @@ class KmCounts(Grouped):
     """Per group and grid interval: number at risk at its start, events and censorings (Kaplan-Meier)."""
 
     kind: Literal["km_counts"] = "km_counts"
-    endpoint: Literal["efs", "os"] = "os"
+    endpoint: Endpoint = "os"
     grid_days: float = Field(ge=1.0)
     horizon_days: float = Field(gt=0)
     cause: list[str] | None = Field(default=None, min_length=1, max_length=10)  # efs: first events of interest
 
     def uses(self) -> list[tuple[str, str, set[str] | None, str]]:
-        return super().uses() + ([("first_event", "the cause of an event", GROUPABLE, self.table)]
-                                 if self.cause else [])
+        out = super().uses() + [(f"{self.endpoint}_days", "time to event", None, self.table),
+                                (f"{self.endpoint}_event", "time to event", None, self.table)]
+        if self.cause:
+            out.append((CAUSE_COLUMN.get(self.endpoint, "first_event"), "the cause of an event", GROUPABLE,
+                        self.table))
+        return out
 
     def compared(self) -> list[tuple[str, str, str, object]]:
-        return super().compared() + ([(self.table, "first_event", "in", self.cause)] if self.cause else [])
+        return super().compared() + ([(self.table, CAUSE_COLUMN.get(self.endpoint, "first_event"), "in", self.cause)]
+                                     if self.cause else [])
 
     def grid(self) -> np.ndarray:
         if self.horizon_days / self.grid_days > MAX_GRID_INTERVALS:
@@ -579,10 +584,10 @@ class KmCounts(Grouped):
         grid = self.grid()
         frm, params = self.frm()
         time_col, event_col = f"{self.endpoint}_days", f"{self.endpoint}_event"
-        if self.cause and self.endpoint != "efs":
-            raise QueryRefused("causes are those of the first event: ask them with the efs endpoint")
+        if self.cause and self.endpoint not in CAUSE_COLUMN:
+            raise QueryRefused("causes are those of the first event: ask them with the efs or late_effect endpoint")
         sel, _ = group_select(self.dims)
-        cause = ", first_event AS c" if self.cause else ""
+        cause = f", {CAUSE_COLUMN[self.endpoint]} AS c" if self.cause else ""
         data = ctx.data.arrays(f"SELECT {sel}{time_col} AS t, {event_col} AS e{cause} {frm} AND {time_col} IS NOT "
                                "NULL", params)
         groups: dict[tuple[Label, ...], list[int]] = {}
@@ -609,7 +614,7 @@ class Model(Request):
     model: Literal["logistic", "cox"]
     covariates: list[str] = Field(min_length=1, max_length=10)
     outcome: Filter | None = None  # logistic
-    endpoint: Literal["efs", "os"] = "os"  # cox
+    endpoint: Endpoint = "os"  # cox
 
     def response_columns(self) -> list[str]:
         if self.model == "logistic":

@@ -25,7 +25,7 @@ from federation.query.central.statistics.km import KaplanMeier, Parts
 from federation.query.central.survival import aalen_johansen, gray_test, logrank
 from federation.query.columns import EmptyCellGuard, declared_levels, require
 from federation.query.guard import Guard, QueryRefused
-from federation.query.model import Query
+from federation.query.model import CAUSE_COLUMN, Query
 from federation.query.policy import QueryPolicy
 from federation.query.site.summaries import KmCounts, Request
 
@@ -37,18 +37,21 @@ class CumulativeIncidence(KaplanMeier):
     names = ("cif",)
 
     def check(self, q: Query, policy: QueryPolicy) -> None:
-        if q.endpoint != "efs":
-            raise QueryRefused("competing risks are the causes of the first event: use --endpoint efs")
+        if q.endpoint not in CAUSE_COLUMN:
+            raise QueryRefused("competing risks are the causes of a first event: use --endpoint efs (relapse, "
+                               "progression, death, second cancer) or --endpoint late_effect (a late effect's "
+                               "category, death)")
+        example = ("--cause RELAPSE --cause PROGRESSION (death and second cancers compete)" if q.endpoint == "efs"
+                   else "--cause HEARING, or every category but DEATH for any late effect (death competes)")
         if not q.cause:
-            raise QueryRefused("a cumulative incidence needs the cause of interest",
-                               "give --cause, e.g. --cause RELAPSE --cause PROGRESSION")
-        require(policy, q.study_id, q.table, "first_event", "the cause of an event")
-        codes = [c for c in declared_levels(policy, q.study_id, "patients", "first_event", []) or [] if c != "NONE"]
+            raise QueryRefused("a cumulative incidence needs the cause of interest", f"give --cause, e.g. {example}")
+        column = CAUSE_COLUMN[q.endpoint]
+        require(policy, q.study_id, q.table, column, "the cause of an event")
+        codes = [c for c in declared_levels(policy, q.study_id, "patients", column, []) or [] if c != "NONE"]
         unknown = [c for c in q.cause if c not in codes]
         if unknown or len(set(q.cause)) == len(codes):
             raise QueryRefused(f"the cause must be some, not all, of the first events {', '.join(map(str, codes))}"
-                               + (f" ({', '.join(unknown)} is not one)" if unknown else ""),
-                               "e.g. --cause RELAPSE --cause PROGRESSION (death and second cancers compete)")
+                               + (f" ({', '.join(unknown)} is not one)" if unknown else ""), f"e.g. {example}")
         super().check(q, policy)
 
     def requests(self, q: Query) -> list[Request]:

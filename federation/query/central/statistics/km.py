@@ -22,7 +22,7 @@ from federation.query.central.combine import km_from_counts, log_log_ci
 from federation.query.central.statistics.base import SharedSuppressionGuard, Statistic, count_table, group_keys
 from federation.query.central.statistics.counts import check_filters
 from federation.query.central.survival import logrank, median_from_points, restricted_mean
-from federation.query.columns import EmptyCellGuard, check_km_grid
+from federation.query.columns import EmptyCellGuard, check_km_grid, require
 from federation.query.guard import Guard, QueryRefused
 from federation.query.model import Query
 from federation.query.policy import EffectiveThresholds, QueryPolicy
@@ -46,6 +46,8 @@ class KaplanMeier(Statistic):
         check_filters(q, policy)
         if q.table != "patients":
             raise QueryRefused("survival models are computed on patients", "use --table patients")
+        for column in (f"{q.endpoint}_days", f"{q.endpoint}_event"):
+            require(policy, q.study_id, q.table, column, "time to event")  # a v1 study has no late_effect
         check_km_grid(policy, q.grid_days, q.horizon_days)
         self.test_horizon = q.horizon_days
         if WholeFollowUpGuard.enabled():
