@@ -164,24 +164,17 @@ class QueryResult:
                     rows.append({**dict(zip(p["dims"], r["group"], strict=False)), "site": "combined",
                                  "probability": float(prob), "value": _num(v) and v.get("value"),
                                  "error_bound": _num(v) and v.get("error_bound"), "suppressed": _hidden(v)})
-        elif stat == "km":
+        elif stat in ("km", "cif"):
+            # each point's estimates with their intervals: survival, or the cause's and the competing incidence
+            values = ["survival"] if stat == "km" else ["incidence", "competing"]
             for c in p["curves"]:
                 for site, curve in [("combined", c["combined"]), *c["per_site"].items()]:
                     for pt in curve["points"]:
-                        rows.append({**dict(zip(p["dims"], c["group"], strict=False)), "site": site,
-                                     "day": pt["day"], "survival": pt["survival"], "ci95_low": pt["ci95"][0],
-                                     "ci95_high": pt["ci95"][1], "at_risk": _num(pt["at_risk"]),
-                                     "suppressed": _hidden(pt["at_risk"])})
-        elif stat == "cif":
-            for c in p["curves"]:
-                for site, curve in [("combined", c["combined"]), *c["per_site"].items()]:
-                    for pt in curve["points"]:
-                        rows.append({**dict(zip(p["dims"], c["group"], strict=False)), "site": site,
-                                     "day": pt["day"], "incidence": pt["incidence"], "ci95_low": pt["ci95"][0],
-                                     "ci95_high": pt["ci95"][1], "competing": pt["competing"],
-                                     "competing_ci95_low": pt["competing_ci95"][0],
-                                     "competing_ci95_high": pt["competing_ci95"][1], "at_risk": _num(pt["at_risk"]),
-                                     "suppressed": _hidden(pt["at_risk"])})
+                        row = {**dict(zip(p["dims"], c["group"], strict=False)), "site": site, "day": pt["day"]}
+                        for v, ci in zip(values, ["ci95", "competing_ci95"], strict=False):
+                            low = "ci95_low" if v == values[0] else f"{v}_ci95_low"
+                            row |= {v: pt[v], low: pt[ci][0], low.replace("low", "high"): pt[ci][1]}
+                        rows.append(row | {"at_risk": _num(pt["at_risk"]), "suppressed": _hidden(pt["at_risk"])})
         elif stat in ("logistic", "cox"):
             ratio = "odds_ratio" if stat == "logistic" else "hazard_ratio"
             for c in p["coefficients"]:
@@ -195,9 +188,12 @@ class QueryResult:
         and the groups compared; a withheld test has its reason and no values."""
         import pandas as pd
 
+        from federation.query.render import group_label
+
+        dims = list(self.result.payload.get("dims") or [])
         rows = [{"test": name, "chi2": t.get("chi2"), "df": t.get("df"), "p": t.get("p"),
-                 "groups": [" / ".join(map(str, g)) for g in t.get("groups", [])],
-                 "left_out": [" / ".join(map(str, g)) for g in t.get("left_out", [])],
+                 "groups": [group_label(dims, g) for g in t.get("groups", [])],
+                 "left_out": [group_label(dims, g) for g in t.get("left_out", [])],
                  "follow_up_days": t.get("follow_up_days"), "hazard": t.get("hazard", "all events"),
                  "withheld": bool(t.get("withheld")),
                  "reason": t.get("reason", "")}

@@ -58,7 +58,7 @@ class Exists(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     table: EventTable
-    where: list[Filter] = Field(default_factory=list, max_length=10)
+    where: list[Filter] = Field(default_factory=list, max_length=20)  # as many as a query's filters (its shadow)
 
 
 Endpoint = Literal["efs", "os", "late_effect"]

@@ -32,26 +32,39 @@ def _fmt(v: Any, hidden: str = "suppr.") -> str:
     return str(v)
 
 
+def group_label(dims: list[str], group: list[Any]) -> str:
+    """A group as people read it: its values, a yes/no column named ("had_radiotherapy: yes"); "all" for none."""
+    return " / ".join(f"{d}: {'yes' if v else 'no'}" if isinstance(v, bool) else str(v)
+                      for d, v in zip(dims, group, strict=False)) or "all"
+
+
 def survival_summary(payload: dict[str, Any]) -> list[str]:
     """A Kaplan-Meier result's medians (combined curves) and log-rank tests, as lines of text."""
     if payload.get("statistic") not in ("km", "cif"):
         return []
     out = []
-    what = "event-free survival" if payload.get("endpoint") == "efs" else "overall survival"
+    what = {"efs": "event-free survival", "late_effect": "late-effect-free survival"}.get(payload.get("endpoint", ""),
+                                                                                          "overall survival")
+    dims = list(payload.get("dims") or [])
     for c in payload["curves"]:
         m = c["combined"].get("median")
         if m is None:
             continue
-        name = " / ".join(map(str, c["group"])) or "all"
+        name = group_label(dims, c["group"])
         out.append(f"median {what}, {name}: {_days(m['day'])} (95% CI {_days(m['ci95'][0])} to "
                    f"{_days(m['ci95'][1])})")
     for c in payload["curves"]:
         rm = c["combined"].get("rmst")
         if rm is None or rm.get("withheld"):  # not at a day the curve shows: the JSON says which days it shows
             continue
-        name = " / ".join(map(str, c["group"])) or "all"
+        name = group_label(dims, c["group"])
         out.append(f"restricted mean {what} to day {rm['horizon_days']:g}, {name}: {rm['days']:.1f} days "
                    f"(SE {rm['se']:.1f}; 95% CI {rm['ci95'][0]:.1f} to {rm['ci95'][1]:.1f})")
+    for d in payload.get("rmst_differences") or []:
+        out.append(f"difference in restricted mean {what} to day {d['horizon_days']:g}, "
+                   f"{group_label(dims, d['group'])} minus {group_label(dims, d['reference'])}: "
+                   f"{d['difference_days']:.1f} days (95% CI "
+                   f"{d['ci95'][0]:.1f} to {d['ci95'][1]:.1f}; {_p(d['p'])})")
     tests = (("gray", "Gray's test"), ("gray_stratified_by_site", "Gray's test stratified by site"),
              ("logrank", "log-rank test"), ("logrank_stratified_by_site", "log-rank test stratified by site"))
     for key, title in tests:
@@ -61,11 +74,11 @@ def survival_summary(payload: dict[str, Any]) -> list[str]:
         if t.get("withheld"):
             out.append(f"{title}: not given ({t['reason']})")
             continue
-        groups = ", ".join(" / ".join(map(str, g)) for g in t["groups"])
-        left = (" (left out, too small to show: " + ", ".join(" / ".join(map(str, g)) for g in t["left_out"]) + ")"
+        groups = ", ".join(group_label(dims, g) for g in t["groups"])
+        left = (" (left out, too small to show: " + ", ".join(group_label(dims, g) for g in t["left_out"]) + ")"
                 if t["left_out"] else "")
         hazard = f", {t['hazard']}" if t.get("hazard") else ""
-        out.append(f"{title} of {groups}{left}: chi2 = {t['chi2']:.3f}, df = {t['df']}, p = {_p(t['p'])} "
+        out.append(f"{title} of {groups}{left}: chi2 = {t['chi2']:.3f}, df = {t['df']}, {_p(t['p'])} "
                    f"(follow-up to day {t['follow_up_days']:g}{hazard})")
     return out
 
@@ -74,8 +87,9 @@ def _days(v: float | None) -> str:
     return "not reached" if v is None else f"day {v:.0f} ({v / 365.25:.2f} y)"
 
 
-def _p(p: float) -> str:
-    return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
+def _p(p: float | None) -> str:
+    """"p = 0.0123", "p < 0.0001"."""
+    return "p not computed" if p is None else "p < 0.0001" if p < 1e-4 else f"p = {p:.4f}"
 
 
 def rows_of(result: Result) -> tuple[list[str], list[list[Any]]]:
@@ -236,7 +250,7 @@ def figure(result: Result) -> Any:
         value = "survival" if stat == "km" else "incidence"
         for c in p["curves"]:
             pts = c["combined"]["points"]
-            label = " / ".join(map(str, c["group"])) or "all"
+            label = group_label(p.get("dims") or [], c["group"])
             median = c["combined"].get("median") or {}
             if median.get("day") is not None:
                 label += f" (median {median['day'] / 365.25:.1f} y)"
@@ -261,7 +275,7 @@ def figure(result: Result) -> Any:
         ax.legend(loc="lower left" if stat == "km" else "upper left")
         test = (p.get("tests") or {}).get("logrank") or {}
         if "p" in test:
-            ax.text(0.98, 0.97, f"log-rank p = {_p(test['p'])}", transform=ax.transAxes, ha="right", va="top",
+            ax.text(0.98, 0.97, f"log-rank {_p(test['p'])}", transform=ax.transAxes, ha="right", va="top",
                     fontsize=9)
         ax.grid(alpha=0.3)
         ax.set_title(result.query.describe(), fontsize=9)
@@ -271,7 +285,7 @@ def figure(result: Result) -> Any:
         ax.set_xlabel("years since enrollment")
         risk.set_axis_off()
         for i, c in enumerate(p["curves"]):
-            label = " / ".join(map(str, c["group"])) or "all"
+            label = group_label(p.get("dims") or [], c["group"])
             for row in c["combined"].get("risk_table", []):
                 if row["year"] <= xmax:
                     risk.text(row["year"], -i, _fmt(row["at_risk"], HIDDEN), ha="center", fontsize=8)
@@ -283,7 +297,7 @@ def figure(result: Result) -> Any:
         header, rows = rows_of(result)
         fig, ax = plt.subplots(figsize=(8, 4.5))
         if stat == "count" and p["dims"]:
-            labels = [" / ".join(map(str, r["group"])) for r in p["rows"]]
+            labels = [group_label(p.get("dims") or [], r["group"]) for r in p["rows"]]
             values = [0 if isinstance(r["combined"], dict) else r["combined"] for r in p["rows"]]
             bars = ax.bar(labels, values)
             for bar, r in zip(bars, p["rows"], strict=True):

@@ -16,6 +16,7 @@ import pytest
 
 from federation.query import Filter, Query, run_local
 from federation.query.guard import switched_off
+from federation.query.model import Exists
 from federation.settings import Settings
 from federation.synth import synthesize
 from tests.federated import publish
@@ -41,24 +42,35 @@ def truth(settings: Settings, table: str, column: str, where: str) -> tuple[int,
     return int(patients), int(rows), float(mean)
 
 
+def pooled_rows(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
+    root = settings.storage.root / settings.storage.harmonized_bucket
+    con = duckdb.connect()
+    for t in ("patients", "late_effects"):
+        con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{root}/*/{STUDY}/data/*/{t}.parquet')")
+    return con.execute(sql).fetchall()
+
+
 def F(column: str, value: Any, op: str = "==") -> Filter:
     return Filter(column=column, op=op, value=value)  # type: ignore[arg-type]
 
 
-def attack(settings: Settings, folder: Path, first: Query, means: list[Query], site: str
-           ) -> tuple[int, float] | None:
-    """Release `first` (it splits every patient's rows by a column), then the means; "the first mean minus
-    the others" as (rows, mean), or None when a result is refused."""
+def attack(settings: Settings, folder: Path, first: Query, means: list[Query], site: str,
+           ask: list[Query] | None = None) -> tuple[int, float] | None:
+    """Release `first` (it splits every patient's rows by a column), then the means (in the order `ask`, if
+    given); "the first mean minus the others" as (rows, mean), or None when a result is refused."""
     folder.mkdir()
     s = settings.model_copy(update={"audit_log": folder / "audit.jsonl"})
     assert run_local(first, s, "mallory").status == "released"
-    parts = []
-    for q in means:
+    got = {}
+    for q in ask or means:
         r = run_local(q, s, "mallory")
         if r.status != "released":
             assert "isolate fewer than 5 patients" in r.reason
             return None
-        cell = r.payload["rows"][0]["per_site"][site]
+        got[q.fingerprint()] = r
+    parts = []
+    for q in means:
+        cell = got[q.fingerprint()].payload["rows"][0]["per_site"][site]
         parts.append((cell["n"], cell["n"] * cell["mean"]))
     n = parts[0][0] - sum(p[0] for p in parts[1:])
     return n, (parts[0][1] - sum(p[1] for p in parts[1:])) / n
@@ -71,10 +83,11 @@ def test_everyone_minus_two_arms_does_not_give_one_patients_treatments(nb03: Set
     mean_q = dict(study_id=STUDY, table="treatments", sites=["site-a"], statistic="mean", column="start_day")
     means = [Query(**mean_q), Query(**mean_q, filters=[F("arm", "DIN")]),  # type: ignore[arg-type]
              Query(**mean_q, filters=[F("arm", "DIN-IL2")])]  # type: ignore[arg-type]
-    with switched_off("distinct_patients"):
+    with switched_off("distinct_patients", "cross_table"):
         leaked = attack(nb03, tmp_path / "off", by_agent, means, "site-a")
     assert leaked is not None and leaked[0] == rows and leaked[1] == pytest.approx(mean)
-    assert attack(nb03, tmp_path / "on", by_agent, means, "site-a") is None
+    with switched_off("cross_table"):  # (which refuses it too, as patients with treatments: its own test below)
+        assert attack(nb03, tmp_path / "on", by_agent, means, "site-a") is None
 
 
 def test_a_site_minus_its_two_sexes_does_not_give_one_patients_scores(nb03: Settings, tmp_path: Path) -> None:
@@ -86,10 +99,11 @@ def test_a_site_minus_its_two_sexes_does_not_give_one_patients_scores(nb03: Sett
     by_time = Query(**qol, group_by=["timepoint"], filters=arm)  # type: ignore[arg-type]
     means = [Query(**qol, filters=arm), Query(**qol, filters=[*arm, F("sex", "F")]),  # type: ignore[arg-type]
              Query(**qol, filters=[*arm, F("sex", "M")])]  # type: ignore[arg-type]
-    with switched_off("distinct_patients"):
+    with switched_off("distinct_patients", "cross_table"):
         leaked = attack(nb03, tmp_path / "off", by_time, means, "site-b")
     assert leaked is not None and leaked[0] == rows and leaked[1] == pytest.approx(mean)
-    assert attack(nb03, tmp_path / "on", by_time, means, "site-b") is None
+    with switched_off("cross_table"):
+        assert attack(nb03, tmp_path / "on", by_time, means, "site-b") is None
 
 
 def test_two_nested_means_do_not_give_one_patients_treatments(nb03: Settings, tmp_path: Path) -> None:
@@ -100,10 +114,11 @@ def test_two_nested_means_do_not_give_one_patients_treatments(nb03: Settings, tm
     girls = [F("sex", "F")]
     means = [Query(**mean_q, filters=girls),  # type: ignore[arg-type]
              Query(**mean_q, filters=[*girls, F("arm", ["DIN", "DIN-IL2"], "in")])]  # type: ignore[arg-type]
-    with switched_off("distinct_patients"):
+    with switched_off("distinct_patients", "cross_table"):
         leaked = attack(nb03, tmp_path / "off", by_agent, means, "site-a")
     assert leaked is not None and leaked[0] == rows and leaked[1] == pytest.approx(mean)
-    assert attack(nb03, tmp_path / "on", by_agent, means, "site-a") is None
+    with switched_off("cross_table"):  # (which refuses it too, as patients with treatments: its own test below)
+        assert attack(nb03, tmp_path / "on", by_agent, means, "site-a") is None
 
 
 def test_means_over_many_patients_per_cell_are_still_released(nb03: Settings, tmp_path: Path) -> None:
@@ -111,11 +126,100 @@ def test_means_over_many_patients_per_cell_are_still_released(nb03: Settings, tm
     differences of many patients are released."""
     qol = dict(study_id=STUDY, table="quality_of_life", statistic="mean", column="total_score")
     by_time = Query(**qol, group_by=["timepoint"])  # type: ignore[arg-type]
+    # (rightly refused after these: the boys (everyone minus the girls and boys is site-b's two sex-U patients'
+    # scores), and a mean by arm (its NR cell at site-b gives the scores of three NR girls there, whose rows
+    # lie in three classes of atoms, found by `span.patient_unions`))
     means = [Query(**qol), Query(**qol, filters=[F("sex", "F")]),  # type: ignore[arg-type]
-             Query(**qol, filters=[F("arm", "DIN")]), Query(**qol, group_by=["arm"])]  # type: ignore[arg-type]
+             Query(**qol, filters=[F("arm", "DIN")])]  # type: ignore[arg-type]
     folder = tmp_path / "h"
     folder.mkdir()
     s = nb03.model_copy(update={"audit_log": folder / "audit.jsonl"})
     for q in [by_time, *means]:
         r = run_local(q, s, "mallory")
         assert r.status == "released", r.reason
+
+
+def test_five_classes_of_one_patients_scores_are_searched_as_one_union(nb03: Settings, tmp_path: Path) -> None:
+    """The tenth red team: after a mean by time point, everyone (site-b, DIN-IL2) minus its girls early, its
+    girls later and its boys is the one sex-U patient's five scores, which lie in five span classes (one per
+    time point): more than the span check's unions of classes combine. Sums of squares come with them."""
+    patients, rows, mean = truth(nb03, "quality_of_life", "total_score",
+                                 "p.site_id = 'site-b' AND p.arm = 'DIN-IL2' AND p.sex = 'U'")
+    assert patients == 1 and rows == 5
+    arm, early = [F("arm", "DIN-IL2")], ["BASELINE", "ON_THERAPY"]
+    qol = dict(study_id=STUDY, table="quality_of_life", sites=["site-b"], statistic="mean", column="total_score")
+    by_time = Query(**qol, group_by=["timepoint"])  # type: ignore[arg-type]
+    means = [Query(**qol, filters=arm),  # type: ignore[arg-type]
+             Query(**qol, filters=[*arm, F("sex", "F"), F("timepoint", early, "in")]),  # type: ignore[arg-type]
+             Query(**qol, filters=[*arm, F("sex", "F"), F("timepoint", early, "not in")]),  # type: ignore[arg-type]
+             Query(**qol, filters=[*arm, F("sex", "M")])]  # type: ignore[arg-type]
+    means = [*means[1:], means[0]]  # the parts first, then the whole
+    with switched_off("patient_unions", "cross_table"):
+        leaked = attack(nb03, tmp_path / "off", by_time, [means[-1], *means[:-1]], "site-b", ask=means)
+    assert leaked is not None and leaked[0] == rows and leaked[1] == pytest.approx(mean)
+    with switched_off("cross_table"):
+        assert attack(nb03, tmp_path / "on", by_time, [means[-1], *means[:-1]], "site-b", ask=means) is None
+
+
+@pytest.mark.parametrize(("patients_first", "by_category"), [(True, False), (False, False), (True, True),
+                                                             (False, True)])
+def test_counts_of_rows_and_of_patients_do_not_difference_across_tables(nb03: Settings, tmp_path: Path,
+                                                                        patients_first: bool,
+                                                                        by_category: bool) -> None:
+    """The tenth red team: patients (site-b, DIN-IL2) with a hearing loss, minus the girls' and the boys'
+    hearing-loss rows (one row per patient and category here), was the one sex-U patient's late effect: the
+    results of each table were checked only against their own table's (guard `cross_table`). The same with
+    the rows counted by category (the HEARING cells)."""
+    (hearing,), = pooled_rows(nb03, "SELECT count(*) FROM late_effects l JOIN patients p USING (pid) WHERE "
+                                    "p.site_id = 'site-b' AND p.arm = 'DIN-IL2' AND p.sex = 'U' "
+                                    "AND l.category = 'HEARING'")
+    assert hearing == 1
+    base = dict(study_id=STUDY, sites=["site-b"])
+    arm, hear = F("arm", "DIN-IL2"), F("category", "HEARING")
+    patients = Query(**base, filters=[arm], exists=[Exists(table="late_effects", where=[hear])])  # type: ignore[arg-type]
+    girls, boys = (Query(**base, table="late_effects", filters=[arm, F("sex", sex)],  # type: ignore[arg-type]
+                         group_by=["category"]) if by_category else
+                   Query(**base, table="late_effects", filters=[arm, hear, F("sex", sex)])  # type: ignore[arg-type]
+                   for sex in ("F", "M"))
+    order = [patients, girls, boys] if patients_first else [girls, boys, patients]
+
+    def differenced(folder: Path) -> int | None:
+        folder.mkdir()
+        s = nb03.model_copy(update={"audit_log": folder / "audit.jsonl"})
+        got = {}
+        for q in order:
+            r = run_local(q, s, "mallory")
+            if r.status != "released":
+                assert "isolate fewer than 5 patients" in r.reason
+                return None
+            cell = next(row for row in r.payload["rows"] if row["group"] == ["HEARING"]) if q.group_by else \
+                r.payload["total"]
+            got[q.fingerprint()] = cell["per_site"]["site-b"]
+        return int(got[patients.fingerprint()] - got[girls.fingerprint()] - got[boys.fingerprint()])
+
+    with switched_off("cross_table"):
+        assert differenced(tmp_path / "off") == 1
+    assert differenced(tmp_path / "on") is None
+
+
+def test_rows_beyond_patients_do_not_tell_who_has_two(nb03: Settings, tmp_path: Path) -> None:
+    """The eleventh red team: 49 cardiac or renal late effects, then 48 patients with one, is one patient with
+    both. A count of rows exceeding its patients by 1..k-1 is small (guard `row_multiplicity`), in a total too."""
+    (both,), = pooled_rows(nb03, "SELECT count(*) FROM (SELECT pid FROM late_effects WHERE category IN "
+                                 "('CARDIAC', 'RENAL') GROUP BY pid HAVING count(*) > 1)")
+    assert 1 <= both <= 4
+    pair = F("category", ["CARDIAC", "RENAL"], "in")
+    patients = Query(study_id=STUDY, exists=[Exists(table="late_effects", where=[pair])])  # type: ignore[arg-type]
+    for rows in (Query(study_id=STUDY, table="late_effects", filters=[pair]),  # type: ignore[arg-type]
+                 Query(study_id=STUDY, table="late_effects", filters=[pair], group_by=["sex"])):  # type: ignore[arg-type]
+        def differenced(folder: Path, rows: Query = rows) -> int | None:
+            folder.mkdir()
+            s = nb03.model_copy(update={"audit_log": folder / "audit.jsonl"})
+            r, p = (run_local(q, s, "mallory") for q in (rows, patients))
+            assert r.status == p.status == "released", (r.reason, p.reason)
+            n_rows, n_patients = r.payload["total"]["combined"], p.payload["total"]["combined"]
+            return None if isinstance(n_rows, dict) else int(n_rows - n_patients)
+
+        with switched_off("row_multiplicity"):
+            assert differenced(tmp_path / f"off-{len(rows.group_by)}") == both
+        assert differenced(tmp_path / f"on-{len(rows.group_by)}") is None

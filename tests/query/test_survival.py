@@ -188,3 +188,21 @@ def test_grays_test_on_grid_counts_equals_r_cmprsk_cuminc() -> None:
             assert got.df == ref["df"] == 2
             assert got.chi2 == pytest.approx(ref["stat"], rel=1e-9)
             assert got.p == pytest.approx(ref["pv"], rel=1e-7)
+
+
+def test_rmst_differences_are_those_of_the_released_means() -> None:
+    from scipy.stats import norm
+
+    from federation.query.central.statistics.km import rmst_differences
+
+    def curve(group: str, rmst: dict[str, object]) -> dict[str, object]:
+        return {"group": [group], "combined": {"points": [], "rmst": rmst}}
+
+    curves = [curve("A", {"horizon_days": 730.5, "days": 600.0, "se": 12.0, "ci95": [0, 0]}),
+              curve("B", {"horizon_days": 730.5, "withheld": True, "reason": "no point"}),
+              curve("C", {"horizon_days": 730.5, "days": 560.0, "se": 9.0, "ci95": [0, 0]})]
+    (d,) = rmst_differences(curves)  # B is withheld: C against A only
+    assert d["group"] == ["C"] and d["reference"] == ["A"] and d["difference_days"] == -40.0
+    assert d["se"] == pytest.approx(15.0) and d["p"] == pytest.approx(2 * norm.sf(40 / 15), rel=1e-12)
+    assert d["ci95"] == pytest.approx([-40 - norm.ppf(0.975) * 15, -40 + norm.ppf(0.975) * 15], rel=1e-9)
+    assert rmst_differences(curves[:2]) == []

@@ -85,15 +85,17 @@ def test_a_node_that_is_down_gives_that_sites_error_and_partial_still_works(fede
     client = Client(fed.url, fed.token("analyst"))
     fed.stop_node("site-f")
     try:
-        # a plain count of treatments: the partial result minus earlier all-site results in the shared history
-        # (other tests') is site-f's part, whose small cells the differencing guard rightly refuses; whether such
-        # results are in the history depends on test order, and no other node test counts treatments (the
-        # history is kept per study and table)
-        refused = client.query(STUDY, table="treatments").result
+        # a count of vincristine treatments: the partial result minus earlier all-site results in the shared
+        # history (other tests') is site-f's part, whose small cells the differencing guard rightly refuses;
+        # no other node test counts treatments, and as patients (`cross_table`) "with a vincristine treatment"
+        # is far from any other node test's patients (a plain count of treatments is nearly everyone)
+        vcr = Filter(column="agent", op="==", value="vincristine")
+        refused = client.query(STUDY, table="treatments", filters=[vcr]).result
         assert refused.status == "refused" and "site-f" in refused.reason and "not connected" in refused.reason
-        partial = client.query(STUDY, table="treatments", allow_partial=True).result
+        partial = client.query(STUDY, table="treatments", filters=[vcr], allow_partial=True).result
         assert partial.status == "released" and "site-f" in partial.excluded, partial.reason
-        total = pooled(federated, "SELECT count(*) FROM treatments WHERE site_id <> 'site-f'")[0][0]
+        total = pooled(federated, "SELECT count(*) FROM treatments WHERE site_id <> 'site-f' "
+                                  "AND agent = 'vincristine'")[0][0]
         assert partial.payload["total"]["combined"] == total
     finally:
         fed.start_node("site-f")

@@ -79,13 +79,15 @@ def _lines(shape: tuple[int, int, int], released: np.ndarray) -> list[list[tuple
 
 def suppress(cells: np.ndarray, k_site: list[int], k_combined: int, *, col_margin: bool = True,
              row_margin: bool = True, max_rounds: int = 50, time_limit_s: float = 20.0,
-             units: np.ndarray | None = None) -> Released:
+             units: np.ndarray | None = None, margins: np.ndarray | None = None) -> Released:
     """Primary and complementary suppression of a (sites, rows, cols) table of counts.
 
     `col_margin`/`row_margin` False when those totals are not part of the release (e.g. a count by one
     dimension has no column totals). Entries not released are kept out of the analyst's equations.
     `units`, for event tables: the distinct patients of each cell (same shape as `cells`); a cell of many
-    rows but 1..k-1 patients is a primary cell too.
+    rows but 1..k-1 patients is a primary cell too. `margins` (with `units`; `guards.RowMultiplicityGuard`):
+    the distinct patients of every entry of the extended table, NaN where not known; then totals and margins
+    are small by patients too, and so is an entry whose rows exceed its patients by 1..k-1.
     """
     e = extend(cells)
     S1, R1, C1 = e.shape
@@ -98,10 +100,16 @@ def suppress(cells: np.ndarray, k_site: list[int], k_combined: int, *, col_margi
     low = 0 if EmptyCellGuard.enabled() else 1  # an empty cell is small: 0 and 1..k-1 look the same
     primary = part & (e >= low) & (e < k)
     if units is not None and PatientUnitsGuard.enabled():  # patients per cell; combined: the sites' sum
-        u = np.zeros(e.shape)
+        u = np.full(e.shape, np.nan)
         u[:-1, :-1, :-1] = units
         u[-1, :-1, :-1] = units.sum(axis=0)
-        primary[:, :-1, :-1] |= (part & (u >= low) & (u < k))[:, :-1, :-1]
+        if margins is not None:
+            u = np.where(np.isnan(u), margins, u)
+        known = part & ~np.isnan(u)
+        uu = np.nan_to_num(u)
+        primary |= known & (uu >= low) & (uu < k)
+        if margins is not None:  # rows beyond patients: how many extra rows a few patients have
+            primary |= known & (e - uu >= 1) & (e - uu < k)
     n = S1 - 1  # the combined table's index, and the number of sites
     if SiteInsiderGuard.enabled() and n > 1:  # the combined table as each site's insider sees it
         rest = e[n][None, :, :] - e[:n]

@@ -30,7 +30,7 @@ from federation.query.central.candidates import (
     triple_near,
 )
 from federation.query.central.differencing import DistinctPatientsGuard, EmptyCombinationGuard, Vectors
-from federation.query.central.history import Earlier, Footprint, footprints_of
+from federation.query.central.history import Earlier, Footprint, footprints_of, shadow_footprints
 from federation.query.central.runner import Context, released_record
 from federation.query.central.span import new_leak, phantom_leak
 from federation.query.central.statistics import Statistic
@@ -45,7 +45,9 @@ from federation.query.site.partial import SiteTask
 from federation.query.site.summaries import (
     MAX_EARLIER,
     Answer,
+    Counts,
     FootprintSizes,
+    GroupCounts,
     Request,
     Sized,
     SizeLists,
@@ -89,6 +91,42 @@ class SubsetGuard(CentralGuard):
                                "use a broader filter, or group by the variable instead of filtering on it")
 
 
+class RowMultiplicityGuard(CentralGuard):
+    """In a table of several rows per patient, a count whose rows exceed its patients by 1..k-1 is small, and
+    so is a total or margin of 1..k-1 patients: with a count of the same patients (a result on patients with
+    an exists filter), rows minus patients tells how many extra rows a few patients have (the eleventh red
+    team: 49 cardiac or renal late effects of 48 patients, one patient with both). The sites are asked the
+    distinct patients of the coarser levels too (a count's total, a crosstab's margins)."""
+
+    def requests(self, ctx: Context) -> list[Request]:
+        q = ctx.query
+        if q.table == "patients" or not q.group_by:
+            return []
+        return [GroupCounts(table=q.table, filters=q.filters, exists=q.exists, dims=list(level))
+                for level in coarser(q.group_by)]
+
+    def check(self, ctx: Context, answers: dict[str, list[Answer]]) -> None:
+        q = ctx.query
+        if q.table == "patients":
+            return
+        levels = coarser(q.group_by) if q.group_by else []
+        ctx.level_patients = {tuple(level): {} for level in levels}
+        for site, got in answers.items():
+            for level, counts in zip(levels, got, strict=True):
+                assert isinstance(counts, Counts)
+                ctx.level_patients[tuple(level)][site] = {tuple(c.key): c.patients or 0 for c in counts.cells}
+
+
+def coarser(dims: list[str]) -> list[list[str]]:
+    """Every level coarser than `dims` (its proper subsets, in order; the total last)."""
+    return [[d for i, d in enumerate(dims) if mask >> i & 1] for mask in range(2 ** len(dims) - 2, -1, -1)]
+
+
+class CrossTableGuard(Guard):
+    """A result on a table of several rows per patient is also checked as the patients it covers, against
+    results on patients: a count of rows is often one of patients."""
+
+
 class DifferencingGuard(CentralGuard):
     """No combination of this result with earlier released results (every analyst's, every site selection,
     every version) may isolate fewer than k patients, for an analyst or for a site insider. It runs on the
@@ -96,11 +134,12 @@ class DifferencingGuard(CentralGuard):
 
     def released(self, ctx: Context) -> None:
         q = ctx.query
-        earlier = [e for e in ctx.history.earlier(q.study_id, q.table) if comparable(ctx, e)]
-        if not earlier:
-            return
+        earlier = [e for e in ctx.history.earlier(q.study_id, q.table, shadows=CrossTableGuard.enabled())
+                   if comparable(ctx, e)]
         for _ in range(MAX_TIMES_WITHHELD + 1):
-            found = self._leak(ctx, earlier)
+            found = self._leak(ctx, earlier) if earlier else None
+            if found is None:
+                found = self._shadow_leak(ctx)
             if found is None:
                 return
             how, _, part, cited = found
@@ -116,16 +155,32 @@ class DifferencingGuard(CentralGuard):
             "ask for the groups you compare in one query (e.g. with --by), so that disclosure control "
             "covers them together")
 
-    def _leak(self, ctx: Context, earlier: list[Earlier]) -> tuple[str, list[int], Footprint | None, str] | None:
+    def _shadow_leak(self, ctx: Context) -> tuple[str, list[int], Footprint | None, str] | None:
+        """A result on a row table as the patients it covers (`history.shadow_footprints`), against the results
+        on `patients` (and the other row tables' shadows)."""
+        q = ctx.query
+        if q.table == "patients" or not CrossTableGuard.enabled():
+            return None
+        shadows = shadow_footprints(q, ctx.version_numbers, Statistic.for_query(q).per_site,
+                                    released_record(q, ctx.result.payload))
+        earlier = [e for e in ctx.history.earlier(q.study_id, "patients") if comparable(ctx, e)]
+        if not shadows or not earlier:
+            return None
+        return self._leak(ctx, earlier, shadows)
+
+    def _leak(self, ctx: Context, earlier: list[Earlier], shadows: list[Footprint] | None = None
+              ) -> tuple[str, list[int], Footprint | None, str] | None:
         """The first leak of the result as it stands (how, the space's footprints involved, the new part
         that leaks or None for the whole result, the earlier results cited); None when there is none, or
-        when withholding the per-site values leaves none (then `ctx.combined_only` says so)."""
+        when withholding the per-site values leaves none (then `ctx.combined_only` says so). With `shadows`,
+        of those footprints on `patients` in place of the result's own."""
         q = ctx.query
         known = {e.footprint.key() for e in earlier}
         # the whole result and the parts of its groups it shows counts of; a footprint released before adds
         # nothing to check, but its cells are still the new result's own (`AtomSpace.first_leak`)
-        mine = footprints_of(q, ctx.version_numbers, Statistic.for_query(q).per_site,
-                             released_record(q, ctx.result.payload))
+        mine = shadows if shadows is not None else footprints_of(q, ctx.version_numbers,
+                                                                 Statistic.for_query(q).per_site,
+                                                                 released_record(q, ctx.result.payload))
         news = [fp for fp in mine if fp.key() not in known]
         again = [fp for fp in mine if fp.key() in known]
         if not news:
@@ -519,7 +574,9 @@ def _comparable(ctx: Context, earlier: Earlier) -> bool:
     fp = earlier.footprint
     filters, exists = fp.filters()
     try:
-        check_filters(Query(study_id=fp.study_id, table=fp.table, filters=filters, exists=exists),  # type: ignore[arg-type]
+        # constructed, not validated: a shadow has one exists filter more than a query may (`shadow_footprints`)
+        check_filters(Query.model_construct(study_id=fp.study_id, table=fp.table, filters=filters,  # type: ignore[arg-type]
+                                            exists=exists),
                       ctx.policy)
         for d in fp.dims:
             require(ctx.policy, fp.study_id, fp.table, d, "grouping", GROUPABLE)
@@ -541,4 +598,4 @@ def cite(ctx: Context, earlier: list[Earlier], involved: list[int], n_new: int =
     return " and ".join(dict.fromkeys(parts)) or "an earlier result"  # a result once, however many parts
 
 
-CENTRAL_GUARDS: list[type[CentralGuard]] = [SubsetGuard, DifferencingGuard]
+CENTRAL_GUARDS: list[type[CentralGuard]] = [SubsetGuard, RowMultiplicityGuard, DifferencingGuard]

@@ -160,8 +160,68 @@ def footprints_of(query: Query, versions: dict[str, int], per_site: bool, releas
     return [whole, *parts]
 
 
-def footprints_of_entry(entry: dict[str, Any]) -> list[Footprint]:
-    """The footprints of a released audit entry; none for anything that released nothing."""
+# columns every unit table carries with the same value for all of a patient's rows (`columns.EVENT_PATIENT_COLUMNS`
+# and the site): a filter or group on them selects patients, any other column of a row table selects rows
+PATIENT_SIDE = {"site_id", "sex", "arm", "age_group", "stage", "histology_risk", "risk_group"}
+
+
+def shadow_footprints(query: Query, versions: dict[str, int], per_site: bool, released: dict[str, Any]
+                      ) -> list[Footprint]:
+    """A result on a table of several rows per patient, as the patients it covers (footprints on `patients`,
+    checked and kept with that table's): each cell is the patients with a row in it, `exists <table>: <its
+    row filters>` with its patient filters and groups, and for a level grouped by row-level columns (a count
+    by category) one footprint per key shown, `exists <table>: <row filters> and category == <key>`. A count
+    of rows is often one of patients (one row per patient and category, time point, agent or gene), so set
+    beside counts of patients it differences like one (the tenth red team: patients with a hearing loss, minus
+    the girls' and the boys' hearing-loss rows, was one patient). None for `patients` itself."""
+    if query.table == "patients":
+        return []
+    dims = list(released.get("dims") or query.group_by)
+    levels = [list(level) for level in (released.get("levels") or [dims])]
+    hidden = [(h[0], list(h[1]), list(h[2]) if isinstance(h[2], list) else json.loads(h[2]))
+              for h in released.get("hidden") or []]
+    keys = {json.dumps(level): list(ks) for level, ks in released.get("keys") or []}
+    rows = [f for f in query.filters if f.column not in PATIENT_SIDE]
+    patients = [f for f in query.filters if f.column in PATIENT_SIDE]
+
+    def shadow(where: list[Filter], by: list[str], kept: list[list[str]], hide: list[list[Any]]) -> Footprint:
+        # built without the limits of an analyst's query (five exists filters): a result at that limit has a
+        # shadow beyond it (the eleventh red team's A2, A3: one that could not be written was never compared);
+        # a differencing subset takes one exists filter more, and an exists filter as many conditions as a
+        # query's filters
+        q = Query.model_construct(study_id=query.study_id, table="patients", filters=patients,
+                                  exists=[*query.exists, Exists.model_construct(table=query.table, where=where)],  # type: ignore[arg-type]
+                                  group_by=by)
+        return Footprint.of(q, versions, per_site, kept, hide, dims=by)
+
+    out: list[Footprint] = []
+    plain = [level for level in levels if all(d in PATIENT_SIDE for d in level)]
+    if plain:  # the levels without row-level columns: one footprint, grouped by the patient-level columns
+        out.append(shadow(rows, [d for d in dims if d in PATIENT_SIDE], plain,
+                          [[site, level, key] for site, level, key in hidden if level in plain]))
+    for level in levels:
+        on_rows = [d for d in level if d not in PATIENT_SIDE]
+        if not on_rows:
+            continue
+        mine = [d for d in level if d in PATIENT_SIDE]
+        at = [level.index(d) for d in on_rows]
+        combos = list(dict.fromkeys(tuple(key[i] for i in at) for key in keys.get(json.dumps(level), [])))
+        for combo in combos[:MAX_SHADOW_KEYS]:
+            if any(v is None for v in combo):
+                continue  # a missing value: no `==` filter selects it (decision 0009, Open)
+            where = [*rows, *(Filter(column=d, op="==", value=v) for d, v in zip(on_rows, combo, strict=True))]
+            hide = [[site, mine, [key[level.index(d)] for d in mine]] for site, lv, key in hidden
+                    if lv == level and tuple(key[i] for i in at) == combo]
+            out.append(shadow(where, mine, [mine], hide))
+    return out
+
+
+MAX_SHADOW_KEYS = 200  # row-level keys of one level given a shadow each
+
+
+def footprints_of_entry(entry: dict[str, Any], shadows: bool = False) -> list[Footprint]:
+    """The footprints of a released audit entry; none for anything that released nothing. With `shadows`,
+    also those on `patients` of a result on another table (`shadow_footprints`)."""
     if entry.get("outcome") != "released":
         return []
     try:
@@ -169,12 +229,14 @@ def footprints_of_entry(entry: dict[str, Any]) -> list[Footprint]:
         versions = {site: int(VERSION_NUMBER.search(v).group(1))  # type: ignore[union-attr]
                     for site, v in (entry.get("versions") or {}).items()}
         released = entry.get("released") or {}
-        return footprints_of(query, versions, bool(released.get("per_site", True)), released)
+        per_site = bool(released.get("per_site", True))
+        return footprints_of(query, versions, per_site, released) + (
+            shadow_footprints(query, versions, per_site, released) if shadows else [])
     except (ValueError, KeyError, AttributeError, TypeError):
         return []
 
 
-SCHEMA_VERSION = "3"  # footprints with levels, hidden cells and splits; an index of another version is rebuilt
+SCHEMA_VERSION = "4"  # footprints with levels, hidden cells, splits and shadows; an index of another version is rebuilt
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS footprints (key TEXT PRIMARY KEY, study TEXT NOT NULL, tbl TEXT NOT NULL,
                                        body TEXT NOT NULL, first_id INTEGER NOT NULL, analyst TEXT NOT NULL,
@@ -218,10 +280,11 @@ class History:
 
     @contextmanager
     def serialized(self, study_id: str, table: str) -> Iterator[None]:
-        """Queries on one study and table are checked and recorded one at a time: two analysts' concurrent
-        queries cannot both pass the check without seeing each other."""
+        """Queries on one study are checked and recorded one at a time: two analysts' concurrent queries cannot
+        both pass the check without seeing each other (a result on a row table is checked against results on
+        `patients` too: `shadow_footprints`)."""
         with self._lock:
-            lock = self._table_locks.setdefault((study_id, table), threading.Lock())
+            lock = self._table_locks.setdefault((study_id, ""), threading.Lock())
         with lock:
             yield
 
@@ -254,22 +317,27 @@ class History:
             self._db.commit()
 
     def _record(self, entry: dict[str, Any]) -> None:
-        footprints = footprints_of_entry(entry)
+        footprints = footprints_of_entry(entry, shadows=True)
         if not footprints:
             return
-        described = Query.model_validate(entry["query"]).describe()
-        for part, fp in enumerate(footprints):  # the whole result (part 0), then its splits
+        query = Query.model_validate(entry["query"])
+        described = query.describe()
+        # the whole result (part 0), its splits (1), its shadow on patients (2)
+        for part, fp in enumerate(footprints):
             self._db.execute(
                 "INSERT INTO footprints VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?) ON CONFLICT (key) DO UPDATE SET "
                 "releases = releases + 1", (fp.key(), fp.study_id, fp.table, fp.to_json(), int(entry["id"]),
-                                             str(entry.get("analyst", "")), described, min(part, 1)))
+                                             str(entry.get("analyst", "")), described,
+                                             min(part, 1) if fp.table == query.table else 2))
 
-    def earlier(self, study_id: str, table: str) -> list[Earlier]:
-        """Every distinct footprint released on `study_id`/`table`, oldest first."""
+    def earlier(self, study_id: str, table: str, shadows: bool = True) -> list[Earlier]:
+        """Every distinct footprint released on `study_id`/`table`, oldest first; without `shadows`, not those
+        first released as the shadow of a result on another table (`shadow_footprints`)."""
         self.sync()
         with self._lock:
             rows = self._db.execute("SELECT body, first_id, analyst, described FROM footprints WHERE study = ? AND "
-                                    "tbl = ? ORDER BY first_id", (study_id, table)).fetchall()
+                                    "tbl = ? AND part <= ? ORDER BY first_id",
+                                    (study_id, table, 2 if shadows else 1)).fetchall()
         return [Earlier(Footprint.from_json(body), int(first), analyst, described)
                 for body, first, analyst, described in rows]
 

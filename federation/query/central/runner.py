@@ -83,6 +83,9 @@ class Context:
     thresholds: dict[str, EffectiveThresholds] = field(default_factory=dict)
     version_numbers: dict[str, int] = field(default_factory=dict)
     combined_only: bool = False
+    # distinct patients of every coarser level of the groups (a count's total, a crosstab's margins) per site,
+    # on a table of several rows per patient (`guards.RowMultiplicityGuard`); None when not asked
+    level_patients: dict[tuple[str, ...], dict[str, dict[tuple[Any, ...], int]]] | None = None
 
     @property
     def sites(self) -> list[str]:
@@ -244,6 +247,9 @@ def released_record(q: Query, payload: dict[str, Any]) -> dict[str, Any]:
     is saturated on one covariate; events by level are recorded for every categorical covariate)."""
     levels, hidden = released_cells(payload)
     record: dict[str, Any] = {"levels": levels, "hidden": hidden, "splits": released_splits(q, payload, hidden)}
+    if q.table != "patients" and payload.get("statistic") in (*ROW_STATISTICS, "crosstab"):
+        # the groups it shows, for its shadows on patients (`history.shadow_footprints`): one per row-level key
+        record["keys"] = released_keys(payload)
     if payload.get("statistic") == "logistic" and q.outcome is not None:
         terms = [str(t.get("term", "")) for t in payload.get("coefficients") or []]
         categorical = [c for c in q.covariates if any(t.startswith(f"{c}[") for t in terms)]
@@ -253,6 +259,16 @@ def released_record(q: Query, payload: dict[str, Any]) -> dict[str, Any]:
             record["splits"] = [{**part, "dims": categorical, "levels": [[c] for c in categorical] + [[]]}
                                 for part in record["splits"]]
     return record
+
+
+def released_keys(payload: dict[str, Any]) -> list[list[Any]]:
+    """The keys of the groups of each level a row-statistic or crosstab result has, as [level, [key, ...]]."""
+    dims = list(payload.get("dims") or [])
+    if payload.get("statistic") == "crosstab":
+        r, c = payload["rows_dim"], payload["cols_dim"]
+        rows, cols = payload["rows"][:-1], payload["cols"][:-1]  # the last of each is its total
+        return [[[r, c], [[a, b] for a in rows for b in cols]], [[r], [[a] for a in rows]], [[c], [[b] for b in cols]]]
+    return [[dims, [row["group"] for row in payload.get("rows") or []]]] if dims else []
 
 
 def released_splits(q: Query, payload: dict[str, Any], hidden: list[list[Any]]) -> list[dict[str, Any]]:

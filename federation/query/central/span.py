@@ -30,6 +30,7 @@ from scipy import sparse
 from scipy.linalg import svd
 
 from federation.query.central.differencing import EPS, Units, is_small, maybe_small
+from federation.query.guard import Guard
 
 TOL = 1e-8
 
@@ -143,8 +144,9 @@ def new_leak(before: np.ndarray, new: np.ndarray, targets: np.ndarray, units: Un
         unions = small_unions(a, w, k, inverse)
         if unions is None:  # undecided: refuse rather than release
             return SpanLeak(units=0.0, insider=who, what="a set of patients no single cell shows")
-        if len(unions) and not u.exact_sums:
-            unions = unions[is_small(u.of(unions), k)]
+        if not u.exact_sums:
+            unions = np.vstack([unions, patient_unions(u, inverse, k)])
+            unions = unions[is_small(u.of(unions), k)] if len(unions) else unions
         if len(unions):
             # a union the new result's own cells give is its suppression's business (one result), as for
             # triples of new cells: a crosstab's combined cell minus the site parts it shows gives an insider
@@ -157,6 +159,40 @@ def new_leak(before: np.ndarray, new: np.ndarray, targets: np.ndarray, units: Un
 
 
 UNION_CLASSES = 4  # classes of atoms combined at most (each holds a patient or more: all of k - 1 when k = 5)
+PATTERN_PAIRS = 100  # patterns of few patients beyond which `patient_unions` takes them one at a time only
+
+
+class PatientUnionsGuard(Guard):
+    """In tables of several rows per patient, the span check also tries the classes that hold one or two
+    patients' rows, however many classes those are (an earlier result split each patient's rows over them)."""
+
+
+def patient_unions(units: Units, inverse: np.ndarray, k: int) -> np.ndarray:
+    """The atoms of every class holding rows of one pattern of patients (`Units.patterns`: patients with rows
+    in the same atoms), or of two, as sets (sets x atoms) of 1..k-1 patients. `small_unions` combines at most
+    UNION_CLASSES classes because each holds a patient or more; in a row table a patient's rows lie in as many
+    classes as an earlier result split them into (the tenth red team: one patient's five quality-of-life scores
+    in five classes, one per time point, from everyone at a site minus three groups). Pairs of patterns only
+    among the first PATTERN_PAIRS patterns of fewer than k - 1 patients."""
+    n_atoms = len(inverse)
+    empty = np.zeros((0, n_atoms), dtype=bool)
+    if units.patterns is None or not n_atoms or not PatientUnionsGuard.enabled():
+        return empty
+    n_classes = int(inverse.max()) + 1
+    onehot = sparse.csr_matrix((np.ones(n_atoms), (np.arange(n_atoms), inverse)), shape=(n_atoms, n_classes))
+    holds = np.asarray((units.patterns @ onehot).toarray() > 0.5)  # patterns x classes: classes with its rows
+    holds = holds[holds.sum(axis=1) > 0]
+    if not len(holds):
+        return empty
+    holds = np.unique(holds, axis=0)
+    member = holds[:, inverse]  # patterns x atoms: every atom of those classes
+    size = units.of(member)
+    singles = member[is_small(size, k)]
+    few = np.nonzero((size > 0.5) & (size < k - 1.5))[0][:PATTERN_PAIRS]
+    ia, ib = np.triu_indices(len(few), 1)
+    pairs = member[few[ia]] | member[few[ib]]
+    pairs = pairs[is_small(units.of(pairs), k)] if len(pairs) else pairs
+    return np.vstack([singles, pairs]) if len(pairs) else singles
 
 
 def _first_of_each(inverse: np.ndarray, n_classes: int) -> np.ndarray:

@@ -343,7 +343,7 @@ class Subset(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     filters: list[Filter] = Field(default_factory=list, max_length=20)
-    exists: list[Exists] = Field(default_factory=list, max_length=5)
+    exists: list[Exists] = Field(default_factory=list, max_length=6)  # a query's five and its shadow's one
     split: list[Filter] = Field(default_factory=list, max_length=3)  # a curve's events of a cause before a day: 3
 
     @property

@@ -100,8 +100,15 @@ def count_table(ctx: Context, per_site: dict[str, dict[Key, int]], keys: list[Ke
     cells = np.array([[[per_site[s].get(key, 0)] for key in keys] for s in sites], dtype=float)
     units = (np.array([[[patients[s].get(key, 0)] for key in keys] for s in sites], dtype=float)
              if patients is not None else None)
+    margins = None
+    if units is not None and ctx.level_patients is not None:  # the total's patients (`RowMultiplicityGuard`)
+        margins = np.full((len(sites) + 1, len(keys) + 1, 2), np.nan)
+        total = ctx.level_patients.get(())
+        if total is not None and ctx.query.group_by:
+            margins[:-1, -1, 0] = [total.get(s, {}).get((), 0) for s in sites]
+            margins[-1, -1, 0] = margins[:-1, -1, 0].sum()
     return suppress(cells, [ctx.thresholds[s].min_cell for s in sites], ctx.k, col_margin=False, row_margin=totals,
-                    units=units)
+                    units=units, margins=margins)
 
 
 def shared_pattern(ctx: Context, answers: dict[str, Counts], keys: list[Key]) -> np.ndarray:

@@ -84,12 +84,20 @@ class Crosstab(Count):
         names = ctx.sites
         cells = np.array([[[per_site[s].get((r[0], c[0]), 0) for c in col_keys] for r in row_keys] for s in names],
                          dtype=float)
-        units = None
+        units = margins = None
         if q.table != "patients":
             pts = per_site_counts(answers, patients=True)
             units = np.array([[[pts[s].get((r[0], c[0]), 0) for c in col_keys] for r in row_keys] for s in names],
                              dtype=float)
-        rel = suppress(cells, [ctx.thresholds[s].min_cell for s in names], ctx.k, units=units)
+        if units is not None and ctx.level_patients is not None:  # margins' patients (`RowMultiplicityGuard`)
+            margins = np.full((len(names) + 1, len(row_keys) + 1, len(col_keys) + 1), np.nan)
+            lp = ctx.level_patients
+            for i, s in enumerate(names):
+                margins[i, :-1, -1] = [lp[(q.group_by[0],)].get(s, {}).get(r, 0) for r in row_keys]
+                margins[i, -1, :-1] = [lp[(q.group_by[1],)].get(s, {}).get(c, 0) for c in col_keys]
+                margins[i, -1, -1] = lp[()].get(s, {}).get((), 0)
+            margins[-1] = margins[:-1].sum(axis=0)
+        rel = suppress(cells, [ctx.thresholds[s].min_cell for s in names], ctx.k, units=units, margins=margins)
 
         def matrix(i: int) -> list[list[Any]]:
             v = rel.values[i]

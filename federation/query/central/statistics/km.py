@@ -13,6 +13,7 @@ are shown, unstratified and stratified by site, over the whole follow-up (`survi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -137,6 +138,8 @@ class KaplanMeier(Statistic):
                 curve["combined"]["rmst"] = self.rmst(ctx, self.keys[r], curve["combined"]["points"])
         if ctx.query.group_by:
             payload["tests"] = self.tests(ctx)
+            payload["rmst_differences"] = rmst_differences(payload["curves"])
+
 
     def rmst(self, ctx: Context, key: tuple[Any, ...], points: list[dict[str, Any]]) -> dict[str, Any]:
         """The restricted mean survival time of a combined curve to the query's horizon: the area under the
@@ -151,11 +154,11 @@ class KaplanMeier(Statistic):
                     "reason": f"the curve shows no point at day {tau:g}" + (
                         "; ask with the horizon at a day it shows, e.g. " + " or ".join(f"{d:g}" for d in sorted(near))
                         if near else "")}
-        zero = (np.zeros(1, int),) * 4
+        n_int = len(np.arange(0.0, (self.test_horizon or q.horizon_days) + q.grid_days, q.grid_days)) - 1
+        zero = (np.zeros(n_int, int),) * 4  # a site without the group (every site's counts have this length)
         parts = [self.counts[s].get(key, zero) for s in ctx.sites]
-        width = max(len(p[0]) for p in parts)
-        at_risk = sum((np.pad(p[0], (0, width - len(p[0]))) for p in parts), np.zeros(width, int))
-        events = sum((np.pad(p[1], (0, width - len(p[1]))) for p in parts), np.zeros(width, int))
+        at_risk = sum((p[0] for p in parts), np.zeros(n_int, int))
+        events = sum((p[1] for p in parts), np.zeros(n_int, int))
         surv, var = km_from_counts(at_risk, events)
         index = [int(round(d / q.grid_days)) - 1 for d in shown]  # a point at day grid[j + 1] ends interval j
         greenwood = [0.0] + [float(var[j] / surv[j] ** 2) if surv[j] > 0 else 0.0 for j in index[1:]]
@@ -320,3 +323,22 @@ def release_curve(at_risk: np.ndarray, events: np.ndarray, grid: np.ndarray, k: 
                        **({"censored_since": gone >= k} if censored is not None else {})})
         since = gone = 0
     return {"points": points}
+
+
+def rmst_differences(curves: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each group's restricted mean survival time minus the first group's (of the groups whose combined RMST is
+    released), with the normal 95 % interval and two-sided p of the difference (the groups' patients are
+    distinct, so the variances add). Computed from released values only: nothing new is disclosed."""
+    shown = [(c["group"], c["combined"]["rmst"]) for c in curves
+             if isinstance(c["combined"].get("rmst"), dict) and not c["combined"]["rmst"].get("withheld")]
+    if len(shown) < 2:
+        return []
+    (ref_group, ref), out = shown[0], []
+    for group, rm in shown[1:]:
+        diff, se = rm["days"] - ref["days"], math.hypot(rm["se"], ref["se"])
+        z = diff / se if se > 0 else math.nan
+        out.append({"group": group, "reference": ref_group, "horizon_days": rm["horizon_days"],
+                    "difference_days": diff, "se": se,
+                    "ci95": [diff - 1.959963984540054 * se, diff + 1.959963984540054 * se],
+                    "p": math.erfc(abs(z) / math.sqrt(2)) if se > 0 else None})
+    return out
