@@ -138,4 +138,4 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path, clean_exports: Path)
     return Settings(storage=cfg, sites_dir=clean_exports / "sites")
 
 
-from tests.federated import federated, federated_nodes, federated_settings_file, fresh_audit  # noqa: E402,F401
+from tests.federated import federated, federated_nodes, federated_settings_file, fresh_audit, nb03  # noqa: E402,F401

@@ -17,6 +17,8 @@ from federation.storage import StorageConfig, open_store
 from federation.synth import WrittenExport, synthesize
 
 STUDY = "PONC-WT-01"
+NB03 = "PONC-NB-03"  # a study on dictionary v2
+V2_TABLES = ("patients", "diagnoses", "outcomes", "treatments", "biomarkers", "late_effects", "quality_of_life")
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +46,14 @@ def federated(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return publish(root, written)
 
 
+@pytest.fixture(scope="session")
+def nb03(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Three sites of the v2 neuroblastoma study, published on local storage."""
+    os.environ.setdefault("FEDERATION_PSEUDONYM_KEY", "test-consortium-key-0123456789")
+    root = tmp_path_factory.mktemp("nb03")
+    return publish(root, synthesize(root / "exports", 3, NB03, 150, dt.date(2025, 6, 30), seed=3))
+
+
 def publish(root: Path, written: list[WrittenExport]) -> Settings:
     """Upload synthetic exports (written under `root`/exports) and publish them on local storage under `root`."""
     settings = Settings(storage=StorageConfig(kind="local", root=root / "storage"),
@@ -64,6 +74,12 @@ def fresh_audit(federated: Settings, tmp_path: Path) -> Settings:
     return federated.model_copy(update={"audit_log": tmp_path / "audit.jsonl"})
 
 
+def fresh(settings: Settings, folder: Path) -> Settings:
+    """The same data behind a service with an empty history of its own, in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return settings.model_copy(update={"audit_log": folder / "audit.jsonl"})
+
+
 def elsewhere(settings: Settings, name: str) -> Settings:
     """The same data behind another service (its own audit log and differencing history)."""
     return settings.model_copy(update={"audit_log": settings.audit_log.with_name(f"{name}.jsonl")})
@@ -78,6 +94,15 @@ def pooled(settings: Settings, sql: str) -> list[tuple]:  # type: ignore[type-ar
     con.execute("""CREATE VIEW unit_patients AS SELECT p.*, d.stage, d.histology_risk, d.risk_group,
                    o.vital_status, o.first_event FROM patients p JOIN diagnoses d USING (pid)
                    JOIN outcomes o USING (pid)""")
+    return con.execute(sql).fetchall()
+
+
+def pooled_v2(settings: Settings, sql: str) -> list[tuple]:  # type: ignore[type-arg]
+    """`sql` over the v2 study's tables of all sites pooled in one DuckDB."""
+    root = settings.storage.root / settings.storage.harmonized_bucket
+    con = duckdb.connect()
+    for table in V2_TABLES:
+        con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{root}/*/{NB03}/data/*/{table}.parquet')")
     return con.execute(sql).fetchall()
 
 

@@ -6,48 +6,24 @@ Each attack first succeeds with the guard switched off."""
 
 from __future__ import annotations
 
-import datetime as dt
-import os
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 
 from federation.query import Filter, Query, run_local
 from federation.query.guard import switched_off
 from federation.query.model import Exists
 from federation.settings import Settings
-from federation.synth import synthesize
-from tests.federated import publish
-
-STUDY = "PONC-NB-03"
-
-
-@pytest.fixture(scope="module")
-def nb03(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    os.environ.setdefault("FEDERATION_PSEUDONYM_KEY", "test-consortium-key-0123456789")
-    root = tmp_path_factory.mktemp("nb03-rows")
-    return publish(root, synthesize(root / "exports", 3, STUDY, 150, dt.date(2025, 6, 30), seed=3))
+from tests.federated import NB03 as STUDY
+from tests.federated import fresh, pooled_v2
 
 
 def truth(settings: Settings, table: str, column: str, where: str) -> tuple[int, int, float]:
     """(patients, rows, mean of `column`) of the rows of `table` whose patient matches `where`, pooled."""
-    root = settings.storage.root / settings.storage.harmonized_bucket
-    con = duckdb.connect()
-    for t in ("patients", table):
-        con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{root}/*/{STUDY}/data/*/{t}.parquet')")
-    patients, rows, mean = con.execute(f"SELECT count(DISTINCT pid), count(*), avg(t.{column}) FROM {table} t "
-                                       f"JOIN patients p USING (pid) WHERE {where}").fetchone()  # type: ignore[misc]
+    (patients, rows, mean), = pooled_v2(settings, f"SELECT count(DISTINCT pid), count(*), avg(t.{column}) "
+                                                  f"FROM {table} t JOIN patients p USING (pid) WHERE {where}")
     return int(patients), int(rows), float(mean)
-
-
-def pooled_rows(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
-    root = settings.storage.root / settings.storage.harmonized_bucket
-    con = duckdb.connect()
-    for t in ("patients", "late_effects"):
-        con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{root}/*/{STUDY}/data/*/{t}.parquet')")
-    return con.execute(sql).fetchall()
 
 
 def F(column: str, value: Any, op: str = "==") -> Filter:
@@ -58,8 +34,7 @@ def attack(settings: Settings, folder: Path, first: Query, means: list[Query], s
            ask: list[Query] | None = None) -> tuple[int, float] | None:
     """Release `first` (it splits every patient's rows by a column), then the means (in the order `ask`, if
     given); "the first mean minus the others" as (rows, mean), or None when a result is refused."""
-    folder.mkdir()
-    s = settings.model_copy(update={"audit_log": folder / "audit.jsonl"})
+    s = fresh(settings, folder)
     assert run_local(first, s, "mallory").status == "released"
     got = {}
     for q in ask or means:
@@ -131,9 +106,7 @@ def test_means_over_many_patients_per_cell_are_still_released(nb03: Settings, tm
     # lie in three classes of atoms, found by `span.patient_unions`))
     means = [Query(**qol), Query(**qol, filters=[F("sex", "F")]),  # type: ignore[arg-type]
              Query(**qol, filters=[F("arm", "DIN")])]  # type: ignore[arg-type]
-    folder = tmp_path / "h"
-    folder.mkdir()
-    s = nb03.model_copy(update={"audit_log": folder / "audit.jsonl"})
+    s = fresh(nb03, tmp_path / "h")
     for q in [by_time, *means]:
         r = run_local(q, s, "mallory")
         assert r.status == "released", r.reason
@@ -170,7 +143,7 @@ def test_counts_of_rows_and_of_patients_do_not_difference_across_tables(nb03: Se
     hearing-loss rows (one row per patient and category here), was the one sex-U patient's late effect: the
     results of each table were checked only against their own table's (guard `cross_table`). The same with
     the rows counted by category (the HEARING cells)."""
-    (hearing,), = pooled_rows(nb03, "SELECT count(*) FROM late_effects l JOIN patients p USING (pid) WHERE "
+    (hearing,), = pooled_v2(nb03, "SELECT count(*) FROM late_effects l JOIN patients p USING (pid) WHERE "
                                     "p.site_id = 'site-b' AND p.arm = 'DIN-IL2' AND p.sex = 'U' "
                                     "AND l.category = 'HEARING'")
     assert hearing == 1
@@ -184,8 +157,7 @@ def test_counts_of_rows_and_of_patients_do_not_difference_across_tables(nb03: Se
     order = [patients, girls, boys] if patients_first else [girls, boys, patients]
 
     def differenced(folder: Path) -> int | None:
-        folder.mkdir()
-        s = nb03.model_copy(update={"audit_log": folder / "audit.jsonl"})
+        s = fresh(nb03, folder)
         got = {}
         for q in order:
             r = run_local(q, s, "mallory")
@@ -205,7 +177,7 @@ def test_counts_of_rows_and_of_patients_do_not_difference_across_tables(nb03: Se
 def test_rows_beyond_patients_do_not_tell_who_has_two(nb03: Settings, tmp_path: Path) -> None:
     """The eleventh red team: 49 cardiac or renal late effects, then 48 patients with one, is one patient with
     both. A count of rows exceeding its patients by 1..k-1 is small (guard `row_multiplicity`), in a total too."""
-    (both,), = pooled_rows(nb03, "SELECT count(*) FROM (SELECT pid FROM late_effects WHERE category IN "
+    (both,), = pooled_v2(nb03, "SELECT count(*) FROM (SELECT pid FROM late_effects WHERE category IN "
                                  "('CARDIAC', 'RENAL') GROUP BY pid HAVING count(*) > 1)")
     assert 1 <= both <= 4
     pair = F("category", ["CARDIAC", "RENAL"], "in")
@@ -213,8 +185,7 @@ def test_rows_beyond_patients_do_not_tell_who_has_two(nb03: Settings, tmp_path: 
     for rows in (Query(study_id=STUDY, table="late_effects", filters=[pair]),  # type: ignore[arg-type]
                  Query(study_id=STUDY, table="late_effects", filters=[pair], group_by=["sex"])):  # type: ignore[arg-type]
         def differenced(folder: Path, rows: Query = rows) -> int | None:
-            folder.mkdir()
-            s = nb03.model_copy(update={"audit_log": folder / "audit.jsonl"})
+            s = fresh(nb03, folder)
             r, p = (run_local(q, s, "mallory") for q in (rows, patients))
             assert r.status == p.status == "released", (r.reason, p.reason)
             n_rows, n_patients = r.payload["total"]["combined"], p.payload["total"]["combined"]

@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 import pytest
 
@@ -18,31 +17,9 @@ from federation.query.guard import switched_off
 from federation.query.model import Exists
 from federation.settings import Settings
 from federation.synth import synthesize
-from tests.federated import publish
-
-STUDY = "PONC-NB-03"
-
-
-@pytest.fixture(scope="module")
-def nb03(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """Three sites of the v2 neuroblastoma study, published on local storage."""
-    os.environ.setdefault("FEDERATION_PSEUDONYM_KEY", "test-consortium-key-0123456789")
-    root = tmp_path_factory.mktemp("nb03")
-    return publish(root, synthesize(root / "exports", 3, STUDY, 150, dt.date(2025, 6, 30), seed=3))
-
-
-def fresh(settings: Settings, folder: Path) -> Settings:
-    """The same data behind a service with an empty history of its own."""
-    folder.mkdir(parents=True, exist_ok=True)
-    return settings.model_copy(update={"audit_log": folder / "audit.jsonl"})
-
-
-def pooled(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
-    root = settings.storage.root / settings.storage.harmonized_bucket
-    con = duckdb.connect()
-    for t in ("patients", "diagnoses", "outcomes", "treatments", "biomarkers", "late_effects", "quality_of_life"):
-        con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{root}/*/{STUDY}/data/*/{t}.parquet')")
-    return con.execute(sql).fetchall()
+from tests.federated import NB03 as STUDY
+from tests.federated import fresh, publish
+from tests.federated import pooled_v2 as pooled
 
 
 def combined(r: Any) -> dict[str, Any]:
