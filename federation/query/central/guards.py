@@ -588,14 +588,21 @@ def _comparable(ctx: Context, earlier: Earlier) -> bool:
 def cite(ctx: Context, earlier: list[Earlier], involved: list[int], n_new: int = 1) -> str:
     """The earlier results a leak involves (indexes of the atom space's footprints, the first `n_new` being
     the new result's), as the analyst may see them: their own queries described, another analyst's only by
-    audit number."""
-    parts = []
-    for e in sorted((earlier[i - n_new] for i in involved if i >= n_new), key=lambda e: e.audit_id):  # in one order
-        if e.analyst == ctx.result.analyst:
-            parts.append(f"your earlier result #{e.audit_id} ({e.described})")
-        else:
-            parts.append(f"an earlier result released to another analyst (audit #{e.audit_id})")
-    return " and ".join(dict.fromkeys(parts)) or "an earlier result"  # a result once, however many parts
+    audit number; beyond `CITED` of either kind, how many more (a dense history can involve dozens)."""
+    found = sorted({e.audit_id: e for e in (earlier[i - n_new] for i in involved if i >= n_new)}.items())
+    mine = [f"your earlier result #{a} ({e.described})" for a, e in found if e.analyst == ctx.result.analyst]
+    others = [f"audit #{a}" for a, e in found if e.analyst != ctx.result.analyst]
+    parts = mine[:CITED] + ([f"{len(mine) - CITED} more of your earlier results"] if len(mine) > CITED else [])
+    if len(others) == 1:
+        parts.append(f"an earlier result released to another analyst ({others[0]})")
+    elif others:
+        more = f" and {len(others) - CITED} more" if len(others) > CITED else ""
+        parts.append(f"{len(others)} earlier results released to other analysts ({', '.join(others[:CITED])}"
+                     f"{more})")
+    return " and ".join(parts) or "an earlier result"
+
+
+CITED = 5  # earlier results of each kind a message names
 
 
 CENTRAL_GUARDS: list[type[CentralGuard]] = [SubsetGuard, RowMultiplicityGuard, DifferencingGuard]
