@@ -38,13 +38,15 @@ def group_label(dims: list[str], group: list[Any]) -> str:
                       for d, v in zip(dims, group, strict=False)) or "all"
 
 
+SURVIVAL_LABEL = {"efs": "event-free survival", "os": "overall survival", "late_effect": "late-effect-free survival"}
+
+
 def survival_summary(payload: dict[str, Any]) -> list[str]:
     """A Kaplan-Meier result's medians (combined curves) and log-rank tests, as lines of text."""
     if payload.get("statistic") not in ("km", "cif"):
         return []
     out = []
-    what = {"efs": "event-free survival", "late_effect": "late-effect-free survival"}.get(payload.get("endpoint", ""),
-                                                                                          "overall survival")
+    what = SURVIVAL_LABEL.get(payload.get("endpoint", ""), "overall survival")
     dims = list(payload.get("dims") or [])
     for c in payload["curves"]:
         m = c["combined"].get("median")
@@ -254,6 +256,10 @@ def figure(result: Result) -> Any:
             median = c["combined"].get("median") or {}
             if median.get("day") is not None:
                 label += f" (median {median['day'] / 365.25:.1f} y)"
+            elif c["combined"].get("withheld"):
+                label += " (withheld by disclosure control)"
+            elif len(pts) < 2:
+                label += " (too few events to show)"
             xs = [pt["day"] / 365.25 for pt in pts]
             line, = ax.step(xs, [pt[value] for pt in pts], where="post", label=label)
             ax.fill_between(xs, [pt["ci95"][0] for pt in pts], [pt["ci95"][1] for pt in pts], step="post", alpha=0.15)
@@ -270,7 +276,7 @@ def figure(result: Result) -> Any:
         ax.plot([], [], linestyle="none", marker="+", color="grey",
                 label="censored on this step (marked when at least k)")
         ax.set_ylim(0, 1.02)
-        ax.set_ylabel(f"{'event-free' if p['endpoint'] == 'efs' else 'overall'} survival" if stat == "km" else
+        ax.set_ylabel(SURVIVAL_LABEL.get(p["endpoint"], "survival") if stat == "km" else
                       f"cumulative incidence of {'/'.join(p.get('cause', []))}")
         ax.legend(loc="lower left" if stat == "km" else "upper left")
         test = (p.get("tests") or {}).get("logrank") or {}

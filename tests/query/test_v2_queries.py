@@ -207,3 +207,17 @@ def test_v1_and_v2_sites_answer_together_on_shared_columns_and_v1_says_not_colle
     from federation.query.render import to_text
 
     assert "site-c: not collected" in to_text(r)
+
+
+def test_a_late_effect_curve_is_plotted_as_such_and_a_hidden_group_says_why(nb03: Settings, tmp_path: Path) -> None:
+    from federation.query.render import figure, survival_summary
+
+    r = run_local(Query(study_id=STUDY, statistic="km", endpoint="late_effect", group_by=["sex"]),
+                  fresh(nb03, tmp_path), "t")
+    assert r.status == "released", r.reason
+    ax = figure(r).axes[0]
+    assert ax.get_ylabel() == "late-effect-free survival"
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    withheld = {c["group"][0] for c in r.payload["curves"] if c["combined"].get("withheld")}
+    assert "U" in withheld and {f"{g} (withheld by disclosure control)" for g in withheld} <= set(labels), labels
+    assert any(line.startswith("median late-effect-free survival") for line in survival_summary(r.payload))
