@@ -6,6 +6,7 @@ Each attack first succeeds with the guard switched off."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,21 @@ def attack(settings: Settings, folder: Path, first: Query, means: list[Query], s
         parts.append((cell["n"], cell["n"] * cell["mean"]))
     n = parts[0][0] - sum(p[0] for p in parts[1:])
     return n, (parts[0][1] - sum(p[1] for p in parts[1:])) / n
+
+
+def whole_minus_parts(settings: Settings, folder: Path, order: list[Query], whole: Query, parts: list[Query],
+                      read: Callable[[Query, Any], int]) -> int | None:
+    """Release the queries in `order` (a fresh history in `folder`); the count `read` from `whole` minus those
+    of `parts`, or None when a result is refused."""
+    s = fresh(settings, folder)
+    got = {}
+    for q in order:
+        r = run_local(q, s, "mallory")
+        if r.status != "released":
+            assert "isolate fewer than 5 patients" in r.reason
+            return None
+        got[q.fingerprint()] = read(q, r)
+    return got[whole.fingerprint()] - sum(got[p.fingerprint()] for p in parts)
 
 
 def test_everyone_minus_two_arms_does_not_give_one_patients_treatments(nb03: Settings, tmp_path: Path) -> None:
@@ -156,22 +172,14 @@ def test_counts_of_rows_and_of_patients_do_not_difference_across_tables(nb03: Se
                    for sex in ("F", "M"))
     order = [patients, girls, boys] if patients_first else [girls, boys, patients]
 
-    def differenced(folder: Path) -> int | None:
-        s = fresh(nb03, folder)
-        got = {}
-        for q in order:
-            r = run_local(q, s, "mallory")
-            if r.status != "released":
-                assert "isolate fewer than 5 patients" in r.reason
-                return None
-            cell = next(row for row in r.payload["rows"] if row["group"] == ["HEARING"]) if q.group_by else \
-                r.payload["total"]
-            got[q.fingerprint()] = cell["per_site"]["site-b"]
-        return int(got[patients.fingerprint()] - got[girls.fingerprint()] - got[boys.fingerprint()])
+    def hearing_cell(q: Query, r: Any) -> int:
+        cell = next(row for row in r.payload["rows"] if row["group"] == ["HEARING"]) if q.group_by else \
+            r.payload["total"]
+        return int(cell["per_site"]["site-b"])
 
     with switched_off("cross_table"):
-        assert differenced(tmp_path / "off") == 1
-    assert differenced(tmp_path / "on") is None
+        assert whole_minus_parts(nb03, tmp_path / "off", order, patients, [girls, boys], hearing_cell) == 1
+    assert whole_minus_parts(nb03, tmp_path / "on", order, patients, [girls, boys], hearing_cell) is None
 
 
 def test_rows_beyond_patients_do_not_tell_who_has_two(nb03: Settings, tmp_path: Path) -> None:
@@ -194,3 +202,28 @@ def test_rows_beyond_patients_do_not_tell_who_has_two(nb03: Settings, tmp_path: 
         with switched_off("row_multiplicity"):
             assert differenced(tmp_path / f"off-{len(rows.group_by)}") == both
         assert differenced(tmp_path / f"on-{len(rows.group_by)}") is None
+
+
+@pytest.mark.parametrize("proportion_first", [True, False])
+def test_a_proportion_of_rows_and_counts_of_patients_do_not_difference(nb03: Settings, tmp_path: Path,
+                                                                       proportion_first: bool) -> None:
+    """A proportion of hearing losses among the late effects (site-b, DIN-IL2) shows the hearing-loss rows
+    (its x, one row per patient here), then the girls and the boys with a hearing loss: the one sex-U patient's
+    hearing loss. A proportion's part on a row table is a shadow on patients too (guard `cross_table`)."""
+    base = dict(study_id=STUDY, sites=["site-b"])
+    arm, hear = F("arm", "DIN-IL2"), F("category", "HEARING")
+    share = Query(**base, table="late_effects", statistic="proportion", column="category",  # type: ignore[arg-type]
+                  value="HEARING", filters=[arm])
+    girls, boys = (Query(**base, filters=[arm, F("sex", sex)],  # type: ignore[arg-type]
+                         exists=[Exists(table="late_effects", where=[hear])]) for sex in ("F", "M"))
+    order = [share, girls, boys] if proportion_first else [girls, boys, share]
+
+    def count(q: Query, r: Any) -> int:
+        return int(r.payload["rows"][0]["per_site"]["site-b"]["x"] if q is share else
+                   r.payload["total"]["per_site"]["site-b"])
+
+    (hearing,), = pooled_v2(nb03, "SELECT count(*) FROM late_effects l JOIN patients p USING (pid) WHERE p.site_id "
+                                  "= 'site-b' AND p.arm = 'DIN-IL2' AND p.sex = 'U' AND l.category = 'HEARING'")
+    with switched_off("cross_table"):
+        assert whole_minus_parts(nb03, tmp_path / "off", order, share, [girls, boys], count) == hearing == 1
+    assert whole_minus_parts(nb03, tmp_path / "on", order, share, [girls, boys], count) is None

@@ -173,7 +173,9 @@ def shadow_footprints(query: Query, versions: dict[str, int], per_site: bool, re
     by category) one footprint per key shown, `exists <table>: <row filters> and category == <key>`. A count
     of rows is often one of patients (one row per patient and category, time point, agent or gene), so set
     beside counts of patients it differences like one (the tenth red team: patients with a hearing loss, minus
-    the girls' and the boys' hearing-loss rows, was one patient). None for `patients` itself."""
+    the girls' and the boys' hearing-loss rows, was one patient). The parts a result splits its groups by (a
+    proportion's `column == value`) have theirs too: a proportion of hearing losses among late effects gives
+    the rows of hearing loss. None for `patients` itself."""
     if query.table == "patients":
         return []
     dims = list(released.get("dims") or query.group_by)
@@ -213,6 +215,12 @@ def shadow_footprints(query: Query, versions: dict[str, int], per_site: bool, re
             hide = [[site, mine, [key[level.index(d)] for d in mine]] for site, lv, key in hidden
                     if lv == level and tuple(key[i] for i in at) == combo]
             out.append(shadow(where, mine, [mine], hide))
+    for part in released.get("splits") or []:  # a proportion's x: the patients with a row of its value
+        split = [Filter.model_validate(f) for f in part["split"]]
+        sub = {**released, "hidden": part.get("hidden") or [], "splits": [],
+               **{k: part[k] for k in ("levels", "dims") if k in part}}
+        out += shadow_footprints(query.model_copy(update={"filters": [*query.filters, *split]}), versions, per_site,
+                                 sub)
     return out
 
 
@@ -236,7 +244,7 @@ def footprints_of_entry(entry: dict[str, Any], shadows: bool = False) -> list[Fo
         return []
 
 
-SCHEMA_VERSION = "4"  # footprints with levels, hidden cells, splits and shadows; an index of another version is rebuilt
+SCHEMA_VERSION = "5"  # footprints with levels, hidden cells, splits and shadows; an index of another version is rebuilt
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS footprints (key TEXT PRIMARY KEY, study TEXT NOT NULL, tbl TEXT NOT NULL,
                                        body TEXT NOT NULL, first_id INTEGER NOT NULL, analyst TEXT NOT NULL,
