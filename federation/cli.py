@@ -552,12 +552,16 @@ def _parse_value(text: str) -> object:
 
 
 def parse_filter(text: str) -> dict[str, object]:
-    """'COL OP VALUE' -> a Filter's fields; 'in'/'not in' take comma-separated values."""
+    """'COL OP VALUE' -> a Filter's fields; 'in'/'not in' take comma-separated values; 'COL is present' keeps
+    the rows where COL has a value."""
     import re
 
+    if m := re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s+is\s+present\s*", text):
+        return {"column": m.group(1), "op": "present", "value": True}
     m = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(==|!=|<=|>=|<|>|not in|in)\s*(.+?)\s*", text)
     if not m:
-        raise FederationError(f"cannot read the filter {text!r}; write it like 'sex == F' or 'grade >= 3'")
+        raise FederationError(f"cannot read the filter {text!r}; write it like 'sex == F', 'grade >= 3' or "
+                              "'risk_group is present'")
     col, op, raw = m.groups()
     value: object = [_parse_value(v) for v in raw.split(",")] if op in ("in", "not in") else _parse_value(raw)
     return {"column": col, "op": op, "value": value}

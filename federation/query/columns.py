@@ -90,7 +90,10 @@ def _point(x: float) -> str:
 
 def check_comparison(policy: QueryPolicy, study_id: str, table: str, column: str, op: str, value: object) -> None:
     """One comparison of a filter, an outcome or a proportion: the value's type, and for a continuous column
-    a declared cut point with `<` or `>=` (so a subset is always a union of declared bins)."""
+    a declared cut point with `<` or `>=` (so a subset is always a union of declared bins). `present` (the
+    column has a value) is every bin and every code."""
+    if op == "present":
+        return
     check_value(study_id, table, column, value)
     if not CutPointGuard.enabled() or unit_columns(study_id, table).get(column) not in CONTINUOUS:
         return
@@ -249,17 +252,22 @@ def _columns_of(schema_version: str) -> tuple[dict[str, HarmonizedColumn], dict[
 @lru_cache(maxsize=4096)
 def may_be_empty(study_id: str, table: str, column: str) -> bool:
     """Whether `column` can hold no value: an optional column of the dictionary (`X_day` columns follow their
-    `X_date`); derived columns (ages, EFS and OS, age groups, enrollment year) come from required ones."""
+    `X_date`), or one derived from an optional table (v2: marker status, exposures, the first late effect);
+    the other derived columns (ages, EFS and OS, age groups, enrollment year) come from required ones."""
     _, source = _columns_of(load_registry().study(study_id).schema_version)
     spec = source.get(column) or (source.get(column[:-4] + "_date") if column.endswith("_day") else None)
-    return spec is not None and spec.required is not True
+    if spec is not None:
+        return spec.required is not True
+    # the columns derived from a table a site may not send (a marker status, an exposure, the first late effect)
+    derived = _columns_of(load_registry().study(study_id).schema_version)[0].get(column)
+    return derived is not None and bool(derived.marker or derived.exposure or derived.late_effect)
 
 
 def holds(op: str, x: object, v: object) -> bool:
     try:
         return bool({"==": lambda: x == v, "!=": lambda: x != v, "in": lambda: x in v,  # type: ignore[operator]
                      "not in": lambda: x not in v, "<": lambda: x < v, "<=": lambda: x <= v,  # type: ignore[operator]
-                     ">": lambda: x > v, ">=": lambda: x >= v}[op]())  # type: ignore[operator]
+                     ">": lambda: x > v, ">=": lambda: x >= v, "present": lambda: True}[op]())  # type: ignore[operator]
     except TypeError:
         return True  # a comparison the dictionary cannot decide keeps the level
 

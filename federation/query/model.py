@@ -16,11 +16,11 @@ import json
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Statistic = Literal["count", "crosstab", "sum", "mean", "variance", "quantiles", "proportion", "km", "cif",
                     "logistic", "cox"]
-Op = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not in"]
+Op = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not in", "present"]  # present: the column has a value (True)
 EventTable = Literal["adverse_events", "treatments", "biomarkers", "late_effects", "quality_of_life"]
 UnitTable = Literal["patients", "adverse_events", "treatments", "biomarkers", "late_effects", "quality_of_life"]
 UNIT_TABLES = ("patients", "adverse_events", "treatments", "biomarkers", "late_effects", "quality_of_life")
@@ -49,8 +49,14 @@ class Filter(BaseModel):
             raise ValueError("a filter value must be a string, a number or a boolean")
         return v
 
+    @model_validator(mode="after")
+    def _present_is_true(self) -> Filter:
+        if self.op == "present" and self.value is not True:
+            raise ValueError("'present' keeps the rows where the column has a value: give it the value true")
+        return self
+
     def describe(self) -> str:
-        return f"{self.column} {self.op} {self.value!r}"
+        return f"{self.column} is present" if self.op == "present" else f"{self.column} {self.op} {self.value!r}"
 
 
 class Exists(BaseModel):

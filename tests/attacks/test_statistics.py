@@ -49,9 +49,13 @@ def test_an_event_table_cell_of_one_or_two_patients_is_hidden_however_many_rows(
     assert v["n"] >= 5 and "variance" in v  # a mean and a variance of one or two patients' doses
     safe = run_local(q, fresh_audit, "mallory")
     assert next(r for r in safe.payload["rows"] if r["group"] == ["V"])["combined"] == {"suppressed": True}
-    count = run_local(Query(study_id=STUDY, table="treatments", sites=["site-f"], group_by=["stage"]), fresh_audit,
-                      "mallory")
+    by_stage = Query(study_id=STUDY, table="treatments", sites=["site-f"], group_by=["stage"])
+    count = run_local(by_stage, elsewhere(fresh_audit, "count"), "mallory")
     assert next(r for r in count.payload["rows"] if r["group"] == ["V"])["combined"] == {"suppressed": True}
+    # after the mean (which counts the rows with a dose: `valued_rows`), the count of all rows by stage would
+    # tell how many rows have none, of a few patients in some stage
+    after = run_local(by_stage, fresh_audit, "mallory")
+    assert after.status == "refused" and "isolate fewer than 5 patients" in after.reason
 
 
 def test_a_kaplan_meier_grid_is_the_policys_not_the_analysts(fresh_audit: Settings) -> None:

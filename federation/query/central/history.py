@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from federation.query.central.audit import AuditLog
+from federation.query.guard import Guard
 from federation.query.model import Exists, Filter, Query
 
 VERSION_NUMBER = re.compile(r"@v(\d+)$")
@@ -147,11 +148,41 @@ class Earlier:
     described: str = ""  # the first query that released it, as its analyst wrote it
 
 
+class ValuedRowsGuard(Guard):
+    """A result counts the rows where its statistic's columns have a value (a mean's column, a model's
+    covariates and outcome), and its footprint in the history says so (`valued`)."""
+
+
+def valued(query: Query) -> Query:
+    """`query` narrowed to the rows its statistic counts: a mean, sum, variance or quantile counts the rows
+    where its column has a value, a model its complete cases (every covariate and the outcome). Where such a
+    column may be empty, the footprint says so (`column present`): the twelfth red team's A1 (two means of an
+    ototoxicity grade, 16 and 15 graded rows among 12 more without one, gave one patient's grade) and A2 (a
+    count of patients minus a model's n was the hidden count of a missing risk group)."""
+    from federation.query.columns import may_be_empty
+
+    if query.statistic in ("sum", "mean", "variance", "sd", "quantiles") and query.column:
+        needed = [query.column]
+    elif query.statistic == "logistic" and query.outcome is not None:
+        needed = [*query.covariates, query.outcome.column]
+    elif query.statistic == "cox":
+        needed = [*query.covariates, f"{query.endpoint}_days", f"{query.endpoint}_event"]
+    else:
+        return query
+    if not ValuedRowsGuard.enabled():
+        return query
+    have = {f.column for f in query.filters if f.op == "present"}
+    present = [Filter(column=c, op="present", value=True) for c in dict.fromkeys(needed)
+               if c not in have and may_be_empty(query.study_id, query.table, c)]
+    return query.model_copy(update={"filters": [*query.filters, *present]}) if present else query
+
+
 def footprints_of(query: Query, versions: dict[str, int], per_site: bool, released: dict[str, Any]
                   ) -> list[Footprint]:
     """The footprints of one released result (`runner.released_record`): the whole of it, then each part a
     statistic splits its groups by, with the whole's columns and levels unless the part names its own,
-    and its own hidden cells."""
+    and its own hidden cells; all on the rows the statistic counts (`valued`)."""
+    query = valued(query)
     levels, dims = released.get("levels"), released.get("dims")
     whole = Footprint.of(query, versions, per_site, levels, released.get("hidden"), dims=dims)
     parts = [Footprint.of(query, versions, per_site, part.get("levels", levels), part.get("hidden"),
@@ -178,6 +209,7 @@ def shadow_footprints(query: Query, versions: dict[str, int], per_site: bool, re
     the rows of hearing loss. None for `patients` itself."""
     if query.table == "patients":
         return []
+    query = valued(query)
     dims = list(released.get("dims") or query.group_by)
     levels = [list(level) for level in (released.get("levels") or [dims])]
     hidden = [(h[0], list(h[1]), list(h[2]) if isinstance(h[2], list) else json.loads(h[2]))
@@ -244,7 +276,7 @@ def footprints_of_entry(entry: dict[str, Any], shadows: bool = False) -> list[Fo
         return []
 
 
-SCHEMA_VERSION = "5"  # footprints with levels, hidden cells, splits and shadows; an index of another version is rebuilt
+SCHEMA_VERSION = "6"  # footprints with levels, hidden cells, splits and shadows; an index of another version is rebuilt
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS footprints (key TEXT PRIMARY KEY, study TEXT NOT NULL, tbl TEXT NOT NULL,
                                        body TEXT NOT NULL, first_id INTEGER NOT NULL, analyst TEXT NOT NULL,

@@ -92,7 +92,7 @@ def _boxes(study_id: str, table: str, cells: tuple[CellDef, ...], policy: QueryP
         if kind in CONTINUOUS:
             try:
                 cuts[col] = sorted({float(f["value"]) for filters, _ in parsed for f in filters  # type: ignore[arg-type]
-                                    if f["column"] == col})
+                                    if f["column"] == col and f["op"] != "present"})
             except (TypeError, ValueError):
                 return None  # not a threshold (only with the cut-point guard off): nothing is claimed
             empty = [MISSING] if may_be_empty(study_id, table, col) else []
@@ -102,7 +102,8 @@ def _boxes(study_id: str, table: str, cells: tuple[CellDef, ...], policy: QueryP
             # part in results grouped by it (`SiteGroupLevelsGuard`)
             levels = declared_levels(policy, study_id, table, col)
             if levels is None:
-                mentioned = {_key(f["value"]) for filters, _ in parsed for f in filters if f["column"] == col}
+                mentioned = {_key(f["value"]) for filters, _ in parsed for f in filters
+                             if f["column"] == col and f["op"] != "present"}
                 levels = [*mentioned, OTHER, MISSING]
             domains[col] = list(levels)
     out: list[Box] = []
@@ -128,6 +129,8 @@ def _allowed(cuts: list[float] | None, domain: list[object], f: dict[str, object
     """The domain points a filter keeps (a comparison never keeps an empty value), or None when the filter
     cannot be read as a set of them (then nothing is claimed). `cuts`: a continuous column's thresholds."""
     op, value = f["op"], f["value"]
+    if op == "present":
+        return frozenset(v for v in domain if v != MISSING)
     if cuts is not None:
         if op not in ("<", ">="):
             return None

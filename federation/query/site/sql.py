@@ -14,6 +14,8 @@ def ident(name: str) -> str:
 
 def _condition(f: Filter, params: list[Any]) -> str:
     col = ident(f.column)
+    if f.op == "present":
+        return f"{col} IS NOT NULL"
     if f.op in ("in", "not in"):
         values = f.value if isinstance(f.value, list) else [f.value]
         params.extend(values)

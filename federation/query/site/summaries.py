@@ -720,7 +720,7 @@ def outcome_indicator(f: Filter, values: Any) -> np.ndarray:
     ops: dict[str, Callable[[Any], Any]] = {
         "==": lambda x: x == v, "!=": lambda x: x != v, "<": lambda x: x < v, "<=": lambda x: x <= v,
         ">": lambda x: x > v, ">=": lambda x: x >= v,
-        "in": lambda x: x in v, "not in": lambda x: x not in v}
+        "in": lambda x: x in v, "not in": lambda x: x not in v, "present": lambda x: x is not None}
     return np.array([1.0 if ops[f.op](x) else 0.0 for x in values])
 
 
