@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from federation.query import Filter, Query, run_local
 from federation.query.guard import switched_off
 from federation.settings import Settings
@@ -67,3 +69,38 @@ def test_a_late_effect_time_is_cut_only_at_the_policys_points(nb03: Settings, tm
     with switched_off("cut_point", "differencing"):
         assert difference(fresh(nb03, tmp_path / "off")) == 1
     assert difference(fresh(nb03, tmp_path / "on")) is None
+
+
+def test_three_cause_lists_do_not_give_a_rare_cause_twice(nb03: Settings, tmp_path: Path) -> None:
+    """The thirteenth red team: cumulative incidences at site-a for the causes [X, Y], [X, Z] and [Y, Z] give
+    (XY + XZ - YZ) / 2, the incidence of X alone: with the risk table, the two musculoskeletal first late
+    effects of the second year. No two of the three differ by one cause; the three together count X twice
+    (guard `twice`). Guarded, the third curve's point is withheld."""
+    x, y, z = "MUSCULOSKELETAL", "ENDOCRINE", "HEARING"
+    day = 2 * YEAR
+    rows = pooled_v2(nb03, "SELECT late_effect_days, late_effect_event, first_late_effect FROM patients "
+                           "WHERE site_id = 'site-a'")
+    assert 1 <= sum(1 for t, e, c in rows if e and c == x and t < day) <= 4
+    incidence, survival = 0.0, 1.0  # Aalen-Johansen of X on the yearly grid, pooled
+    for start in (0.0, YEAR):
+        at_risk = [r for r in rows if r[0] >= start]
+        ended = [r for r in at_risk if r[1] and r[0] < start + YEAR]
+        incidence += survival * sum(1 for r in ended if r[2] == x) / len(at_risk)
+        survival *= 1 - len(ended) / len(at_risk)
+    queries = [Query(study_id=STUDY, sites=["site-a"], statistic="cif", endpoint="late_effect", cause=c,
+                     grid_days=YEAR, horizon_days=6 * YEAR) for c in ([x, y], [x, z], [y, z])]
+
+    def at_day(folder: Path) -> list[float | None]:
+        s = fresh(nb03, folder)
+        out = []
+        for q in queries:
+            r = run_local(q, s, "mallory")
+            assert r.status == "released", r.reason
+            out.append(next((p["incidence"] for p in r.payload["curves"][0]["combined"]["points"]
+                             if p["day"] == day), None))
+        return out
+
+    with switched_off("twice"):
+        xy, xz, yz = at_day(tmp_path / "off")
+    assert None not in (xy, xz, yz) and (xy + xz - yz) / 2 == pytest.approx(incidence) and incidence > 0  # type: ignore[operator]
+    assert at_day(tmp_path / "on")[2] is None

@@ -29,7 +29,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from federation.query.central.differencing import EmptyCombinationGuard
+from federation.query.central.differencing import EmptyCombinationGuard, TwiceGuard
 from federation.query.central.history import Footprint, key_json
 
 Cells = list[tuple[tuple[object, ...], int, str]]  # (cell key on the footprint's dims, units, sketch hex)
@@ -189,14 +189,15 @@ def triple_near(new: Sizes, family: CellTable, sites: list[str], k: int, several
                 sizes = totals[order]
                 na = totals[idx]
                 e = 1 if EmptyCombinationGuard.enabled() else 0  # an empty combination counts (unless by definition)
+                m = 2 * (k - 1) if TwiceGuard.enabled() else k - 1  # a set counted twice (`differencing.TwiceGuard`)
                 if several:
-                    lo, hi = {"q+a-b": (np.maximum(t, na) - (k - 1), t + na), "a+b-q": (t - na, t + (k - 1)),
-                              "q-a-b": (t - na - (k - 1), np.full_like(na, t)), "a-b-q": (na - t - (k - 1), na)
+                    lo, hi = {"q+a-b": (np.maximum(t, na) - m, t + na), "a+b-q": (t - na, t + m),
+                              "q-a-b": (t - na - m, np.full_like(na, t)), "a-b-q": (na - t - m, na)
                               }[pattern]
                 else:
-                    lo, hi = {"q+a-b": (t + na - (k - 1), t + na - 1 + e),
-                              "a+b-q": (t - na + 1 - e, t - na + (k - 1)),
-                              "q-a-b": (t - na - (k - 1), t - na - 1 + e), "a-b-q": (na - t - (k - 1), na - t - 1 + e)
+                    lo, hi = {"q+a-b": (t + na - m, t + na - 1 + e),
+                              "a+b-q": (t - na + 1 - e, t - na + m),
+                              "q-a-b": (t - na - m, t - na - 1 + e), "a-b-q": (na - t - m, na - t - 1 + e)
                               }[pattern]
                 first = np.searchsorted(sizes, lo, side="left")
                 last = np.searchsorted(sizes, hi, side="right")

@@ -12,7 +12,8 @@ A new result isolates a few patients when, with what was released before, it yie
 small non-empty set:
 - **pairs**: one cell nested in another with fewer than k rows between them (`e - q` or `q - e`),
   also as seen by a **site insider** who removes their own site's rows from the difference;
-- **triples**: `q + a - b`, `a + b - q`, `q - a - b` or `a - b - q` equal to a 0/1 vector of 1..k-1 rows,
+- **triples**: `q + a - b`, `a + b - q`, `q - a - b` or `a - b - q` equal to a 0/1 vector of 1..k-1 rows
+  (or a 0/2 vector: twice such a set, `TwiceGuard`),
   per site as well as combined (e.g.
   `age < 2`, `age >= 1.5` and everyone give the bin [1.5, 2)); found by a size window on sorted totals,
   then checked exactly.
@@ -207,9 +208,11 @@ def triple_leaks(new: Vectors, pool: Vectors, units: Units, k: int, budget: int 
                     continue  # a must lie inside q
                 if pattern == "a-b-q" and common_q[a] != atoms_in[me]:
                     continue  # q must lie inside a
-                # the derived set has 0..k-1 patients, so a bound of 0..k-1: a window on b's
-                lo, hi = {"q+a-b": (nq + na - k + 1, nq + na), "a+b-q": (nq - na, nq - na + k - 1),
-                          "q-a-b": (nq - na - k + 1, nq - na), "a-b-q": (na - nq - k + 1, na - nq)
+                # the derived set has 0..k-1 patients, so a bound of 0..k-1 (twice that where it is counted
+                # twice: `TWICE`): a window on b's
+                m = 2 * (k - 1) if TwiceGuard.enabled() else k - 1
+                lo, hi = {"q+a-b": (nq + na - m, nq + na), "a+b-q": (nq - na, nq - na + m),
+                          "q-a-b": (nq - na - m, nq - na), "a-b-q": (na - nq - m, na - nq)
                           }[pattern]
                 first, last = np.searchsorted(sorted_sizes, [lo - EPS, hi + EPS])
                 for b in order[first:last]:
@@ -221,9 +224,11 @@ def triple_leaks(new: Vectors, pool: Vectors, units: Units, k: int, budget: int 
                     va, vb = dense[a].astype(int), dense[b].astype(int)
                     v = {"q+a-b": q + va - vb, "a+b-q": va + vb - q, "q-a-b": q - va - vb,
                          "a-b-q": va - vb - q}[pattern]
-                    if v.min() < 0 or v.max() > 1:
+                    if v.min() < 0 or v.max() > 2 or (v.max() == 2 and (v == 1).any()):
                         continue
-                    n = float(units.of(v == 1)[0])
+                    if v.max() == 2 and not TwiceGuard.enabled():
+                        continue
+                    n = float(units.of(v > 0)[0])
                     if n < 0.5 and union is not None:
                         whole, x, y = {"q+a-b": (ref(int(b)), ("new", j), ref(a)),
                                        "a+b-q": (("new", j), ref(a), ref(int(b))),
@@ -237,6 +242,12 @@ def triple_leaks(new: Vectors, pool: Vectors, units: Units, k: int, budget: int 
                         out.append(Leak(new=j, earlier=tuple(i for i in (a, int(b)) if i < n_pool), how=TRIPLE))
                         return out
     return out
+
+
+class TwiceGuard(Guard):
+    """Three cells that overlap two by two (X+Y, X+Z, Y+Z) give twice a set: `a + b - q` = 2X. The triples
+    take a combination whose every atom is counted twice like one counted once (the thirteenth red team:
+    three cumulative incidences with cause lists [X, Y], [X, Z], [Y, Z] gave X's events)."""
 
 
 class TooMuchHistory(Exception):
