@@ -189,7 +189,7 @@ def triple_near(new: Sizes, family: CellTable, sites: list[str], k: int, several
                 sizes = totals[order]
                 na = totals[idx]
                 e = 1 if EmptyCombinationGuard.enabled() else 0  # an empty combination counts (unless by definition)
-                m = 2 * (k - 1) if TwiceGuard.enabled() else k - 1  # a set counted twice (`differencing.TwiceGuard`)
+                m = TwiceGuard.slack(k)  # a set counted once or twice (`differencing.TwiceGuard`)
                 if several:
                     lo, hi = {"q+a-b": (np.maximum(t, na) - m, t + na), "a+b-q": (t - na, t + m),
                               "q-a-b": (t - na - m, np.full_like(na, t)), "a-b-q": (na - t - m, na)

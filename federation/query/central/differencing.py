@@ -209,8 +209,8 @@ def triple_leaks(new: Vectors, pool: Vectors, units: Units, k: int, budget: int 
                 if pattern == "a-b-q" and common_q[a] != atoms_in[me]:
                     continue  # q must lie inside a
                 # the derived set has 0..k-1 patients, so a bound of 0..k-1 (twice that where it is counted
-                # twice: `TWICE`): a window on b's
-                m = 2 * (k - 1) if TwiceGuard.enabled() else k - 1
+                # twice: `TwiceGuard`): a window on b's
+                m = TwiceGuard.slack(k)
                 lo, hi = {"q+a-b": (nq + na - m, nq + na), "a+b-q": (nq - na, nq - na + m),
                           "q-a-b": (nq - na - m, nq - na), "a-b-q": (na - nq - m, na - nq)
                           }[pattern]
@@ -248,6 +248,11 @@ class TwiceGuard(Guard):
     """Three cells that overlap two by two (X+Y, X+Z, Y+Z) give twice a set: `a + b - q` = 2X. The triples
     take a combination whose every atom is counted twice like one counted once (the thirteenth red team:
     three cumulative incidences with cause lists [X, Y], [X, Z], [Y, Z] gave X's events)."""
+
+    @classmethod
+    def slack(cls, k: int) -> int:
+        """How far the sizes of a combination may sum: k-1 patients, or twice that with this guard on."""
+        return 2 * (k - 1) if cls.enabled() else k - 1
 
 
 class TooMuchHistory(Exception):
